@@ -1,0 +1,146 @@
+//! `ringkv.v1.Cluster`: status and membership administration.
+
+use ringkv_client::proto::{self, cluster_server::Cluster};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Node, META_GROUP};
+
+pub struct ClusterService {
+    node: Node,
+}
+
+impl ClusterService {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+/// This node's view of the cluster.
+pub fn status_of(node: &Node) -> Result<proto::StatusResponse, Status> {
+    let nodes = node
+        .members()?
+        .into_iter()
+        .map(|(id, addr, voter)| proto::NodeStatus {
+            id,
+            addr,
+            role: if voter { "voter" } else { "learner" }.to_string(),
+        })
+        .collect();
+    let groups = node
+        .groups()
+        .iter()
+        .map(|g| {
+            let m = g.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: Vec<u64> = membership.voter_ids().collect();
+            let learners: Vec<u64> = membership.learner_ids().collect();
+            let role = match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Shutdown => "shutdown",
+            };
+            let replication = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, matched)| proto::ReplicaProgress {
+                            node_id: *id,
+                            matched_index: matched.map_or(0, |l| l.index),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            proto::GroupStatus {
+                group_id: g.id,
+                kind: if g.id == META_GROUP { "meta" } else { "data" }.to_string(),
+                leader_id: m.current_leader.unwrap_or(0),
+                term: m.current_term,
+                role: role.to_string(),
+                last_log_index: m.last_log_index.unwrap_or(0),
+                commit_index: commit_index(&m),
+                applied_index: m.last_applied.map_or(0, |l| l.index),
+                snapshot_index: m.snapshot.map_or(0, |l| l.index),
+                voters,
+                learners,
+                replication,
+            }
+        })
+        .collect();
+    Ok(proto::StatusResponse { node_id: node.id(), nodes, groups })
+}
+
+/// On the leader: the highest index stored on a quorum of voters. Elsewhere
+/// the applied index, a lower bound (followers do not expose their commit index).
+fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let Some(repl) = m.replication.as_ref() else { return applied };
+    let mut matched: Vec<u64> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(|id| {
+            if id == m.id {
+                m.last_log_index.unwrap_or(0)
+            } else {
+                repl.get(&id).copied().flatten().map_or(0, |l| l.index)
+            }
+        })
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[matched.len() / 2].max(applied)
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, _req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        Ok(Response::new(status_of(&self.node)?))
+    }
+
+    async fn add_node(&self, req: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("node id must be at least 1"));
+        }
+        if r.addr.is_empty() {
+            return Err(Status::invalid_argument("node address must not be empty"));
+        }
+        self.node.add_node(r.id, r.addr).await?;
+        Ok(Response::new(proto::AddNodeResponse {}))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        self.node.remove_node(req.into_inner().id).await?;
+        Ok(Response::new(proto::RemoveNodeResponse {}))
+    }
+}
+
+/// A status response as JSON, shared by `cluster status --json` and HTTP `/status`.
+pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": s.node_id,
+        "nodes": s.nodes.iter().map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "role": n.role})).collect::<Vec<_>>(),
+        "groups": s.groups.iter().map(|g| serde_json::json!({
+            "group_id": g.group_id,
+            "kind": g.kind,
+            "leader_id": g.leader_id,
+            "term": g.term,
+            "role": g.role,
+            "last_log_index": g.last_log_index,
+            "commit_index": g.commit_index,
+            "applied_index": g.applied_index,
+            "snapshot_index": g.snapshot_index,
+            "voters": g.voters,
+            "learners": g.learners,
+            "replication": g.replication.iter().map(|r| serde_json::json!({"node_id": r.node_id, "matched_index": r.matched_index})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,63 @@
+//! gRPC edge: the public `Kv` and `Cluster` services and the internal `Raft`
+//! transport service. Protobuf types are converted here and nowhere else.
+
+mod cluster_service;
+mod kv_service;
+mod raft_service;
+
+use ringkv_client::proto::cluster_server::ClusterServer;
+use ringkv_client::proto::kv_server::KvServer;
+use ringkv_client::proto::raft_server::RaftServer;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+use crate::cluster::{Node, NodeError};
+use crate::raft::network::MAX_PEER_MESSAGE;
+
+pub use cluster_service::{status_json, status_of};
+
+/// Serves every gRPC service on `listener` until the node shuts down.
+pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
+    let mut stop = node.shutdown_signal();
+    // Client messages are bounded by the value limit plus room for the key and framing.
+    let max_client_message = node.config().limits.max_value_bytes + node.config().limits.max_key_bytes + 64 * 1024;
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .add_service(
+            KvServer::new(kv_service::KvService::new(node.clone())).max_decoding_message_size(max_client_message),
+        )
+        .add_service(ClusterServer::new(cluster_service::ClusterService::new(node.clone())))
+        .add_service(
+            RaftServer::new(raft_service::RaftService::new(node.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::InvalidArgument(m) => Status::invalid_argument(m),
+            NodeError::VersionMismatch { current } => {
+                Status::aborted(format!("version mismatch: current version is {current}"))
+            }
+            NodeError::Unavailable(m) => Status::unavailable(m),
+            NodeError::Storage(e) if matches!(e, crate::storage::StorageError::Poisoned) => {
+                Status::unavailable(e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Status::internal(other.to_string())
+            }
+        }
+    }
+}

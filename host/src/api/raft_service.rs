@@ -1,0 +1,72 @@
+//! The internal `Raft` service: delivers peer messages to the right group.
+
+use ringkv_client::proto::{raft_server, RaftMessage};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Group, MembershipOp, Node};
+use crate::raft::network::{decode, encode};
+
+pub struct RaftService {
+    node: Node,
+}
+
+impl RaftService {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+
+    /// Checks the fault filter and finds the addressed group.
+    fn accept(&self, m: &RaftMessage) -> Result<std::sync::Arc<Group>, Status> {
+        if self.node.link_filter().is_blocked(m.from, self.node.id()) {
+            return Err(Status::unavailable(format!("link {}->{} is blocked", m.from, self.node.id())));
+        }
+        self.node.group(m.group_id).map_err(|_| Status::not_found(format!("no raft group {}", m.group_id)))
+    }
+}
+
+fn reply<T: Serialize>(group_id: u64, from: u64, v: &T) -> Result<Response<RaftMessage>, Status> {
+    Ok(Response::new(RaftMessage { group_id, from, payload: encode(v) }))
+}
+
+fn bad(e: postcard::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft payload: {e}"))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let g = self.accept(&m)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        reply(m.group_id, self.node.id(), &g.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let g = self.accept(&m)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        reply(m.group_id, self.node.id(), &g.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        let g = self.accept(&m)?;
+        let rpc = decode(&m.payload).map_err(bad)?;
+        reply(m.group_id, self.node.id(), &g.raft.install_snapshot(rpc).await)
+    }
+
+    async fn change_membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        self.accept(&m)?;
+        let op: MembershipOp = decode(&m.payload).map_err(bad)?;
+        reply(m.group_id, self.node.id(), &self.node.run_membership_op(m.group_id, op).await)
+    }
+
+    async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let m = req.into_inner();
+        self.accept(&m)?;
+        let fwd = decode(&m.payload).map_err(bad)?;
+        reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd).await)
+    }
+}

@@ -1,0 +1,227 @@
+//! `ringkv bench`: closed-loop load against ringkv (or etcd, for comparison).
+//!
+//! Each of `--clients` tasks sends one request, waits for the reply, records
+//! its latency and sends the next, until `--duration` passes. Latencies go
+//! into one HDR histogram per task, merged at the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::json;
+
+use super::client_cmds::ConsistencyArg;
+use super::ClientArgs;
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchOp {
+    Put,
+    Get,
+    /// 50% puts, 50% gets.
+    Mixed,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BenchTarget {
+    #[default]
+    Ringkv,
+    /// An etcd v3 cluster (needs a build with `--features etcd`).
+    Etcd,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCommand {
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: BenchOp,
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 128)]
+    pub value_size: usize,
+    /// Size of the key space; keys are `bench/00000000` ...
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    #[arg(long, value_enum, default_value_t)]
+    pub consistency: ConsistencyArg,
+    /// Write every key once before measuring (default for get and mixed).
+    #[arg(long)]
+    pub no_preload: bool,
+    /// Which system to drive.
+    #[arg(long, value_enum, default_value_t)]
+    pub target: BenchTarget,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// One system the bench can drive.
+#[derive(Clone)]
+enum Target {
+    Ringkv(ringkv_client::Client),
+    #[cfg(feature = "etcd")]
+    Etcd(etcd_client::Client),
+}
+
+impl Target {
+    async fn put(&self, key: String, value: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Target::Ringkv(c) => c.put(key, value).await.map(|_| ())?,
+            #[cfg(feature = "etcd")]
+            Target::Etcd(c) => c.kv_client().put(key, value, None).await.map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: String, consistency: ConsistencyArg) -> anyhow::Result<()> {
+        match self {
+            Target::Ringkv(c) => c.get_with(key, consistency.into()).await.map(|_| ())?,
+            #[cfg(feature = "etcd")]
+            Target::Etcd(c) => {
+                let opts = match consistency {
+                    ConsistencyArg::Linearizable => None,
+                    ConsistencyArg::Eventual => Some(etcd_client::GetOptions::new().with_serializable()),
+                };
+                c.kv_client().get(key, opts).await.map(|_| ())?
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key_name(i: u64) -> String {
+    format!("bench/{i:08}")
+}
+
+impl BenchCommand {
+    async fn target(&self) -> anyhow::Result<Target> {
+        match self.target {
+            BenchTarget::Ringkv => Ok(Target::Ringkv(self.client.client()?)),
+            #[cfg(feature = "etcd")]
+            BenchTarget::Etcd => Ok(Target::Etcd(
+                etcd_client::Client::connect(&self.client.endpoints, None).await.context("connecting to etcd")?,
+            )),
+            #[cfg(not(feature = "etcd"))]
+            BenchTarget::Etcd => {
+                anyhow::bail!("this ringkv was built without etcd support; rebuild with --features etcd")
+            }
+        }
+    }
+
+    pub async fn execute(self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
+        anyhow::ensure!(self.keys >= 1, "--keys must be at least 1");
+        let target = self.target().await?;
+        let value = vec![b'x'; self.value_size];
+        if self.op != BenchOp::Put && !self.no_preload {
+            self.preload(&target, &value).await?;
+        }
+        let deadline = Instant::now() + self.duration;
+        let mut tasks = Vec::new();
+        for _ in 0..self.clients {
+            let target = target.clone();
+            let value = value.clone();
+            let (op, keys, consistency) = (self.op, self.keys, self.consistency);
+            tasks.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).context("histogram")?;
+                let mut errors = 0u64;
+                let mut first_error = None;
+                while Instant::now() < deadline {
+                    let (k, is_put) = {
+                        let mut rng = rand::rng();
+                        let is_put = match op {
+                            BenchOp::Put => true,
+                            BenchOp::Get => false,
+                            BenchOp::Mixed => rng.random_bool(0.5),
+                        };
+                        (rng.random_range(0..keys), is_put)
+                    };
+                    let start = Instant::now();
+                    let r = if is_put {
+                        target.put(key_name(k), value.clone()).await
+                    } else {
+                        target.get(key_name(k), consistency).await
+                    };
+                    match r {
+                        Ok(()) => hist.record(start.elapsed().as_micros() as u64).context("recording")?,
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                Ok::<_, anyhow::Error>((hist, errors, first_error))
+            }));
+        }
+        let mut hist = Histogram::<u64>::new(3).context("histogram")?;
+        let mut errors = 0;
+        let mut first_error = None;
+        for t in tasks {
+            let (h, e, fe) = t.await.context("bench task panicked")??;
+            hist.add(h).context("merging histograms")?;
+            errors += e;
+            if first_error.is_none() {
+                first_error = fe;
+            }
+        }
+        let secs = self.duration.as_secs_f64();
+        let ops = hist.len() as f64 / secs;
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        let target_name = format!("{:?}", self.target).to_lowercase();
+        if self.client.json {
+            println!(
+                "{}",
+                json!({
+                    "target": target_name, "op": format!("{:?}", self.op).to_lowercase(),
+                    "consistency": format!("{:?}", self.consistency).to_lowercase(),
+                    "clients": self.clients, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
+                    "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "errors": errors,
+                    "first_error": first_error,
+                })
+            );
+        } else {
+            println!(
+                "{target_name} {:?} clients={} ops/s={ops:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms errors={errors}",
+                self.op,
+                self.clients,
+                ms(0.5),
+                ms(0.99),
+                ms(0.999)
+            );
+            if let Some(e) = first_error {
+                println!("first error: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every key once, with the same concurrency, printing progress.
+    async fn preload(&self, target: &Target, value: &[u8]) -> anyhow::Result<()> {
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let keys = self.keys;
+        let mut tasks = Vec::new();
+        for _ in 0..self.clients {
+            let (target, value, next) = (target.clone(), value.to_vec(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= keys {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    target.put(key_name(i), value.clone()).await?;
+                    if i > 0 && i % 20_000 == 0 {
+                        eprintln!("preload: {i}/{keys} keys");
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.context("preload task panicked")??;
+        }
+        eprintln!("preload: {keys}/{keys} keys");
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The `ringkv` command line: one `XxxCommand` per subcommand, each with an
+//! `execute` method.
+
+mod bench;
+mod client_cmds;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use bench::BenchCommand;
+pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
+pub use serve::{DevCommand, ServeCommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ringkv", version, about = "ringkv: a distributed key-value store with user logic next to the data")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node. With no flags: a single-node cluster on 127.0.0.1:7379.
+    Serve(ServeCommand),
+    /// Run a local multi-node cluster for trying things out.
+    Dev(DevCommand),
+    /// Write a value.
+    Put(PutCommand),
+    /// Read a value.
+    Get(GetCommand),
+    /// Delete a key.
+    Delete(DeleteCommand),
+    /// List keys under a prefix.
+    Scan(ScanCommand),
+    /// Inspect and change cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Closed-loop load generator.
+    Bench(BenchCommand),
+}
+
+/// Flags every client subcommand takes.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Nodes to contact, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7379", env = "RINGKV_ENDPOINTS")]
+    pub endpoints: Vec<String>,
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> anyhow::Result<ringkv_client::Client> {
+        Ok(ringkv_client::Client::connect(&self.endpoints)?)
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_) | Command::Dev(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(c) => c.execute().await,
+            Command::Dev(c) => c.execute().await,
+            Command::Put(c) => c.execute().await,
+            Command::Get(c) => c.execute().await,
+            Command::Delete(c) => c.execute().await,
+            Command::Scan(c) => c.execute().await,
+            Command::Cluster(c) => c.execute().await,
+            Command::Bench(c) => c.execute().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
+}
+
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Parses `500ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected a duration like 500ms, 10s or 2m)"))
+}

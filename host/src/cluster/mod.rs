@@ -1,0 +1,355 @@
+//! The node: starts its Raft groups, bootstraps or joins a cluster, routes
+//! requests to group leaders, changes membership and expires TTL'd keys.
+//!
+//! Groups: [`META_GROUP`] holds the cluster configuration (members and their
+//! addresses); [`DATA_GROUP`] holds user data. Both run on every member. The
+//! ring of many data shards builds on the same per-group machinery.
+
+mod membership;
+mod routing;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use openraft::BasicNode;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use membership::{MembershipOp, MembershipReply};
+pub use routing::{ForwardReply, Forwarded, Proposal, ReadResult};
+
+use crate::config::NodeConfig;
+use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, StateMachine};
+use crate::storage::{GroupId, Storage, StorageError};
+
+/// The group holding cluster configuration.
+pub const META_GROUP: GroupId = 0;
+/// The group holding user data.
+pub const DATA_GROUP: GroupId = 1;
+const ALL_GROUPS: [GroupId; 2] = [META_GROUP, DATA_GROUP];
+
+/// Errors a node reports to its callers.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("version mismatch: current version is {current}")]
+    VersionMismatch { current: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("unknown raft group {0}")]
+    NoSuchGroup(GroupId),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Raft(#[from] Box<RaftLayerError>),
+    #[error("{0}")]
+    Startup(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One Raft group hosted by this node.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub sm: StateMachine,
+}
+
+/// A running node. Cheap to clone; clones share the node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    id: NodeId,
+    /// Address peers and clients use to reach this node.
+    addr: String,
+    config: NodeConfig,
+    storage: Storage,
+    peers: Arc<Peers>,
+    /// Groups hosted here, swapped as a whole when the set changes.
+    groups: ArcSwap<BTreeMap<GroupId, Arc<Group>>>,
+    /// Flips to true when the node shuts down; every background task watches it.
+    shutdown: watch::Sender<bool>,
+    /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+const NODE_ID_KEY: &[u8] = b"node_id";
+const JOINED_KEY: &[u8] = b"joined";
+
+impl Node {
+    /// Starts a node: opens storage, starts its groups and servers, then
+    /// bootstraps a new cluster or joins an existing one in the background.
+    pub async fn start(config: NodeConfig, filter: LinkFilter) -> Result<Node, NodeError> {
+        let storage = Storage::open(&config.data_dir)?;
+        check_identity(&storage, config.id).await?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| NodeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+        let bound = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
+        let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let peers = Peers::new(config.id, filter);
+        let mut groups = BTreeMap::new();
+        for gid in ALL_GROUPS {
+            let (raft, sm) =
+                start_group(config.id, gid, &storage, peers.clone(), &config.raft).await.map_err(Box::new)?;
+            groups.insert(gid, Arc::new(Group { id: gid, raft, sm }));
+        }
+        let (shutdown, _) = watch::channel(false);
+        let node = Node {
+            inner: Arc::new(NodeInner {
+                id: config.id,
+                addr,
+                config,
+                storage,
+                peers,
+                groups: ArcSwap::from_pointee(groups),
+                shutdown,
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        node.spawn(crate::api::serve(node.clone(), listener));
+        if let Some(http) = node.inner.config.http.clone() {
+            let listener = tokio::net::TcpListener::bind(&http)
+                .await
+                .map_err(|e| NodeError::Startup(format!("cannot listen on {http} (http): {e}")))?;
+            node.spawn(crate::http::serve(node.clone(), listener));
+        }
+        node.bootstrap_or_join().await?;
+        node.spawn(node.clone().ttl_sweeper());
+        tracing::info!(node = node.id(), addr = %node.addr(), "node started");
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address peers and clients use for this node.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.inner.peers
+    }
+
+    /// The fault-injection filter of this node's transport.
+    pub fn link_filter(&self) -> &LinkFilter {
+        self.inner.peers.filter()
+    }
+
+    pub fn group(&self, id: GroupId) -> Result<Arc<Group>, NodeError> {
+        self.inner.groups.load().get(&id).cloned().ok_or(NodeError::NoSuchGroup(id))
+    }
+
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        self.inner.groups.load().values().cloned().collect()
+    }
+
+    /// A receiver that turns true when the node shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let h = tokio::spawn(fut);
+        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+    }
+
+    /// Stops servers and Raft groups and flushes storage. Idempotent.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for g in self.groups() {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "raft shutdown");
+            }
+        }
+        for t in tasks {
+            // Servers stop on the signal; anything else is aborted.
+            t.abort();
+            let _ = t.await;
+        }
+        self.inner.groups.store(Arc::new(BTreeMap::new()));
+        let storage = self.inner.storage.clone();
+        let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
+        tracing::info!(node = self.id(), "node stopped");
+    }
+
+    async fn bootstrap_or_join(&self) -> Result<(), NodeError> {
+        let meta = self.group(META_GROUP)?;
+        let initialized = meta.raft.is_initialized().await.map_err(|e| NodeError::Internal(e.to_string()))?;
+        let joined = self.read_node_meta(JOINED_KEY).await?.is_some();
+        let seeds = self.inner.config.join.clone();
+        if !initialized && seeds.is_empty() {
+            tracing::info!(node = self.id(), "bootstrapping a new single-node cluster");
+            let members = BTreeMap::from([(self.id(), BasicNode { addr: self.addr().to_string() })]);
+            for g in self.groups() {
+                g.raft.initialize(members.clone()).await.map_err(|e| NodeError::Startup(e.to_string()))?;
+            }
+            self.write_node_meta(JOINED_KEY, b"1".to_vec()).await?;
+            let me = self.clone();
+            self.spawn(async move { me.register_self().await });
+        } else if !seeds.is_empty() && !joined {
+            let me = self.clone();
+            self.spawn(async move { me.join_loop(seeds).await });
+        }
+        Ok(())
+    }
+
+    /// Records this node's address in the meta group (after a bootstrap).
+    async fn register_self(&self) {
+        let mut stop = self.shutdown_signal();
+        loop {
+            let p = Proposal::SetNode { id: self.id(), addr: self.addr().to_string() };
+            match self.propose(META_GROUP, p).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "registering self in the meta group, retrying"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Asks the seeds to add this node until one succeeds.
+    async fn join_loop(&self, seeds: Vec<String>) {
+        let mut stop = self.shutdown_signal();
+        let mut attempt = 0u32;
+        loop {
+            for seed in &seeds {
+                attempt += 1;
+                tracing::info!(node = self.id(), seed = %seed, attempt, "asking the cluster to add this node");
+                let client = match ringkv_client::Client::connect_with(
+                    [seed],
+                    ringkv_client::ClientOptions {
+                        timeout: Duration::from_secs(300),
+                        connect_timeout: Duration::from_secs(2),
+                    },
+                ) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(seed = %seed, error = %e, "bad join address");
+                        continue;
+                    }
+                };
+                match client.add_node(self.id(), self.addr()).await {
+                    Ok(()) => {
+                        if let Err(e) = self.write_node_meta(JOINED_KEY, b"1".to_vec()).await {
+                            tracing::error!(error = %e, "could not record the join");
+                        }
+                        tracing::info!(node = self.id(), "joined the cluster as a voter");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(seed = %seed, error = %e, "join attempt failed, will retry"),
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn read_node_meta(&self, key: &'static [u8]) -> Result<Option<Vec<u8>>, NodeError> {
+        read_node_meta(&self.inner.storage, key).await
+    }
+
+    async fn write_node_meta(&self, key: &'static [u8], value: Vec<u8>) -> Result<(), NodeError> {
+        write_node_meta(&self.inner.storage, key, value).await
+    }
+
+    /// Deletes expired keys through Raft, on groups this node leads.
+    async fn ttl_sweeper(self) {
+        let mut stop = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(self.inner.config.ttl_sweep_interval) => {}
+            }
+            for g in self.groups() {
+                if g.raft.current_leader().await != Some(self.id()) {
+                    continue;
+                }
+                let expired = match g.sm.expired(crate::raft::types::now_ms(), 256).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(group = g.id, error = %e, "reading the TTL index");
+                        continue;
+                    }
+                };
+                let proposals =
+                    expired.into_iter().map(|(key, version)| self.propose(g.id, Proposal::Expire { key, version }));
+                for r in futures::future::join_all(proposals).await {
+                    if let Err(e) = r {
+                        tracing::debug!(group = g.id, error = %e, "expiring a key");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Current members from the meta group's replicated configuration:
+    /// (id, address, is_voter).
+    pub fn members(&self) -> Result<Vec<(NodeId, String, bool)>, NodeError> {
+        let meta = self.group(META_GROUP)?;
+        let m = meta.raft.metrics().borrow().membership_config.clone();
+        let voters: std::collections::BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        Ok(m.membership().nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect())
+    }
+
+    /// The address of `id` as recorded in `group`'s membership.
+    fn member_addr(&self, group: &Group, id: NodeId) -> Option<String> {
+        let m = group.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+}
+
+async fn check_identity(storage: &Storage, id: NodeId) -> Result<(), NodeError> {
+    match read_node_meta(storage, NODE_ID_KEY).await? {
+        Some(raw) => {
+            let stored = <[u8; 8]>::try_from(raw.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| NodeError::Startup("corrupt node id in the data directory".into()))?;
+            if stored != id {
+                return Err(NodeError::Startup(format!(
+                    "data directory belongs to node {stored}, but this node was started with --id {id}"
+                )));
+            }
+            Ok(())
+        }
+        None => write_node_meta(storage, NODE_ID_KEY, id.to_be_bytes().to_vec()).await,
+    }
+}
+
+async fn read_node_meta(storage: &Storage, key: &'static [u8]) -> Result<Option<Vec<u8>>, NodeError> {
+    Ok(storage
+        .blocking(move |s| s.node_meta().get(key).map_err(StorageError::fjall("reading node metadata")))
+        .await?
+        .map(|v| v.to_vec()))
+}
+
+async fn write_node_meta(storage: &Storage, key: &'static [u8], value: Vec<u8>) -> Result<(), NodeError> {
+    storage
+        .write_durable(false, move |s, batch| {
+            batch.insert(s.node_meta(), key, value);
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))
+}

@@ -1,0 +1,309 @@
+//! Request routing: every request may arrive at any node. Writes and
+//! linearizable reads run on the group leader, forwarded there over the peer
+//! transport when needed; eventual reads are served by the local replica.
+
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use ringkv_client::proto::RaftMessage;
+use serde::{Deserialize, Serialize};
+
+use super::{Group, Node, NodeError};
+use crate::raft::network::{decode, encode, PeerError};
+use crate::raft::types::{now_ms, Command, CommandResult, Op};
+use crate::raft::NodeId;
+use crate::storage::{Envelope, GroupId};
+
+/// A write as the client asked for it. The leader turns it into a
+/// [`Command`], stamping its own clock, so TTLs use one clock per write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Proposal {
+    Put { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>, if_version: Option<u64> },
+    Delete { key: Vec<u8>, if_version: Option<u64> },
+    Expire { key: Vec<u8>, version: u64 },
+    SetNode { id: NodeId, addr: String },
+    RemoveNode { id: NodeId },
+}
+
+impl Proposal {
+    fn into_command(self) -> Command {
+        let now = now_ms();
+        let op = match self {
+            Proposal::Put { key, value, ttl_ms, if_version } => {
+                Op::Put { key, value, expires_at: ttl_ms.filter(|t| *t > 0).map(|t| now.saturating_add(t)), if_version }
+            }
+            Proposal::Delete { key, if_version } => Op::Delete { key, if_version },
+            Proposal::Expire { key, version } => Op::Expire { key, version },
+            Proposal::SetNode { id, addr } => Op::SetNode { id, addr },
+            Proposal::RemoveNode { id } => Op::RemoveNode { id },
+        };
+        Command { now_ms: now, op }
+    }
+}
+
+/// A request forwarded to a group leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    Propose(Proposal),
+    Get { key: Vec<u8> },
+    Scan { prefix: Vec<u8>, limit: u32 },
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Written(CommandResult),
+    /// Encoded [`Envelope`] or nothing.
+    Value(Option<Vec<u8>>),
+    /// (key, encoded envelope) pairs.
+    Items(Vec<(Vec<u8>, Vec<u8>)>),
+    /// The receiver is not the leader (any more); retry elsewhere.
+    NotLeader,
+    Unavailable(String),
+}
+
+/// Result of a read.
+pub type ReadResult = Option<Envelope>;
+
+/// What one attempt at the leader produced.
+enum Attempt<T> {
+    Done(T),
+    /// Leadership is moving or unknown: wait a little and try again.
+    Retry,
+}
+
+impl Node {
+    /// Runs `op` at the leader of `group` within the request deadline,
+    /// forwarding when this node is not the leader and retrying while
+    /// leadership moves. Gives `UNAVAILABLE` at the deadline.
+    async fn at_leader<T, L, LF>(
+        &self,
+        group: GroupId,
+        forwarded: impl Fn() -> Forwarded,
+        local: L,
+    ) -> Result<T, NodeError>
+    where
+        L: Fn(std::sync::Arc<Group>) -> LF,
+        LF: std::future::Future<Output = Result<Attempt<T>, NodeError>>,
+        T: TryFrom<ForwardReply, Error = NodeError>,
+    {
+        let deadline = self.config().request_timeout;
+        let work = async {
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                let g = self.group(group)?;
+                let leader = g.raft.current_leader().await;
+                let attempt = match leader {
+                    Some(l) if l == self.id() => local(g.clone()).await?,
+                    Some(l) => self.forward(&g, l, forwarded()).await?,
+                    None => Attempt::Retry,
+                };
+                match attempt {
+                    Attempt::Done(v) => return Ok(v),
+                    Attempt::Retry => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(NodeError::Unavailable(format!(
+                "no quorum or leader for group {group} reachable within {deadline:?}"
+            ))),
+        }
+    }
+
+    async fn forward<T>(&self, g: &Group, leader: NodeId, req: Forwarded) -> Result<Attempt<T>, NodeError>
+    where
+        T: TryFrom<ForwardReply, Error = NodeError>,
+    {
+        let Some(addr) = self.member_addr(g, leader) else { return Ok(Attempt::Retry) };
+        let mut client = match self.peers().raft_client(leader, &addr) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "cannot reach leader");
+                return Ok(Attempt::Retry);
+            }
+        };
+        let msg = RaftMessage { group_id: g.id, from: self.id(), payload: encode(&req) };
+        let reply = match client.forward(msg).await {
+            Ok(r) => r.into_inner(),
+            // Not delivered (connection refused, reset before sending): safe to retry.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::debug!(leader, error = %s, "leader unreachable, retrying");
+                return Ok(Attempt::Retry);
+            }
+            Err(s) => return Err(NodeError::Unavailable(format!("forwarding to leader {leader} failed: {s}"))),
+        };
+        let reply: ForwardReply =
+            decode(&reply.payload).map_err(|e| NodeError::Internal(format!("bad reply from leader {leader}: {e}")))?;
+        match reply {
+            ForwardReply::NotLeader => Ok(Attempt::Retry),
+            ForwardReply::Unavailable(m) => Err(NodeError::Unavailable(m)),
+            other => Ok(Attempt::Done(T::try_from(other)?)),
+        }
+    }
+
+    /// Proposes a write to `group` and returns what applying it produced.
+    pub async fn propose(&self, group: GroupId, p: Proposal) -> Result<CommandResult, NodeError> {
+        self.at_leader(group, || Forwarded::Propose(p.clone()), |g| write_local(g, p.clone())).await
+    }
+
+    /// Reads a key at the given consistency.
+    pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<ReadResult, NodeError> {
+        if !linearizable {
+            return Ok(self.group(group)?.sm.get(key, now_ms()).await?);
+        }
+        let v: EncodedValue = self
+            .at_leader(
+                group,
+                || Forwarded::Get { key: key.clone() },
+                |g| {
+                    let key = key.clone();
+                    async move {
+                        Ok(match read_barrier(&g).await? {
+                            Attempt::Done(()) => Attempt::Done(EncodedValue(g.sm.get(key, now_ms()).await?)),
+                            Attempt::Retry => Attempt::Retry,
+                        })
+                    }
+                },
+            )
+            .await?;
+        Ok(v.0)
+    }
+
+    /// Lists live keys under `prefix`, at most `limit`.
+    pub async fn scan(
+        &self,
+        group: GroupId,
+        prefix: Vec<u8>,
+        limit: u32,
+        linearizable: bool,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
+        if !linearizable {
+            return Ok(self.group(group)?.sm.scan(prefix, limit as usize, now_ms()).await?);
+        }
+        let items: EncodedItems = self
+            .at_leader(
+                group,
+                || Forwarded::Scan { prefix: prefix.clone(), limit },
+                |g| {
+                    let prefix = prefix.clone();
+                    async move {
+                        Ok(match read_barrier(&g).await? {
+                            Attempt::Done(()) => {
+                                Attempt::Done(EncodedItems(g.sm.scan(prefix, limit as usize, now_ms()).await?))
+                            }
+                            Attempt::Retry => Attempt::Retry,
+                        })
+                    }
+                },
+            )
+            .await?;
+        Ok(items.0)
+    }
+
+    /// Serves a request another node forwarded here. Never forwards again.
+    pub async fn handle_forwarded(&self, group: GroupId, req: Forwarded) -> ForwardReply {
+        let g = match self.group(group) {
+            Ok(g) => g,
+            Err(e) => return ForwardReply::Unavailable(e.to_string()),
+        };
+        let work = async {
+            let reply = match req {
+                Forwarded::Propose(p) => match write_local(g.clone(), p).await? {
+                    Attempt::Done(r) => ForwardReply::Written(r),
+                    Attempt::Retry => ForwardReply::NotLeader,
+                },
+                Forwarded::Get { key } => match read_barrier(&g).await? {
+                    Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
+                    Attempt::Retry => ForwardReply::NotLeader,
+                },
+                Forwarded::Scan { prefix, limit } => match read_barrier(&g).await? {
+                    Attempt::Done(()) => ForwardReply::Items(
+                        g.sm.scan(prefix, limit as usize, now_ms())
+                            .await?
+                            .into_iter()
+                            .map(|(k, e)| (k, e.encode()))
+                            .collect(),
+                    ),
+                    Attempt::Retry => ForwardReply::NotLeader,
+                },
+            };
+            Ok::<_, NodeError>(reply)
+        };
+        match tokio::time::timeout(self.config().request_timeout, work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => ForwardReply::Unavailable(e.to_string()),
+            Err(_) => ForwardReply::Unavailable(format!(
+                "leader {} could not reach a quorum for group {group} in time",
+                self.id()
+            )),
+        }
+    }
+}
+
+/// Proposes on the local Raft; `Retry` when this node is not the leader.
+async fn write_local(g: std::sync::Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
+    match g.raft.client_write(p.into_command()).await {
+        Ok(resp) => Ok(Attempt::Done(resp.data)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(Attempt::Retry),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(NodeError::Internal(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft group {} stopped: {e}", g.id))),
+    }
+}
+
+/// ReadIndex: confirms leadership with a quorum and waits until the local
+/// state machine has applied everything committed before the read began.
+async fn read_barrier(g: &Group) -> Result<Attempt<()>, NodeError> {
+    match g.raft.ensure_linearizable().await {
+        Ok(_) => Ok(Attempt::Done(())),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Ok(Attempt::Retry),
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Ok(Attempt::Retry),
+        Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft group {} stopped: {e}", g.id))),
+    }
+}
+
+impl TryFrom<ForwardReply> for CommandResult {
+    type Error = NodeError;
+    fn try_from(r: ForwardReply) -> Result<Self, NodeError> {
+        match r {
+            ForwardReply::Written(c) => Ok(c),
+            other => Err(NodeError::Internal(format!("unexpected reply to a write: {other:?}"))),
+        }
+    }
+}
+
+struct EncodedValue(Option<Envelope>);
+
+impl TryFrom<ForwardReply> for EncodedValue {
+    type Error = NodeError;
+    fn try_from(r: ForwardReply) -> Result<Self, NodeError> {
+        match r {
+            ForwardReply::Value(v) => Ok(EncodedValue(v.map(|raw| Envelope::decode(&raw)).transpose()?)),
+            other => Err(NodeError::Internal(format!("unexpected reply to a read: {other:?}"))),
+        }
+    }
+}
+
+struct EncodedItems(Vec<(Vec<u8>, Envelope)>);
+
+impl TryFrom<ForwardReply> for EncodedItems {
+    type Error = NodeError;
+    fn try_from(r: ForwardReply) -> Result<Self, NodeError> {
+        match r {
+            ForwardReply::Items(v) => Ok(EncodedItems(
+                v.into_iter().map(|(k, raw)| Ok((k, Envelope::decode(&raw)?))).collect::<Result<_, NodeError>>()?,
+            )),
+            other => Err(NodeError::Internal(format!("unexpected reply to a scan: {other:?}"))),
+        }
+    }
+}
+
+impl From<PeerError> for NodeError {
+    fn from(e: PeerError) -> Self {
+        NodeError::Unavailable(e.to_string())
+    }
+}

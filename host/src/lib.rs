@@ -1,0 +1,25 @@
+//! ringkv: a distributed key-value store.
+//!
+//! A tour of the node, bottom up:
+//!
+//! - [`storage`] owns the node's single fjall database: its keyspaces, key
+//!   layout, the group-commit writer thread and fsync poisoning.
+//! - [`raft`] runs openraft per group on top of it: the log store, the
+//!   key-value state machine with snapshots, and the tonic peer transport.
+//! - [`cluster`] is the node itself: it starts the groups, bootstraps or joins
+//!   a cluster, changes membership, routes requests to leaders and expires TTLs.
+//! - [`api`] exposes the node over gRPC (`ringkv.v1.Kv`, `Cluster`, and the
+//!   internal `Raft` service) and converts protobuf at the edge.
+//! - [`http`] serves health and status over HTTP.
+//! - [`config`] holds node settings with their defaults; [`cli`] is the
+//!   `ringkv` command line.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod api;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod raft;
+pub mod storage;

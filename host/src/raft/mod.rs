@@ -1,0 +1,83 @@
+//! Raft layer: openraft types, the fjall-backed log store and state machine,
+//! and the tonic transport. Everything here is per group (`GroupId`), so a
+//! node can run any number of groups on one database and one transport.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::sync::Arc;
+
+pub use log_store::LogStore;
+pub use network::{LinkFilter, NetworkFactory, Peers};
+pub use state_machine::StateMachine;
+pub use types::{Command, CommandResult, NodeId, Op, Raft, TypeConfig};
+
+use crate::storage::{GroupId, Storage};
+
+/// Errors of the raft layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftLayerError {
+    #[error("invalid raft settings: {0}")]
+    InvalidConfig(String),
+    #[error("raft stopped: {0}")]
+    Fatal(#[from] openraft::error::Fatal<NodeId>),
+}
+
+/// Raft timing and log-retention settings shared by every group.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log after a snapshot, for followers slightly behind.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+        }
+    }
+}
+
+/// Starts the openraft instance of one group.
+pub async fn start_group(
+    node_id: NodeId,
+    group: GroupId,
+    storage: &Storage,
+    peers: Arc<Peers>,
+    tuning: &RaftTuning,
+) -> Result<(Raft, StateMachine), RaftLayerError> {
+    let config = openraft::Config {
+        cluster_name: format!("ringkv-group-{group}"),
+        heartbeat_interval: tuning.heartbeat_ms,
+        election_timeout_min: tuning.election_min_ms,
+        election_timeout_max: tuning.election_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
+        max_in_snapshot_log_to_keep: tuning.keep_logs,
+        max_payload_entries: 128,
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().map_err(|e| RaftLayerError::InvalidConfig(e.to_string()))?);
+    let sm = StateMachine::new(group, storage.clone());
+    let raft = Raft::new(
+        node_id,
+        config,
+        NetworkFactory::new(group, peers),
+        LogStore::new(group, storage.clone()),
+        sm.clone(),
+    )
+    .await?;
+    Ok((raft, sm))
+}

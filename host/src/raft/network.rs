@@ -1,0 +1,236 @@
+//! Node-to-node Raft transport over tonic.
+//!
+//! Every group on a node shares one lazily connected HTTP/2 channel per peer:
+//! a message carries its `group_id` instead of using a connection per group.
+//! Payloads are openraft's own message types, serialized with postcard.
+//!
+//! [`LinkFilter`] drops messages on chosen links, in both the sending and the
+//! receiving direction, so tests can partition nodes without touching the OS
+//! (TiKV's transport-filter pattern). It is empty unless a test fills it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use ringkv_client::proto::raft_client::RaftClient;
+use ringkv_client::proto::RaftMessage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{NodeId, TypeConfig};
+use crate::storage::GroupId;
+
+/// Largest message the peer transport accepts (AppendEntries batches of large values).
+pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// Links on which messages are dropped, as (from, to) pairs. Test-only fault injection.
+#[derive(Clone, Default, Debug)]
+pub struct LinkFilter {
+    blocked: Arc<RwLock<HashSet<(NodeId, NodeId)>>>,
+}
+
+impl LinkFilter {
+    pub fn is_blocked(&self, from: NodeId, to: NodeId) -> bool {
+        self.blocked.read().map(|b| b.contains(&(from, to))).unwrap_or(false)
+    }
+
+    /// Drops every message between `node` and each of `others`, both ways.
+    pub fn isolate(&self, node: NodeId, others: &[NodeId]) {
+        if let Ok(mut b) = self.blocked.write() {
+            for &o in others {
+                b.insert((node, o));
+                b.insert((o, node));
+            }
+        }
+    }
+
+    /// Removes every blocked link.
+    pub fn heal(&self) {
+        if let Ok(mut b) = self.blocked.write() {
+            b.clear();
+        }
+    }
+}
+
+/// Cached channels to peers, shared by every group on the node.
+pub struct Peers {
+    self_id: NodeId,
+    filter: LinkFilter,
+    /// Peer id → (address the channel was built for, channel).
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+}
+
+impl Peers {
+    pub fn new(self_id: NodeId, filter: LinkFilter) -> Arc<Self> {
+        Arc::new(Self { self_id, filter, channels: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn self_id(&self) -> NodeId {
+        self.self_id
+    }
+
+    pub fn filter(&self) -> &LinkFilter {
+        &self.filter
+    }
+
+    /// The channel to `id` at `addr`, rebuilt when the address changes.
+    pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, ch)) = map.get(&id) {
+            if a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .connect_lazy();
+        map.insert(id, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+
+    /// A raft-service client to `id`, or `None` when the link is cut by the filter.
+    pub fn raft_client(&self, id: NodeId, addr: &str) -> Result<RaftClient<Channel>, PeerError> {
+        if self.filter.is_blocked(self.self_id, id) {
+            return Err(PeerError::LinkBlocked { from: self.self_id, to: id });
+        }
+        let ch = self.channel(id, addr).map_err(|e| PeerError::Connect(e.to_string()))?;
+        Ok(RaftClient::new(ch).max_decoding_message_size(MAX_PEER_MESSAGE).max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+}
+
+/// Errors talking to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("link {from}->{to} is blocked by the fault-injection filter")]
+    LinkBlocked { from: NodeId, to: NodeId },
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("rpc failed: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("bad payload: {0}")]
+    Codec(#[from] postcard::Error),
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
+    // Serializing in-memory values to a Vec cannot fail.
+    Bytes::from(postcard::to_allocvec(v).unwrap_or_default())
+}
+
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(b)
+}
+
+/// Creates per-target clients for one group.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    group: GroupId,
+    peers: Arc<Peers>,
+}
+
+impl NetworkFactory {
+    pub fn new(group: GroupId, peers: Arc<Peers>) -> Self {
+        Self { group, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerNetwork { group: self.group, target, addr: node.addr.clone(), peers: self.peers.clone() }
+    }
+}
+
+/// Sends one group's Raft messages to one peer.
+pub struct PeerNetwork {
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+    peers: Arc<Peers>,
+}
+
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerNetwork {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self.peers.raft_client(self.target, &self.addr).map_err(|e| unreachable(&e))?;
+        let mut msg =
+            tonic::Request::new(RaftMessage { group_id: self.group, from: self.peers.self_id(), payload: encode(req) });
+        msg.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(msg).await,
+            Rpc::Vote => client.vote(msg).await,
+            Rpc::Snapshot => client.install_snapshot(msg).await,
+        };
+        let reply = reply.map_err(|s| {
+            if s.code() == tonic::Code::Unavailable {
+                unreachable(&PeerError::Rpc(s))
+            } else {
+                RPCError::Network(NetworkError::new(&PeerError::Rpc(s)))
+            }
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError::Codec(e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn unreachable<E: std::error::Error + 'static, RE: std::error::Error>(e: &E) -> RPCError<NodeId, BasicNode, RE> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,406 @@
+//! The replicated key-value state machine of one Raft group, and its snapshots.
+//!
+//! Applying a batch of entries and recording `applied` is one atomic fjall
+//! batch. Snapshots are cut from a cross-keyspace fjall snapshot, so the data
+//! and the `applied` marker they carry always agree.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fjall::{OwnedWriteBatch, Readable};
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::log_store::{decode, encode};
+use super::types::{
+    Command, CommandResult, Entry, LogId, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership,
+    TypeConfig,
+};
+use crate::storage::{expiry_key, group_key, Envelope, GroupId, Storage, StorageError};
+
+const APPLIED: &[u8] = b"applied";
+const MEMBERSHIP: &[u8] = b"membership";
+/// Prefix of member records in the meta group's data.
+const NODE_PREFIX: &[u8] = b"\0node/";
+
+/// A snapshot as stored in the `snapshots` keyspace.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// Snapshot payload: every live record of the group as (user key, encoded envelope).
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// State machine of one Raft group.
+#[derive(Clone)]
+pub struct StateMachine {
+    group: GroupId,
+    storage: Storage,
+}
+
+/// Builds snapshots of one group.
+pub struct SnapshotBuilder {
+    group: GroupId,
+    storage: Storage,
+}
+
+fn sm_err(e: impl std::fmt::Display) -> RaftStorageError {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> RaftStorageError {
+    StorageIOError::read_snapshot(None, AnyError::error(e.to_string())).into()
+}
+
+impl StateMachine {
+    pub fn new(group: GroupId, storage: Storage) -> Self {
+        Self { group, storage }
+    }
+
+    /// Reads one key. Expired keys are invisible.
+    pub async fn get(&self, key: Vec<u8>, now_ms: u64) -> Result<Option<Envelope>, StorageError> {
+        let group = self.group;
+        self.storage.blocking(move |s| Ok(read_envelope(s, group, &key)?.filter(|e| !e.is_expired(now_ms)))).await
+    }
+
+    /// Returns up to `limit` live records whose key starts with `prefix`.
+    pub async fn scan(
+        &self,
+        prefix: Vec<u8>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                for g in s.sm_data().prefix(group_key(group, &prefix)) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("scanning"))?;
+                    let env = Envelope::decode(&v)?;
+                    if !env.is_expired(now_ms) {
+                        out.push((k[8..].to_vec(), env));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Keys whose TTL passed by `now_ms`, with the version that carries the TTL.
+    pub async fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                let range = expiry_key(group, 0, b"")..expiry_key(group, now_ms.saturating_add(1), b"");
+                for g in s.sm_expiry().range(range).take(limit) {
+                    let k = g.key().map_err(StorageError::fjall("reading the TTL index"))?;
+                    let user_key = k[16..].to_vec();
+                    if let Some(env) = read_envelope(s, group, &user_key)? {
+                        out.push((user_key, env.version));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Members recorded in the meta group: (id, address).
+    pub async fn nodes(&self) -> Result<Vec<(NodeId, String)>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                for g in s.sm_data().prefix(group_key(group, NODE_PREFIX)) {
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading members"))?;
+                    let id_bytes = k.get(8 + NODE_PREFIX.len()..).unwrap_or_default();
+                    let id = <[u8; 8]>::try_from(id_bytes)
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StorageError::Corrupt { keyspace: "sm_data", detail: "bad member key".into() })?;
+                    let env = Envelope::decode(&v)?;
+                    out.push((id, String::from_utf8_lossy(&env.value).into_owned()));
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+fn read_envelope(s: &Storage, group: GroupId, key: &[u8]) -> Result<Option<Envelope>, StorageError> {
+    match s.sm_data().get(group_key(group, key)).map_err(StorageError::fjall("reading a value"))? {
+        Some(raw) => Ok(Some(Envelope::decode(&raw)?)),
+        None => Ok(None),
+    }
+}
+
+/// Applies a run of commands, then writes their net effect as one batch.
+///
+/// fjall gives every item of a batch the same sequence number, so a key must
+/// appear at most once per batch: writes are collected here and deduplicated.
+struct Applier<'a> {
+    s: &'a Storage,
+    group: GroupId,
+    /// Final state of every user key touched by this run (`None` = deleted).
+    data: HashMap<Vec<u8>, Option<Envelope>>,
+    /// TTL index changes by index key: `true` = insert, `false` = remove.
+    expiry: HashMap<Vec<u8>, bool>,
+}
+
+impl Applier<'_> {
+    fn current(&self, key: &[u8]) -> Result<Option<Envelope>, StorageError> {
+        match self.data.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => read_envelope(self.s, self.group, key),
+        }
+    }
+
+    fn set(&mut self, key: Vec<u8>, old: Option<&Envelope>, new: Option<Envelope>) {
+        if let Some(t) = old.and_then(|e| e.expires_at) {
+            self.expiry.insert(expiry_key(self.group, t, &key), false);
+        }
+        if let Some(t) = new.as_ref().and_then(|e| e.expires_at) {
+            self.expiry.insert(expiry_key(self.group, t, &key), true);
+        }
+        self.data.insert(key, new);
+    }
+
+    fn into_batch(self) -> OwnedWriteBatch {
+        let mut batch = self.s.db().batch();
+        for (key, env) in self.data {
+            match env {
+                Some(env) => batch.insert(self.s.sm_data(), group_key(self.group, &key), env.encode()),
+                None => batch.remove(self.s.sm_data(), group_key(self.group, &key)),
+            }
+        }
+        for (key, insert) in self.expiry {
+            if insert {
+                batch.insert(self.s.sm_expiry(), key, Vec::new());
+            } else {
+                batch.remove(self.s.sm_expiry(), key);
+            }
+        }
+        batch
+    }
+
+    fn apply(&mut self, index: u64, cmd: Command) -> Result<CommandResult, StorageError> {
+        let now = cmd.now_ms;
+        Ok(match cmd.op {
+            Op::Put { key, value, expires_at, if_version } => {
+                let old = self.current(&key)?;
+                let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
+                if if_version.is_some_and(|want| want != live) {
+                    return Ok(CommandResult::VersionMismatch { current: live });
+                }
+                let env = Envelope { value: value.into(), version: index, expires_at };
+                self.set(key, old.as_ref(), Some(env));
+                CommandResult::Written { version: index }
+            }
+            Op::Delete { key, if_version } => {
+                let old = self.current(&key)?;
+                let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
+                if if_version.is_some_and(|want| want != live) {
+                    return Ok(CommandResult::VersionMismatch { current: live });
+                }
+                if old.is_some() {
+                    self.set(key, old.as_ref(), None);
+                }
+                CommandResult::Deleted { existed: live != 0, version: index }
+            }
+            Op::Expire { key, version } => {
+                let old = self.current(&key)?;
+                if old.as_ref().is_some_and(|e| e.version == version) {
+                    self.set(key, old.as_ref(), None);
+                }
+                CommandResult::Done
+            }
+            Op::SetNode { id, addr } => {
+                let key = [NODE_PREFIX, &id.to_be_bytes()].concat();
+                let old = self.current(&key)?;
+                self.set(key, old.as_ref(), Some(Envelope { value: addr.into(), version: index, expires_at: None }));
+                CommandResult::Done
+            }
+            Op::RemoveNode { id } => {
+                let key = [NODE_PREFIX, &id.to_be_bytes()].concat();
+                let old = self.current(&key)?;
+                self.set(key, old.as_ref(), None);
+                CommandResult::Done
+            }
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let applied = match s.sm_meta().get(group_key(group, APPLIED)).map_err(sm_err)? {
+                    Some(v) => Some(decode::<LogId>(&v, "sm_meta").map_err(sm_err)?),
+                    None => None,
+                };
+                let membership = match s.sm_meta().get(group_key(group, MEMBERSHIP)).map_err(sm_err)? {
+                    Some(v) => decode::<StoredMembership>(&v, "sm_meta").map_err(sm_err)?,
+                    None => StoredMembership::default(),
+                };
+                Ok((applied, membership))
+            })
+            .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut ap = Applier { s, group, data: HashMap::new(), expiry: HashMap::new() };
+                let mut results = Vec::with_capacity(entries.len());
+                let mut last = None;
+                let mut membership = None;
+                for entry in entries {
+                    last = Some(entry.log_id);
+                    results.push(match entry.payload {
+                        EntryPayload::Blank => CommandResult::Done,
+                        EntryPayload::Normal(cmd) => ap.apply(entry.log_id.index, cmd).map_err(sm_err)?,
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                            CommandResult::Done
+                        }
+                    });
+                }
+                let mut batch = ap.into_batch();
+                if let Some(last) = last {
+                    batch.insert(s.sm_meta(), group_key(group, APPLIED), encode(&last));
+                }
+                if let Some(m) = membership {
+                    batch.insert(s.sm_meta(), group_key(group, MEMBERSHIP), encode(&m));
+                }
+                batch.commit().map_err(sm_err)?;
+                Ok(results)
+            })
+            .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { group: self.group, storage: self.storage.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let group = self.group;
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        self.storage
+            .blocking(move |s| {
+                let payload: SnapshotData = decode(&data, "snapshot").map_err(snap_err)?;
+                let mut batch = s.db().batch();
+                // A key may appear once per batch: only remove what the snapshot does not rewrite.
+                let incoming: std::collections::HashSet<Vec<u8>> =
+                    payload.records.iter().map(|(k, _)| group_key(group, k)).collect();
+                let mut new_expiry = std::collections::HashSet::new();
+                for (key, raw) in &payload.records {
+                    let env = Envelope::decode(raw).map_err(snap_err)?;
+                    if let Some(t) = env.expires_at {
+                        new_expiry.insert(expiry_key(group, t, key));
+                    }
+                }
+                for g in s.sm_data().prefix(group.to_be_bytes()) {
+                    let k = g.key().map_err(sm_err)?;
+                    if !incoming.contains(k.as_ref()) {
+                        batch.remove(s.sm_data(), k);
+                    }
+                }
+                for g in s.sm_expiry().prefix(group.to_be_bytes()) {
+                    let k = g.key().map_err(sm_err)?;
+                    if !new_expiry.contains(k.as_ref()) {
+                        batch.remove(s.sm_expiry(), k);
+                    }
+                }
+                for k in new_expiry {
+                    batch.insert(s.sm_expiry(), k, Vec::new());
+                }
+                for (key, raw) in payload.records {
+                    batch.insert(s.sm_data(), group_key(group, &key), raw);
+                }
+                if let Some(last) = &meta.last_log_id {
+                    batch.insert(s.sm_meta(), group_key(group, APPLIED), encode(last));
+                }
+                batch.insert(s.sm_meta(), group_key(group, MEMBERSHIP), encode(&meta.last_membership));
+                batch.insert(s.snapshots(), group.to_be_bytes(), encode(&StoredSnapshot { meta, data }));
+                batch.commit().map_err(sm_err)
+            })
+            .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| match s.snapshots().get(group.to_be_bytes()).map_err(snap_err)? {
+                Some(raw) => {
+                    let stored: StoredSnapshot = decode(&raw, "snapshots").map_err(snap_err)?;
+                    Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+                }
+                None => Ok(None),
+            })
+            .await
+    }
+}
+
+/// Distinguishes snapshots built at the same log id.
+static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let view = s.db().snapshot();
+                let applied = match view.get(s.sm_meta(), group_key(group, APPLIED)).map_err(snap_err)? {
+                    Some(v) => Some(decode::<LogId>(&v, "sm_meta").map_err(snap_err)?),
+                    None => None,
+                };
+                let membership = match view.get(s.sm_meta(), group_key(group, MEMBERSHIP)).map_err(snap_err)? {
+                    Some(v) => decode::<StoredMembership>(&v, "sm_meta").map_err(snap_err)?,
+                    None => StoredMembership::default(),
+                };
+                let mut records = Vec::new();
+                for g in view.prefix(s.sm_data(), group.to_be_bytes()) {
+                    let (k, v) = g.into_inner().map_err(snap_err)?;
+                    records.push((k[8..].to_vec(), v.to_vec()));
+                }
+                let data = encode(&SnapshotData { records });
+                let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
+                let snapshot_id = match &applied {
+                    Some(l) => format!("{}-{}-{}-{seq}", group, l.leader_id, l.index),
+                    None => format!("{group}-none-{seq}"),
+                };
+                let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+                let stored = StoredSnapshot { meta: meta.clone(), data };
+                s.snapshots().insert(group.to_be_bytes(), encode(&stored)).map_err(snap_err)?;
+                Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+            })
+            .await
+    }
+}

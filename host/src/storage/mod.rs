@@ -1,0 +1,355 @@
+//! Storage layer: the node's single fjall database and its on-disk layout.
+//!
+//! Every Raft group on the node (the meta group and each data shard) shares
+//! one fjall [`Database`] and therefore one journal. Keys in every keyspace
+//! start with the big-endian group id, so a group's data is one contiguous
+//! range and groups never collide.
+//!
+//! | keyspace     | key                               | value                              |
+//! |--------------|-----------------------------------|------------------------------------|
+//! | `raft_log`   | group · index                     | postcard Raft entry                |
+//! | `raft_state` | group · tag (`vote`, `committed`, `purged`) | postcard                  |
+//! | `sm_data`    | group · user key                  | [`Envelope`]                       |
+//! | `sm_meta`    | group · tag (`applied`, `membership`) | postcard                       |
+//! | `sm_expiry`  | group · expires_at · user key     | empty (TTL index)                  |
+//! | `snapshots`  | group                             | postcard snapshot (meta + data)    |
+//! | `node_meta`  | tag                               | node identity and join state       |
+//!
+//! Durability: Raft log appends, vote saves, truncations and purges go through
+//! one writer thread ([`Storage::submit`]) that commits everything queued as a
+//! single batch and then issues one fsync — group commit across all groups.
+//! State machine writes are committed without fsync: the log is the source of
+//! truth and is replayed from `applied` after a crash. Because the journal is
+//! sequential, each log fsync also makes earlier state machine writes durable.
+//!
+//! A failed fsync poisons the store: every later write fails, so the node stops
+//! acknowledging instead of carrying on with state it cannot trust.
+
+mod envelope;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use envelope::Envelope;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+
+/// Identifies one Raft group on the node. 0 is the meta group.
+pub type GroupId = u64;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("fjall error while {context}: {source}")]
+    Fjall {
+        context: &'static str,
+        #[source]
+        source: fjall::Error,
+    },
+    #[error("storage is poisoned after a failed fsync; restart the node after checking the disk")]
+    Poisoned,
+    #[error("corrupt record in {keyspace}: {detail}")]
+    Corrupt { keyspace: &'static str, detail: String },
+    #[error("storage writer thread has stopped")]
+    WriterGone,
+    #[error("could not lock data directory {path}: {reason}")]
+    Locked { path: String, reason: String },
+}
+
+impl StorageError {
+    pub(crate) fn fjall(context: &'static str) -> impl FnOnce(fjall::Error) -> StorageError {
+        move |source| StorageError::Fjall { context, source }
+    }
+}
+
+/// Adds an op's mutations to the shared batch.
+pub type FillFn = Box<dyn FnOnce(&Storage, &mut OwnedWriteBatch) -> Result<(), StorageError> + Send>;
+/// Completion callback of an op, run after the fsync.
+pub type DoneFn = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
+
+/// One unit of work for the group-commit writer thread.
+pub struct WriteOp {
+    /// Adds this op's mutations to the shared batch. Gets the storage so it
+    /// can read committed state (truncate/purge need the key range).
+    pub fill: FillFn,
+    /// Called after the batch holding this op is fsynced (or failed).
+    pub done: DoneFn,
+    /// The op reads committed state: it runs in a batch of its own, after
+    /// everything queued before it is committed (fsync still happens once).
+    pub barrier: bool,
+}
+
+/// Handle to the node's fjall database. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    pub(crate) raft_log: Keyspace,
+    pub(crate) raft_state: Keyspace,
+    pub(crate) sm_data: Keyspace,
+    pub(crate) sm_meta: Keyspace,
+    pub(crate) sm_expiry: Keyspace,
+    pub(crate) snapshots: Keyspace,
+    pub(crate) node_meta: Keyspace,
+    /// Feeds the group-commit writer thread; `None` once shut down.
+    writer: std::sync::Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Set when an fsync failed; every later write is refused.
+    poisoned: AtomicBool,
+    /// Keeps the OS-level lock on the data directory for the process lifetime.
+    _dir_lock: std::fs::File,
+}
+
+impl Storage {
+    /// Opens (or creates) the database under `dir`.
+    ///
+    /// Takes an exclusive lock on `dir/LOCK` so two processes can never share
+    /// a data directory.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Locked { path: dir.display().to_string(), reason: e.to_string() })?;
+        let dir_lock = lock_dir(dir)?;
+        let db = Database::builder(dir.join("fjall"))
+            // The writer thread decides when to fsync; batches must not flush on their own.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(StorageError::fjall("opening the database"))?;
+        let ks = |name: &'static str| {
+            db.keyspace(name, KeyspaceCreateOptions::default).map_err(StorageError::fjall("opening a keyspace"))
+        };
+        let inner = Inner {
+            raft_log: ks("raft_log")?,
+            raft_state: ks("raft_state")?,
+            sm_data: ks("sm_data")?,
+            sm_meta: ks("sm_meta")?,
+            sm_expiry: ks("sm_expiry")?,
+            snapshots: ks("snapshots")?,
+            node_meta: ks("node_meta")?,
+            db,
+            writer: std::sync::Mutex::new(None),
+            writer_thread: std::sync::Mutex::new(None),
+            poisoned: AtomicBool::new(false),
+            _dir_lock: dir_lock,
+        };
+        let storage = Storage { inner: Arc::new(inner) };
+        let (tx, rx) = mpsc::channel::<WriteOp>();
+        let worker = storage.clone();
+        let handle = std::thread::Builder::new()
+            .name("ringkv-log-writer".into())
+            .spawn(move || worker.writer_loop(rx))
+            .map_err(|e| StorageError::Locked { path: dir.display().to_string(), reason: e.to_string() })?;
+        *lock(&storage.inner.writer) = Some(tx);
+        *lock(&storage.inner.writer_thread) = Some(handle);
+        Ok(storage)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+    pub(crate) fn raft_log(&self) -> &Keyspace {
+        &self.inner.raft_log
+    }
+    pub(crate) fn raft_state(&self) -> &Keyspace {
+        &self.inner.raft_state
+    }
+    pub(crate) fn sm_data(&self) -> &Keyspace {
+        &self.inner.sm_data
+    }
+    pub(crate) fn sm_meta(&self) -> &Keyspace {
+        &self.inner.sm_meta
+    }
+    pub(crate) fn sm_expiry(&self) -> &Keyspace {
+        &self.inner.sm_expiry
+    }
+    pub(crate) fn node_meta(&self) -> &Keyspace {
+        &self.inner.node_meta
+    }
+    pub(crate) fn snapshots(&self) -> &Keyspace {
+        &self.inner.snapshots
+    }
+
+    /// True after an fsync failure.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Queues a durable write. `op.done` runs on the writer thread once the
+    /// batch containing it is fsynced.
+    pub fn submit(&self, op: WriteOp) {
+        if self.is_poisoned() {
+            (op.done)(Err(Arc::new(StorageError::Poisoned)));
+            return;
+        }
+        let sender = lock(&self.inner.writer).clone();
+        match sender {
+            Some(tx) => {
+                if let Err(mpsc::SendError(op)) = tx.send(op) {
+                    (op.done)(Err(Arc::new(StorageError::WriterGone)));
+                }
+            }
+            None => (op.done)(Err(Arc::new(StorageError::WriterGone))),
+        }
+    }
+
+    /// Like [`Storage::submit`], but waits for the fsync.
+    pub async fn write_durable(
+        &self,
+        barrier: bool,
+        fill: impl FnOnce(&Storage, &mut OwnedWriteBatch) -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), Arc<StorageError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(WriteOp {
+            fill: Box::new(fill),
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            barrier,
+        });
+        rx.await.unwrap_or(Err(Arc::new(StorageError::WriterGone)))
+    }
+
+    /// Runs blocking fjall work on tokio's blocking pool, never on an async worker.
+    pub async fn blocking<T, F>(&self, f: F) -> T
+    where
+        F: FnOnce(&Storage) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || f(&me)).await {
+            Ok(v) => v,
+            // A panic inside storage code is a bug; surface it on the caller.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Stops the writer thread after it drains what is queued.
+    pub fn shutdown(&self) {
+        lock(&self.inner.writer).take();
+        if let Some(h) = lock(&self.inner.writer_thread).take() {
+            let _ = h.join();
+        }
+        let _ = self.inner.db.persist(PersistMode::SyncAll);
+    }
+
+    fn writer_loop(self, rx: mpsc::Receiver<WriteOp>) {
+        const MAX_OPS_PER_BATCH: usize = 4096;
+        while let Ok(first) = rx.recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_OPS_PER_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut dones = Vec::with_capacity(ops.len());
+            let result = self.commit_group(ops, &mut dones);
+            let result = result.map_err(|e| {
+                if !matches!(e, StorageError::Poisoned) {
+                    tracing::error!(error = %e, "log write failed; poisoning storage, this node stops acknowledging writes");
+                    self.inner.poisoned.store(true, Ordering::Release);
+                }
+                Arc::new(e)
+            });
+            for done in dones {
+                done(result.clone());
+            }
+        }
+    }
+
+    /// Commits `ops` as few batches as the barriers allow, then fsyncs once.
+    fn commit_group(&self, ops: Vec<WriteOp>, dones: &mut Vec<DoneFn>) -> Result<(), StorageError> {
+        let mut batch = self.inner.db.batch();
+        let mut err = None;
+        for op in ops {
+            dones.push(op.done);
+            if err.is_some() {
+                continue;
+            }
+            if self.is_poisoned() {
+                err = Some(StorageError::Poisoned);
+                continue;
+            }
+            if op.barrier {
+                // The op reads committed state and may touch keys queued
+                // before or after it: give it a batch of its own, since a key
+                // may appear only once per fjall batch.
+                let queued = std::mem::replace(&mut batch, self.inner.db.batch());
+                let mut own = self.inner.db.batch();
+                let r = queued
+                    .commit()
+                    .map_err(StorageError::fjall("committing a log batch"))
+                    .and_then(|()| (op.fill)(self, &mut own))
+                    .and_then(|()| own.commit().map_err(StorageError::fjall("committing a log batch")));
+                if let Err(e) = r {
+                    err = Some(e);
+                }
+                continue;
+            }
+            if let Err(e) = (op.fill)(self, &mut batch) {
+                err = Some(e);
+            }
+        }
+        if let Some(e) = err {
+            return Err(e);
+        }
+        batch.commit().map_err(StorageError::fjall("committing a log batch"))?;
+        self.inner.db.persist(PersistMode::SyncData).map_err(StorageError::fjall("fsyncing the journal"))
+    }
+}
+
+/// Key of a group-scoped record: group id (big-endian) followed by `suffix`.
+pub fn group_key(group: GroupId, suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + suffix.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(suffix);
+    k
+}
+
+/// Key of a log entry: group · index, both big-endian so they sort numerically.
+pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Decodes the index from a [`log_key`].
+pub fn log_index(key: &[u8]) -> Result<u64, StorageError> {
+    key.get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StorageError::Corrupt { keyspace: "raft_log", detail: format!("bad key length {}", key.len()) })
+}
+
+/// Key in the TTL index: group · expires_at · user key.
+pub fn expiry_key(group: GroupId, expires_at: u64, user_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + user_key.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(&expires_at.to_be_bytes());
+    k.extend_from_slice(user_key);
+    k
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::Locked { path: path.display().to_string(), reason: e.to_string() })?;
+    file.try_lock().map_err(|e| StorageError::Locked {
+        path: path.display().to_string(),
+        reason: format!("{e} (is another ringkv process using this data directory?)"),
+    })?;
+    Ok(file)
+}
