@@ -41,7 +41,7 @@ pub enum Error {
     #[error("rejected: {0}")]
     Rejected(String),
     /// A compare-and-swap did not match the current version (`ABORTED`).
-    #[error("version mismatch: {0}")]
+    #[error("{0}")]
     VersionMismatch(String),
     /// No quorum or leader was reachable in time (`UNAVAILABLE`).
     #[error("unavailable: {0}")]

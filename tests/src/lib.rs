@@ -1,1 +1,304 @@
+//! Test harness for ringkv clusters.
+//!
+//! - [`ProcCluster`] runs the real `ringkv` binary, one process per node, each
+//!   with its own data directory and log file. Nodes can be killed with
+//!   SIGKILL and restarted with the same command line.
+//! - [`InProcCluster`] runs nodes inside the test process, sharing one
+//!   [`LinkFilter`] so tests can cut links between nodes.
+//!
+//! Tests wait for conditions by polling with generous limits; they never
+//! assert on speed.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ringkv::cluster::Node;
+use ringkv::config::NodeConfig;
+use ringkv::raft::{LinkFilter, RaftTuning};
+use ringkv_client::Client;
+
+/// Upper bound for any condition a test waits for. Generous on purpose: tests
+/// must pass on a loaded 2-core CI machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it returns `Some`, or panics after [`PATIENCE`] naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "timed out after {PATIENCE:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Path of the `ringkv` binary built next to this test executable.
+pub fn ringkv_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/ringkv
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("ringkv");
+    assert!(bin.exists(), "{} is missing: build it first with `cargo build -p ringkv`", bin.display());
+    bin
+}
+
+/// One node process.
+pub struct ProcNode {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ProcNode {
+    fn spawn(&mut self, bin: &Path) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ringkv");
+        self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// A cluster of `ringkv serve` processes on loopback.
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, ProcNode>,
+    bin: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes: node 1 bootstraps, the others join it. Returns once
+    /// every node is a voter of every group.
+    pub async fn start(n: u64, extra_args: &[&str]) -> Self {
+        let mut c = ProcCluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: BTreeMap::new(),
+            bin: ringkv_bin(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.add_process(id);
+            if id == 1 {
+                c.wait_leader_on(1).await;
+            }
+        }
+        c.wait_voters(n as usize).await;
+        c
+    }
+
+    /// Starts node `id` (joining node 1 unless it is node 1).
+    pub fn add_process(&mut self, id: u64) {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.path().join(format!("node{id}"));
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            grpc.clone(),
+            "--http".into(),
+            http.clone(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        if id != 1 {
+            let seed = self.nodes.get(&1).map(|n| n.grpc.clone()).expect("node 1 first");
+            args.extend(["--join".into(), seed]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        let log = self.dir.path().join(format!("node{id}.log"));
+        let mut node = ProcNode { id, grpc, http, data_dir, log, args, child: None };
+        node.spawn(&self.bin);
+        self.nodes.insert(id, node);
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.grpc.clone()).collect()
+    }
+
+    /// A client that knows every node.
+    pub fn client(&self) -> Client {
+        Client::connect(self.endpoints()).expect("client")
+    }
+
+    /// A client bound to one node.
+    pub fn node_client(&self, id: u64) -> Client {
+        Client::connect([&self.nodes[&id].grpc]).expect("client")
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let mut c = node.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+        c.wait().ok()
+    }
+
+    /// Restarts a stopped node with its original command line.
+    pub fn restart(&mut self, id: u64) {
+        let bin = self.bin.clone();
+        let node = self.nodes.get_mut(&id).expect("node");
+        assert!(node.child.is_none(), "node {id} is still running");
+        node.spawn(&bin);
+    }
+
+    /// The data-group leader as seen by node `via`, once one is known.
+    pub async fn data_leader(&self, via: u64) -> u64 {
+        self.wait_leader_on(via).await
+    }
+
+    async fn wait_leader_on(&self, via: u64) -> u64 {
+        let client = self.node_client(via);
+        eventually(&format!("node {via} to know a data leader"), || {
+            let client = client.clone();
+            async move {
+                let s = client.status().await.ok()?;
+                s.groups.iter().find(|g| g.kind == "data").map(|g| g.leader_id).filter(|l| *l != 0)
+            }
+        })
+        .await
+    }
+
+    /// Waits until every running node reports `n` voters in every group.
+    pub async fn wait_voters(&self, n: usize) {
+        for node in self.nodes.values().filter(|n| n.is_running()) {
+            let client = self.node_client(node.id);
+            eventually(&format!("node {} to see {n} voters", node.id), || {
+                let client = client.clone();
+                async move {
+                    let s = client.status().await.ok()?;
+                    s.groups.iter().all(|g| g.voters.len() == n && g.leader_id != 0).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Last lines of a node's log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// Nodes running inside the test process, with a shared link filter.
+pub struct InProcCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, Node>,
+    pub filter: LinkFilter,
+}
+
+impl InProcCluster {
+    /// Starts `n` in-process nodes; node 1 bootstraps, the others join.
+    pub async fn start(n: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let filter = LinkFilter::default();
+        let mut nodes = BTreeMap::new();
+        let mut seed = None;
+        for id in 1..=n {
+            let config = NodeConfig {
+                id,
+                listen: "127.0.0.1:0".into(),
+                http: None,
+                data_dir: dir.path().join(format!("node{id}")),
+                join: seed.iter().cloned().collect(),
+                raft: RaftTuning::default(),
+                request_timeout: Duration::from_secs(3),
+                ..NodeConfig::default()
+            };
+            let node = Node::start(config, filter.clone()).await.expect("node starts");
+            if seed.is_none() {
+                seed = Some(node.addr().to_string());
+            }
+            nodes.insert(id, node);
+        }
+        let c = InProcCluster { dir, nodes, filter };
+        for id in 1..=n {
+            let client = c.client(id);
+            eventually("in-process cluster to form", || {
+                let client = client.clone();
+                async move {
+                    let s = client.status().await.ok()?;
+                    s.groups.iter().all(|g| g.voters.len() == n as usize && g.leader_id != 0).then_some(())
+                }
+            })
+            .await;
+        }
+        c
+    }
+
+    pub fn client(&self, id: u64) -> Client {
+        Client::connect([self.nodes[&id].addr()]).expect("client")
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes.values() {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Installs a test log subscriber once (honours RUST_LOG).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

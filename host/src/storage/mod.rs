@@ -138,10 +138,12 @@ impl Storage {
         };
         let storage = Storage { inner: Arc::new(inner) };
         let (tx, rx) = mpsc::channel::<WriteOp>();
-        let worker = storage.clone();
+        // The writer holds only a weak handle, so dropping the last Storage
+        // drops the sender and the thread ends on its own.
+        let weak = Arc::downgrade(&storage.inner);
         let handle = std::thread::Builder::new()
             .name("ringkv-log-writer".into())
-            .spawn(move || worker.writer_loop(rx))
+            .spawn(move || writer_loop(weak, rx))
             .map_err(|e| StorageError::Locked { path: dir.display().to_string(), reason: e.to_string() })?;
         *lock(&storage.inner.writer) = Some(tx);
         *lock(&storage.inner.writer_thread) = Some(handle);
@@ -236,28 +238,26 @@ impl Storage {
         let _ = self.inner.db.persist(PersistMode::SyncAll);
     }
 
-    fn writer_loop(self, rx: mpsc::Receiver<WriteOp>) {
+    /// Commits one group of queued ops: everything waiting, up to a cap.
+    fn writer_batch(&self, rx: &mpsc::Receiver<WriteOp>, first: WriteOp) {
         const MAX_OPS_PER_BATCH: usize = 4096;
-        while let Ok(first) = rx.recv() {
-            let mut ops = vec![first];
-            while ops.len() < MAX_OPS_PER_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
+        let mut ops = vec![first];
+        while ops.len() < MAX_OPS_PER_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
             }
-            let mut dones = Vec::with_capacity(ops.len());
-            let result = self.commit_group(ops, &mut dones);
-            let result = result.map_err(|e| {
-                if !matches!(e, StorageError::Poisoned) {
-                    tracing::error!(error = %e, "log write failed; poisoning storage, this node stops acknowledging writes");
-                    self.inner.poisoned.store(true, Ordering::Release);
-                }
-                Arc::new(e)
-            });
-            for done in dones {
-                done(result.clone());
+        }
+        let mut dones = Vec::with_capacity(ops.len());
+        let result = self.commit_group(ops, &mut dones).map_err(|e| {
+            if !matches!(e, StorageError::Poisoned) {
+                tracing::error!(error = %e, "log write failed; poisoning storage, this node stops acknowledging writes");
+                self.inner.poisoned.store(true, Ordering::Release);
             }
+            Arc::new(e)
+        });
+        for done in dones {
+            done(result.clone());
         }
     }
 
@@ -299,6 +299,13 @@ impl Storage {
         }
         batch.commit().map_err(StorageError::fjall("committing a log batch"))?;
         self.inner.db.persist(PersistMode::SyncData).map_err(StorageError::fjall("fsyncing the journal"))
+    }
+}
+
+fn writer_loop(weak: std::sync::Weak<Inner>, rx: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = rx.recv() {
+        let Some(inner) = weak.upgrade() else { return };
+        Storage { inner }.writer_batch(&rx, first);
     }
 }
 

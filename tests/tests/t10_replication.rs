@@ -1,0 +1,192 @@
+//! Three-node clusters of real `ringkv` processes: replication, failover,
+//! catch-up by log and by snapshot, full restarts, CAS races and TTLs.
+
+use std::time::Duration;
+
+use ringkv_client::{Consistency, Error, PutOptions};
+use ringkv_tests::{eventually, ProcCluster};
+
+#[tokio::test]
+async fn put_on_one_node_is_read_linearizably_on_every_node() {
+    let c = ProcCluster::start(3, &[]).await;
+    let v = c.node_client(2).put("alpha", "one").await.expect("put");
+    for id in 1..=3 {
+        let got = c.node_client(id).get("alpha").await.expect("get").expect("found");
+        assert_eq!(&got.value[..], b"one", "node {id}");
+        assert_eq!(got.version, v, "node {id}");
+    }
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_a_new_one_and_nothing_is_lost() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let client = c.client();
+    for i in 0..20 {
+        client.put(format!("k{i}"), format!("v{i}")).await.expect("put before kill");
+    }
+    let old = c.data_leader(1).await;
+    c.kill(old);
+    let survivor = (1..=3).find(|id| *id != old).expect("a survivor");
+    let new = eventually("a new leader", || {
+        let cl = c.node_client(survivor);
+        async move {
+            let s = cl.status().await.ok()?;
+            s.groups.iter().find(|g| g.kind == "data").map(|g| g.leader_id).filter(|l| *l != 0 && *l != old)
+        }
+    })
+    .await;
+    assert_ne!(new, old);
+    let client = c.node_client(survivor);
+    // Writes continue (retried while the election settles).
+    eventually("a write after failover", || {
+        let client = client.clone();
+        async move { client.put("after", "failover").await.ok() }
+    })
+    .await;
+    for i in 0..20 {
+        let got = client.get(format!("k{i}")).await.expect("get").expect("acknowledged write survives");
+        assert_eq!(got.value, format!("v{i}").into_bytes());
+    }
+    assert_eq!(&client.get("after").await.expect("get").expect("found").value[..], b"failover");
+}
+
+#[tokio::test]
+async fn restarted_node_catches_up_by_log() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    c.kill(3);
+    let client = c.node_client(1);
+    for i in 0..50 {
+        client.put(format!("log{i}"), "x").await.expect("put while node 3 is down");
+    }
+    c.restart(3);
+    let n3 = c.node_client(3);
+    eventually("node 3 to apply the writes it missed", || {
+        let n3 = n3.clone();
+        async move { n3.get_with("log49", Consistency::Eventual).await.ok().flatten() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn restarted_node_catches_up_by_snapshot_after_compaction() {
+    // Snapshot every 20 entries and keep no log behind it, so node 3 cannot
+    // catch up from the log once it has missed more than that.
+    let mut c = ProcCluster::start(3, &["--snapshot-every", "20", "--keep-logs", "0"]).await;
+    c.kill(3);
+    let client = c.node_client(1);
+    for i in 0..120 {
+        client.put(format!("snap{i:03}"), format!("{i}")).await.expect("put while node 3 is down");
+    }
+    let leader_snapshot = eventually("the leader to compact its log", || {
+        let client = client.clone();
+        async move {
+            let s = client.status().await.ok()?;
+            let g = s.groups.iter().find(|g| g.kind == "data")?;
+            (g.snapshot_index >= 100).then_some(g.snapshot_index)
+        }
+    })
+    .await;
+    c.restart(3);
+    let n3 = c.node_client(3);
+    eventually("node 3 to install a snapshot", || {
+        let n3 = n3.clone();
+        async move {
+            let s = n3.status().await.ok()?;
+            let g = s.groups.iter().find(|g| g.kind == "data")?;
+            (g.snapshot_index >= leader_snapshot && g.applied_index >= leader_snapshot).then_some(())
+        }
+    })
+    .await;
+    let items = n3.scan("snap", 0, Consistency::Eventual).await.expect("scan on node 3");
+    assert_eq!(items.len(), 120, "node 3 has every key after the snapshot");
+}
+
+#[tokio::test]
+async fn full_cluster_restart_loses_no_acknowledged_write() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let client = c.client();
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let v = client.put(format!("durable{i}"), format!("{i}")).await.expect("put");
+        acked.push((format!("durable{i}"), v));
+    }
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.restart(id);
+    }
+    let client = c.client();
+    for (k, v) in acked {
+        let got = eventually(&format!("{k} after restart"), || {
+            let client = client.clone();
+            let k = k.clone();
+            async move { client.get(k).await.ok() }
+        })
+        .await
+        .expect("acknowledged write is present after a full restart");
+        assert_eq!(got.version, v);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_cas_has_exactly_one_winner() {
+    let c = ProcCluster::start(3, &[]).await;
+    let base = c.client().put("cas", "start").await.expect("put");
+    let mut tasks = Vec::new();
+    for w in 0..16u64 {
+        // Spread writers over all nodes so forwarding races too.
+        let client = c.node_client(w % 3 + 1);
+        tasks.push(tokio::spawn(async move {
+            client.put_with("cas", format!("writer{w}"), PutOptions { if_version: Some(base), ttl: None }).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(v) => winners.push(v),
+            Err(Error::VersionMismatch(_)) => {}
+            Err(e) => panic!("unexpected CAS error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one CAS winner, got {winners:?}");
+    let got = c.client().get("cas").await.expect("get").expect("found");
+    assert_eq!(got.version, winners[0]);
+    // "Must not exist" fails on an existing key and succeeds on a new one.
+    let exists = c.client().put_with("cas", "x", PutOptions { if_version: Some(0), ttl: None }).await;
+    assert!(matches!(exists, Err(Error::VersionMismatch(_))), "{exists:?}");
+    c.client().put_with("fresh", "x", PutOptions { if_version: Some(0), ttl: None }).await.expect("create");
+}
+
+#[tokio::test]
+async fn expired_keys_are_invisible_to_every_read() {
+    let c = ProcCluster::start(3, &[]).await;
+    let client = c.client();
+    client
+        .put_with("ttl", "short", PutOptions { ttl: Some(Duration::from_millis(800)), if_version: None })
+        .await
+        .expect("put");
+    client.put("keep", "forever").await.expect("put");
+    let got = client.get("ttl").await.expect("get");
+    // The read may land after expiry on a slow machine; when it is seen, it carries its deadline.
+    let deadline = match got {
+        Some(v) => v.expires_at_ms.expect("expiry recorded"),
+        None => 0,
+    };
+    // Wait until the deadline has passed by our clock (same machine, same clock).
+    while (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64)
+        <= deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in 1..=3 {
+        let n = c.node_client(id);
+        assert!(n.get("ttl").await.expect("get").is_none(), "linearizable read on node {id}");
+        assert!(n.get_with("ttl", Consistency::Eventual).await.expect("get").is_none(), "eventual read on node {id}");
+        let scanned = n.scan("", 0, Consistency::Linearizable).await.expect("scan");
+        assert!(scanned.iter().all(|i| &i.key[..] != b"ttl"), "scan on node {id}");
+    }
+    // A CAS treats the expired key as absent.
+    client.put_with("ttl", "again", PutOptions { if_version: Some(0), ttl: None }).await.expect("recreate");
+    assert_eq!(&client.get("keep").await.expect("get").expect("found").value[..], b"forever");
+}
