@@ -190,3 +190,24 @@ async fn expired_keys_are_invisible_to_every_read() {
     client.put_with("ttl", "again", PutOptions { if_version: Some(0), ttl: None }).await.expect("recreate");
     assert_eq!(&client.get("keep").await.expect("get").expect("found").value[..], b"forever");
 }
+
+#[tokio::test]
+async fn removed_node_leaves_every_group_and_the_rest_keeps_working() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let client = c.node_client(1);
+    client.put("before", "removal").await.expect("put");
+    client.remove_node(3).await.expect("remove node 3");
+    c.stop(3);
+    let s = client.status().await.expect("status");
+    assert_eq!(s.nodes.len(), 2, "{s:?}");
+    for g in &s.groups {
+        assert_eq!(g.voters, vec![1, 2], "group {}", g.group_id);
+    }
+    client.put("after", "removal").await.expect("put with two nodes");
+    assert!(c.node_client(2).get("before").await.expect("get").is_some());
+    // Removing the same node again is a no-op; removing the last voters is refused.
+    client.remove_node(3).await.expect("idempotent remove");
+    client.remove_node(2).await.expect("remove node 2");
+    let last = client.remove_node(1).await;
+    assert!(matches!(last, Err(Error::InvalidArgument(ref m)) if m.contains("last voter")), "{last:?}");
+}

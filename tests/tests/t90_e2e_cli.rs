@@ -1,0 +1,71 @@
+//! End to end with the built binary only: three `ringkv serve` processes
+//! joined with `--join`, driven by the `ringkv` CLI.
+
+use std::process::Command;
+
+use ringkv_tests::{ringkv_bin, ProcCluster};
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ringkv_bin()).args(args).output().expect("run ringkv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
+    let c = ProcCluster::start(3, &[]).await;
+    let all = c.endpoints().join(",");
+    let n2 = c.nodes[&2].grpc.clone();
+    let n3 = c.nodes[&3].grpc.clone();
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let all = all.clone();
+        move || cli(&["put", "greeting", "hello world", "--endpoints", &all, "--json"])
+    })
+    .await
+    .expect("join");
+    assert!(ok, "put failed: {err}");
+    let put: serde_json::Value = serde_json::from_str(out.trim()).expect("put --json is JSON");
+    let version = put["version"].as_u64().expect("version");
+    assert!(version > 0);
+
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || cli(&["get", "greeting", "--endpoints", &n3])).await.expect("join");
+    assert!(ok, "get failed: {err}");
+    assert_eq!(out.trim(), "hello world");
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let n2 = n2.clone();
+        move || cli(&["get", "greeting", "--consistency", "eventual", "--json", "--endpoints", &n2])
+    })
+    .await
+    .expect("join");
+    assert!(ok, "eventual get failed: {err}");
+    let got: serde_json::Value = serde_json::from_str(out.trim()).expect("get --json is JSON");
+    // An eventual read may be stale, but once it sees the key it sees this write.
+    if got["found"].as_bool() == Some(true) {
+        assert_eq!(got["value"], "hello world");
+        assert_eq!(got["version"].as_u64(), Some(version));
+    }
+
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&["cluster", "status", "--json", "--endpoints", &n2]))
+        .await
+        .expect("join");
+    assert!(ok, "status failed: {err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).expect("status --json is JSON");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{status}");
+    assert!(nodes.iter().all(|n| n["role"] == "voter"), "{status}");
+    let groups = status["groups"].as_array().expect("groups");
+    assert!(groups.iter().any(|g| g["kind"] == "data" && g["leader_id"].as_u64().unwrap_or(0) != 0), "{status}");
+
+    // Errors print one line and exit non-zero.
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || cli(&["put", "", "x", "--endpoints", &all])).await.expect("join");
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(err.contains("empty"), "{err}");
+}
