@@ -78,14 +78,12 @@ cleanup() {
     if ((${#PIDS[@]})); then
         log "stopping ${#PIDS[@]} server processes"
         for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-        for _ in $(seq 1 50); do
-            local alive=0
-            for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-            ((alive)) || break
-            sleep 0.1
-        done
-        for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-        wait 2>/dev/null || true
+        # escalate to SIGKILL for anything still running after 10s
+        (sleep 10 && for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done) &
+        local watchdog=$!
+        for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+        kill "$watchdog" 2>/dev/null || true
+        wait "$watchdog" 2>/dev/null || true
     fi
     rm -rf "$WORK"
     log "raw results and server logs: $OUT"
@@ -130,7 +128,7 @@ for i in 0 1 2; do
     join=()
     ((i == 0)) || join=(--join "127.0.0.1:${RINGKV_GRPC_PORTS[0]}")
     mkdir -p "$WORK/ringkv-$id"
-    "$RINGKV" serve --id "$id" --listen "127.0.0.1:$g" --http "127.0.0.1:$((g + 1))" \
+    NO_COLOR=1 "$RINGKV" serve --id "$id" --listen "127.0.0.1:$g" --http "127.0.0.1:$((g + 1))" \
         --data-dir "$WORK/ringkv-$id" "${join[@]}" \
         >"$OUT/logs/ringkv-$id.log" 2>&1 &
     PIDS+=($!)
