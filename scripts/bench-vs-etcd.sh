@@ -171,6 +171,21 @@ wait_until ringkv ringkv_ready
 timeout 5 "$RINGKV" cluster status --endpoints "127.0.0.1:${RINGKV_GRPC_PORTS[0]}" --json >"$OUT/ringkv-status-before.json" || true
 
 # ---------------------------------------------------------------- bench ----
+ETCD_PIDS=("${PIDS[@]:0:3}")
+RINGKV_PIDS=("${PIDS[@]:3:3}")
+CLK_TCK="$(getconf CLK_TCK)"
+# cpu_ticks PID... -> user+system clock ticks used so far by those processes
+cpu_ticks() {
+    local p t=0 f
+    for p in "$@"; do
+        # fields after the ")" that ends the command name: utime is the 12th, stime the 13th
+        f="$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
+        set -- $f
+        t=$((t + ${12} + ${13}))
+    done
+    echo "$t"
+}
+
 # bench SYSTEM WORKLOAD TAG [extra args...] -> prints the JSON line
 bench() {
     local sys=$1 wl=$2 tag=$3
@@ -185,7 +200,9 @@ bench() {
         get-lin) op=get consistency=linearizable ;;
         get-eventual) op=get consistency=eventual ;;
     esac
-    local json rc=0
+    local json rc=0 pids c0 c1
+    if [[ $sys == ringkv ]]; then pids=("${RINGKV_PIDS[@]}"); else pids=("${ETCD_PIDS[@]}"); fi
+    c0="$(cpu_ticks "${pids[@]}")"
     json="$(timeout --kill-after=10 "$BENCH_CMD_TIMEOUT" "$RINGKV" bench --target "$sys" \
         --endpoints "$endpoints" --op "$op" --consistency "$consistency" \
         --clients "$BENCH_CLIENTS" --value-size "$VALUE_SIZE" --keys "$KEYS" \
@@ -194,7 +211,11 @@ bench() {
         log "bench $sys $wl ($tag) failed (exit $rc); see $OUT/logs/bench-$sys.stderr"
         json='{"ops_per_sec":0,"p50_ms":null,"p99_ms":null,"p999_ms":null,"errors":null,"first_error":"bench command failed or timed out"}'
     fi
-    json="$(jq -c --arg sys "$sys" --arg wl "$wl" --arg tag "$tag" '. + {system:$sys, workload:$wl, tag:$tag}' <<<"$json")"
+    c1="$(cpu_ticks "${pids[@]}")"
+    # server CPU (all 3 processes) in ms per 1000 completed ops
+    json="$(jq -c --arg sys "$sys" --arg wl "$wl" --arg tag "$tag" --argjson cpu_ms "$(((c1 - c0) * 1000 / CLK_TCK))" \
+        '. + {system:$sys, workload:$wl, tag:$tag, server_cpu_ms:$cpu_ms,
+              server_cpu_ms_per_kop: (if (.ops // 0) > 0 then ($cpu_ms * 1000 / .ops) else null end)}' <<<"$json")"
     echo "$json" >>"$OUT/results.jsonl"
     echo "$json"
 }
@@ -213,7 +234,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
         if ((rep % 2)); then order=(ringkv etcd); else order=(etcd ringkv); fi
         for sys in "${order[@]}"; do
             r="$(bench "$sys" "$wl" "rep$rep" --duration "$BENCH_DURATION" --no-preload)"
-            log "$(jq -r '"rep \(.tag|ltrimstr("rep")) \(.workload) \(.system): \(.ops_per_sec|floor) ops/s p50=\(.p50_ms)ms p99=\(.p99_ms)ms errors=\(.errors)" + (if .first_error then " first_error=\(.first_error)" else "" end)' <<<"$r")"
+            log "$(jq -r '"rep \(.tag|ltrimstr("rep")) \(.workload) \(.system): \(.ops_per_sec|floor) ops/s p50=\(.p50_ms)ms p99=\(.p99_ms)ms errors=\(.errors) server-cpu=\(.server_cpu_ms)ms" + (if .first_error then " first_error=\(.first_error)" else "" end)' <<<"$r")"
         done
     done
 done
@@ -234,18 +255,21 @@ errs() {
 {
     echo
     echo "ringkv vs etcd: 3 nodes each on 127.0.0.1, clients=$BENCH_CLIENTS value=${VALUE_SIZE}B keys=$KEYS duration=$BENCH_DURATION repeat=$REPEAT (medians)"
-    printf '%-14s | %12s %9s %6s | %12s %9s %6s | %13s\n' workload "ringkv ops/s" "p99 ms" errors "etcd ops/s" "p99 ms" errors "ringkv/etcd"
-    printf '%s\n' "---------------+------------------------------+------------------------------+--------------"
+    printf '%-14s | %12s %8s %7s %6s | %12s %8s %7s %6s | %11s\n' workload "ringkv ops/s" "p99 ms" "cpu/kop" errors "etcd ops/s" "p99 ms" "cpu/kop" errors "ringkv/etcd"
+    printf '%s\n' "---------------+--------------------------------------+--------------------------------------+------------"
     for wl in "${WORKLOADS[@]}"; do
         ro=$(med ringkv "$wl" ops_per_sec)
         rp=$(med ringkv "$wl" p99_ms)
+        rc=$(med ringkv "$wl" server_cpu_ms_per_kop)
         eo=$(med etcd "$wl" ops_per_sec)
         ep=$(med etcd "$wl" p99_ms)
+        ec=$(med etcd "$wl" server_cpu_ms_per_kop)
         ratio=$(awk -v a="$ro" -v b="$eo" 'BEGIN { if (b+0 > 0) printf "%.2fx", a/b; else print "n/a" }')
         label=$wl
         [[ $wl == get-eventual ]] && label="get-eventual*"
-        printf '%-14s | %12.0f %9.2f %6s | %12.0f %9.2f %6s | %13s\n' "$label" "$ro" "$rp" "$(errs ringkv "$wl")" \
-            "$eo" "$ep" "$(errs etcd "$wl")" "$ratio"
+        printf '%-14s | %12.0f %8.2f %7.0f %6s | %12.0f %8.2f %7.0f %6s | %11s\n' "$label" "$ro" "$rp" "$rc" "$(errs ringkv "$wl")" \
+            "$eo" "$ep" "$ec" "$(errs etcd "$wl")" "$ratio"
     done
-    echo "* etcd: serializable reads. p99 = median over repeats of each run's p99; errors = sum over repeats."
+    echo "* etcd: serializable reads. p99 = median over repeats of each run's p99; errors = sum over repeats;"
+    echo "  cpu/kop = CPU ms used by the 3 server processes per 1000 completed ops (the bench client's CPU not counted)."
 } | tee "$OUT/summary.txt"
