@@ -212,3 +212,24 @@ async fn removed_node_leaves_every_group_and_the_rest_keeps_working() {
     let last = client.remove_node(1).await;
     assert!(matches!(last, Err(Error::InvalidArgument(ref m)) if m.contains("last voter")), "{last:?}");
 }
+
+#[tokio::test]
+async fn concurrent_writes_to_one_key_get_distinct_increasing_versions() {
+    // Writes are batched into Raft entries; two writes of one key must never share an entry (and a version).
+    let c = ProcCluster::start(3, &[]).await;
+    let mut tasks = Vec::new();
+    for w in 0..48u64 {
+        let client = c.node_client(w % 3 + 1);
+        tasks.push(tokio::spawn(async move { client.put("hot", format!("w{w}")).await }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.expect("task").expect("put"));
+    }
+    let mut unique = versions.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), versions.len(), "duplicate versions: {versions:?}");
+    let last = c.client().get("hot").await.expect("get").expect("found");
+    assert_eq!(last.version, *unique.last().expect("some"), "the highest version is the one that stays");
+}

@@ -34,13 +34,27 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(nodelay(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server stopped");
     }
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay`
+/// only applies to listeners it binds itself; without this, small replies
+/// wait for the peer's delayed ACK (about 40 ms).
+fn nodelay(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not disable Nagle on an accepted connection");
+        }
+        Ok(conn)
+    })
 }
 
 impl From<NodeError> for Status {

@@ -5,6 +5,7 @@
 //! addresses); [`DATA_GROUP`] holds user data. Both run on every member. The
 //! ring of many data shards builds on the same per-group machinery.
 
+mod batching;
 mod membership;
 mod routing;
 
@@ -56,6 +57,8 @@ pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
     pub sm: StateMachine,
+    /// Write and read batchers feeding `raft` while this node leads.
+    batchers: batching::Batchers,
 }
 
 /// A running node. Cheap to clone; clones share the node.
@@ -95,10 +98,13 @@ impl Node {
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let peers = Peers::new(config.id, filter);
         let mut groups = BTreeMap::new();
+        let mut batcher_tasks = Vec::new();
         for gid in ALL_GROUPS {
             let (raft, sm) =
                 start_group(config.id, gid, &storage, peers.clone(), &config.raft).await.map_err(Box::new)?;
-            groups.insert(gid, Arc::new(Group { id: gid, raft, sm }));
+            let (batchers, tasks) = batching::Batchers::start(gid, raft.clone());
+            batcher_tasks.extend(tasks);
+            groups.insert(gid, Arc::new(Group { id: gid, raft, sm, batchers }));
         }
         let (shutdown, _) = watch::channel(false);
         let node = Node {
@@ -110,7 +116,7 @@ impl Node {
                 peers,
                 groups: ArcSwap::from_pointee(groups),
                 shutdown,
-                tasks: Mutex::new(Vec::new()),
+                tasks: Mutex::new(batcher_tasks),
             }),
         };
         node.spawn(crate::api::serve(node.clone(), listener));

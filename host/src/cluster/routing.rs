@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
 use super::{Group, Node, NodeError};
 use crate::raft::network::{decode, encode, PeerError};
-use crate::raft::types::{now_ms, Command, CommandResult, Op};
+use crate::raft::types::{now_ms, CommandResult, Op};
 use crate::raft::NodeId;
 use crate::storage::{Envelope, GroupId};
 
@@ -26,9 +25,9 @@ pub enum Proposal {
 }
 
 impl Proposal {
-    fn into_command(self) -> Command {
-        let now = now_ms();
-        let op = match self {
+    /// The op the leader logs for this proposal at time `now`.
+    pub fn into_op(self, now: u64) -> Op {
+        match self {
             Proposal::Put { key, value, ttl_ms, if_version } => {
                 Op::Put { key, value, expires_at: ttl_ms.filter(|t| *t > 0).map(|t| now.saturating_add(t)), if_version }
             }
@@ -36,8 +35,15 @@ impl Proposal {
             Proposal::Expire { key, version } => Op::Expire { key, version },
             Proposal::SetNode { id, addr } => Op::SetNode { id, addr },
             Proposal::RemoveNode { id } => Op::RemoveNode { id },
-        };
-        Command { now_ms: now, op }
+        }
+    }
+
+    /// The user key the proposal writes, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Proposal::Put { key, .. } | Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => Some(key),
+            Proposal::SetNode { .. } | Proposal::RemoveNode { .. } => None,
+        }
     }
 }
 
@@ -66,7 +72,7 @@ pub enum ForwardReply {
 pub type ReadResult = Option<Envelope>;
 
 /// What one attempt at the leader produced.
-enum Attempt<T> {
+pub enum Attempt<T> {
     Done(T),
     /// Leadership is moving or unknown: wait a little and try again.
     Retry,
@@ -245,25 +251,15 @@ impl Node {
     }
 }
 
-/// Proposes on the local Raft; `Retry` when this node is not the leader.
+/// Proposes through the group's batcher; `Retry` when this node is not the leader.
 async fn write_local(g: std::sync::Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
-    match g.raft.client_write(p.into_command()).await {
-        Ok(resp) => Ok(Attempt::Done(resp.data)),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(Attempt::Retry),
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(NodeError::Internal(e.to_string())),
-        Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft group {} stopped: {e}", g.id))),
-    }
+    g.batchers.write(p).await
 }
 
 /// ReadIndex: confirms leadership with a quorum and waits until the local
 /// state machine has applied everything committed before the read began.
 async fn read_barrier(g: &Group) -> Result<Attempt<()>, NodeError> {
-    match g.raft.ensure_linearizable().await {
-        Ok(_) => Ok(Attempt::Done(())),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Ok(Attempt::Retry),
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Ok(Attempt::Retry),
-        Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft group {} stopped: {e}", g.id))),
-    }
+    g.batchers.read_barrier().await
 }
 
 impl TryFrom<ForwardReply> for CommandResult {

@@ -23,11 +23,16 @@ const PURGED: &[u8] = b"purged";
 pub struct LogStore {
     group: GroupId,
     storage: Storage,
+    /// Latest committed log id handed to `save_committed`. openraft calls
+    /// `save_committed` on its core task for every commit, so it must not wait
+    /// for disk: the write is queued to the writer thread and this cache
+    /// answers `read_committed` until it lands.
+    committed: Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 impl LogStore {
     pub fn new(group: GroupId, storage: Storage) -> Self {
-        Self { group, storage }
+        Self { group, storage, committed: Arc::new(std::sync::Mutex::new(None)) }
     }
 
     async fn read_state<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -140,17 +145,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        // Not fsynced on its own: losing it only means re-discovering the
-        // commit index from the leader; the next log fsync persists it anyway.
+        // Queued, not awaited: losing it in a crash only means re-learning the
+        // commit index from the leader. It rides along with the next log fsync.
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
         let key = group_key(self.group, COMMITTED);
         let val = encode(&committed);
-        self.storage
-            .blocking(move |s| s.raft_state().insert(key, val).map_err(StorageError::fjall("saving committed")))
-            .await
-            .map_err(io_write)
+        self.storage.submit(crate::storage::WriteOp {
+            fill: Box::new(move |s, batch| {
+                batch.insert(s.raft_state(), key, val);
+                Ok(())
+            }),
+            done: Box::new(|r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "saving the commit index failed");
+                }
+            }),
+            barrier: false,
+        });
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        if let Some(c) = *self.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(Some(c));
+        }
         Ok(self.read_state::<Option<LogId>>(COMMITTED).await.map_err(io_read)?.flatten())
     }
 

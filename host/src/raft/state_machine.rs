@@ -192,9 +192,13 @@ impl Applier<'_> {
         batch
     }
 
-    fn apply(&mut self, index: u64, cmd: Command) -> Result<CommandResult, StorageError> {
+    fn apply(&mut self, index: u64, cmd: Command) -> Result<Vec<CommandResult>, StorageError> {
         let now = cmd.now_ms;
-        Ok(match cmd.op {
+        cmd.ops.into_iter().map(|op| self.apply_op(index, now, op)).collect()
+    }
+
+    fn apply_op(&mut self, index: u64, now: u64, op: Op) -> Result<CommandResult, StorageError> {
+        Ok(match op {
             Op::Put { key, value, expires_at, if_version } => {
                 let old = self.current(&key)?;
                 let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
@@ -259,13 +263,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, RaftStorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, RaftStorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let group = self.group;
+        let started = std::time::Instant::now();
+        let n = entries.len();
         self.storage
             .blocking(move |s| {
                 let mut ap = Applier { s, group, data: HashMap::new(), expiry: HashMap::new() };
@@ -275,11 +281,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for entry in entries {
                     last = Some(entry.log_id);
                     results.push(match entry.payload {
-                        EntryPayload::Blank => CommandResult::Done,
+                        EntryPayload::Blank => Vec::new(),
                         EntryPayload::Normal(cmd) => ap.apply(entry.log_id.index, cmd).map_err(sm_err)?,
                         EntryPayload::Membership(m) => {
                             membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                            CommandResult::Done
+                            Vec::new()
                         }
                     });
                 }
@@ -290,7 +296,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(m) = membership {
                     batch.insert(s.sm_meta(), group_key(group, MEMBERSHIP), encode(&m));
                 }
+                let work = started.elapsed();
                 batch.commit().map_err(sm_err)?;
+                tracing::trace!(
+                    group,
+                    entries = n,
+                    queued_and_applied_us = work.as_micros() as u64,
+                    total_us = started.elapsed().as_micros() as u64,
+                    "applied"
+                );
                 Ok(results)
             })
             .await

@@ -8,7 +8,7 @@ openraft::declare_raft_types!(
     /// Type configuration shared by every Raft group on the node.
     pub TypeConfig:
         D = Command,
-        R = CommandResult,
+        R = Vec<CommandResult>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -26,16 +26,18 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type RaftStorageError = openraft::StorageError<NodeId>;
 
-/// One log entry's application payload.
+/// One log entry's application payload: a batch of operations.
 ///
 /// Everything that could differ between replicas (the clock, hook results) is
 /// decided on the leader and carried here, so applying is deterministic.
+/// Every op of the entry gets the entry's log index as its version, so the
+/// leader never puts two ops on the same key into one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// The leader's wall clock when it proposed the entry, in ms since the epoch.
     /// Expiry checks during apply use it, never the replica's own clock.
     pub now_ms: u64,
-    pub op: Op,
+    pub ops: Vec<Op>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +54,17 @@ pub enum Op {
     RemoveNode { id: NodeId },
 }
 
-/// What applying a [`Command`] produced.
+impl Op {
+    /// The user key this op writes, if it writes one.
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } => Some(key),
+            Op::SetNode { .. } | Op::RemoveNode { .. } => None,
+        }
+    }
+}
+
+/// What applying one [`Op`] produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// A put was applied at this version.

@@ -249,6 +249,8 @@ impl Storage {
             }
         }
         let mut dones = Vec::with_capacity(ops.len());
+        let n = ops.len();
+        let started = std::time::Instant::now();
         let result = self.commit_group(ops, &mut dones).map_err(|e| {
             if !matches!(e, StorageError::Poisoned) {
                 tracing::error!(error = %e, "log write failed; poisoning storage, this node stops acknowledging writes");
@@ -256,6 +258,7 @@ impl Storage {
             }
             Arc::new(e)
         });
+        tracing::trace!(ops = n, micros = started.elapsed().as_micros() as u64, "group commit");
         for done in dones {
             done(result.clone());
         }

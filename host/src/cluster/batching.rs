@@ -1,0 +1,173 @@
+//! Per-group batching on the leader.
+//!
+//! - **Writes.** openraft 0.9 appends (and fsyncs) each proposal on its own
+//!   before taking the next, so one client write per Raft entry caps a group
+//!   at one fsync per write. The write batcher packs every write queued while
+//!   earlier batches are in flight into one entry (at most [`MAX_OPS`] ops or
+//!   [`MAX_BYTES`]), with up to [`MAX_IN_FLIGHT`] entries in flight. An entry
+//!   never holds two ops on the same key: every op in it gets the entry's log
+//!   index as its version, and per-key versions must stay unique.
+//! - **Linearizable reads.** Each ReadIndex check costs a heartbeat round to a
+//!   quorum. The read batcher runs one check for every read queued before it
+//!   started; reads arriving during a check wait for the next one, so every
+//!   read's check begins after the read did.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::routing::{Attempt, Proposal};
+use super::NodeError;
+use crate::raft::types::{now_ms, Command, CommandResult};
+use crate::raft::Raft;
+use crate::storage::GroupId;
+
+/// Most ops in one Raft entry.
+pub const MAX_OPS: usize = 1024;
+/// Most key + value bytes in one Raft entry (a single larger write still goes alone).
+pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Entries a group's batcher keeps in flight at once.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+pub type WriteReply = Result<Attempt<CommandResult>, NodeError>;
+pub type ReadReply = Result<Attempt<()>, NodeError>;
+
+struct WriteItem {
+    proposal: Proposal,
+    reply: oneshot::Sender<WriteReply>,
+}
+
+/// Handles to a group's batcher tasks.
+pub struct Batchers {
+    writes: mpsc::UnboundedSender<WriteItem>,
+    reads: mpsc::UnboundedSender<oneshot::Sender<ReadReply>>,
+}
+
+impl Batchers {
+    /// Starts the batcher tasks of one group; they end when the returned
+    /// handle is dropped.
+    pub fn start(group: GroupId, raft: Raft) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let (rtx, rrx) = mpsc::unbounded_channel();
+        let w = tokio::spawn(write_loop(group, raft.clone(), wrx));
+        let r = tokio::spawn(read_loop(group, raft, rrx));
+        (Batchers { writes: wtx, reads: rtx }, [w, r])
+    }
+
+    /// Proposes through the batcher; `Retry` when this node is not the leader.
+    pub async fn write(&self, proposal: Proposal) -> WriteReply {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(WriteItem { proposal, reply: tx }).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Waits for a ReadIndex check that started after this call.
+    pub async fn read_barrier(&self) -> ReadReply {
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(tx).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> NodeError {
+    NodeError::Unavailable("the raft group is shutting down".into())
+}
+
+fn size_of(p: &Proposal) -> usize {
+    match p {
+        Proposal::Put { key, value, .. } => key.len() + value.len(),
+        Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => key.len(),
+        Proposal::SetNode { addr, .. } => addr.len(),
+        Proposal::RemoveNode { .. } => 0,
+    }
+}
+
+async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteItem>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // An item that conflicted with the previous batch and opens the next one.
+    let mut carry: Option<WriteItem> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let first = match carry.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut keys: HashSet<Vec<u8>> = HashSet::new();
+        let mut bytes = size_of(&first.proposal);
+        if let Some(k) = first.proposal.key() {
+            keys.insert(k.to_vec());
+        }
+        let mut items = vec![first];
+        while items.len() < MAX_OPS && bytes < MAX_BYTES {
+            let Ok(item) = rx.try_recv() else { break };
+            if item.proposal.key().is_some_and(|k| keys.contains(k)) || bytes + size_of(&item.proposal) > MAX_BYTES {
+                carry = Some(item);
+                break;
+            }
+            if let Some(k) = item.proposal.key() {
+                keys.insert(k.to_vec());
+            }
+            bytes += size_of(&item.proposal);
+            items.push(item);
+        }
+        let now = now_ms();
+        let (ops, replies): (Vec<_>, Vec<_>) = items.into_iter().map(|i| (i.proposal.into_op(now), i.reply)).unzip();
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let n = ops.len();
+            let result = raft.client_write(Command { now_ms: now, ops }).await;
+            drop(permit);
+            match result {
+                Ok(resp) if resp.data.len() == n => {
+                    for (reply, r) in replies.into_iter().zip(resp.data) {
+                        let _ = reply.send(Ok(Attempt::Done(r)));
+                    }
+                }
+                Ok(resp) => {
+                    let msg = format!("group {group}: {} results for {n} ops", resp.data.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(NodeError::Internal(msg.clone())));
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    for reply in replies {
+                        let _ = reply.send(Ok(Attempt::Retry));
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("raft group {group}: {e}");
+                    for reply in replies {
+                        let _ = reply.send(Err(NodeError::Unavailable(msg.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn read_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<ReadReply>>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let outcome = match raft.ensure_linearizable().await {
+            Ok(_) => Ok(true),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
+            | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Ok(false),
+            Err(RaftError::Fatal(e)) => Err(format!("raft group {group} stopped: {e}")),
+        };
+        for w in waiters {
+            let _ = w.send(match &outcome {
+                Ok(true) => Ok(Attempt::Done(())),
+                Ok(false) => Ok(Attempt::Retry),
+                Err(m) => Err(NodeError::Unavailable(m.clone())),
+            });
+        }
+    }
+}
