@@ -69,3 +69,35 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
     assert!(err.contains("empty"), "{err}");
 }
+
+#[tokio::test]
+async fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Three consecutive port pairs; collisions are unlikely in this range.
+    let base = 30_000 + (std::process::id() % 2_000) as u16 * 8;
+    let mut dev = Command::new(ringkv_bin())
+        .args(["dev", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn dev");
+    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + 2 * i)).collect();
+    let client = ringkv_client::Client::connect(&endpoints).expect("client");
+    let status = ringkv_tests::eventually("the dev cluster to have 3 voters and a leader", || {
+        let client = client.clone();
+        async move {
+            let s = client.status().await.ok()?;
+            (s.nodes.iter().filter(|n| n.role == "voter").count() == 3 && s.groups.iter().all(|g| g.leader_id != 0))
+                .then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.nodes.len(), 3);
+    client.put("dev", "works").await.expect("put");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id() as i32), nix::sys::signal::SIGINT).expect("signal");
+    let exit = tokio::task::spawn_blocking(move || dev.wait()).await.expect("join").expect("wait");
+    assert!(exit.success(), "dev exits cleanly on Ctrl-C: {exit:?}");
+    assert!(std::net::TcpStream::connect(&endpoints[1]).is_err(), "nodes are stopped");
+}

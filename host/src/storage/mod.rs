@@ -103,6 +103,9 @@ struct Inner {
     poisoned: AtomicBool,
     /// Keeps the OS-level lock on the data directory for the process lifetime.
     _dir_lock: std::fs::File,
+    /// Test hook: makes the next group commit fail as if fsync had.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
 }
 
 impl Storage {
@@ -135,6 +138,8 @@ impl Storage {
             writer_thread: std::sync::Mutex::new(None),
             poisoned: AtomicBool::new(false),
             _dir_lock: dir_lock,
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
         };
         let storage = Storage { inner: Arc::new(inner) };
         let (tx, rx) = mpsc::channel::<WriteOp>();
@@ -301,6 +306,13 @@ impl Storage {
             return Err(e);
         }
         batch.commit().map_err(StorageError::fjall("committing a log batch"))?;
+        #[cfg(test)]
+        if self.inner.fail_next_sync.swap(false, Ordering::AcqRel) {
+            return Err(StorageError::Fjall {
+                context: "fsyncing the journal",
+                source: fjall::Error::Io(std::io::Error::other("injected fsync failure")),
+            });
+        }
         self.inner.db.persist(PersistMode::SyncData).map_err(StorageError::fjall("fsyncing the journal"))
     }
 }
@@ -362,4 +374,44 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
         reason: format!("{e} (is another ringkv process using this data directory?)"),
     })?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &'static [u8]) -> impl FnOnce(&Storage, &mut OwnedWriteBatch) -> Result<(), StorageError> + Send {
+        move |s, batch| {
+            batch.insert(s.raft_state(), key, b"v".to_vec());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn durable_writes_are_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path()).expect("open");
+        s.write_durable(false, put(b"a")).await.expect("write");
+        assert!(s.raft_state().get(b"a").expect("read").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_poisons_the_store_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path()).expect("open");
+        s.inner.fail_next_sync.store(true, Ordering::Release);
+        let first = s.write_durable(false, put(b"a")).await;
+        assert!(first.is_err(), "the write whose fsync failed is not acknowledged");
+        assert!(s.is_poisoned());
+        let later = s.write_durable(false, put(b"b")).await;
+        assert!(matches!(later.as_ref().map_err(|e| &**e), Err(StorageError::Poisoned)), "{later:?}");
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Storage::open(dir.path()).expect("open");
+        // The lock is per open file description, so a second open in the same process is refused too.
+        assert!(matches!(Storage::open(dir.path()), Err(StorageError::Locked { .. })));
+    }
 }
