@@ -22,4 +22,5 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod raft;
+pub mod ring;
 pub mod storage;

@@ -1,0 +1,217 @@
+//! Ring: keys to tokens, tokens to shards, shards to replicas.
+//!
+//! - `token = xxh3_64(routing_key)` (XXH3, 64-bit, seed 0): fast, stable across
+//!   versions and platforms, and specified publicly.
+//! - The token space is cut into `shards` equal ranges; shard `i` owns
+//!   `[i·2⁶⁴/S, (i+1)·2⁶⁴/S)`.
+//! - Each node places `vnodes` virtual points at `xxh3_64("ringkv-vnode" · id · i)`.
+//! - [`place`] gives each shard its replicas: the first RF distinct nodes
+//!   walking clockwise from the shard's start token, skipping nodes already at
+//!   the load cap `⌈RF·S/N⌉`; then a fix-up pass moves replicas from nodes
+//!   above `⌊RF·S/N⌋` to nodes below it. Every node ends with `⌊RF·S/N⌋` or
+//!   `⌈RF·S/N⌉` replicas, so max − min ≤ 1.
+//! - Movement: one node joining or leaving moves at most `2·RF·S/N + RF`
+//!   replicas up to 10 nodes and `2·RF·S/N + RF·S/4` beyond (N = the larger
+//!   member count), checked by property tests for 3 to 50 nodes. Measured with
+//!   S=64, RF=3: 1.0–1.5× the ideal `RF·S/N` on average up to 10 nodes, about
+//!   2.8× on average at 50 nodes, where S is far below the recommended 10× the
+//!   node count.
+//!
+//! Placement is a pure function of the member set and the ring settings, so
+//! every node computes the same answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::NodeId;
+
+/// Index of a shard, `0..shards`.
+pub type ShardId = u32;
+
+/// Ring settings, fixed when the cluster is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingConfig {
+    /// Number of shards S. Default 64; size it at about 10× the largest node count you expect.
+    pub shards: u32,
+    /// Replicas per shard RF. Default 3; capped by the node count.
+    pub replication_factor: u32,
+    /// Virtual points per node V. Default 64.
+    pub vnodes: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self { shards: 64, replication_factor: 3, vnodes: 64 }
+    }
+}
+
+impl RingConfig {
+    /// Checks the settings, naming the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=4096).contains(&self.shards) {
+            return Err(format!("shards must be between 1 and 4096, got {}", self.shards));
+        }
+        if !(1..=7).contains(&self.replication_factor) {
+            return Err(format!("replication factor must be between 1 and 7, got {}", self.replication_factor));
+        }
+        if !(1..=1024).contains(&self.vnodes) {
+            return Err(format!("vnodes must be between 1 and 1024, got {}", self.vnodes));
+        }
+        Ok(())
+    }
+
+    /// The shard owning `key` (its routing key is the whole key).
+    pub fn shard_of_key(&self, key: &[u8]) -> ShardId {
+        shard_of(token(key), self.shards)
+    }
+}
+
+/// The token of a routing key.
+pub fn token(routing_key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(routing_key)
+}
+
+/// The shard whose range holds `token`.
+pub fn shard_of(token: u64, shards: u32) -> ShardId {
+    ((u128::from(token) * u128::from(shards)) >> 64) as ShardId
+}
+
+/// First token of `shard`: the smallest token that [`shard_of`] maps to it.
+pub fn shard_start(shard: ShardId, shards: u32) -> u64 {
+    ((u128::from(shard) << 64).div_ceil(u128::from(shards))) as u64
+}
+
+fn vnode_token(node: NodeId, i: u32) -> u64 {
+    let mut buf = Vec::with_capacity(24);
+    buf.extend_from_slice(b"ringkv-vnode");
+    buf.extend_from_slice(&node.to_be_bytes());
+    buf.extend_from_slice(&i.to_be_bytes());
+    token(&buf)
+}
+
+/// Replicas of every shard, indexed by shard id. The first replica is the
+/// preferred leader.
+pub type Placement = Vec<Vec<NodeId>>;
+
+/// Computes the replicas of every shard for `nodes`. Empty `nodes` gives empty replica sets.
+///
+/// Every (shard, node) pair gets a distance: how far clockwise from the
+/// shard's start the node's first virtual point lies. Pairs are taken in
+/// increasing distance, each shard taking its first RF distinct nodes as in a
+/// plain ring walk, except that a node already at the cap `⌈RF·S/N⌉` is
+/// skipped. Taking pairs in one global order (not shard by shard) keeps a
+/// join or leave from cascading through every later shard. A final pass lifts
+/// nodes below `⌊RF·S/N⌋` by taking, for each, its nearest replica from the
+/// most loaded node.
+pub fn place(config: &RingConfig, nodes: &BTreeSet<NodeId>) -> Placement {
+    let s = config.shards as usize;
+    if nodes.is_empty() {
+        return vec![Vec::new(); s];
+    }
+    let n = nodes.len();
+    let rf = (config.replication_factor as usize).min(n);
+    let total = s * rf;
+    let cap = total.div_ceil(n);
+    let floor = total / n;
+
+    let mut points: Vec<(u64, NodeId)> =
+        nodes.iter().flat_map(|&id| (0..config.vnodes).map(move |i| (vnode_token(id, i), id))).collect();
+    points.sort_unstable();
+
+    // distance[(shard, node)] = clockwise distance from the shard start to the node's first point.
+    let mut pairs: Vec<(u64, ShardId, NodeId)> = Vec::with_capacity(s * n);
+    for shard in 0..config.shards {
+        let start = shard_start(shard, config.shards);
+        let first = points.partition_point(|(t, _)| *t < start);
+        let mut seen = BTreeSet::new();
+        for i in 0..points.len() {
+            let (t, node) = points[(first + i) % points.len()];
+            if seen.insert(node) {
+                pairs.push((t.wrapping_sub(start), shard, node));
+                if seen.len() == n {
+                    break;
+                }
+            }
+        }
+    }
+    pairs.sort_unstable();
+
+    let mut load: BTreeMap<NodeId, usize> = nodes.iter().map(|&id| (id, 0)).collect();
+    let mut placement: Vec<Vec<(u64, NodeId)>> = vec![Vec::with_capacity(rf); s];
+    // Pass 1 respects the cap; pass 2 fills what the cap left short.
+    for respect_cap in [true, false] {
+        for &(dist, shard, node) in &pairs {
+            let replicas = &mut placement[shard as usize];
+            let l = load.entry(node).or_default();
+            if replicas.len() < rf && (!respect_cap || *l < cap) && !replicas.iter().any(|(_, r)| *r == node) {
+                replicas.push((dist, node));
+                *l += 1;
+            }
+        }
+    }
+    let distance: BTreeMap<(ShardId, NodeId), u64> = pairs.iter().map(|&(d, sh, nd)| ((sh, nd), d)).collect();
+    even_out(&mut placement, &mut load, &distance, floor, cap);
+    placement
+        .into_iter()
+        .map(|mut r| {
+            r.sort_unstable();
+            r.into_iter().map(|(_, node)| node).collect()
+        })
+        .collect()
+}
+
+/// Moves replicas until every node holds between `floor` and `cap`: the
+/// least loaded node takes, from the most loaded one, the shard nearest to it
+/// on the ring among those it does not already replicate.
+fn even_out(
+    placement: &mut [Vec<(u64, NodeId)>],
+    load: &mut BTreeMap<NodeId, usize>,
+    distance: &BTreeMap<(ShardId, NodeId), u64>,
+    floor: usize,
+    cap: usize,
+) {
+    loop {
+        let over_cap = load.values().any(|&l| l > cap);
+        let Some((&to, &to_load)) = load.iter().min_by_key(|(id, l)| (**l, **id)) else { return };
+        if !(to_load < floor || (over_cap && to_load < cap)) {
+            return;
+        }
+        let Some((&from, &from_load)) = load.iter().max_by_key(|(id, l)| (**l, std::cmp::Reverse(**id))) else {
+            return;
+        };
+        if from_load <= floor || from_load <= to_load + 1 {
+            return;
+        }
+        let best = placement
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.iter().any(|(_, n)| *n == from) && !r.iter().any(|(_, n)| *n == to))
+            .filter_map(|(shard, _)| distance.get(&(shard as ShardId, to)).map(|d| (*d, shard)))
+            .min();
+        let Some((dist, shard)) = best else { return };
+        if let Some(slot) = placement[shard].iter_mut().find(|(_, n)| *n == from) {
+            *slot = (dist, to);
+        }
+        *load.entry(from).or_default() -= 1;
+        *load.entry(to).or_default() += 1;
+    }
+}
+
+/// Replicas per node in a placement.
+pub fn load_of(placement: &Placement) -> BTreeMap<NodeId, usize> {
+    let mut load = BTreeMap::new();
+    for r in placement.iter().flatten() {
+        *load.entry(*r).or_default() += 1;
+    }
+    load
+}
+
+/// Replicas that `to` has and `from` lacks, summed over shards: the replica
+/// moves needed to go from one placement to the other.
+pub fn moves_between(from: &Placement, to: &Placement) -> usize {
+    from.iter().zip(to).map(|(a, b)| b.iter().filter(|n| !a.contains(n)).count()).sum()
+}
+
+#[cfg(test)]
+mod tests;
