@@ -278,6 +278,13 @@ impl Client {
             .map(|r| r.into_inner())
     }
 
+    /// The routing table: ring settings, members and shard leaders.
+    pub async fn ring(&self) -> Result<proto::RingResponse> {
+        self.idempotent(|ch| async move { ClusterClient::new(ch).ring(proto::RingRequest {}).await })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// Adds node `id` at `addr`; it joins as a learner and is promoted to voter.
     pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
         let addr = addr.into();

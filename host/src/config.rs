@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::raft::{NodeId, RaftTuning};
+use crate::ring::RingConfig;
 
 /// Request limits enforced at the API edge.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Seeds of an existing cluster to join. Empty: bootstrap a new cluster.
     pub join: Vec<String>,
+    /// Ring settings used when this node bootstraps a cluster; a joining node
+    /// takes the cluster's. Default: 64 shards.
+    pub ring: RingConfig,
     pub raft: RaftTuning,
     pub limits: Limits,
     /// Server-side deadline of a client request. Default 5 s.
@@ -56,6 +60,7 @@ impl Default for NodeConfig {
             http: Some("127.0.0.1:7380".into()),
             data_dir: PathBuf::from("ringkv-data"),
             join: Vec::new(),
+            ring: RingConfig::default(),
             raft: RaftTuning::default(),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),

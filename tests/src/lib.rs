@@ -186,19 +186,21 @@ impl ProcCluster {
         node.spawn(&bin);
     }
 
-    /// The data-group leader as seen by node `via`, once one is known.
-    pub async fn data_leader(&self, via: u64) -> u64 {
-        self.wait_leader_on(via).await
+    /// The leader of `key`'s shard as seen by node `via`, once one is known.
+    pub async fn leader_of_key(&self, via: u64, key: &str) -> u64 {
+        let client = self.node_client(via);
+        eventually(&format!("node {via} to know the leader of {key:?}'s shard"), || {
+            let client = client.clone();
+            async move { group_of_key(&client.status().await.ok()?, key).map(|g| g.leader_id).filter(|l| *l != 0) }
+        })
+        .await
     }
 
-    async fn wait_leader_on(&self, via: u64) -> u64 {
+    async fn wait_leader_on(&self, via: u64) {
         let client = self.node_client(via);
-        eventually(&format!("node {via} to know a data leader"), || {
+        eventually(&format!("node {via} to know a leader of every group"), || {
             let client = client.clone();
-            async move {
-                let s = client.status().await.ok()?;
-                s.groups.iter().find(|g| g.kind == "data").map(|g| g.leader_id).filter(|l| *l != 0)
-            }
+            async move { client.status().await.ok()?.groups.iter().all(|g| g.leader_id != 0).then_some(()) }
         })
         .await
     }
@@ -256,6 +258,8 @@ impl InProcCluster {
                 http: None,
                 data_dir: dir.path().join(format!("node{id}")),
                 join: seed.iter().cloned().collect(),
+                // Few shards keep in-process clusters light; the ring logic is the same.
+                ring: ringkv::ring::RingConfig { shards: 4, ..Default::default() },
                 raft: RaftTuning::default(),
                 request_timeout: Duration::from_secs(3),
                 ..NodeConfig::default()
@@ -290,6 +294,19 @@ impl InProcCluster {
             n.shutdown().await;
         }
     }
+}
+
+/// The status entry of the shard group that holds `key`.
+pub fn group_of_key<'a>(
+    status: &'a ringkv_client::proto::StatusResponse,
+    key: &str,
+) -> Option<&'a ringkv_client::proto::GroupStatus> {
+    let shards = status.groups.iter().filter(|g| g.kind == "shard").count() as u32;
+    if shards == 0 {
+        return None;
+    }
+    let group = ringkv::cluster::shard_group(ringkv::ring::shard_of(ringkv::ring::token(key.as_bytes()), shards));
+    status.groups.iter().find(|g| g.group_id == group)
 }
 
 /// Installs a test log subscriber once (honours RUST_LOG).

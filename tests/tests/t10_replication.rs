@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ringkv_client::{Consistency, Error, PutOptions};
-use ringkv_tests::{eventually, ProcCluster};
+use ringkv_tests::{eventually, group_of_key, ProcCluster};
 
 #[tokio::test]
 async fn put_on_one_node_is_read_linearizably_on_every_node() {
@@ -24,14 +24,14 @@ async fn killing_the_leader_elects_a_new_one_and_nothing_is_lost() {
     for i in 0..20 {
         client.put(format!("k{i}"), format!("v{i}")).await.expect("put before kill");
     }
-    let old = c.data_leader(1).await;
+    let old = c.leader_of_key(1, "after").await;
     c.kill(old);
     let survivor = (1..=3).find(|id| *id != old).expect("a survivor");
-    let new = eventually("a new leader", || {
+    let new = eventually("a new leader for the shard of \"after\"", || {
         let cl = c.node_client(survivor);
         async move {
             let s = cl.status().await.ok()?;
-            s.groups.iter().find(|g| g.kind == "data").map(|g| g.leader_id).filter(|l| *l != 0 && *l != old)
+            group_of_key(&s, "after").map(|g| g.leader_id).filter(|l| *l != 0 && *l != old)
         }
     })
     .await;
@@ -71,7 +71,7 @@ async fn restarted_node_catches_up_by_log() {
 async fn restarted_node_catches_up_by_snapshot_after_compaction() {
     // Snapshot every 20 entries and keep no log behind it, so node 3 cannot
     // catch up from the log once it has missed more than that.
-    let mut c = ProcCluster::start(3, &["--snapshot-every", "20", "--keep-logs", "0"]).await;
+    let mut c = ProcCluster::start(3, &["--shards", "1", "--snapshot-every", "20", "--keep-logs", "0"]).await;
     c.kill(3);
     let client = c.node_client(1);
     let mut last = 0;
@@ -82,7 +82,7 @@ async fn restarted_node_catches_up_by_snapshot_after_compaction() {
         let client = client.clone();
         async move {
             let s = client.status().await.ok()?;
-            let g = s.groups.iter().find(|g| g.kind == "data")?;
+            let g = s.groups.iter().find(|g| g.kind == "shard")?;
             (g.snapshot_index >= 100).then_some(g.snapshot_index)
         }
     })
@@ -93,7 +93,7 @@ async fn restarted_node_catches_up_by_snapshot_after_compaction() {
         let n3 = n3.clone();
         async move {
             let s = n3.status().await.ok()?;
-            let g = s.groups.iter().find(|g| g.kind == "data")?;
+            let g = s.groups.iter().find(|g| g.kind == "shard")?;
             (g.snapshot_index >= leader_snapshot && g.applied_index >= last).then_some(())
         }
     })

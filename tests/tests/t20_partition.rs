@@ -9,14 +9,17 @@ async fn minority_partitioned_leader_stops_acknowledging() {
     let c = InProcCluster::start(3).await;
     c.client(1).put("before", "partition").await.expect("put");
     let status = c.client(1).status().await.expect("status");
-    let leader = status.groups.iter().find(|g| g.kind == "data").expect("data group").leader_id;
+    // "before" and "during" may live in different shards; take the leader of "during"'s shard
+    // and read "during" (written before the cut below) through it.
+    c.client(1).put("during", "before the cut").await.expect("put");
+    let leader = ringkv_tests::group_of_key(&status, "during").expect("shard").leader_id;
     let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     c.filter.isolate(leader, &others);
 
     // The old leader can reach no quorum: writes and linearizable reads sent to it fail with UNAVAILABLE.
     let write = c.client(leader).put("during", "minority").await;
     assert!(matches!(write, Err(Error::Unavailable(_))), "write on isolated leader: {write:?}");
-    let read = c.client(leader).get("before").await;
+    let read = c.client(leader).get("during").await;
     assert!(matches!(read, Err(Error::Unavailable(_))), "read on isolated leader: {read:?}");
 
     // The majority elects a leader and keeps working.

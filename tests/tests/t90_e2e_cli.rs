@@ -60,7 +60,7 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
     assert_eq!(nodes.len(), 3, "{status}");
     assert!(nodes.iter().all(|n| n["role"] == "voter"), "{status}");
     let groups = status["groups"].as_array().expect("groups");
-    assert!(groups.iter().any(|g| g["kind"] == "data" && g["leader_id"].as_u64().unwrap_or(0) != 0), "{status}");
+    assert!(groups.iter().any(|g| g["kind"] == "shard" && g["leader_id"].as_u64().unwrap_or(0) != 0), "{status}");
 
     // Errors print one line and exit non-zero.
     let (ok, _, err) =

@@ -55,7 +55,7 @@ pub fn status_of(node: &Node) -> Result<proto::StatusResponse, Status> {
                 .unwrap_or_default();
             proto::GroupStatus {
                 group_id: g.id,
-                kind: if g.id == META_GROUP { "meta" } else { "data" }.to_string(),
+                kind: if g.id == META_GROUP { "meta" } else { "shard" }.to_string(),
                 leader_id: m.current_leader.unwrap_or(0),
                 term: m.current_term,
                 role: role.to_string(),
@@ -100,6 +100,40 @@ fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
 impl Cluster for ClusterService {
     async fn status(&self, _req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
         Ok(Response::new(status_of(&self.node)?))
+    }
+
+    async fn ring(&self, _req: Request<proto::RingRequest>) -> Result<Response<proto::RingResponse>, Status> {
+        let ring = *self.node.ring();
+        let nodes = self
+            .node
+            .members()?
+            .into_iter()
+            .map(|(id, addr, voter)| proto::NodeStatus {
+                id,
+                addr,
+                role: if voter { "voter" } else { "learner" }.to_string(),
+            })
+            .collect();
+        let epoch = self.node.group(META_GROUP)?.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let routes = (0..ring.shards)
+            .filter_map(|shard| {
+                let g = self.node.group(crate::cluster::shard_group(shard)).ok()?;
+                let m = g.raft.metrics().borrow().clone();
+                Some(proto::ShardRoute {
+                    shard,
+                    leader_id: m.current_leader.unwrap_or(0),
+                    replicas: m.membership_config.membership().voter_ids().collect(),
+                })
+            })
+            .collect();
+        Ok(Response::new(proto::RingResponse {
+            shards: ring.shards,
+            replication_factor: ring.replication_factor,
+            vnodes: ring.vnodes,
+            epoch,
+            nodes,
+            routes,
+        }))
     }
 
     async fn add_node(&self, req: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {

@@ -7,7 +7,7 @@ use ringkv_client::proto::{self, kv_server::Kv, Consistency};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::cluster::{Node, NodeError, Proposal, DATA_GROUP};
+use crate::cluster::{Node, NodeError, Proposal};
 use crate::raft::CommandResult;
 use crate::storage::Envelope;
 
@@ -31,8 +31,9 @@ impl KvService {
         Ok(())
     }
 
-    fn span(&self, rpc: &'static str) -> tracing::Span {
-        tracing::info_span!("request", rpc, node = self.node.id(), shard = DATA_GROUP)
+    /// One span per request, carrying the node and the key's shard group.
+    fn span(&self, rpc: &'static str, group: u64) -> tracing::Span {
+        tracing::info_span!("request", rpc, node = self.node.id(), group)
     }
 }
 
@@ -66,7 +67,8 @@ impl Kv for KvService {
         }
         let p =
             Proposal::Put { key: r.key.to_vec(), value: r.value.to_vec(), ttl_ms: r.ttl_ms, if_version: r.if_version };
-        let result = self.node.propose(DATA_GROUP, p).instrument(self.span("put")).await?;
+        let group = self.node.group_for_key(&r.key);
+        let result = self.node.propose(group, p).instrument(self.span("put", group)).await?;
         match result {
             CommandResult::Written { version } => Ok(Response::new(proto::PutResponse { version })),
             CommandResult::VersionMismatch { current } => Err(NodeError::VersionMismatch { current }.into()),
@@ -78,7 +80,8 @@ impl Kv for KvService {
         let r = req.into_inner();
         self.check_key(&r.key)?;
         let linearizable = consistency(r.consistency)?;
-        let found = self.node.get(DATA_GROUP, r.key.to_vec(), linearizable).instrument(self.span("get")).await?;
+        let group = self.node.group_for_key(&r.key);
+        let found = self.node.get(group, r.key.to_vec(), linearizable).instrument(self.span("get", group)).await?;
         Ok(Response::new(found.map(Into::into).unwrap_or_default()))
     }
 
@@ -86,7 +89,8 @@ impl Kv for KvService {
         let r = req.into_inner();
         self.check_key(&r.key)?;
         let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version };
-        match self.node.propose(DATA_GROUP, p).instrument(self.span("delete")).await? {
+        let group = self.node.group_for_key(&r.key);
+        match self.node.propose(group, p).instrument(self.span("delete", group)).await? {
             CommandResult::Deleted { existed, version } => {
                 Ok(Response::new(proto::DeleteResponse { deleted: existed, version }))
             }
@@ -112,8 +116,7 @@ impl Kv for KvService {
             n => n.min(limits.scan_max),
         };
         let linearizable = consistency(r.consistency)?;
-        let items =
-            self.node.scan(DATA_GROUP, r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan")).await?;
+        let items = self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan", 0)).await?;
         let stream = futures::stream::iter(items.into_iter().map(|(key, e)| {
             Ok(proto::ScanItem { key: key.into(), value: e.value, version: e.version, expires_at_ms: e.expires_at })
         }));

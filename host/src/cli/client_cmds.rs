@@ -162,22 +162,7 @@ impl ClusterCommand {
                 if args.json {
                     println!("{}", crate::api::status_json(&s));
                 } else {
-                    println!("answered by node {}", s.node_id);
-                    println!("{:<6} {:<8} ADDR", "NODE", "ROLE");
-                    for n in &s.nodes {
-                        println!("{:<6} {:<8} {}", n.id, n.role, n.addr);
-                    }
-                    println!();
-                    println!(
-                        "{:<6} {:<5} {:<7} {:<6} {:<10} {:<10} {:<10}",
-                        "GROUP", "KIND", "LEADER", "TERM", "LAST_LOG", "COMMIT", "APPLIED"
-                    );
-                    for g in &s.groups {
-                        println!(
-                            "{:<6} {:<5} {:<7} {:<6} {:<10} {:<10} {:<10}",
-                            g.group_id, g.kind, g.leader_id, g.term, g.last_log_index, g.commit_index, g.applied_index
-                        );
-                    }
+                    print_status(&s);
                 }
             }
             ClusterCommand::AddNode { id, addr, client } => {
@@ -199,4 +184,46 @@ impl ClusterCommand {
         }
         Ok(())
     }
+}
+
+/// Human-readable status: members with their shard and leader counts, the
+/// meta group, and shards without a leader.
+fn print_status(s: &ringkv_client::proto::StatusResponse) {
+    use std::collections::BTreeMap;
+    let shards: Vec<_> = s.groups.iter().filter(|g| g.kind == "shard").collect();
+    let mut replicas: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
+    for g in &shards {
+        for v in &g.voters {
+            *replicas.entry(*v).or_default() += 1;
+        }
+        if g.leader_id != 0 {
+            *leaders.entry(g.leader_id).or_default() += 1;
+        }
+    }
+    println!("answered by node {}; {} shards", s.node_id, shards.len());
+    println!("{:<6} {:<8} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING");
+    for n in &s.nodes {
+        println!(
+            "{:<6} {:<8} {:<7} {:<8} {}",
+            n.id,
+            n.role,
+            replicas.get(&n.id).copied().unwrap_or(0),
+            leaders.get(&n.id).copied().unwrap_or(0),
+            n.addr
+        );
+    }
+    if let Some(m) = s.groups.iter().find(|g| g.kind == "meta") {
+        println!();
+        println!(
+            "meta group: leader {} term {} last_log {} commit {} applied {}",
+            m.leader_id, m.term, m.last_log_index, m.commit_index, m.applied_index
+        );
+    }
+    let leaderless: Vec<String> =
+        shards.iter().filter(|g| g.leader_id == 0).map(|g| (g.group_id - 1).to_string()).collect();
+    if !leaderless.is_empty() {
+        println!("shards without a known leader: {}", leaderless.join(", "));
+    }
+    println!("(use --json for every shard's leader, term and log indexes)");
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use crate::cluster::Node;
 use crate::config::{Limits, NodeConfig};
 use crate::raft::{LinkFilter, RaftTuning};
+use crate::ring::RingConfig;
 
 #[derive(Args, Debug)]
 pub struct ServeCommand {
@@ -33,6 +34,10 @@ pub struct ServeCommand {
     /// Join the cluster reachable at these addresses instead of bootstrapping.
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Number of shards of a new cluster (bootstrap only; fixed afterwards).
+    /// Size it at about 10x the largest node count you expect.
+    #[arg(long, default_value_t = 64)]
+    pub shards: u32,
     /// Raft heartbeat interval.
     #[arg(long, default_value = "100ms", value_parser = super::parse_duration)]
     pub heartbeat: Duration,
@@ -71,6 +76,7 @@ impl ServeCommand {
             http: (!self.no_http).then(|| self.http.clone()),
             data_dir: self.data_dir.clone(),
             join: self.join.clone(),
+            ring: RingConfig { shards: self.shards, ..RingConfig::default() },
             raft: RaftTuning {
                 heartbeat_ms: self.heartbeat.as_millis() as u64,
                 election_min_ms: self.election_timeout.as_millis() as u64,
@@ -86,7 +92,11 @@ impl ServeCommand {
 
     pub async fn execute(self) -> anyhow::Result<()> {
         let config = self.config()?;
-        let node = Node::start(config, LinkFilter::default()).await.context("node failed to start")?;
+        // Starting can wait on a seed (joining); a stop signal still ends it.
+        let node = tokio::select! {
+            node = Node::start(config, LinkFilter::default()) => node.context("node failed to start")?,
+            r = wait_for_stop_signal() => return r,
+        };
         eprintln!("ringkv node {} serving gRPC on {}", node.id(), node.addr());
         wait_for_stop_signal().await?;
         tracing::info!("stop signal received, shutting down");

@@ -9,7 +9,9 @@ use openraft::{BasicNode, ChangeMembers};
 use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
-use super::{Group, Node, NodeError, Proposal, ALL_GROUPS, META_GROUP};
+use futures::StreamExt;
+
+use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::raft::network::{decode, encode};
 use crate::raft::NodeId;
 use crate::storage::GroupId;
@@ -31,6 +33,9 @@ pub enum MembershipReply {
     Failed(String),
 }
 
+/// Shards whose membership changes run at once during an add or remove.
+const MEMBERSHIP_CONCURRENCY: usize = 8;
+
 /// How long a membership change may take; adding a node waits for it to catch up.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -43,21 +48,43 @@ impl Node {
         if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
             return Err(NodeError::InvalidArgument(format!("node address {addr:?} is not host:port")));
         }
-        for group in ALL_GROUPS {
-            tracing::info!(node = id, group, "adding node: learner, catch-up, promotion");
-            self.change_membership(group, MembershipOp::AddVoter { id, addr: addr.clone() }).await?;
+        // The meta group first, so the new node learns the configuration, then every shard.
+        tracing::info!(node = id, "adding node to the meta group: learner, catch-up, promotion");
+        self.change_membership(META_GROUP, MembershipOp::AddVoter { id, addr: addr.clone() }).await?;
+        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
+        let total = shards.len();
+        let mut done = 0;
+        let mut changes = futures::stream::iter(shards)
+            .map(|g| {
+                let op = MembershipOp::AddVoter { id, addr: addr.clone() };
+                async move { self.change_membership(g, op).await }
+            })
+            .buffer_unordered(MEMBERSHIP_CONCURRENCY);
+        while let Some(r) = changes.next().await {
+            r?;
+            done += 1;
+            if done % 16 == 0 || done == total {
+                tracing::info!(node = id, done, total, "adding node: shards caught up and promoted");
+            }
         }
+        drop(changes);
         self.propose(META_GROUP, Proposal::SetNode { id, addr }).await?;
         Ok(())
     }
 
     /// Removes node `id` from every group and from the meta group's records.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), NodeError> {
-        // Data groups first, so the meta group still knows the node while data moves.
-        for group in ALL_GROUPS.iter().rev() {
-            tracing::info!(node = id, group, "removing node");
-            self.change_membership(*group, MembershipOp::Remove { id }).await?;
+        // Shards first, so the meta group still knows the node while they change.
+        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
+        let mut changes = futures::stream::iter(shards)
+            .map(|g| async move { self.change_membership(g, MembershipOp::Remove { id }).await })
+            .buffer_unordered(MEMBERSHIP_CONCURRENCY);
+        while let Some(r) = changes.next().await {
+            r?;
         }
+        drop(changes);
+        tracing::info!(node = id, "removed from every shard; removing from the meta group");
+        self.change_membership(META_GROUP, MembershipOp::Remove { id }).await?;
         self.propose(META_GROUP, Proposal::RemoveNode { id }).await?;
         Ok(())
     }

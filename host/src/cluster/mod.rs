@@ -2,8 +2,10 @@
 //! requests to group leaders, changes membership and expires TTL'd keys.
 //!
 //! Groups: [`META_GROUP`] holds the cluster configuration (members and their
-//! addresses); [`DATA_GROUP`] holds user data. Both run on every member. The
-//! ring of many data shards builds on the same per-group machinery.
+//! addresses). User data lives in one Raft group per shard of the ring
+//! ([`shard_group`]); a key's shard comes from [`crate::ring`]. Every member
+//! currently replicates every group; placing RF replicas per shard and moving
+//! them on membership changes is the rebalancer's job (not built yet).
 
 mod batching;
 mod membership;
@@ -23,13 +25,16 @@ pub use routing::{ForwardReply, Forwarded, Proposal, ReadResult};
 
 use crate::config::NodeConfig;
 use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, StateMachine};
+use crate::ring::{RingConfig, ShardId};
 use crate::storage::{GroupId, Storage, StorageError};
 
 /// The group holding cluster configuration.
 pub const META_GROUP: GroupId = 0;
-/// The group holding user data.
-pub const DATA_GROUP: GroupId = 1;
-const ALL_GROUPS: [GroupId; 2] = [META_GROUP, DATA_GROUP];
+
+/// The Raft group of a shard: shard `i` is group `i + 1`.
+pub fn shard_group(shard: ShardId) -> GroupId {
+    GroupId::from(shard) + 1
+}
 
 /// Errors a node reports to its callers.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,8 @@ struct NodeInner {
     id: NodeId,
     /// Address peers and clients use to reach this node.
     addr: String,
+    /// Shard count and placement settings, fixed when the cluster was created.
+    ring: RingConfig,
     config: NodeConfig,
     storage: Storage,
     peers: Arc<Peers>,
@@ -84,6 +91,7 @@ struct NodeInner {
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const JOINED_KEY: &[u8] = b"joined";
+const RING_KEY: &[u8] = b"ring";
 
 impl Node {
     /// Starts a node: opens storage, starts its groups and servers, then
@@ -96,10 +104,12 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
         let bound = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let ring = resolve_ring(&storage, &config).await?;
         let peers = Peers::new(config.id, filter);
         let mut groups = BTreeMap::new();
         let mut batcher_tasks = Vec::new();
-        for gid in ALL_GROUPS {
+        let group_ids = std::iter::once(META_GROUP).chain((0..ring.shards).map(shard_group));
+        for gid in group_ids {
             let (raft, sm) =
                 start_group(config.id, gid, &storage, peers.clone(), &config.raft).await.map_err(Box::new)?;
             let (batchers, tasks) = batching::Batchers::start(gid, raft.clone());
@@ -111,6 +121,7 @@ impl Node {
             inner: Arc::new(NodeInner {
                 id: config.id,
                 addr,
+                ring,
                 config,
                 storage,
                 peers,
@@ -143,6 +154,21 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.inner.config
+    }
+
+    /// The cluster's ring settings.
+    pub fn ring(&self) -> &RingConfig {
+        &self.inner.ring
+    }
+
+    /// The Raft group holding `key`.
+    pub fn group_for_key(&self, key: &[u8]) -> GroupId {
+        shard_group(self.inner.ring.shard_of_key(key))
+    }
+
+    /// Every group id: the meta group, then every shard.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        std::iter::once(META_GROUP).chain((0..self.inner.ring.shards).map(shard_group)).collect()
     }
 
     pub fn storage(&self) -> &Storage {
@@ -323,6 +349,45 @@ impl Node {
     fn member_addr(&self, group: &Group, id: NodeId) -> Option<String> {
         let m = group.raft.metrics().borrow().membership_config.clone();
         m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+}
+
+/// The ring settings: stored in the data directory; or, on first start, the
+/// configured ones (bootstrap) or the cluster's, fetched from a seed (join).
+async fn resolve_ring(storage: &Storage, config: &NodeConfig) -> Result<RingConfig, NodeError> {
+    if let Some(raw) = read_node_meta(storage, RING_KEY).await? {
+        return postcard::from_bytes(&raw)
+            .map_err(|e| NodeError::Startup(format!("corrupt ring settings in the data directory: {e}")));
+    }
+    let ring = if config.join.is_empty() {
+        config.ring.validate().map_err(NodeError::InvalidArgument)?;
+        config.ring
+    } else {
+        fetch_ring(&config.join).await
+    };
+    let raw = postcard::to_allocvec(&ring).map_err(|e| NodeError::Internal(e.to_string()))?;
+    write_node_meta(storage, RING_KEY, raw).await?;
+    Ok(ring)
+}
+
+/// Asks the seeds for the cluster's ring settings until one answers.
+async fn fetch_ring(seeds: &[String]) -> RingConfig {
+    let mut attempt = 0u32;
+    loop {
+        for seed in seeds {
+            attempt += 1;
+            let answer = match ringkv_client::Client::connect([seed]) {
+                Ok(c) => c.ring().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) => {
+                    return RingConfig { shards: r.shards, replication_factor: r.replication_factor, vnodes: r.vnodes }
+                }
+                Err(e) => tracing::warn!(seed = %seed, attempt, error = %e, "cannot fetch the ring from the seed yet"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

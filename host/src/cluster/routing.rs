@@ -68,6 +68,9 @@ pub enum ForwardReply {
     Unavailable(String),
 }
 
+/// Shards a scan reads at once.
+const SCAN_CONCURRENCY: usize = 16;
+
 /// Result of a read.
 pub type ReadResult = Option<Envelope>;
 
@@ -209,6 +212,31 @@ impl Node {
             )
             .await?;
         Ok(items.0)
+    }
+
+    /// Scans every shard (concurrently) and merges the results in key order,
+    /// keeping the first `limit`.
+    pub async fn scan_all(
+        &self,
+        prefix: Vec<u8>,
+        limit: u32,
+        linearizable: bool,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
+        use futures::StreamExt;
+        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != super::META_GROUP).collect();
+        let mut parts = futures::stream::iter(shards)
+            .map(|g| {
+                let prefix = prefix.clone();
+                async move { self.scan(g, prefix, limit, linearizable).await }
+            })
+            .buffer_unordered(SCAN_CONCURRENCY);
+        let mut all = Vec::new();
+        while let Some(part) = parts.next().await {
+            all.extend(part?);
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.truncate(limit as usize);
+        Ok(all)
     }
 
     /// Serves a request another node forwarded here. Never forwards again.
