@@ -41,7 +41,8 @@ pub struct NodeConfig {
     /// Seeds of an existing cluster to join. Empty: bootstrap a new cluster.
     pub join: Vec<String>,
     /// Ring settings used when this node bootstraps a cluster; a joining node
-    /// takes the cluster's. Default: 64 shards.
+    /// takes the cluster's. Default: 1 shard, until replica placement lands
+    /// (every node replicates every shard today).
     pub ring: RingConfig,
     pub raft: RaftTuning,
     pub limits: Limits,
@@ -60,7 +61,7 @@ impl Default for NodeConfig {
             http: Some("127.0.0.1:7380".into()),
             data_dir: PathBuf::from("ringkv-data"),
             join: Vec::new(),
-            ring: RingConfig::default(),
+            ring: RingConfig { shards: 1, ..RingConfig::default() },
             raft: RaftTuning::default(),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),

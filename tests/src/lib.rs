@@ -102,13 +102,18 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     /// Starts `n` nodes: node 1 bootstraps, the others join it. Returns once
-    /// every node is a voter of every group.
+    /// every node is a voter of every group. Clusters have 16 shards unless
+    /// `extra_args` sets `--shards`, so routing across shards is exercised.
     pub async fn start(n: u64, extra_args: &[&str]) -> Self {
+        let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--shards") {
+            extra.extend(["--shards".to_string(), "16".to_string()]);
+        }
         let mut c = ProcCluster {
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: BTreeMap::new(),
             bin: ringkv_bin(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args: extra,
         };
         for id in 1..=n {
             c.add_process(id);

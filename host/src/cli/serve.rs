@@ -35,14 +35,16 @@ pub struct ServeCommand {
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
     /// Number of shards of a new cluster (bootstrap only; fixed afterwards).
-    /// Size it at about 10x the largest node count you expect.
-    #[arg(long, default_value_t = 64)]
+    /// Size it at about 10x the largest node count you expect. Default 1
+    /// until replica placement lands: today every node replicates every
+    /// shard, so more shards cost throughput without adding capacity.
+    #[arg(long, default_value_t = 1)]
     pub shards: u32,
     /// Raft heartbeat interval.
-    #[arg(long, default_value = "100ms", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = super::parse_duration)]
     pub heartbeat: Duration,
     /// Minimum election timeout (the maximum is twice this).
-    #[arg(long, default_value = "500ms", value_parser = super::parse_duration)]
+    #[arg(long, default_value = "1250ms", value_parser = super::parse_duration)]
     pub election_timeout: Duration,
     /// Snapshot after this many log entries since the last snapshot.
     #[arg(long, default_value_t = 10_000)]
