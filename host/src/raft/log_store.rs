@@ -24,15 +24,99 @@ pub struct LogStore {
     group: GroupId,
     storage: Storage,
     /// Latest committed log id handed to `save_committed`. openraft calls
-    /// `save_committed` on its core task for every commit, so it must not wait
-    /// for disk: the write is queued to the writer thread and this cache
-    /// answers `read_committed` until it lands.
-    committed: Arc<std::sync::Mutex<Option<LogId>>>,
+    /// `save_committed` on its core task for every commit, so it must neither
+    /// wait for disk nor wake the writer thread: the value is kept here and
+    /// written with the next log append.
+    committed: Arc<std::sync::Mutex<CommittedCell>>,
+    /// The newest entries, so replication (which reads what was just
+    /// appended) rarely touches fjall or the blocking pool.
+    tail: Arc<std::sync::Mutex<LogTail>>,
+}
+
+#[derive(Default)]
+struct CommittedCell {
+    latest: Option<LogId>,
+    /// Set when `latest` changed since it was last written.
+    dirty: bool,
+}
+
+/// A bounded in-memory copy of the last appended entries, contiguous by index.
+#[derive(Default)]
+struct LogTail {
+    /// Entries with their encoded size.
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+/// Most entries and bytes kept in a group's [`LogTail`].
+const TAIL_MAX_ENTRIES: usize = 1024;
+const TAIL_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+impl LogTail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Adds entries that follow the current tail (or restarts it on a gap).
+    fn push(&mut self, entries: &[(Entry, usize)]) {
+        for (e, size) in entries {
+            let contiguous = self.entries.back().is_none_or(|(last, _)| last.log_id.index + 1 == e.log_id.index);
+            if !contiguous {
+                self.entries.clear();
+                self.bytes = 0;
+            }
+            self.entries.push_back((e.clone(), *size));
+            self.bytes += size;
+        }
+        while self.entries.len() > TAIL_MAX_ENTRIES || (self.bytes > TAIL_MAX_BYTES && self.entries.len() > 1) {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Entries `[start, end)` if the tail holds all of them.
+    fn range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        Some(self.entries.iter().skip(from).take((end - start) as usize).map(|(e, _)| e.clone()).collect())
+    }
+
+    /// Drops entries with index >= `index`.
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Drops entries with index <= `index`.
+    fn purge(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= index) {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(group: GroupId, storage: Storage) -> Self {
-        Self { group, storage, committed: Arc::new(std::sync::Mutex::new(None)) }
+        Self {
+            group,
+            storage,
+            committed: Arc::new(std::sync::Mutex::new(CommittedCell::default())),
+            tail: Arc::new(std::sync::Mutex::new(LogTail::default())),
+        }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, LogTail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn read_state<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -87,6 +171,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let end_exclusive = match range.end_bound() {
+            Bound::Included(x) => Some(x.saturating_add(1)),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end_exclusive {
+            if let Some(hit) = self.tail().range(start, end) {
+                return Ok(hit);
+            }
+        }
         let end = match range.end_bound() {
             Bound::Included(x) => Bound::Included(log_key(self.group, *x)),
             Bound::Excluded(x) => Bound::Excluded(log_key(self.group, *x)),
@@ -145,28 +239,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        // Queued, not awaited: losing it in a crash only means re-learning the
-        // commit index from the leader. It rides along with the next log fsync.
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
-        let key = group_key(self.group, COMMITTED);
-        let val = encode(&committed);
-        self.storage.submit(crate::storage::WriteOp {
-            fill: Box::new(move |s, batch| {
-                batch.insert(s.raft_state(), key, val);
-                Ok(())
-            }),
-            done: Box::new(|r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "saving the commit index failed");
-                }
-            }),
-            barrier: false,
-        });
+        // Kept in memory and written with the next append: losing it in a
+        // crash only means re-learning the commit index from the leader.
+        let mut cell = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        cell.latest = committed;
+        cell.dirty = true;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
-        if let Some(c) = *self.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(c) = self.committed.lock().unwrap_or_else(|p| p.into_inner()).latest {
             return Ok(Some(c));
         }
         Ok(self.read_state::<Option<LogId>>(COMMITTED).await.map_err(io_read)?.flatten())
@@ -178,12 +260,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let group = self.group;
-        let records: Vec<([u8; 16], Vec<u8>)> =
-            entries.into_iter().map(|e| (log_key(group, e.log_id.index), encode(&e))).collect();
+        let mut records: Vec<([u8; 16], Vec<u8>)> = Vec::new();
+        let mut cached = Vec::new();
+        for e in entries {
+            let raw = encode(&e);
+            records.push((log_key(group, e.log_id.index), raw));
+            let size = records.last().map_or(0, |(_, v)| v.len());
+            cached.push((e, size));
+        }
+        self.tail().push(&cached);
+        let committed = {
+            let mut cell = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut cell.dirty).then_some(cell.latest)
+        };
         self.storage.submit(crate::storage::WriteOp {
             fill: Box::new(move |s, batch| {
                 for (k, v) in records {
                     batch.insert(s.raft_log(), k, v);
+                }
+                if let Some(c) = committed {
+                    batch.insert(s.raft_state(), group_key(group, COMMITTED), encode(&c));
                 }
                 Ok(())
             }),
@@ -194,6 +290,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        self.tail().truncate(log_id.index);
         let group = self.group;
         self.storage
             .write_durable(true, move |s, batch| {
@@ -208,6 +305,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        self.tail().purge(log_id.index);
         let group = self.group;
         let purged = encode(&log_id);
         self.storage
@@ -222,5 +320,57 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await
             .map_err(io_write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> (Entry, usize) {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        (Entry { log_id, payload: EntryPayload::Blank }, 10)
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|es| es.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn tail_serves_only_ranges_it_fully_holds() {
+        let mut t = LogTail::default();
+        t.push(&[entry(5), entry(6), entry(7)]);
+        assert_eq!(indexes(t.range(5, 8)), Some(vec![5, 6, 7]));
+        assert_eq!(indexes(t.range(6, 7)), Some(vec![6]));
+        assert_eq!(t.range(4, 6), None, "starts before the tail");
+        assert_eq!(t.range(6, 9), None, "ends after the tail");
+        assert_eq!(t.range(6, 6), None, "empty range goes to storage");
+    }
+
+    #[test]
+    fn tail_follows_truncate_purge_and_gaps() {
+        let mut t = LogTail::default();
+        t.push(&[entry(1), entry(2), entry(3), entry(4)]);
+        t.truncate(3);
+        assert_eq!(indexes(t.range(1, 3)), Some(vec![1, 2]));
+        assert_eq!(t.range(3, 4), None);
+        t.push(&[entry(3)]);
+        t.purge(1);
+        assert_eq!(indexes(t.range(2, 4)), Some(vec![2, 3]));
+        t.push(&[entry(10)]);
+        assert_eq!(t.first_index(), Some(10), "a gap restarts the tail");
+        assert_eq!(t.bytes, 10);
+    }
+
+    #[test]
+    fn tail_is_bounded() {
+        let mut t = LogTail::default();
+        let many: Vec<_> = (1..=(TAIL_MAX_ENTRIES as u64 + 10)).map(entry).collect();
+        t.push(&many);
+        assert_eq!(t.entries.len(), TAIL_MAX_ENTRIES);
+        assert_eq!(t.first_index(), Some(11));
+        assert_eq!(t.bytes, TAIL_MAX_ENTRIES * 10);
     }
 }
