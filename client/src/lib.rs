@@ -273,7 +273,13 @@ impl Client {
 
     /// The answering node's view of the cluster.
     pub async fn status(&self) -> Result<proto::StatusResponse> {
-        self.idempotent(|ch| async move { ClusterClient::new(ch).status(proto::StatusRequest {}).await })
+        self.status_with(false).await
+    }
+
+    /// Like [`Client::status`]; `count_keys` also counts the keys of every
+    /// group the node hosts (a full scan there).
+    pub async fn status_with(&self, count_keys: bool) -> Result<proto::StatusResponse> {
+        self.idempotent(|ch| async move { ClusterClient::new(ch).status(proto::StatusRequest { count_keys }).await })
             .await
             .map(|r| r.into_inner())
     }

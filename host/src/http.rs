@@ -30,7 +30,8 @@ async fn healthz(State(node): State<Node>) -> (StatusCode, &'static str) {
 }
 
 async fn status(State(node): State<Node>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
-    crate::api::status_of(&node)
+    crate::api::status_of(&node, false)
+        .await
         .map(|s| Json(crate::api::status_json(&s)))
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))
 }

@@ -22,7 +22,7 @@ use ringkv_client::Client;
 
 /// Upper bound for any condition a test waits for. Generous on purpose: tests
 /// must pass on a loaded 2-core CI machine.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// Polls `f` until it returns `Some`, or panics after [`PATIENCE`] naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
@@ -121,7 +121,7 @@ impl ProcCluster {
                 c.wait_leader_on(1).await;
             }
         }
-        c.wait_voters(n as usize).await;
+        c.wait_settled(n as usize).await;
         c
     }
 
@@ -210,16 +210,14 @@ impl ProcCluster {
         .await
     }
 
-    /// Waits until every running node reports `n` voters in every group.
-    pub async fn wait_voters(&self, n: usize) {
+    /// Waits until every running node sees `n` members, every shard placed
+    /// where the ring wants it, and a leader in every group it hosts.
+    pub async fn wait_settled(&self, n: usize) {
         for node in self.nodes.values().filter(|n| n.is_running()) {
             let client = self.node_client(node.id);
-            eventually(&format!("node {} to see {n} voters", node.id), || {
+            eventually(&format!("node {} to see {n} members and settled shards", node.id), || {
                 let client = client.clone();
-                async move {
-                    let s = client.status().await.ok()?;
-                    s.groups.iter().all(|g| g.voters.len() == n && g.leader_id != 0).then_some(())
-                }
+                async move { settled(&client.status().await.ok()?, n).then_some(()) }
             })
             .await;
         }
@@ -238,6 +236,11 @@ impl Drop for ProcCluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);
+        }
+        // RINGKV_KEEP_TEST_DIRS=1 keeps data directories and node logs for a post-mortem.
+        if std::env::var_os("RINGKV_KEEP_TEST_DIRS").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept cluster directory {}", dir.keep().display());
         }
     }
 }
@@ -280,10 +283,7 @@ impl InProcCluster {
             let client = c.client(id);
             eventually("in-process cluster to form", || {
                 let client = client.clone();
-                async move {
-                    let s = client.status().await.ok()?;
-                    s.groups.iter().all(|g| g.voters.len() == n as usize && g.leader_id != 0).then_some(())
-                }
+                async move { settled(&client.status().await.ok()?, n as usize).then_some(()) }
             })
             .await;
         }
@@ -299,6 +299,15 @@ impl InProcCluster {
             n.shutdown().await;
         }
     }
+}
+
+/// True when the status shows `n` members, no shard moving, every shard with
+/// min(3, n) replicas, and a leader in every group the node hosts.
+pub fn settled(s: &ringkv_client::proto::StatusResponse, n: usize) -> bool {
+    s.nodes.len() == n
+        && !s.shards.is_empty()
+        && s.shards.iter().all(|r| !r.moving && r.replicas.len() == n.min(3))
+        && s.groups.iter().all(|g| g.leader_id != 0)
 }
 
 /// The status entry of the shard group that holds `key`.

@@ -6,6 +6,15 @@ use std::time::Duration;
 use ringkv_client::{Consistency, Error, PutOptions};
 use ringkv_tests::{eventually, group_of_key, ProcCluster};
 
+/// Puts, retrying while shards led by a killed node elect new leaders.
+async fn put_retrying(client: &ringkv_client::Client, key: String, value: String) -> u64 {
+    eventually(&format!("put {key}"), || {
+        let (client, key, value) = (client.clone(), key.clone(), value.clone());
+        async move { client.put(key, value).await.map_err(|e| eprintln!("put failed, retrying: {e}")).ok() }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn put_on_one_node_is_read_linearizably_on_every_node() {
     let c = ProcCluster::start(3, &[]).await;
@@ -56,7 +65,7 @@ async fn restarted_node_catches_up_by_log() {
     c.kill(3);
     let client = c.node_client(1);
     for i in 0..50 {
-        client.put(format!("log{i}"), "x").await.expect("put while node 3 is down");
+        put_retrying(&client, format!("log{i}"), "x".into()).await;
     }
     c.restart(3);
     let n3 = c.node_client(3);
@@ -76,7 +85,7 @@ async fn restarted_node_catches_up_by_snapshot_after_compaction() {
     let client = c.node_client(1);
     let mut last = 0;
     for i in 0..120 {
-        last = client.put(format!("snap{i:03}"), format!("{i}")).await.expect("put while node 3 is down");
+        last = put_retrying(&client, format!("snap{i:03}"), format!("{i}")).await;
     }
     let leader_snapshot = eventually("the leader to compact its log", || {
         let client = client.clone();

@@ -15,8 +15,34 @@ impl ClusterService {
     }
 }
 
+/// Every shard's recorded replicas, its leader when hosted here, and whether
+/// it differs from the placement target.
+pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status> {
+    let assignments = node.assignments().await?;
+    let pending = node.group(META_GROUP)?.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
+    let draining = node.group(META_GROUP)?.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
+    let active: std::collections::BTreeSet<u64> =
+        node.members()?.into_iter().map(|(id, _, _)| id).filter(|id| !draining.contains(id)).collect();
+    let target = crate::ring::place(node.ring(), &active);
+    Ok(assignments
+        .into_iter()
+        .map(|(shard, replicas)| {
+            let leader_id = node
+                .group(crate::cluster::shard_group(shard))
+                .ok()
+                .and_then(|g| g.raft.metrics().borrow().current_leader)
+                .unwrap_or(0);
+            let want: std::collections::BTreeSet<u64> =
+                target.get(shard as usize).into_iter().flatten().copied().collect();
+            let moving =
+                pending.contains(&shard) || replicas.iter().copied().collect::<std::collections::BTreeSet<_>>() != want;
+            proto::ShardRoute { shard, leader_id, replicas, moving }
+        })
+        .collect())
+}
+
 /// This node's view of the cluster.
-pub fn status_of(node: &Node) -> Result<proto::StatusResponse, Status> {
+pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusResponse, Status> {
     let nodes = node
         .members()?
         .into_iter()
@@ -66,10 +92,21 @@ pub fn status_of(node: &Node) -> Result<proto::StatusResponse, Status> {
                 voters,
                 learners,
                 replication,
+                keys: 0,
             }
         })
-        .collect();
-    Ok(proto::StatusResponse { node_id: node.id(), nodes, groups })
+        .collect::<Vec<_>>();
+    let mut groups = groups;
+    if count_keys {
+        for g in &mut groups {
+            if let Ok(hosted) = node.group(g.group_id) {
+                g.keys = hosted.sm.count().await.map_err(crate::cluster::NodeError::from)?;
+            }
+        }
+    }
+    let shards = shard_routes(node).await?;
+    let draining = node.group(META_GROUP)?.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
+    Ok(proto::StatusResponse { node_id: node.id(), nodes, groups, shards, draining: draining.into_iter().collect() })
 }
 
 /// On the leader: the highest index stored on a quorum of voters. Elsewhere
@@ -98,8 +135,8 @@ fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, _req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        Ok(Response::new(status_of(&self.node)?))
+    async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        Ok(Response::new(status_of(&self.node, req.into_inner().count_keys).await?))
     }
 
     async fn ring(&self, _req: Request<proto::RingRequest>) -> Result<Response<proto::RingResponse>, Status> {
@@ -115,17 +152,7 @@ impl Cluster for ClusterService {
             })
             .collect();
         let epoch = self.node.group(META_GROUP)?.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        let routes = (0..ring.shards)
-            .filter_map(|shard| {
-                let g = self.node.group(crate::cluster::shard_group(shard)).ok()?;
-                let m = g.raft.metrics().borrow().clone();
-                Some(proto::ShardRoute {
-                    shard,
-                    leader_id: m.current_leader.unwrap_or(0),
-                    replicas: m.membership_config.membership().voter_ids().collect(),
-                })
-            })
-            .collect();
+        let routes = shard_routes(&self.node).await?;
         Ok(Response::new(proto::RingResponse {
             shards: ring.shards,
             replication_factor: ring.replication_factor,
@@ -174,7 +201,10 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
             "snapshot_index": g.snapshot_index,
             "voters": g.voters,
             "learners": g.learners,
+            "keys": g.keys,
             "replication": g.replication.iter().map(|r| serde_json::json!({"node_id": r.node_id, "matched_index": r.matched_index})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving})).collect::<Vec<_>>(),
+        "draining": s.draining,
     })
 }

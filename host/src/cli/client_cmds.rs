@@ -190,24 +190,25 @@ impl ClusterCommand {
 /// meta group, and shards without a leader.
 fn print_status(s: &ringkv_client::proto::StatusResponse) {
     use std::collections::BTreeMap;
-    let shards: Vec<_> = s.groups.iter().filter(|g| g.kind == "shard").collect();
+    let shards = &s.shards;
     let mut replicas: BTreeMap<u64, usize> = BTreeMap::new();
     let mut leaders: BTreeMap<u64, usize> = BTreeMap::new();
-    for g in &shards {
-        for v in &g.voters {
+    for r in shards {
+        for v in &r.replicas {
             *replicas.entry(*v).or_default() += 1;
         }
-        if g.leader_id != 0 {
-            *leaders.entry(g.leader_id).or_default() += 1;
+        if r.leader_id != 0 {
+            *leaders.entry(r.leader_id).or_default() += 1;
         }
     }
     println!("answered by node {}; {} shards", s.node_id, shards.len());
-    println!("{:<6} {:<8} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING");
+    println!("{:<6} {:<10} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING");
     for n in &s.nodes {
+        let role = if s.draining.contains(&n.id) { format!("{}*", n.role) } else { n.role.clone() };
         println!(
-            "{:<6} {:<8} {:<7} {:<8} {}",
+            "{:<6} {:<10} {:<7} {:<8} {}",
             n.id,
-            n.role,
+            role,
             replicas.get(&n.id).copied().unwrap_or(0),
             leaders.get(&n.id).copied().unwrap_or(0),
             n.addr
@@ -220,10 +221,12 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
             m.leader_id, m.term, m.last_log_index, m.commit_index, m.applied_index
         );
     }
-    let leaderless: Vec<String> =
-        shards.iter().filter(|g| g.leader_id == 0).map(|g| (g.group_id - 1).to_string()).collect();
-    if !leaderless.is_empty() {
-        println!("shards without a known leader: {}", leaderless.join(", "));
+    let moving: Vec<String> = shards.iter().filter(|r| r.moving).map(|r| r.shard.to_string()).collect();
+    if !moving.is_empty() {
+        println!("shards moving: {}", moving.join(", "));
     }
-    println!("(use --json for every shard's leader, term and log indexes)");
+    if !s.draining.is_empty() {
+        println!("* draining");
+    }
+    println!("(LEADING counts shards hosted by the answering node; use --json for every shard and group)");
 }

@@ -80,7 +80,8 @@ fn size_of(p: &Proposal) -> usize {
         Proposal::Put { key, value, .. } => key.len() + value.len(),
         Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => key.len(),
         Proposal::SetNode { addr, .. } => addr.len(),
-        Proposal::RemoveNode { .. } => 0,
+        Proposal::SetAssignment { replicas, .. } => replicas.len() * 8,
+        Proposal::RemoveNode { .. } | Proposal::SetDraining { .. } => 0,
     }
 }
 
@@ -134,7 +135,9 @@ async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<
                         let _ = reply.send(Err(NodeError::Internal(msg.clone())));
                     }
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                // Stopped: the replica is leaving this node; another replica answers.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                | Err(RaftError::Fatal(openraft::error::Fatal::Stopped)) => {
                     for reply in replies {
                         let _ = reply.send(Ok(Attempt::Retry));
                     }
@@ -159,7 +162,8 @@ async fn read_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<o
         let outcome = match raft.ensure_linearizable().await {
             Ok(_) => Ok(true),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
-            | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Ok(false),
+            | Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+            | Err(RaftError::Fatal(openraft::error::Fatal::Stopped)) => Ok(false),
             Err(RaftError::Fatal(e)) => Err(format!("raft group {group} stopped: {e}")),
         };
         for w in waiters {

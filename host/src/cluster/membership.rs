@@ -9,9 +9,7 @@ use openraft::{BasicNode, ChangeMembers};
 use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
-use futures::StreamExt;
-
-use super::{Group, Node, NodeError, Proposal, META_GROUP};
+use super::{Node, NodeError, Proposal, META_GROUP};
 use crate::raft::network::{decode, encode};
 use crate::raft::NodeId;
 use crate::storage::GroupId;
@@ -21,6 +19,8 @@ use crate::storage::GroupId;
 pub enum MembershipOp {
     /// Add as learner, wait until caught up, then promote to voter.
     AddVoter { id: NodeId, addr: String },
+    /// Add as a non-voting learner (the meta group beyond five voters).
+    AddLearner { id: NodeId, addr: String },
     /// Remove from voters and learners.
     Remove { id: NodeId },
 }
@@ -33,14 +33,16 @@ pub enum MembershipReply {
     Failed(String),
 }
 
-/// Shards whose membership changes run at once during an add or remove.
-const MEMBERSHIP_CONCURRENCY: usize = 8;
+/// Voters of the meta group at most; further members learn it.
+const MAX_META_VOTERS: usize = 5;
 
 /// How long a membership change may take; adding a node waits for it to catch up.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(600);
 
 impl Node {
-    /// Adds node `id` at `addr` to every group, then records it in the meta group.
+    /// Adds node `id` at `addr`: it joins the meta group (as a voter while
+    /// the meta group has fewer than five, else as a learner) and is recorded
+    /// there. The rebalancer then moves shard replicas onto it.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), NodeError> {
         if id == 0 {
             return Err(NodeError::InvalidArgument("node id 0 is reserved".into()));
@@ -48,62 +50,95 @@ impl Node {
         if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
             return Err(NodeError::InvalidArgument(format!("node address {addr:?} is not host:port")));
         }
-        // The meta group first, so the new node learns the configuration, then every shard.
-        tracing::info!(node = id, "adding node to the meta group: learner, catch-up, promotion");
-        self.change_membership(META_GROUP, MembershipOp::AddVoter { id, addr: addr.clone() }).await?;
-        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
-        let total = shards.len();
-        let mut done = 0;
-        let mut changes = futures::stream::iter(shards)
-            .map(|g| {
-                let op = MembershipOp::AddVoter { id, addr: addr.clone() };
-                async move { self.change_membership(g, op).await }
-            })
-            .buffer_unordered(MEMBERSHIP_CONCURRENCY);
-        while let Some(r) = changes.next().await {
-            r?;
-            done += 1;
-            if done % 16 == 0 || done == total {
-                tracing::info!(node = id, done, total, "adding node: shards caught up and promoted");
-            }
-        }
-        drop(changes);
+        let meta = self.group(META_GROUP)?;
+        let voters = meta.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+        let is_voter = meta.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        let op = if is_voter || voters < MAX_META_VOTERS {
+            MembershipOp::AddVoter { id, addr: addr.clone() }
+        } else {
+            MembershipOp::AddLearner { id, addr: addr.clone() }
+        };
+        tracing::info!(node = id, "adding node to the meta group");
+        self.change_membership(META_GROUP, op).await?;
+        self.propose(META_GROUP, Proposal::SetDraining { id, draining: false }).await?;
         self.propose(META_GROUP, Proposal::SetNode { id, addr }).await?;
         Ok(())
     }
 
-    /// Removes node `id` from every group and from the meta group's records.
+    /// Removes node `id`: marks it draining, waits until the rebalancer has
+    /// moved every replica off it, then removes it from the meta group.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), NodeError> {
-        // Shards first, so the meta group still knows the node while they change.
-        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
-        let mut changes = futures::stream::iter(shards)
-            .map(|g| async move { self.change_membership(g, MembershipOp::Remove { id }).await })
-            .buffer_unordered(MEMBERSHIP_CONCURRENCY);
-        while let Some(r) = changes.next().await {
-            r?;
+        if !self.members()?.iter().any(|(m, _, _)| *m == id) {
+            return Ok(());
         }
-        drop(changes);
-        tracing::info!(node = id, "removed from every shard; removing from the meta group");
+        let active = self.active_members().await?;
+        if active.len() == 1 && active.contains(&id) {
+            return Err(NodeError::InvalidArgument(format!(
+                "node {id} is the last voter of the cluster; it cannot be removed"
+            )));
+        }
+        self.propose(META_GROUP, Proposal::SetDraining { id, draining: true }).await?;
+        let started = std::time::Instant::now();
+        loop {
+            let left = self.assignments().await?.values().filter(|r| r.contains(&id)).count();
+            if left == 0 {
+                break;
+            }
+            if started.elapsed() > MEMBERSHIP_DEADLINE {
+                return Err(NodeError::Unavailable(format!(
+                    "node {id} still holds {left} shards after {MEMBERSHIP_DEADLINE:?}"
+                )));
+            }
+            tracing::info!(node = id, shards_left = left, "draining node");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tracing::info!(node = id, "node drained; removing it from the meta group");
         self.change_membership(META_GROUP, MembershipOp::Remove { id }).await?;
         self.propose(META_GROUP, Proposal::RemoveNode { id }).await?;
+        self.propose(META_GROUP, Proposal::SetDraining { id, draining: false }).await?;
         Ok(())
     }
 
+    /// Nodes that may lead `group`, most likely first: the known leader, then
+    /// the group's replicas as the meta group records them.
+    pub(super) async fn leader_candidates(&self, group: GroupId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        if let Ok(g) = self.group(group) {
+            if let Some(l) = g.raft.current_leader().await {
+                out.push(l);
+            }
+            if group == META_GROUP {
+                out.extend(g.raft.metrics().borrow().membership_config.membership().voter_ids());
+            }
+        }
+        if group != META_GROUP {
+            let shard = (group - 1) as crate::ring::ShardId;
+            if let Ok(a) = self.assignments().await {
+                out.extend(a.get(&shard).into_iter().flatten().copied());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        out.retain(|n| seen.insert(*n));
+        out
+    }
+
     /// Runs `op` on the leader of `group`, retrying while leadership moves.
-    async fn change_membership(&self, group: GroupId, op: MembershipOp) -> Result<(), NodeError> {
+    pub(super) async fn change_membership(&self, group: GroupId, op: MembershipOp) -> Result<(), NodeError> {
         let work = async {
             loop {
-                let g = self.group(group)?;
-                let reply = match g.raft.current_leader().await {
-                    Some(l) if l == self.id() => self.run_membership_op(group, op.clone()).await,
-                    Some(l) => self.send_membership_op(&g, l, &op).await,
-                    None => MembershipReply::NotLeader,
-                };
-                match reply {
-                    MembershipReply::Done => return Ok(()),
-                    MembershipReply::Failed(m) => return Err(NodeError::InvalidArgument(m)),
-                    MembershipReply::NotLeader => tokio::time::sleep(Duration::from_millis(100)).await,
+                for candidate in self.leader_candidates(group).await {
+                    let reply = if candidate == self.id() {
+                        self.run_membership_op(group, op.clone()).await
+                    } else {
+                        self.send_membership_op(group, candidate, &op).await
+                    };
+                    match reply {
+                        MembershipReply::Done => return Ok(()),
+                        MembershipReply::Failed(m) => return Err(NodeError::InvalidArgument(m)),
+                        MembershipReply::NotLeader => {}
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
         tokio::time::timeout(MEMBERSHIP_DEADLINE, work).await.unwrap_or_else(|_| {
@@ -111,10 +146,10 @@ impl Node {
         })
     }
 
-    async fn send_membership_op(&self, g: &Group, leader: NodeId, op: &MembershipOp) -> MembershipReply {
-        let Some(addr) = self.member_addr(g, leader) else { return MembershipReply::NotLeader };
+    async fn send_membership_op(&self, group: GroupId, leader: NodeId, op: &MembershipOp) -> MembershipReply {
+        let Some(addr) = self.addr_of(leader) else { return MembershipReply::NotLeader };
         let Ok(mut client) = self.peers().raft_client(leader, &addr) else { return MembershipReply::NotLeader };
-        let msg = RaftMessage { group_id: g.id, from: self.id(), payload: encode(op) };
+        let msg = RaftMessage { group_id: group, from: self.id(), payload: encode(op) };
         match client.change_membership(msg).await {
             Ok(r) => decode(&r.into_inner().payload)
                 .unwrap_or_else(|e| MembershipReply::Failed(format!("bad reply from leader: {e}"))),
@@ -127,10 +162,11 @@ impl Node {
 
     /// Executes a membership change on this node, which should lead `group`.
     pub async fn run_membership_op(&self, group: GroupId, op: MembershipOp) -> MembershipReply {
-        let g = match self.group(group) {
-            Ok(g) => g,
-            Err(e) => return MembershipReply::Failed(e.to_string()),
-        };
+        // Not hosting the group (any more) is like not leading it: try elsewhere.
+        let Ok(g) = self.group(group) else { return MembershipReply::NotLeader };
+        if g.raft.current_leader().await != Some(self.id()) {
+            return MembershipReply::NotLeader;
+        }
         let membership = g.raft.metrics().borrow().membership_config.clone();
         let m = membership.membership();
         let voters: BTreeSet<NodeId> = m.voter_ids().collect();
@@ -144,6 +180,12 @@ impl Node {
                     Ok(_) => g.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await,
                     Err(e) => Err(e),
                 }
+            }
+            MembershipOp::AddLearner { id, addr } => {
+                if m.get_node(&id).is_some_and(|n| n.addr == addr) {
+                    return MembershipReply::Done;
+                }
+                g.raft.add_learner(id, BasicNode { addr }, true).await
             }
             MembershipOp::Remove { id } => {
                 if voters.contains(&id) {

@@ -9,6 +9,7 @@
 
 mod batching;
 mod membership;
+mod placement;
 mod routing;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ pub struct Group {
     pub sm: StateMachine,
     /// Write and read batchers feeding `raft` while this node leads.
     batchers: batching::Batchers,
+    /// The batcher tasks, aborted when the group leaves this node.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// A running node. Cheap to clone; clones share the node.
@@ -83,6 +86,8 @@ struct NodeInner {
     peers: Arc<Peers>,
     /// Groups hosted here, swapped as a whole when the set changes.
     groups: ArcSwap<BTreeMap<GroupId, Arc<Group>>>,
+    /// Serializes starting and dropping groups.
+    group_lock: tokio::sync::Mutex<()>,
     /// Flips to true when the node shuts down; every background task watches it.
     shutdown: watch::Sender<bool>,
     /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
@@ -106,16 +111,6 @@ impl Node {
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let ring = resolve_ring(&storage, &config).await?;
         let peers = Peers::new(config.id, filter);
-        let mut groups = BTreeMap::new();
-        let mut batcher_tasks = Vec::new();
-        let group_ids = std::iter::once(META_GROUP).chain((0..ring.shards).map(shard_group));
-        for gid in group_ids {
-            let (raft, sm) =
-                start_group(config.id, gid, &storage, peers.clone(), &config.raft).await.map_err(Box::new)?;
-            let (batchers, tasks) = batching::Batchers::start(gid, raft.clone());
-            batcher_tasks.extend(tasks);
-            groups.insert(gid, Arc::new(Group { id: gid, raft, sm, batchers }));
-        }
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(NodeInner {
@@ -125,11 +120,19 @@ impl Node {
                 config,
                 storage,
                 peers,
-                groups: ArcSwap::from_pointee(groups),
+                groups: ArcSwap::from_pointee(BTreeMap::new()),
+                group_lock: tokio::sync::Mutex::new(()),
                 shutdown,
-                tasks: Mutex::new(batcher_tasks),
+                tasks: Mutex::new(Vec::new()),
             }),
         };
+        node.ensure_group(META_GROUP).await?;
+        // Shards this node hosted before a restart, as its copy of the meta group records them.
+        for (shard, replicas) in node.assignments().await? {
+            if replicas.contains(&node.id()) {
+                node.ensure_group(shard_group(shard)).await?;
+            }
+        }
         node.spawn(crate::api::serve(node.clone(), listener));
         if let Some(http) = node.inner.config.http.clone() {
             let listener = tokio::net::TcpListener::bind(&http)
@@ -139,6 +142,8 @@ impl Node {
         }
         node.bootstrap_or_join().await?;
         node.spawn(node.clone().ttl_sweeper());
+        node.spawn(node.clone().reconcile_loop());
+        node.spawn(node.clone().rebalance_loop());
         tracing::info!(node = node.id(), addr = %node.addr(), "node started");
         Ok(node)
     }
@@ -192,6 +197,51 @@ impl Node {
         self.inner.groups.load().values().cloned().collect()
     }
 
+    /// Starts the Raft instance of `gid` here unless it already runs.
+    pub(crate) async fn ensure_group(&self, gid: GroupId) -> Result<Arc<Group>, NodeError> {
+        let _guard = self.inner.group_lock.lock().await;
+        if let Some(g) = self.inner.groups.load().get(&gid) {
+            return Ok(g.clone());
+        }
+        let (raft, sm) =
+            start_group(self.id(), gid, &self.inner.storage, self.inner.peers.clone(), &self.inner.config.raft)
+                .await
+                .map_err(Box::new)?;
+        let (batchers, tasks) = batching::Batchers::start(gid, raft.clone());
+        let group = Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into() });
+        self.inner.groups.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.insert(gid, group.clone());
+            m
+        });
+        tracing::debug!(group = gid, "group started");
+        Ok(group)
+    }
+
+    /// Stops the Raft instance of `gid` and deletes its data from this node.
+    pub(crate) async fn drop_group(&self, gid: GroupId) -> Result<(), NodeError> {
+        let _guard = self.inner.group_lock.lock().await;
+        let Some(group) = self.inner.groups.load().get(&gid).cloned() else { return Ok(()) };
+        self.inner.groups.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            m.remove(&gid);
+            m
+        });
+        if let Err(e) = group.raft.shutdown().await {
+            tracing::warn!(group = gid, error = %e, "raft shutdown");
+        }
+        for t in &group.tasks {
+            t.abort();
+        }
+        self.inner
+            .storage
+            .write_durable(true, move |s, batch| crate::storage::remove_group(s, batch, gid))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        tracing::info!(group = gid, "replica removed from this node and its data deleted");
+        Ok(())
+    }
+
     /// A receiver that turns true when the node shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
@@ -209,6 +259,9 @@ impl Node {
         for g in self.groups() {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(group = g.id, error = %e, "raft shutdown");
+            }
+            for t in &g.tasks {
+                t.abort();
             }
         }
         for t in tasks {
@@ -228,9 +281,10 @@ impl Node {
         let joined = self.read_node_meta(JOINED_KEY).await?.is_some();
         let seeds = self.inner.config.join.clone();
         if !initialized && seeds.is_empty() {
-            tracing::info!(node = self.id(), "bootstrapping a new single-node cluster");
+            tracing::info!(node = self.id(), shards = self.ring().shards, "bootstrapping a new single-node cluster");
             let members = BTreeMap::from([(self.id(), BasicNode { addr: self.addr().to_string() })]);
-            for g in self.groups() {
+            for gid in self.group_ids() {
+                let g = self.ensure_group(gid).await?;
                 g.raft.initialize(members.clone()).await.map_err(|e| NodeError::Startup(e.to_string()))?;
             }
             self.write_node_meta(JOINED_KEY, b"1".to_vec()).await?;
@@ -243,12 +297,21 @@ impl Node {
         Ok(())
     }
 
-    /// Records this node's address in the meta group (after a bootstrap).
+    /// Records this node's address and the initial shard assignment (every
+    /// shard on this node) in the meta group, after a bootstrap.
     async fn register_self(&self) {
         let mut stop = self.shutdown_signal();
         loop {
-            let p = Proposal::SetNode { id: self.id(), addr: self.addr().to_string() };
-            match self.propose(META_GROUP, p).await {
+            let mut result =
+                self.propose(META_GROUP, Proposal::SetNode { id: self.id(), addr: self.addr().to_string() }).await;
+            for shard in 0..self.ring().shards {
+                if result.is_err() {
+                    break;
+                }
+                let p = Proposal::SetAssignment { shard, replicas: vec![self.id()], pending: false };
+                result = self.propose(META_GROUP, p).await;
+            }
+            match result {
                 Ok(_) => return,
                 Err(e) => tracing::debug!(error = %e, "registering self in the meta group, retrying"),
             }
@@ -345,10 +408,16 @@ impl Node {
         Ok(m.membership().nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect())
     }
 
-    /// The address of `id` as recorded in `group`'s membership.
-    fn member_addr(&self, group: &Group, id: NodeId) -> Option<String> {
-        let m = group.raft.metrics().borrow().membership_config.clone();
+    /// The address of node `id` from the meta group's membership.
+    pub fn addr_of(&self, id: NodeId) -> Option<String> {
+        let meta = self.group(META_GROUP).ok()?;
+        let m = meta.raft.metrics().borrow().membership_config.clone();
         m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Shard replicas as this node's copy of the meta group records them.
+    pub async fn assignments(&self) -> Result<BTreeMap<ShardId, Vec<NodeId>>, NodeError> {
+        Ok(self.group(META_GROUP)?.sm.assignments().await?)
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Proposal {
     Expire { key: Vec<u8>, version: u64 },
     SetNode { id: NodeId, addr: String },
     RemoveNode { id: NodeId },
+    SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
+    SetDraining { id: NodeId, draining: bool },
 }
 
 impl Proposal {
@@ -35,6 +37,8 @@ impl Proposal {
             Proposal::Expire { key, version } => Op::Expire { key, version },
             Proposal::SetNode { id, addr } => Op::SetNode { id, addr },
             Proposal::RemoveNode { id } => Op::RemoveNode { id },
+            Proposal::SetAssignment { shard, replicas, pending } => Op::SetAssignment { shard, replicas, pending },
+            Proposal::SetDraining { id, draining } => Op::SetDraining { id, draining },
         }
     }
 
@@ -42,7 +46,10 @@ impl Proposal {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Proposal::Put { key, .. } | Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => Some(key),
-            Proposal::SetNode { .. } | Proposal::RemoveNode { .. } => None,
+            Proposal::SetNode { .. }
+            | Proposal::RemoveNode { .. }
+            | Proposal::SetAssignment { .. }
+            | Proposal::SetDraining { .. } => None,
         }
     }
 }
@@ -51,8 +58,22 @@ impl Proposal {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forwarded {
     Propose(Proposal),
-    Get { key: Vec<u8> },
-    Scan { prefix: Vec<u8>, limit: u32 },
+    Get {
+        key: Vec<u8>,
+    },
+    Scan {
+        prefix: Vec<u8>,
+        limit: u32,
+    },
+    /// An eventual read, served by any replica from its local state.
+    GetLocal {
+        key: Vec<u8>,
+    },
+    /// An eventual scan of one shard, served by any replica.
+    ScanLocal {
+        prefix: Vec<u8>,
+        limit: u32,
+    },
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -100,12 +121,21 @@ impl Node {
         let work = async {
             let mut backoff = Duration::from_millis(10);
             loop {
-                let g = self.group(group)?;
-                let leader = g.raft.current_leader().await;
-                let attempt = match leader {
-                    Some(l) if l == self.id() => local(g.clone()).await?,
-                    Some(l) => self.forward(&g, l, forwarded()).await?,
-                    None => Attempt::Retry,
+                let hosted = self.group(group).ok();
+                let leader = match &hosted {
+                    Some(g) => g.raft.current_leader().await,
+                    None => None,
+                };
+                let attempt = match (hosted, leader) {
+                    (Some(g), Some(l)) if l == self.id() => local(g).await?,
+                    (Some(_), Some(l)) => self.forward(group, l, forwarded()).await?,
+                    _ => Attempt::Retry,
+                };
+                // Not hosted here, no known leader, or a stale local view (a
+                // replica being moved away): ask the replicas the meta group records.
+                let attempt = match attempt {
+                    Attempt::Retry => self.forward_to_any(group, &forwarded).await?,
+                    done => done,
                 };
                 match attempt {
                     Attempt::Done(v) => return Ok(v),
@@ -124,11 +154,27 @@ impl Node {
         }
     }
 
-    async fn forward<T>(&self, g: &Group, leader: NodeId, req: Forwarded) -> Result<Attempt<T>, NodeError>
+    /// Tries each replica of `group` until one serves the request.
+    async fn forward_to_any<T>(&self, group: GroupId, req: &impl Fn() -> Forwarded) -> Result<Attempt<T>, NodeError>
     where
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
-        let Some(addr) = self.member_addr(g, leader) else { return Ok(Attempt::Retry) };
+        for candidate in self.leader_candidates(group).await {
+            if candidate == self.id() {
+                continue;
+            }
+            if let Attempt::Done(v) = self.forward(group, candidate, req()).await? {
+                return Ok(Attempt::Done(v));
+            }
+        }
+        Ok(Attempt::Retry)
+    }
+
+    async fn forward<T>(&self, group: GroupId, leader: NodeId, req: Forwarded) -> Result<Attempt<T>, NodeError>
+    where
+        T: TryFrom<ForwardReply, Error = NodeError>,
+    {
+        let Some(addr) = self.addr_of(leader) else { return Ok(Attempt::Retry) };
         let mut client = match self.peers().raft_client(leader, &addr) {
             Ok(c) => c,
             Err(e) => {
@@ -136,7 +182,7 @@ impl Node {
                 return Ok(Attempt::Retry);
             }
         };
-        let msg = RaftMessage { group_id: g.id, from: self.id(), payload: encode(&req) };
+        let msg = RaftMessage { group_id: group, from: self.id(), payload: encode(&req) };
         let reply = match client.forward(msg).await {
             Ok(r) => r.into_inner(),
             // Not delivered (connection refused, reset before sending): safe to retry.
@@ -163,7 +209,11 @@ impl Node {
     /// Reads a key at the given consistency.
     pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<ReadResult, NodeError> {
         if !linearizable {
-            return Ok(self.group(group)?.sm.get(key, now_ms()).await?);
+            if let Ok(g) = self.group(group) {
+                return Ok(g.sm.get(key, now_ms()).await?);
+            }
+            let v: EncodedValue = self.any_replica(group, || Forwarded::GetLocal { key: key.clone() }).await?;
+            return Ok(v.0);
         }
         let v: EncodedValue = self
             .at_leader(
@@ -192,7 +242,12 @@ impl Node {
         linearizable: bool,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
         if !linearizable {
-            return Ok(self.group(group)?.sm.scan(prefix, limit as usize, now_ms()).await?);
+            if let Ok(g) = self.group(group) {
+                return Ok(g.sm.scan(prefix, limit as usize, now_ms()).await?);
+            }
+            let items: EncodedItems =
+                self.any_replica(group, || Forwarded::ScanLocal { prefix: prefix.clone(), limit }).await?;
+            return Ok(items.0);
         }
         let items: EncodedItems = self
             .at_leader(
@@ -212,6 +267,25 @@ impl Node {
             )
             .await?;
         Ok(items.0)
+    }
+
+    /// Serves an eventual read of a group this node does not host from any replica.
+    async fn any_replica<T>(&self, group: GroupId, req: impl Fn() -> Forwarded) -> Result<T, NodeError>
+    where
+        T: TryFrom<ForwardReply, Error = NodeError>,
+    {
+        let deadline = self.config().request_timeout;
+        let work = async {
+            loop {
+                if let Attempt::Done(v) = self.forward_to_any(group, &req).await? {
+                    return Ok(v);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(NodeError::Unavailable(format!("no replica of group {group} answered in time"))))
     }
 
     /// Scans every shard (concurrently) and merges the results in key order,
@@ -241,10 +315,8 @@ impl Node {
 
     /// Serves a request another node forwarded here. Never forwards again.
     pub async fn handle_forwarded(&self, group: GroupId, req: Forwarded) -> ForwardReply {
-        let g = match self.group(group) {
-            Ok(g) => g,
-            Err(e) => return ForwardReply::Unavailable(e.to_string()),
-        };
+        // A group not hosted here (moved away, or not started yet): try another replica.
+        let Ok(g) = self.group(group) else { return ForwardReply::NotLeader };
         let work = async {
             let reply = match req {
                 Forwarded::Propose(p) => match write_local(g.clone(), p).await? {
@@ -255,6 +327,14 @@ impl Node {
                     Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
                     Attempt::Retry => ForwardReply::NotLeader,
                 },
+                Forwarded::GetLocal { key } => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
+                Forwarded::ScanLocal { prefix, limit } => ForwardReply::Items(
+                    g.sm.scan(prefix, limit as usize, now_ms())
+                        .await?
+                        .into_iter()
+                        .map(|(k, e)| (k, e.encode()))
+                        .collect(),
+                ),
                 Forwarded::Scan { prefix, limit } => match read_barrier(&g).await? {
                     Attempt::Done(()) => ForwardReply::Items(
                         g.sm.scan(prefix, limit as usize, now_ms())

@@ -24,6 +24,12 @@ const APPLIED: &[u8] = b"applied";
 const MEMBERSHIP: &[u8] = b"membership";
 /// Prefix of member records in the meta group's data.
 const NODE_PREFIX: &[u8] = b"\0node/";
+/// Prefix of shard assignments in the meta group's data.
+const SHARD_PREFIX: &[u8] = b"\0shard/";
+/// Prefix of markers of shards with a move under way.
+const PENDING_PREFIX: &[u8] = b"\0pending/";
+/// Prefix of draining markers in the meta group's data.
+const DRAIN_PREFIX: &[u8] = b"\0drain/";
 
 /// A snapshot as stored in the `snapshots` keyspace.
 #[derive(Serialize, Deserialize)]
@@ -96,6 +102,12 @@ impl StateMachine {
             .await
     }
 
+    /// Number of records stored for this group (live or not yet swept).
+    pub async fn count(&self) -> Result<u64, StorageError> {
+        let group = self.group;
+        self.storage.blocking(move |s| Ok(s.sm_data().prefix(group.to_be_bytes()).count() as u64)).await
+    }
+
     /// Keys whose TTL passed by `now_ms`, with the version that carries the TTL.
     pub async fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
         let group = self.group;
@@ -129,6 +141,63 @@ impl StateMachine {
                         .map_err(|_| StorageError::Corrupt { keyspace: "sm_data", detail: "bad member key".into() })?;
                     let env = Envelope::decode(&v)?;
                     out.push((id, String::from_utf8_lossy(&env.value).into_owned()));
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+impl StateMachine {
+    /// Meta group: the replicas recorded for each shard.
+    pub async fn assignments(&self) -> Result<std::collections::BTreeMap<u32, Vec<NodeId>>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = std::collections::BTreeMap::new();
+                for g in s.sm_data().prefix(group_key(group, SHARD_PREFIX)) {
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading assignments"))?;
+                    let id_bytes = k.get(8 + SHARD_PREFIX.len()..).unwrap_or_default();
+                    let shard = <[u8; 4]>::try_from(id_bytes).map(u32::from_be_bytes).map_err(|_| {
+                        StorageError::Corrupt { keyspace: "sm_data", detail: "bad assignment key".into() }
+                    })?;
+                    let env = Envelope::decode(&v)?;
+                    out.insert(shard, decode::<Vec<NodeId>>(&env.value, "sm_data")?);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Meta group: shards with a move under way.
+    pub async fn pending_moves(&self) -> Result<std::collections::BTreeSet<u32>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = std::collections::BTreeSet::new();
+                for g in s.sm_data().prefix(group_key(group, PENDING_PREFIX)) {
+                    let k = g.key().map_err(StorageError::fjall("reading pending moves"))?;
+                    if let Ok(b) = <[u8; 4]>::try_from(k.get(8 + PENDING_PREFIX.len()..).unwrap_or_default()) {
+                        out.insert(u32::from_be_bytes(b));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Meta group: nodes marked as draining.
+    pub async fn draining(&self) -> Result<std::collections::BTreeSet<NodeId>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = std::collections::BTreeSet::new();
+                for g in s.sm_data().prefix(group_key(group, DRAIN_PREFIX)) {
+                    let k = g.key().map_err(StorageError::fjall("reading drain markers"))?;
+                    let id_bytes = k.get(8 + DRAIN_PREFIX.len()..).unwrap_or_default();
+                    if let Ok(b) = <[u8; 8]>::try_from(id_bytes) {
+                        out.insert(u64::from_be_bytes(b));
+                    }
                 }
                 Ok(out)
             })
@@ -237,6 +306,24 @@ impl Applier<'_> {
                 let key = [NODE_PREFIX, &id.to_be_bytes()].concat();
                 let old = self.current(&key)?;
                 self.set(key, old.as_ref(), None);
+                CommandResult::Done
+            }
+            Op::SetAssignment { shard, replicas, pending } => {
+                let key = [SHARD_PREFIX, &shard.to_be_bytes()].concat();
+                let old = self.current(&key)?;
+                let value = encode(&replicas);
+                self.set(key, old.as_ref(), Some(Envelope { value: value.into(), version: index, expires_at: None }));
+                let key = [PENDING_PREFIX, &shard.to_be_bytes()].concat();
+                let old = self.current(&key)?;
+                let new = pending.then(|| Envelope { value: bytes::Bytes::new(), version: index, expires_at: None });
+                self.set(key, old.as_ref(), new);
+                CommandResult::Done
+            }
+            Op::SetDraining { id, draining } => {
+                let key = [DRAIN_PREFIX, &id.to_be_bytes()].concat();
+                let old = self.current(&key)?;
+                let new = draining.then(|| Envelope { value: bytes::Bytes::new(), version: index, expires_at: None });
+                self.set(key, old.as_ref(), new);
                 CommandResult::Done
             }
         })

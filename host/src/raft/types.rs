@@ -52,6 +52,11 @@ pub enum Op {
     SetNode { id: NodeId, addr: String },
     /// Meta group: forgets a member.
     RemoveNode { id: NodeId },
+    /// Meta group: the nodes that host (or are being added to) a shard.
+    /// `pending`: a move is under way (replicas may not all be voters yet).
+    SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
+    /// Meta group: marks a node as draining (no new replicas; existing ones move away).
+    SetDraining { id: NodeId, draining: bool },
 }
 
 impl Op {
@@ -59,7 +64,7 @@ impl Op {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } => Some(key),
-            Op::SetNode { .. } | Op::RemoveNode { .. } => None,
+            Op::SetNode { .. } | Op::RemoveNode { .. } | Op::SetAssignment { .. } | Op::SetDraining { .. } => None,
         }
     }
 }

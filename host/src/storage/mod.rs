@@ -324,6 +324,19 @@ fn writer_loop(weak: std::sync::Weak<Inner>, rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
+/// Adds the removal of every record of `group` (log, raft state, data, TTL
+/// index, snapshot) to `batch`. Used when a replica leaves this node.
+pub fn remove_group(s: &Storage, batch: &mut OwnedWriteBatch, group: GroupId) -> Result<(), StorageError> {
+    let prefix = group.to_be_bytes();
+    for ks in [s.raft_log(), s.raft_state(), s.sm_data(), s.sm_meta(), s.sm_expiry()] {
+        for g in ks.prefix(prefix) {
+            batch.remove(ks, g.key().map_err(StorageError::fjall("deleting a group"))?);
+        }
+    }
+    batch.remove(s.snapshots(), prefix.to_vec());
+    Ok(())
+}
+
 /// Key of a group-scoped record: group id (big-endian) followed by `suffix`.
 pub fn group_key(group: GroupId, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + suffix.len());

@@ -1,0 +1,158 @@
+//! Replica placement: RF=3 of 5 or 6 nodes per shard, moves on join and
+//! drain, nothing lost while replicas move.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ringkv_client::{Client, Consistency};
+use ringkv_tests::{eventually, settled, ProcCluster};
+
+const SHARDS: &str = "64";
+
+/// These tests run 5-6 processes with 64 shards each; running them one at a
+/// time keeps a 2-core CI machine from starving every node's heartbeats.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn write_keys(client: &Client, prefix: &str, n: usize) {
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let client = client.clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..n).step_by(32) {
+                // Retried while a shard elects a leader; every key ends up acknowledged.
+                eventually("a put", || {
+                    let client = client.clone();
+                    let (k, v) = (format!("{prefix}{i:05}"), format!("v{i}"));
+                    async move { client.put(k, v).await.ok() }
+                })
+                .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+}
+
+/// Keys stored on each node, from every node's own replica counts.
+async fn keys_per_node(c: &ProcCluster) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for (id, node) in &c.nodes {
+        if !node.is_running() {
+            continue;
+        }
+        let s = c.node_client(*id).status_with(true).await.expect("status");
+        out.insert(*id, s.groups.iter().filter(|g| g.kind == "shard").map(|g| g.keys).sum());
+    }
+    out
+}
+
+#[tokio::test]
+async fn five_nodes_hold_three_fifths_each_and_serve_every_key_everywhere() {
+    let _heavy = HEAVY.lock().await;
+    let c = ProcCluster::start(5, &["--shards", SHARDS]).await;
+    let client = c.client();
+    write_keys(&client, "k", 10_000).await;
+
+    // Each shard has 3 of 5 replicas, so each node stores about 3/5 of the keys.
+    // Tolerance: ±25% of the ideal 6000 — 64 shards of ~156 keys over 5 nodes
+    // give each node 38 or 39 shards, and shard sizes vary with the hash.
+    let per_node = eventually("every replica to apply every key", || {
+        let c = &c;
+        async move {
+            let counts = keys_per_node(c).await;
+            (counts.values().sum::<u64>() == 30_000).then_some(counts)
+        }
+    })
+    .await;
+    for (id, keys) in &per_node {
+        assert!((4_500..=7_500).contains(keys), "node {id} holds {keys} keys; expected about 6000: {per_node:?}");
+    }
+
+    // Every key is readable from every node at both levels (scans fan out to every shard).
+    for id in 1..=5 {
+        let n = c.node_client(id);
+        for level in [Consistency::Linearizable, Consistency::Eventual] {
+            let items = n.scan("k", 10_000, level).await.expect("scan");
+            assert_eq!(items.len(), 10_000, "node {id} {level:?}");
+        }
+        let v = n.get_with("k04242", Consistency::Eventual).await.expect("get").expect("found");
+        assert_eq!(&v.value[..], b"v4242");
+    }
+}
+
+#[tokio::test]
+async fn a_sixth_node_takes_its_share_while_clients_write() {
+    let _heavy = HEAVY.lock().await;
+    let mut c = ProcCluster::start(5, &["--shards", SHARDS]).await;
+    let client = c.client();
+    write_keys(&client, "a", 3_000).await;
+
+    // Writers keep going while node 6 joins and replicas move.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let (client, stop) = (client.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("live/{w}/{i}");
+                if client.put(key.clone(), "x").await.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+    c.add_process(6);
+    let n6 = c.node_client(6);
+    eventually("node 6 to join and the shards to settle", || {
+        let n6 = n6.clone();
+        async move { settled(&n6.status().await.ok()?, 6).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    assert!(!acked.is_empty(), "writes succeeded during the move");
+
+    for key in &acked {
+        assert!(client.get(key.clone()).await.expect("get").is_some(), "acknowledged {key} survives the move");
+    }
+    let items = client.scan("a", 10_000, Consistency::Linearizable).await.expect("scan");
+    assert_eq!(items.len(), 3_000);
+
+    // Node 6 holds its share: 64*3/6 = 32 replicas, about half the keys.
+    let s = n6.status_with(true).await.expect("status");
+    let hosted = s.shards.iter().filter(|r| r.replicas.contains(&6)).count();
+    assert_eq!(hosted, 32, "node 6 hosts its share of replicas");
+    let total = (3_000 + acked.len()) as u64;
+    let keys: u64 = s.groups.iter().filter(|g| g.kind == "shard").map(|g| g.keys).sum();
+    assert!(keys >= total / 4, "node 6 stores {keys} of {total} keys");
+}
+
+#[tokio::test]
+async fn a_removed_node_is_drained_first_and_ends_with_no_shards() {
+    let _heavy = HEAVY.lock().await;
+    let c = ProcCluster::start(5, &["--shards", "16"]).await;
+    let client = c.client();
+    write_keys(&client, "d", 1_000).await;
+    c.node_client(1).remove_node(5).await.expect("remove node 5");
+    let s = c.node_client(1).status().await.expect("status");
+    assert!(s.shards.iter().all(|r| !r.replicas.contains(&5)), "node 5 holds no shard: {:?}", s.shards);
+    assert!(s.nodes.iter().all(|n| n.id != 5), "node 5 is no longer a member");
+    let n5 = c.node_client(5);
+    eventually("node 5 to drop its replicas", || {
+        let n5 = n5.clone();
+        async move { n5.status().await.ok()?.groups.iter().all(|g| g.kind != "shard").then_some(()) }
+    })
+    .await;
+    let items = client.scan("d", 10_000, Consistency::Linearizable).await.expect("scan");
+    assert_eq!(items.len(), 1_000);
+}
