@@ -16,11 +16,17 @@ impl RaftService {
         Self { node }
     }
 
-    /// Checks the fault filter and finds the addressed group.
-    fn accept(&self, m: &RaftMessage) -> Result<std::sync::Arc<Group>, Status> {
+    /// Drops messages on links the fault filter cuts.
+    fn check_link(&self, m: &RaftMessage) -> Result<(), Status> {
         if self.node.link_filter().is_blocked(m.from, self.node.id()) {
             return Err(Status::unavailable(format!("link {}->{} is blocked", m.from, self.node.id())));
         }
+        Ok(())
+    }
+
+    /// Checks the fault filter and finds the addressed group.
+    fn accept(&self, m: &RaftMessage) -> Result<std::sync::Arc<Group>, Status> {
+        self.check_link(m)?;
         self.node.group(m.group_id).map_err(|_| Status::not_found(format!("no raft group {}", m.group_id)))
     }
 }
@@ -58,14 +64,14 @@ impl raft_server::Raft for RaftService {
 
     async fn change_membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        self.accept(&m)?;
+        self.check_link(&m)?;
         let op: MembershipOp = decode(&m.payload).map_err(bad)?;
         reply(m.group_id, self.node.id(), &self.node.run_membership_op(m.group_id, op).await)
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let m = req.into_inner();
-        self.accept(&m)?;
+        self.check_link(&m)?;
         let fwd = decode(&m.payload).map_err(bad)?;
         reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd).await)
     }
