@@ -11,7 +11,7 @@
 //!   above `⌊RF·S/N⌋` to nodes below it. Every node ends with `⌊RF·S/N⌋` or
 //!   `⌈RF·S/N⌉` replicas, so max − min ≤ 1.
 //! - Movement: one node joining or leaving moves at most `2·RF·S/N + RF`
-//!   replicas up to 10 nodes and `2·RF·S/N + RF·S/4` beyond (N = the larger
+//!   replicas up to 10 nodes and `2·RF·S/N + RF·S/3` beyond (N = the larger
 //!   member count), checked by property tests for 3 to 50 nodes. Measured with
 //!   S=64, RF=3: 1.0–1.5× the ideal `RF·S/N` on average up to 10 nodes, about
 //!   2.8× on average at 50 nodes, where S is far below the recommended 10× the

@@ -72,12 +72,12 @@ fn fewer_nodes_than_rf_caps_the_replica_count() {
 
 /// The documented bound on replica moves when one node joins or leaves a
 /// cluster whose larger size is `n`: `2·RF·S/n + RF` up to 10 nodes, and
-/// `2·RF·S/n + RF·S/4` beyond, where S=64 is well below the recommended 10×
+/// `2·RF·S/n + RF·S/3` beyond, where S=64 is well below the recommended 10×
 /// the node count and keeping every node within one replica of the others
 /// cascades. See `movement_report` for measured distributions.
 fn movement_bound(config: &RingConfig, n: usize) -> usize {
     let total = (config.shards * config.replication_factor) as usize;
-    let slack = if n <= 10 { config.replication_factor as usize } else { total / 4 };
+    let slack = if n <= 10 { config.replication_factor as usize } else { total / 3 };
     (2 * total).div_ceil(n) + slack
 }
 
