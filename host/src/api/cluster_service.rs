@@ -41,9 +41,9 @@ pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status>
         .collect())
 }
 
-/// This node's view of the cluster.
-pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusResponse, Status> {
-    let nodes = node
+/// Members with their role in the meta group.
+fn node_statuses(node: &Node) -> Result<Vec<proto::NodeStatus>, Status> {
+    Ok(node
         .members()?
         .into_iter()
         .map(|(id, addr, voter)| proto::NodeStatus {
@@ -51,7 +51,12 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
             addr,
             role: if voter { "voter" } else { "learner" }.to_string(),
         })
-        .collect();
+        .collect())
+}
+
+/// This node's view of the cluster.
+pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusResponse, Status> {
+    let nodes = node_statuses(node)?;
     let groups = node
         .groups()
         .iter()
@@ -141,16 +146,7 @@ impl Cluster for ClusterService {
 
     async fn ring(&self, _req: Request<proto::RingRequest>) -> Result<Response<proto::RingResponse>, Status> {
         let ring = *self.node.ring();
-        let nodes = self
-            .node
-            .members()?
-            .into_iter()
-            .map(|(id, addr, voter)| proto::NodeStatus {
-                id,
-                addr,
-                role: if voter { "voter" } else { "learner" }.to_string(),
-            })
-            .collect();
+        let nodes = node_statuses(&self.node)?;
         let epoch = self.node.group(META_GROUP)?.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let routes = shard_routes(&self.node).await?;
         Ok(Response::new(proto::RingResponse {
