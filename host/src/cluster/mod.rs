@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use membership::{MembershipOp, MembershipReply};
-pub use routing::{ForwardReply, Forwarded, Proposal, ReadResult};
+pub use routing::{ForwardReply, Forwarded, Proposal};
 
 use crate::config::NodeConfig;
 use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, StateMachine};

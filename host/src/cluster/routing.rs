@@ -92,9 +92,6 @@ pub enum ForwardReply {
 /// Shards a scan reads at once.
 const SCAN_CONCURRENCY: usize = 16;
 
-/// Result of a read.
-pub type ReadResult = Option<Envelope>;
-
 /// What one attempt at the leader produced.
 pub enum Attempt<T> {
     Done(T),
@@ -207,7 +204,7 @@ impl Node {
     }
 
     /// Reads a key at the given consistency.
-    pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<ReadResult, NodeError> {
+    pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
             if let Ok(g) = self.group(group) {
                 return Ok(g.sm.get(key, now_ms()).await?);

@@ -12,7 +12,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 
 use super::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
-use crate::storage::{group_key, log_index, log_key, GroupId, Storage, StorageError};
+use crate::storage::{group_key, log_key, GroupId, Storage, StorageError};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -313,7 +313,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 batch.insert(s.raft_state(), group_key(group, PURGED), purged);
                 for g in s.raft_log().range(log_key(group, 0)..=log_key(group, log_id.index)) {
                     let k = g.key().map_err(StorageError::fjall("purging the log"))?;
-                    debug_assert!(log_index(&k).is_ok());
                     batch.remove(s.raft_log(), k);
                 }
                 Ok(())

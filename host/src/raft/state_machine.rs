@@ -4,7 +4,7 @@
 //! batch. Snapshots are cut from a cross-keyspace fjall snapshot, so the data
 //! and the `applied` marker they carry always agree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -127,82 +127,53 @@ impl StateMachine {
             .await
     }
 
-    /// Members recorded in the meta group: (id, address).
-    pub async fn nodes(&self) -> Result<Vec<(NodeId, String)>, StorageError> {
+    /// Every record of the meta group under `prefix`: (key suffix, value).
+    async fn meta_records(&self, prefix: &'static [u8]) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, StorageError> {
         let group = self.group;
         self.storage
             .blocking(move |s| {
                 let mut out = Vec::new();
-                for g in s.sm_data().prefix(group_key(group, NODE_PREFIX)) {
-                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading members"))?;
-                    let id_bytes = k.get(8 + NODE_PREFIX.len()..).unwrap_or_default();
-                    let id = <[u8; 8]>::try_from(id_bytes)
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| StorageError::Corrupt { keyspace: "sm_data", detail: "bad member key".into() })?;
-                    let env = Envelope::decode(&v)?;
-                    out.push((id, String::from_utf8_lossy(&env.value).into_owned()));
+                for g in s.sm_data().prefix(group_key(group, prefix)) {
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading meta records"))?;
+                    out.push((k[8 + prefix.len()..].to_vec(), Envelope::decode(&v)?.value));
                 }
                 Ok(out)
             })
             .await
     }
-}
 
-impl StateMachine {
     /// Meta group: the replicas recorded for each shard.
-    pub async fn assignments(&self) -> Result<std::collections::BTreeMap<u32, Vec<NodeId>>, StorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| {
-                let mut out = std::collections::BTreeMap::new();
-                for g in s.sm_data().prefix(group_key(group, SHARD_PREFIX)) {
-                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading assignments"))?;
-                    let id_bytes = k.get(8 + SHARD_PREFIX.len()..).unwrap_or_default();
-                    let shard = <[u8; 4]>::try_from(id_bytes).map(u32::from_be_bytes).map_err(|_| {
-                        StorageError::Corrupt { keyspace: "sm_data", detail: "bad assignment key".into() }
-                    })?;
-                    let env = Envelope::decode(&v)?;
-                    out.insert(shard, decode::<Vec<NodeId>>(&env.value, "sm_data")?);
-                }
-                Ok(out)
-            })
-            .await
+    pub async fn assignments(&self) -> Result<BTreeMap<u32, Vec<NodeId>>, StorageError> {
+        let mut out = BTreeMap::new();
+        for (suffix, value) in self.meta_records(SHARD_PREFIX).await? {
+            out.insert(be_u32(&suffix)?, decode::<Vec<NodeId>>(&value, "sm_data")?);
+        }
+        Ok(out)
     }
 
     /// Meta group: shards with a move under way.
-    pub async fn pending_moves(&self) -> Result<std::collections::BTreeSet<u32>, StorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| {
-                let mut out = std::collections::BTreeSet::new();
-                for g in s.sm_data().prefix(group_key(group, PENDING_PREFIX)) {
-                    let k = g.key().map_err(StorageError::fjall("reading pending moves"))?;
-                    if let Ok(b) = <[u8; 4]>::try_from(k.get(8 + PENDING_PREFIX.len()..).unwrap_or_default()) {
-                        out.insert(u32::from_be_bytes(b));
-                    }
-                }
-                Ok(out)
-            })
-            .await
+    pub async fn pending_moves(&self) -> Result<BTreeSet<u32>, StorageError> {
+        self.meta_records(PENDING_PREFIX).await?.iter().map(|(k, _)| be_u32(k)).collect()
     }
 
     /// Meta group: nodes marked as draining.
-    pub async fn draining(&self) -> Result<std::collections::BTreeSet<NodeId>, StorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| {
-                let mut out = std::collections::BTreeSet::new();
-                for g in s.sm_data().prefix(group_key(group, DRAIN_PREFIX)) {
-                    let k = g.key().map_err(StorageError::fjall("reading drain markers"))?;
-                    let id_bytes = k.get(8 + DRAIN_PREFIX.len()..).unwrap_or_default();
-                    if let Ok(b) = <[u8; 8]>::try_from(id_bytes) {
-                        out.insert(u64::from_be_bytes(b));
-                    }
-                }
-                Ok(out)
-            })
-            .await
+    pub async fn draining(&self) -> Result<BTreeSet<NodeId>, StorageError> {
+        self.meta_records(DRAIN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
     }
+}
+
+fn be_u32(b: &[u8]) -> Result<u32, StorageError> {
+    <[u8; 4]>::try_from(b).map(u32::from_be_bytes).map_err(|_| StorageError::Corrupt {
+        keyspace: "sm_data",
+        detail: format!("bad meta key of {} bytes", b.len()),
+    })
+}
+
+fn be_u64(b: &[u8]) -> Result<u64, StorageError> {
+    <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
+        keyspace: "sm_data",
+        detail: format!("bad meta key of {} bytes", b.len()),
+    })
 }
 
 fn read_envelope(s: &Storage, group: GroupId, key: &[u8]) -> Result<Option<Envelope>, StorageError> {

@@ -353,14 +353,6 @@ pub fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     k
 }
 
-/// Decodes the index from a [`log_key`].
-pub fn log_index(key: &[u8]) -> Result<u64, StorageError> {
-    key.get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StorageError::Corrupt { keyspace: "raft_log", detail: format!("bad key length {}", key.len()) })
-}
-
 /// Key in the TTL index: group · expires_at · user key.
 pub fn expiry_key(group: GroupId, expires_at: u64, user_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(16 + user_key.len());
