@@ -50,6 +50,10 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How often the leader looks for expired keys to delete. Default 1 s.
     pub ttl_sweep_interval: Duration,
+    /// A member whose Raft transport has not answered the meta leader for
+    /// this long is marked down and its replicas are re-created elsewhere.
+    /// Default 30 s.
+    pub down_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +70,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),
             ttl_sweep_interval: Duration::from_secs(1),
+            down_timeout: Duration::from_secs(30),
         }
     }
 }

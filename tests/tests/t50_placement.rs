@@ -156,3 +156,57 @@ async fn a_removed_node_is_drained_first_and_ends_with_no_shards() {
     let items = client.scan("d", 10_000, Consistency::Linearizable).await.expect("scan");
     assert_eq!(items.len(), 1_000);
 }
+
+#[tokio::test]
+async fn a_node_down_past_the_timeout_has_its_replicas_recreated_and_gets_them_back() {
+    let _heavy = HEAVY.lock().await;
+    let mut c = ProcCluster::start(5, &["--shards", "16", "--down-timeout", "3s"]).await;
+    let client = c.client();
+    write_keys(&client, "z", 1_000).await;
+
+    // Node 1 bootstrapped the cluster, so it leads the meta group: its
+    // successor has to notice the silence itself.
+    c.kill(1);
+    let n2 = c.node_client(2);
+    eventually("node 1 to be marked down and every shard back to 3 replicas without it", || {
+        let n2 = n2.clone();
+        async move {
+            let s = n2.status().await.ok()?;
+            let healed = s.down == [1]
+                && s.shards.iter().all(|r| !r.moving && r.replicas.len() == 3 && !r.replicas.contains(&1));
+            healed.then_some(())
+        }
+    })
+    .await;
+    for id in 2..=5 {
+        let n = c.node_client(id);
+        for level in [Consistency::Linearizable, Consistency::Eventual] {
+            // Eventual scans of a shard whose new replica is still applying
+            // its snapshot may briefly come up short, so wait for all keys.
+            eventually(&format!("node {id} to serve every key at {level:?}"), || {
+                let n = n.clone();
+                async move { (n.scan("z", 10_000, level).await.ok()?.len() == 1_000).then_some(()) }
+            })
+            .await;
+        }
+    }
+
+    // Node 1 comes back: it is marked up and the rebalancer gives it replicas again.
+    c.restart(1);
+    eventually("node 1 to be marked up and hold its share again", || {
+        let n2 = n2.clone();
+        async move {
+            let s = n2.status().await.ok()?;
+            let share = s.shards.iter().filter(|r| r.replicas.contains(&1)).count();
+            (s.down.is_empty() && settled(&s, 5) && share >= 9).then_some(())
+        }
+    })
+    .await;
+    let n1 = c.node_client(1);
+    let items = eventually("node 1 to serve every key", || {
+        let n1 = n1.clone();
+        async move { n1.scan("z", 10_000, Consistency::Linearizable).await.ok().filter(|i| i.len() == 1_000) }
+    })
+    .await;
+    assert_eq!(items.len(), 1_000);
+}

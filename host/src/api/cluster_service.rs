@@ -20,10 +20,7 @@ impl ClusterService {
 pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status> {
     let assignments = node.assignments().await?;
     let pending = node.group(META_GROUP)?.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
-    let draining = node.group(META_GROUP)?.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
-    let active: std::collections::BTreeSet<u64> =
-        node.members()?.into_iter().map(|(id, _, _)| id).filter(|id| !draining.contains(id)).collect();
-    let target = crate::ring::place(node.ring(), &active);
+    let target = crate::ring::place(node.ring(), &node.active_members().await?);
     Ok(assignments
         .into_iter()
         .map(|(shard, replicas)| {
@@ -110,8 +107,17 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         }
     }
     let shards = shard_routes(node).await?;
-    let draining = node.group(META_GROUP)?.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
-    Ok(proto::StatusResponse { node_id: node.id(), nodes, groups, shards, draining: draining.into_iter().collect() })
+    let meta = node.group(META_GROUP)?;
+    let draining = meta.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
+    let down = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
+    Ok(proto::StatusResponse {
+        node_id: node.id(),
+        nodes,
+        groups,
+        shards,
+        draining: draining.into_iter().collect(),
+        down: down.into_iter().collect(),
+    })
 }
 
 /// On the leader: the highest index stored on a quorum of voters. Elsewhere
@@ -202,5 +208,6 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving})).collect::<Vec<_>>(),
         "draining": s.draining,
+        "down": s.down,
     })
 }

@@ -202,11 +202,17 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
         }
     }
     println!("answered by node {}; {} shards", s.node_id, shards.len());
-    println!("{:<6} {:<10} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING");
+    println!("{:<6} {:<13} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING");
     for n in &s.nodes {
-        let role = if s.draining.contains(&n.id) { format!("{}*", n.role) } else { n.role.clone() };
+        let role = if s.down.contains(&n.id) {
+            format!("{} DOWN", n.role)
+        } else if s.draining.contains(&n.id) {
+            format!("{}*", n.role)
+        } else {
+            n.role.clone()
+        };
         println!(
-            "{:<6} {:<10} {:<7} {:<8} {}",
+            "{:<6} {:<13} {:<7} {:<8} {}",
             n.id,
             role,
             replicas.get(&n.id).copied().unwrap_or(0),

@@ -58,6 +58,10 @@ pub struct ServeCommand {
     /// Server-side deadline of a client request.
     #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
     pub request_timeout: Duration,
+    /// A member unreachable for this long is declared down and its shard
+    /// replicas are re-created on other nodes.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    pub down_timeout: Duration,
 }
 
 impl ServeCommand {
@@ -71,6 +75,13 @@ impl ServeCommand {
             self.heartbeat
         );
         anyhow::ensure!(self.snapshot_every >= 1, "--snapshot-every must be at least 1");
+        anyhow::ensure!(
+            self.down_timeout >= Duration::from_secs(1) && self.down_timeout > self.election_timeout * 2,
+            "--down-timeout ({:?}) must be at least 1s and more than twice --election-timeout ({:?}), \
+             so a slow election never looks like a dead node",
+            self.down_timeout,
+            self.election_timeout
+        );
         Ok(NodeConfig {
             id: self.id,
             listen: self.listen.clone(),
@@ -88,6 +99,7 @@ impl ServeCommand {
             },
             limits: Limits { max_value_bytes: self.max_value_bytes, ..Limits::default() },
             request_timeout: self.request_timeout,
+            down_timeout: self.down_timeout,
             ..NodeConfig::default()
         })
     }

@@ -81,7 +81,7 @@ fn size_of(p: &Proposal) -> usize {
         Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => key.len(),
         Proposal::SetNode { addr, .. } => addr.len(),
         Proposal::SetAssignment { replicas, .. } => replicas.len() * 8,
-        Proposal::RemoveNode { .. } | Proposal::SetDraining { .. } => 0,
+        Proposal::RemoveNode { .. } | Proposal::SetDraining { .. } | Proposal::SetDown { .. } => 0,
     }
 }
 

@@ -3,9 +3,12 @@
 //! - The **reconciler** (every node) starts the shard groups the meta group
 //!   assigns to this node and drops, with their data, the ones it no longer
 //!   assigns here.
+//! - The **liveness tracker** (the meta leader only) marks a member down in
+//!   the meta group once its Raft transport has not answered for the down
+//!   timeout, and up again as soon as it answers.
 //! - The **rebalancer** (the meta leader only) compares each shard's recorded
 //!   replicas with [`crate::ring::place`] over the active members (members
-//!   that are not draining) and moves replicas, a few shards at a time:
+//!   that are neither draining nor down) and moves replicas, a few shards at a time:
 //!   record the union (new replicas start their group), add each new replica
 //!   as learner, let it catch up, promote it, remove the old replicas from the
 //!   shard's Raft group, then record the target. Every step is idempotent, so
@@ -13,7 +16,7 @@
 //!   round. Membership changes are serialized through the meta leader.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
@@ -28,6 +31,8 @@ const RECONCILE_EVERY: Duration = Duration::from_millis(300);
 const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 /// Shards moved at once.
 pub const MOVE_CONCURRENCY: usize = 4;
+/// A node marked down is marked up again once it has answered this recently.
+const BACK_UP_WITHIN: Duration = Duration::from_secs(2);
 
 impl Node {
     pub(super) async fn reconcile_loop(self) {
@@ -65,6 +70,9 @@ impl Node {
 
     pub(super) async fn rebalance_loop(self) {
         let mut stop = self.shutdown_signal();
+        // When this node became meta leader: a member it has never heard
+        // from is silent since then, not since forever.
+        let mut leading_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -72,7 +80,12 @@ impl Node {
             }
             let Ok(meta) = self.group(META_GROUP) else { continue };
             if meta.raft.current_leader().await != Some(self.id()) {
+                leading_since = None;
                 continue;
+            }
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            if let Err(e) = self.track_liveness(since).await {
+                tracing::warn!(error = %e, "tracking member liveness");
             }
             if let Err(e) = self.rebalance_round().await {
                 tracing::warn!(error = %e, "rebalancing");
@@ -80,10 +93,44 @@ impl Node {
         }
     }
 
-    /// The members placement may use: meta members that are not draining.
-    pub(super) async fn active_members(&self) -> Result<BTreeSet<NodeId>, NodeError> {
-        let draining = self.group(META_GROUP)?.sm.draining().await?;
-        Ok(self.members()?.into_iter().map(|(id, _, _)| id).filter(|id| !draining.contains(id)).collect())
+    /// Marks members down that have not answered the meta leader's Raft
+    /// messages (heartbeats reach every member) for the down timeout, and
+    /// marks them up again once they answer.
+    async fn track_liveness(&self, leading_since: Instant) -> Result<(), NodeError> {
+        let down = self.group(META_GROUP)?.sm.down().await?;
+        let timeout = self.config().down_timeout;
+        for (id, _, _) in self.members()? {
+            let last = if id == self.id() { Some(Instant::now()) } else { self.peers().last_answer(id) };
+            let silent_for = last.map_or(leading_since, |t| t.max(leading_since)).elapsed();
+            let answered_recently = last.is_some_and(|t| t.elapsed() < BACK_UP_WITHIN);
+            if down.contains(&id) && answered_recently {
+                tracing::info!(node = id, "node answers again; marking it up");
+                self.propose(META_GROUP, Proposal::SetDown { id, down: false }).await?;
+            } else if !down.contains(&id) && silent_for >= timeout {
+                tracing::warn!(
+                    node = id,
+                    silent_for = ?silent_for,
+                    "node unreachable past the down timeout; marking it down so its replicas are re-created elsewhere"
+                );
+                self.propose(META_GROUP, Proposal::SetDown { id, down: true }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The members placement may use: meta members that are not draining
+    /// and not down. Down members stay in when leaving them out would leave
+    /// fewer than RF nodes: moving a replica off a down node then gains no
+    /// redundancy and costs a full copy when it returns.
+    pub async fn active_members(&self) -> Result<BTreeSet<NodeId>, NodeError> {
+        let meta = self.group(META_GROUP)?;
+        let draining = meta.sm.draining().await?;
+        let down = meta.sm.down().await?;
+        let up: BTreeSet<NodeId> =
+            self.members()?.into_iter().map(|(id, _, _)| id).filter(|id| !draining.contains(id)).collect();
+        let live: BTreeSet<NodeId> = up.difference(&down).copied().collect();
+        let rf = self.ring().replication_factor as usize;
+        Ok(if live.len() >= rf.min(up.len()) { live } else { up })
     }
 
     /// Moves every shard whose replicas differ from the placement target.

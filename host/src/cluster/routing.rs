@@ -24,6 +24,7 @@ pub enum Proposal {
     RemoveNode { id: NodeId },
     SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
     SetDraining { id: NodeId, draining: bool },
+    SetDown { id: NodeId, down: bool },
 }
 
 impl Proposal {
@@ -39,6 +40,7 @@ impl Proposal {
             Proposal::RemoveNode { id } => Op::RemoveNode { id },
             Proposal::SetAssignment { shard, replicas, pending } => Op::SetAssignment { shard, replicas, pending },
             Proposal::SetDraining { id, draining } => Op::SetDraining { id, draining },
+            Proposal::SetDown { id, down } => Op::SetDown { id, down },
         }
     }
 
@@ -49,7 +51,8 @@ impl Proposal {
             Proposal::SetNode { .. }
             | Proposal::RemoveNode { .. }
             | Proposal::SetAssignment { .. }
-            | Proposal::SetDraining { .. } => None,
+            | Proposal::SetDraining { .. }
+            | Proposal::SetDown { .. } => None,
         }
     }
 }

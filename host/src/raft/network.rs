@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -67,11 +67,19 @@ pub struct Peers {
     filter: LinkFilter,
     /// Peer id → (address the channel was built for, channel).
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    /// Peer id → when a Raft RPC to it last got an answer: the liveness
+    /// signal the meta leader uses to declare a node down.
+    last_answer: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
     pub fn new(self_id: NodeId, filter: LinkFilter) -> Arc<Self> {
-        Arc::new(Self { self_id, filter, channels: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            self_id,
+            filter,
+            channels: Mutex::new(HashMap::new()),
+            last_answer: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn self_id(&self) -> NodeId {
@@ -101,6 +109,15 @@ impl Peers {
             .connect_lazy();
         map.insert(id, (addr.to_string(), ch.clone()));
         Ok(ch)
+    }
+
+    /// When a Raft RPC to `id` last got an answer (any answer, even a refusal).
+    pub fn last_answer(&self, id: NodeId) -> Option<Instant> {
+        self.last_answer.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+    }
+
+    fn answered(&self, id: NodeId) {
+        self.last_answer.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
     }
 
     /// A raft-service client to `id`, or `None` when the link is cut by the filter.
@@ -198,6 +215,7 @@ impl PeerNetwork {
                 RPCError::Network(NetworkError::new(&PeerError::Rpc(s)))
             }
         })?;
+        self.peers.answered(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&PeerError::Codec(e))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -30,6 +30,8 @@ const SHARD_PREFIX: &[u8] = b"\0shard/";
 const PENDING_PREFIX: &[u8] = b"\0pending/";
 /// Prefix of draining markers in the meta group's data.
 const DRAIN_PREFIX: &[u8] = b"\0drain/";
+/// Prefix of down markers in the meta group's data.
+const DOWN_PREFIX: &[u8] = b"\0down/";
 
 /// A snapshot as stored in the `snapshots` keyspace.
 #[derive(Serialize, Deserialize)]
@@ -160,6 +162,11 @@ impl StateMachine {
     pub async fn draining(&self) -> Result<BTreeSet<NodeId>, StorageError> {
         self.meta_records(DRAIN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
     }
+
+    /// Meta group: nodes marked as down.
+    pub async fn down(&self) -> Result<BTreeSet<NodeId>, StorageError> {
+        self.meta_records(DOWN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
+    }
 }
 
 fn be_u32(b: &[u8]) -> Result<u32, StorageError> {
@@ -212,6 +219,14 @@ impl Applier<'_> {
             self.expiry.insert(expiry_key(self.group, t, &key), true);
         }
         self.data.insert(key, new);
+    }
+
+    /// Sets (`on`) or clears a meta-group marker: a record whose presence is its value.
+    fn set_marker(&mut self, key: Vec<u8>, on: bool, index: u64) -> Result<(), StorageError> {
+        let old = self.current(&key)?;
+        let new = on.then(|| Envelope { value: bytes::Bytes::new(), version: index, expires_at: None });
+        self.set(key, old.as_ref(), new);
+        Ok(())
     }
 
     fn into_batch(self) -> OwnedWriteBatch {
@@ -284,17 +299,15 @@ impl Applier<'_> {
                 let old = self.current(&key)?;
                 let value = encode(&replicas);
                 self.set(key, old.as_ref(), Some(Envelope { value: value.into(), version: index, expires_at: None }));
-                let key = [PENDING_PREFIX, &shard.to_be_bytes()].concat();
-                let old = self.current(&key)?;
-                let new = pending.then(|| Envelope { value: bytes::Bytes::new(), version: index, expires_at: None });
-                self.set(key, old.as_ref(), new);
+                self.set_marker([PENDING_PREFIX, &shard.to_be_bytes()].concat(), pending, index)?;
                 CommandResult::Done
             }
             Op::SetDraining { id, draining } => {
-                let key = [DRAIN_PREFIX, &id.to_be_bytes()].concat();
-                let old = self.current(&key)?;
-                let new = draining.then(|| Envelope { value: bytes::Bytes::new(), version: index, expires_at: None });
-                self.set(key, old.as_ref(), new);
+                self.set_marker([DRAIN_PREFIX, &id.to_be_bytes()].concat(), draining, index)?;
+                CommandResult::Done
+            }
+            Op::SetDown { id, down } => {
+                self.set_marker([DOWN_PREFIX, &id.to_be_bytes()].concat(), down, index)?;
                 CommandResult::Done
             }
         })

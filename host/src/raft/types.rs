@@ -57,6 +57,9 @@ pub enum Op {
     SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
     /// Meta group: marks a node as draining (no new replicas; existing ones move away).
     SetDraining { id: NodeId, draining: bool },
+    /// Meta group: marks a node as down (unreachable past the down timeout:
+    /// its replicas are re-created elsewhere) or as back up.
+    SetDown { id: NodeId, down: bool },
 }
 
 impl Op {
@@ -64,7 +67,11 @@ impl Op {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } => Some(key),
-            Op::SetNode { .. } | Op::RemoveNode { .. } | Op::SetAssignment { .. } | Op::SetDraining { .. } => None,
+            Op::SetNode { .. }
+            | Op::RemoveNode { .. }
+            | Op::SetAssignment { .. }
+            | Op::SetDraining { .. }
+            | Op::SetDown { .. } => None,
         }
     }
 }
