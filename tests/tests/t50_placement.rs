@@ -210,3 +210,47 @@ async fn a_node_down_past_the_timeout_has_its_replicas_recreated_and_gets_them_b
     .await;
     assert_eq!(items.len(), 1_000);
 }
+
+#[tokio::test]
+async fn shard_leaders_spread_over_the_nodes_while_clients_write() {
+    let _heavy = HEAVY.lock().await;
+    // Node 1 bootstraps every shard, so it starts as the leader of all 16.
+    let c = ProcCluster::start(3, &["--shards", "16"]).await;
+    let client = c.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("spread/{i}");
+                if client.put(key.clone(), format!("v{i}")).await.is_ok() {
+                    acked.push(key);
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    // Even share: 16/3 → 5 or 6 each; the preferred-leader choice may give one more.
+    let counts = eventually("every node to lead at least 4 of the 16 shards", || {
+        let c = &c;
+        async move {
+            let mut counts = BTreeMap::new();
+            for id in 1..=3 {
+                let s = c.node_client(id).status().await.ok()?;
+                counts.insert(id, s.groups.iter().filter(|g| g.kind == "shard" && g.role == "leader").count());
+            }
+            counts.values().all(|n| *n >= 4).then_some(counts)
+        }
+    })
+    .await;
+    assert_eq!(counts.values().sum::<usize>(), 16, "{counts:?}");
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.expect("writer");
+    assert!(!acked.is_empty());
+    for key in &acked {
+        assert!(client.get(key.clone()).await.expect("get").is_some(), "acknowledged {key} survives handovers");
+    }
+}

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::routing::{Attempt, Proposal};
 use super::NodeError;
@@ -43,6 +43,8 @@ struct WriteItem {
 pub struct Batchers {
     writes: mpsc::UnboundedSender<WriteItem>,
     reads: mpsc::UnboundedSender<oneshot::Sender<ReadReply>>,
+    /// One permit per entry in flight; holding them all pauses the writes.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Batchers {
@@ -51,9 +53,16 @@ impl Batchers {
     pub fn start(group: GroupId, raft: Raft) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
-        let w = tokio::spawn(write_loop(group, raft.clone(), wrx));
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let w = tokio::spawn(write_loop(group, raft.clone(), wrx, in_flight.clone()));
         let r = tokio::spawn(read_loop(group, raft, rrx));
-        (Batchers { writes: wtx, reads: rtx }, [w, r])
+        (Batchers { writes: wtx, reads: rtx, in_flight }, [w, r])
+    }
+
+    /// Waits until every entry in flight has been applied and holds new
+    /// writes back (they queue) until the returned guard is dropped.
+    pub async fn pause_writes(&self) -> Result<OwnedSemaphorePermit, NodeError> {
+        self.in_flight.clone().acquire_many_owned(MAX_IN_FLIGHT as u32).await.map_err(|_| stopped())
     }
 
     /// Proposes through the batcher; `Retry` when this node is not the leader.
@@ -85,8 +94,7 @@ fn size_of(p: &Proposal) -> usize {
     }
 }
 
-async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteItem>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteItem>, in_flight: Arc<Semaphore>) {
     // An item that conflicted with the previous batch and opens the next one.
     let mut carry: Option<WriteItem> = None;
     loop {

@@ -23,6 +23,9 @@ pub enum MembershipOp {
     AddLearner { id: NodeId, addr: String },
     /// Remove from voters and learners.
     Remove { id: NodeId },
+    /// Sent by the leader to the replica it hands leadership to: campaign
+    /// now (see [`super::leadership`]). The only op run on a non-leader.
+    Campaign,
 }
 
 /// The leader's answer to a [`MembershipOp`].
@@ -146,7 +149,12 @@ impl Node {
         })
     }
 
-    async fn send_membership_op(&self, group: GroupId, leader: NodeId, op: &MembershipOp) -> MembershipReply {
+    pub(super) async fn send_membership_op(
+        &self,
+        group: GroupId,
+        leader: NodeId,
+        op: &MembershipOp,
+    ) -> MembershipReply {
         let Some(addr) = self.addr_of(leader) else { return MembershipReply::NotLeader };
         let Ok(mut client) = self.peers().raft_client(leader, &addr) else { return MembershipReply::NotLeader };
         let msg = RaftMessage { group_id: group, from: self.id(), payload: encode(op) };
@@ -164,6 +172,16 @@ impl Node {
     pub async fn run_membership_op(&self, group: GroupId, op: MembershipOp) -> MembershipReply {
         // Not hosting the group (any more) is like not leading it: try elsewhere.
         let Ok(g) = self.group(group) else { return MembershipReply::NotLeader };
+        if let MembershipOp::Campaign = op {
+            let is_voter = g.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == self.id());
+            if !is_voter {
+                return MembershipReply::Failed(format!("node {} is not a voter of group {group}", self.id()));
+            }
+            return match g.raft.trigger().elect().await {
+                Ok(()) => MembershipReply::Done,
+                Err(e) => MembershipReply::Failed(e.to_string()),
+            };
+        }
         if g.raft.current_leader().await != Some(self.id()) {
             return MembershipReply::NotLeader;
         }
@@ -199,6 +217,7 @@ impl Node {
                     return MembershipReply::Done;
                 }
             }
+            MembershipOp::Campaign => return MembershipReply::Done,
         };
         match result {
             Ok(_) => MembershipReply::Done,

@@ -8,6 +8,7 @@
 //! them on membership changes is the rebalancer's job (not built yet).
 
 mod batching;
+mod leadership;
 mod membership;
 mod placement;
 mod routing;
@@ -144,6 +145,7 @@ impl Node {
         node.spawn(node.clone().ttl_sweeper());
         node.spawn(node.clone().reconcile_loop());
         node.spawn(node.clone().rebalance_loop());
+        node.spawn(node.clone().leader_balance_loop());
         tracing::info!(node = node.id(), addr = %node.addr(), "node started");
         Ok(node)
     }

@@ -198,6 +198,31 @@ fn even_out(
     }
 }
 
+/// The replica that should lead each shard, spreading leaders evenly:
+/// shards in order each take, among their replicas that are not `down`, the
+/// one leading the fewest shards so far (ties: the earliest listed). A pure
+/// function of the recorded replicas, so every node computes the same answer.
+pub fn preferred_leaders(
+    replicas: &BTreeMap<ShardId, Vec<NodeId>>,
+    down: &BTreeSet<NodeId>,
+) -> BTreeMap<ShardId, NodeId> {
+    let mut leading: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (&shard, nodes) in replicas {
+        let best = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !down.contains(n))
+            .min_by_key(|(i, n)| (leading.get(n).copied().unwrap_or(0), *i))
+            .map(|(_, n)| *n);
+        if let Some(n) = best {
+            *leading.entry(n).or_default() += 1;
+            out.insert(shard, n);
+        }
+    }
+    out
+}
+
 /// Replicas per node in a placement.
 pub fn load_of(placement: &Placement) -> BTreeMap<NodeId, usize> {
     let mut load = BTreeMap::new();

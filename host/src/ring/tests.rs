@@ -150,3 +150,35 @@ proptest! {
         prop_assert!(moved <= bound, "{} -> {} nodes moved {}; bound {}", ids.len(), more.len(), moved, bound);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Leaders spread within one of the even share `⌈S/N⌉` over a balanced placement.
+    #[test]
+    fn preferred_leaders_are_spread_evenly(n in 2u64..=30, shards in 1u32..=256) {
+        let members = nodes(1..=n);
+        let config = RingConfig { shards, ..RingConfig::default() };
+        let p = place(&config, &members);
+        let replicas: BTreeMap<ShardId, Vec<NodeId>> =
+            p.iter().enumerate().map(|(s, r)| (s as ShardId, r.clone())).collect();
+        let leaders = preferred_leaders(&replicas, &BTreeSet::new());
+        prop_assert_eq!(leaders.len(), shards as usize);
+        let mut count: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (shard, l) in &leaders {
+            prop_assert!(p[*shard as usize].contains(l));
+            *count.entry(*l).or_default() += 1;
+        }
+        let even = (shards as usize).div_ceil(n as usize);
+        let max = count.values().copied().max().unwrap_or(0);
+        prop_assert!(max <= even + 1, "a node leads {} shards; the even share is {}: {:?}", max, even, count);
+    }
+}
+
+#[test]
+fn preferred_leaders_skip_down_nodes() {
+    let replicas = BTreeMap::from([(0, vec![1, 2, 3]), (1, vec![1, 2, 3]), (2, vec![2, 1, 3])]);
+    let leaders = preferred_leaders(&replicas, &nodes([1]));
+    assert!(leaders.values().all(|l| *l != 1), "{leaders:?}");
+    assert_eq!(leaders.len(), 3);
+}

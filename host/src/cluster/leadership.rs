@@ -1,0 +1,156 @@
+//! Leader spreading: each node hands the shards it leads to their preferred
+//! leaders ([`crate::ring::preferred_leaders`]), so leaders are spread over
+//! the nodes instead of piling up on the one that bootstrapped the cluster or
+//! survived the last failure.
+//!
+//! openraft 0.9 has no leadership transfer, and a follower that simply
+//! campaigns under load loses: the leader has appended entries the follower
+//! lacks, refuses its vote, then steps down anyway on seeing the higher term,
+//! leaving the group leaderless for an election timeout. So the handover is a
+//! small protocol of its own:
+//!
+//! 1. the leader pauses its write batcher (writes queue) and waits until the
+//!    entries in flight are applied and the target has every entry;
+//! 2. it asks the target to campaign ([`MembershipOp::Campaign`]);
+//! 3. the target's log is as long as the leader's, and the leader has led
+//!    for longer than its lease, so the leader grants the vote: with its own
+//!    vote the target has a majority of three;
+//! 4. the queued writes meet a follower and are forwarded to the new leader.
+//!
+//! The pause lasts about two round trips. A handover that does not complete
+//! in time is abandoned and retried on a later round.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::membership::{MembershipOp, MembershipReply};
+use super::{Group, Node, NodeError, META_GROUP};
+use crate::raft::NodeId;
+use crate::storage::GroupId;
+
+/// How often a node looks for shards to hand over.
+const BALANCE_EVERY: Duration = Duration::from_secs(1);
+/// Handovers a node runs at once.
+const HANDOVER_CONCURRENCY: usize = 8;
+/// How long the target may take to receive the last entries.
+const CATCH_UP: Duration = Duration::from_millis(500);
+
+impl Node {
+    pub(super) async fn leader_balance_loop(self) {
+        let mut stop = self.shutdown_signal();
+        // (group → term, since when this node leads it in that term)
+        let mut leading: HashMap<GroupId, (u64, Instant)> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(BALANCE_EVERY) => {}
+            }
+            if let Err(e) = self.balance_leaders(&mut leading).await {
+                tracing::debug!(error = %e, "spreading shard leaders");
+            }
+        }
+    }
+
+    /// Hands over the shards this node leads but should not, a few at once.
+    async fn balance_leaders(&self, leading: &mut HashMap<GroupId, (u64, Instant)>) -> Result<(), NodeError> {
+        let meta = self.group(META_GROUP)?;
+        let assignments = self.assignments().await?;
+        let pending = meta.sm.pending_moves().await?;
+        let down = meta.sm.down().await?;
+        let preferred = crate::ring::preferred_leaders(&assignments, &down);
+        // A leader grants a vote only once its own lease has run out.
+        let tenure = Duration::from_millis(self.config().raft.election_max_ms) + BALANCE_EVERY;
+        let mut handovers = Vec::new();
+        let now = Instant::now();
+        for g in self.groups().into_iter().filter(|g| g.id != META_GROUP) {
+            let (leader, term) = {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                (m.current_leader, m.current_term)
+            };
+            if leader != Some(self.id()) {
+                leading.remove(&g.id);
+                continue;
+            }
+            let since = leading.entry(g.id).or_insert((term, now));
+            if since.0 != term {
+                *since = (term, now);
+            }
+            let shard = (g.id - 1) as crate::ring::ShardId;
+            let Some(&want) = preferred.get(&shard) else { continue };
+            if want != self.id() && !pending.contains(&shard) && now.duration_since(since.1) >= tenure {
+                handovers.push((g, want));
+            }
+        }
+        let mut runs = futures::stream::iter(handovers)
+            .map(|(g, to)| async move {
+                let started = Instant::now();
+                match self.hand_over(&g, to).await {
+                    Ok(true) => tracing::info!(
+                        group = g.id,
+                        to,
+                        paused = ?started.elapsed(),
+                        "handed shard leadership to its preferred leader"
+                    ),
+                    Ok(false) => {
+                        tracing::debug!(group = g.id, to, "leadership handover did not happen; retrying later")
+                    }
+                    Err(e) => tracing::debug!(group = g.id, to, error = %e, "leadership handover failed"),
+                }
+            })
+            .buffer_unordered(HANDOVER_CONCURRENCY);
+        while runs.next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Hands the leadership of `g` to `to`. False when it did not happen
+    /// (the target lagged, refused, or the election went elsewhere).
+    async fn hand_over(&self, g: &Group, to: NodeId) -> Result<bool, NodeError> {
+        let _paused = g.batchers.pause_writes().await?;
+        let mut metrics = g.raft.metrics();
+        let caught_up = tokio::time::timeout(CATCH_UP, async {
+            loop {
+                let done = {
+                    let m = metrics.borrow_and_update();
+                    if m.current_leader != Some(self.id()) {
+                        return false;
+                    }
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&to).copied().flatten());
+                    matched.map(|l| l.index) == m.last_log_index
+                };
+                if done {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !caught_up {
+            return Ok(false);
+        }
+        if !matches!(self.send_membership_op(g.id, to, &MembershipOp::Campaign).await, MembershipReply::Done) {
+            return Ok(false);
+        }
+        // Keep writes paused until the vote has been decided, so none lands
+        // in this node's log ahead of the target's.
+        let election = Duration::from_millis(self.config().raft.election_min_ms);
+        let moved = tokio::time::timeout(election, async {
+            loop {
+                if metrics.borrow_and_update().current_leader != Some(self.id()) {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        Ok(moved)
+    }
+}
