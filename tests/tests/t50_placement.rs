@@ -71,6 +71,20 @@ async fn five_nodes_hold_three_fifths_each_and_serve_every_key_everywhere() {
         assert!((4_500..=7_500).contains(keys), "node {id} holds {keys} keys; expected about 6000: {per_node:?}");
     }
 
+    // Every node knows a leader for every shard, hosted or not (leaders
+    // report themselves to the meta group), and leaders are spread.
+    for id in 1..=5 {
+        let n = c.node_client(id);
+        eventually(&format!("node {id} to know a leader for every shard"), || {
+            let n = n.clone();
+            async move {
+                let s = n.status().await.ok()?;
+                s.shards.iter().all(|r| r.leader_id != 0 && r.replicas.contains(&r.leader_id)).then_some(())
+            }
+        })
+        .await;
+    }
+
     // Every key is readable from every node at both levels (scans fan out to every shard).
     for id in 1..=5 {
         let n = c.node_client(id);

@@ -15,20 +15,23 @@ impl ClusterService {
     }
 }
 
-/// Every shard's recorded replicas, its leader when hosted here, and whether
-/// it differs from the placement target.
+/// Every shard's recorded replicas, its leader (this node's Raft view when it
+/// hosts the shard, else the leader's last report to the meta group), and
+/// whether it differs from the placement target.
 pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status> {
     let assignments = node.assignments().await?;
-    let pending = node.group(META_GROUP)?.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
+    let meta = node.group(META_GROUP)?;
+    let pending = meta.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
+    let hints = meta.sm.leader_hints().await.map_err(crate::cluster::NodeError::from)?;
     let target = crate::ring::place(node.ring(), &node.active_members().await?);
     Ok(assignments
         .into_iter()
         .map(|(shard, replicas)| {
-            let leader_id = node
-                .group(crate::cluster::shard_group(shard))
-                .ok()
-                .and_then(|g| g.raft.metrics().borrow().current_leader)
-                .unwrap_or(0);
+            let leader_id = match node.group(crate::cluster::shard_group(shard)) {
+                Ok(g) => g.raft.metrics().borrow().current_leader,
+                Err(_) => hints.get(&shard).map(|(leader, _)| *leader).filter(|l| replicas.contains(l)),
+            }
+            .unwrap_or(0);
             let want: std::collections::BTreeSet<u64> =
                 target.get(shard as usize).into_iter().flatten().copied().collect();
             let moving =

@@ -234,5 +234,5 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
     if !s.draining.is_empty() {
         println!("* draining");
     }
-    println!("(LEADING counts shards hosted by the answering node; use --json for every shard and group)");
+    println!("(use --json for every shard and group)");
 }

@@ -90,7 +90,10 @@ fn size_of(p: &Proposal) -> usize {
         Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => key.len(),
         Proposal::SetNode { addr, .. } => addr.len(),
         Proposal::SetAssignment { replicas, .. } => replicas.len() * 8,
-        Proposal::RemoveNode { .. } | Proposal::SetDraining { .. } | Proposal::SetDown { .. } => 0,
+        Proposal::RemoveNode { .. }
+        | Proposal::SetDraining { .. }
+        | Proposal::SetDown { .. }
+        | Proposal::SetLeaderHint { .. } => 0,
     }
 }
 

@@ -19,6 +19,10 @@
 //!
 //! The pause lasts about two round trips. A handover that does not complete
 //! in time is abandoned and retried on a later round.
+//!
+//! The same loop reports this node's shard leaderships to the meta group as
+//! routing hints (`SetLeaderHint`), so every node can tell clients the leader
+//! of shards it does not host.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::membership::{MembershipOp, MembershipReply};
-use super::{Group, Node, NodeError, META_GROUP};
+use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::raft::NodeId;
 use crate::storage::GroupId;
 
@@ -47,10 +51,33 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(BALANCE_EVERY) => {}
             }
+            if let Err(e) = self.report_leaderships().await {
+                tracing::debug!(error = %e, "reporting shard leaders");
+            }
             if let Err(e) = self.balance_leaders(&mut leading).await {
                 tracing::debug!(error = %e, "spreading shard leaders");
             }
         }
+    }
+
+    /// Records in the meta group the shards this node leads whose hint says otherwise.
+    async fn report_leaderships(&self) -> Result<(), NodeError> {
+        let hints = self.group(META_GROUP)?.sm.leader_hints().await?;
+        let mut reports = Vec::new();
+        for g in self.groups().into_iter().filter(|g| g.id != META_GROUP) {
+            let (leader, term) = {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                (m.current_leader, m.current_term)
+            };
+            let shard = (g.id - 1) as crate::ring::ShardId;
+            if leader == Some(self.id()) && hints.get(&shard) != Some(&(self.id(), term)) {
+                reports.push(self.propose(META_GROUP, Proposal::SetLeaderHint { shard, leader: self.id(), term }));
+            }
+        }
+        // Proposed together, they share one meta entry.
+        futures::future::try_join_all(reports).await?;
+        Ok(())
     }
 
     /// Hands over the shards this node leads but should not, a few at once.

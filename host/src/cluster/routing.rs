@@ -25,6 +25,7 @@ pub enum Proposal {
     SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
     SetDraining { id: NodeId, draining: bool },
     SetDown { id: NodeId, down: bool },
+    SetLeaderHint { shard: u32, leader: NodeId, term: u64 },
 }
 
 impl Proposal {
@@ -41,6 +42,7 @@ impl Proposal {
             Proposal::SetAssignment { shard, replicas, pending } => Op::SetAssignment { shard, replicas, pending },
             Proposal::SetDraining { id, draining } => Op::SetDraining { id, draining },
             Proposal::SetDown { id, down } => Op::SetDown { id, down },
+            Proposal::SetLeaderHint { shard, leader, term } => Op::SetLeaderHint { shard, leader, term },
         }
     }
 
@@ -52,7 +54,8 @@ impl Proposal {
             | Proposal::RemoveNode { .. }
             | Proposal::SetAssignment { .. }
             | Proposal::SetDraining { .. }
-            | Proposal::SetDown { .. } => None,
+            | Proposal::SetDown { .. }
+            | Proposal::SetLeaderHint { .. } => None,
         }
     }
 }

@@ -32,6 +32,8 @@ const PENDING_PREFIX: &[u8] = b"\0pending/";
 const DRAIN_PREFIX: &[u8] = b"\0drain/";
 /// Prefix of down markers in the meta group's data.
 const DOWN_PREFIX: &[u8] = b"\0down/";
+/// Prefix of shard leader hints: (leader, term) per shard.
+const LEADER_PREFIX: &[u8] = b"\0leader/";
 
 /// A snapshot as stored in the `snapshots` keyspace.
 #[derive(Serialize, Deserialize)]
@@ -161,6 +163,15 @@ impl StateMachine {
     /// Meta group: nodes marked as draining.
     pub async fn draining(&self) -> Result<BTreeSet<NodeId>, StorageError> {
         self.meta_records(DRAIN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
+    }
+
+    /// Meta group: the last reported (leader, term) of each shard.
+    pub async fn leader_hints(&self) -> Result<BTreeMap<u32, (NodeId, u64)>, StorageError> {
+        let mut out = BTreeMap::new();
+        for (suffix, value) in self.meta_records(LEADER_PREFIX).await? {
+            out.insert(be_u32(&suffix)?, decode::<(NodeId, u64)>(&value, "sm_data")?);
+        }
+        Ok(out)
     }
 
     /// Meta group: nodes marked as down.
@@ -308,6 +319,19 @@ impl Applier<'_> {
             }
             Op::SetDown { id, down } => {
                 self.set_marker([DOWN_PREFIX, &id.to_be_bytes()].concat(), down, index)?;
+                CommandResult::Done
+            }
+            Op::SetLeaderHint { shard, leader, term } => {
+                let key = [LEADER_PREFIX, &shard.to_be_bytes()].concat();
+                let old = self.current(&key)?;
+                let newer = match &old {
+                    Some(e) => decode::<(NodeId, u64)>(&e.value, "sm_data")?.1 <= term,
+                    None => true,
+                };
+                if newer {
+                    let value = encode(&(leader, term)).into();
+                    self.set(key, old.as_ref(), Some(Envelope { value, version: index, expires_at: None }));
+                }
                 CommandResult::Done
             }
         })

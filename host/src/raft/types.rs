@@ -60,6 +60,10 @@ pub enum Op {
     /// Meta group: marks a node as down (unreachable past the down timeout:
     /// its replicas are re-created elsewhere) or as back up.
     SetDown { id: NodeId, down: bool },
+    /// Meta group: who leads a shard, as its leader reported it (a routing
+    /// hint for nodes and clients that do not host the shard; `term` orders
+    /// reports so an old leader's late report never wins).
+    SetLeaderHint { shard: u32, leader: NodeId, term: u64 },
 }
 
 impl Op {
@@ -71,7 +75,8 @@ impl Op {
             | Op::RemoveNode { .. }
             | Op::SetAssignment { .. }
             | Op::SetDraining { .. }
-            | Op::SetDown { .. } => None,
+            | Op::SetDown { .. }
+            | Op::SetLeaderHint { .. } => None,
         }
     }
 }
