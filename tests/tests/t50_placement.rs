@@ -187,7 +187,9 @@ async fn a_node_down_past_the_timeout_has_its_replicas_recreated_and_gets_them_b
         async move {
             let s = n2.status().await.ok()?;
             let healed = s.down == [1]
-                && s.shards.iter().all(|r| !r.moving && r.replicas.len() == 3 && !r.replicas.contains(&1));
+                && s.shards
+                    .iter()
+                    .all(|r| !r.moving && !r.under_replicated && r.replicas.len() == 3 && !r.replicas.contains(&1));
             healed.then_some(())
         }
     })

@@ -23,7 +23,11 @@ pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status>
     let meta = node.group(META_GROUP)?;
     let pending = meta.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
     let hints = meta.sm.leader_hints().await.map_err(crate::cluster::NodeError::from)?;
-    let target = crate::ring::place(node.ring(), &node.active_members().await?);
+    let down = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
+    let active = node.active_members().await?;
+    let live_members = active.iter().filter(|n| !down.contains(n)).count();
+    let rf = (node.ring().replication_factor as usize).min(live_members);
+    let target = crate::ring::place(node.ring(), &active);
     Ok(assignments
         .into_iter()
         .map(|(shard, replicas)| {
@@ -36,7 +40,8 @@ pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status>
                 target.get(shard as usize).into_iter().flatten().copied().collect();
             let moving =
                 pending.contains(&shard) || replicas.iter().copied().collect::<std::collections::BTreeSet<_>>() != want;
-            proto::ShardRoute { shard, leader_id, replicas, moving }
+            let under_replicated = replicas.iter().filter(|r| !down.contains(r)).count() < rf;
+            proto::ShardRoute { shard, leader_id, replicas, moving, under_replicated }
         })
         .collect())
 }
@@ -209,7 +214,7 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
             "keys": g.keys,
             "replication": g.replication.iter().map(|r| serde_json::json!({"node_id": r.node_id, "matched_index": r.matched_index})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving})).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving, "under_replicated": r.under_replicated})).collect::<Vec<_>>(),
         "draining": s.draining,
         "down": s.down,
     })

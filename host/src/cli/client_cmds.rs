@@ -231,6 +231,10 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
     if !moving.is_empty() {
         println!("shards moving: {}", moving.join(", "));
     }
+    let under: Vec<String> = shards.iter().filter(|r| r.under_replicated).map(|r| r.shard.to_string()).collect();
+    if !under.is_empty() {
+        println!("shards under-replicated: {}", under.join(", "));
+    }
     if !s.draining.is_empty() {
         println!("* draining");
     }
