@@ -101,7 +101,6 @@ async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<
     // An item that conflicted with the previous batch and opens the next one.
     let mut carry: Option<WriteItem> = None;
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let first = match carry.take() {
             Some(item) => item,
             None => match rx.recv().await {
@@ -109,6 +108,9 @@ async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<
                 None => return,
             },
         };
+        // Taken only once there is work, so an idle group holds no permit
+        // and `pause_writes` can take them all.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let mut keys: HashSet<Vec<u8>> = HashSet::new();
         let mut bytes = size_of(&first.proposal);
         if let Some(k) = first.proposal.key() {

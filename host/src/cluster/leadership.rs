@@ -135,7 +135,8 @@ impl Node {
     /// Hands the leadership of `g` to `to`. False when it did not happen
     /// (the target lagged, refused, or the election went elsewhere).
     async fn hand_over(&self, g: &Group, to: NodeId) -> Result<bool, NodeError> {
-        let _paused = g.batchers.pause_writes().await?;
+        let Ok(paused) = tokio::time::timeout(CATCH_UP, g.batchers.pause_writes()).await else { return Ok(false) };
+        let _paused = paused?;
         let mut metrics = g.raft.metrics();
         let caught_up = tokio::time::timeout(CATCH_UP, async {
             loop {
