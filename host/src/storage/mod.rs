@@ -26,6 +26,7 @@
 //! acknowledging instead of carrying on with state it cannot trust.
 
 mod envelope;
+mod journal;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,6 +102,8 @@ struct Inner {
     writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Set when an fsync failed; every later write is refused.
     poisoned: AtomicBool,
+    /// The writer thread's fsync of the journal, outside fjall's lock.
+    journal: std::sync::Mutex<journal::JournalSyncer>,
     /// Keeps the OS-level lock on the data directory for the process lifetime.
     _dir_lock: std::fs::File,
     /// Test hook: makes the next group commit fail as if fsync had.
@@ -117,7 +120,8 @@ impl Storage {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError::Locked { path: dir.display().to_string(), reason: e.to_string() })?;
         let dir_lock = lock_dir(dir)?;
-        let db = Database::builder(dir.join("fjall"))
+        let db_dir = dir.join("fjall");
+        let db = Database::builder(&db_dir)
             // The writer thread decides when to fsync; batches must not flush on their own.
             .manual_journal_persist(true)
             .open()
@@ -137,6 +141,7 @@ impl Storage {
             writer: std::sync::Mutex::new(None),
             writer_thread: std::sync::Mutex::new(None),
             poisoned: AtomicBool::new(false),
+            journal: std::sync::Mutex::new(journal::JournalSyncer::new(&db_dir)),
             _dir_lock: dir_lock,
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
@@ -313,7 +318,9 @@ impl Storage {
                 source: fjall::Error::Io(std::io::Error::other("injected fsync failure")),
             });
         }
-        self.inner.db.persist(PersistMode::SyncData).map_err(StorageError::fjall("fsyncing the journal"))
+        // Flush fjall's buffer under its lock, fsync without it (see `journal`).
+        self.inner.db.persist(PersistMode::Buffer).map_err(StorageError::fjall("flushing the journal"))?;
+        lock(&self.inner.journal).sync()
     }
 }
 
@@ -410,6 +417,24 @@ mod tests {
         assert!(s.is_poisoned());
         let later = s.write_durable(false, put(b"b")).await;
         assert!(matches!(later.as_ref().map_err(|e| &**e), Err(StorageError::Poisoned)), "{later:?}");
+    }
+
+    #[tokio::test]
+    async fn the_synced_journal_is_the_one_fjall_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path()).expect("open");
+        let marker = b"journal-sync-marker-5f2c".to_vec();
+        let value = marker.clone();
+        s.write_durable(false, move |s, batch| {
+            batch.insert(s.raft_state(), b"k", value);
+            Ok(())
+        })
+        .await
+        .expect("write");
+        // The file the syncer resolves is the one holding the write.
+        let synced = journal::newest_journal(&dir.path().join("fjall")).expect("journal");
+        let bytes = std::fs::read(&synced).expect("read journal");
+        assert!(bytes.windows(marker.len()).any(|w| w == marker), "the write is in {}", synced.display());
     }
 
     #[test]
