@@ -111,7 +111,7 @@ impl Node {
         let bound = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let ring = resolve_ring(&storage, &config).await?;
-        let peers = Peers::new(config.id, filter);
+        let peers = Peers::new(config.id, Some(bound.ip()), filter);
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(NodeInner {

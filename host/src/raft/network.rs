@@ -64,6 +64,10 @@ impl LinkFilter {
 /// Cached channels to peers, shared by every group on the node.
 pub struct Peers {
     self_id: NodeId,
+    /// Source address of connections to peers: the node's own IP when it
+    /// listens on a specific one, so per-address firewall rules (the nemesis
+    /// tests' partitions) see each node as itself.
+    local_ip: Option<std::net::IpAddr>,
     filter: LinkFilter,
     /// Peer id → (address the channel was built for, channel).
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
@@ -73,9 +77,10 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, filter: LinkFilter) -> Arc<Self> {
+    pub fn new(self_id: NodeId, local_ip: Option<std::net::IpAddr>, filter: LinkFilter) -> Arc<Self> {
         Arc::new(Self {
             self_id,
+            local_ip: local_ip.filter(|ip| !ip.is_unspecified()),
             filter,
             channels: Mutex::new(HashMap::new()),
             last_answer: Mutex::new(HashMap::new()),
@@ -101,6 +106,7 @@ impl Peers {
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .local_address(self.local_ip)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
