@@ -20,6 +20,9 @@ use ringkv::config::NodeConfig;
 use ringkv::raft::{LinkFilter, RaftTuning};
 use ringkv_client::Client;
 
+pub mod checker;
+pub mod history;
+
 /// Upper bound for any condition a test waits for. Generous on purpose: tests
 /// must pass on a loaded 2-core CI machine.
 pub const PATIENCE: Duration = Duration::from_secs(120);
