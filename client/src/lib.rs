@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod routing;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 

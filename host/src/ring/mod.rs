@@ -67,14 +67,15 @@ impl RingConfig {
     }
 }
 
-/// The token of a routing key.
+/// The token of a routing key. Clients compute the same function
+/// ([`ringkv_client::routing::token`]); this is it.
 pub fn token(routing_key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(routing_key)
+    ringkv_client::routing::token(routing_key)
 }
 
-/// The shard whose range holds `token`.
+/// The shard whose range holds `token`; the client's formula, so both agree.
 pub fn shard_of(token: u64, shards: u32) -> ShardId {
-    ((u128::from(token) * u128::from(shards)) >> 64) as ShardId
+    ringkv_client::routing::shard_of_token(token, shards)
 }
 
 /// First token of `shard`: the smallest token that [`shard_of`] maps to it.

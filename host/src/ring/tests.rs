@@ -52,6 +52,21 @@ fn token_is_the_documented_xxh3() {
 }
 
 #[test]
+fn nodes_and_clients_map_keys_to_the_same_shards() {
+    for shards in [1u32, 4, 16, 64, 1000, 4096] {
+        let config = RingConfig { shards, ..RingConfig::default() };
+        for i in 0..5_000u32 {
+            let key = format!("key/{i}/{}", i.wrapping_mul(2_654_435_761));
+            let host = config.shard_of_key(key.as_bytes());
+            assert_eq!(host, ringkv_client::routing::shard_of_key(key.as_bytes(), shards), "{key:?} S={shards}");
+            // And both follow the documented formula: ⌊xxh3_64(key)·S / 2⁶⁴⌋.
+            let reference = (u128::from(xxhash_rust::xxh3::xxh3_64(key.as_bytes())) * u128::from(shards)) >> 64;
+            assert_eq!(u128::from(host), reference, "{key:?} S={shards}");
+        }
+    }
+}
+
+#[test]
 fn placement_is_deterministic_and_balanced_for_3_to_50_nodes() {
     let config = RingConfig::default();
     for n in 3..=50u64 {
