@@ -1,8 +1,26 @@
-//! Client-side routing: keys to shards.
+//! Client-side routing: keys to shards, and the routing metadata.
 //!
-//! `token = xxh3_64(key)` (XXH3, 64-bit, seed 0); shard `i` of `S` owns the
-//! tokens `t` with `⌊t·S / 2⁶⁴⌋ = i`. The node uses these same functions, so
-//! the formula exists once.
+//! - `token = xxh3_64(key)` (XXH3, 64-bit, seed 0); shard `i` of `S` owns the
+//!   tokens `t` with `⌊t·S / 2⁶⁴⌋ = i`. The node uses these same functions, so
+//!   the formula exists once.
+//! - Requests carry the epoch of the client's routing table (the meta group's
+//!   applied index when it was fetched) in the [`EPOCH_HEADER`] metadata; a
+//!   node whose meta group is behind that epoch catches up before it decides
+//!   who owns the key's shard. Replies carry the node's epoch, and
+//!   [`FORWARDED_HEADER`] names the node that actually served a request the
+//!   receiving node could not serve itself (it was not the shard's leader, or
+//!   for an eventual read, not a current replica).
+
+/// Request and response metadata: a routing epoch (the meta group's applied index).
+pub const EPOCH_HEADER: &str = "ringkv-epoch";
+/// Response metadata: the id of the node that served a request the receiving
+/// node forwarded (0 when unknown).
+pub const FORWARDED_HEADER: &str = "ringkv-forwarded";
+
+/// A numeric routing header (`ringkv-epoch`, `ringkv-forwarded`) from gRPC metadata.
+pub fn header_u64(meta: &tonic::metadata::MetadataMap, name: &str) -> Option<u64> {
+    meta.get(name)?.to_str().ok()?.parse().ok()
+}
 
 /// The token of a routing key: XXH3-64 with seed 0.
 pub fn token(routing_key: &[u8]) -> u64 {

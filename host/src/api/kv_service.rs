@@ -1,9 +1,18 @@
 //! `ringkv.v1.Kv`: validates requests, then hands them to the node.
+//!
+//! Routing metadata (see `ringkv_client::routing`): a request's
+//! `ringkv-epoch` makes the node first catch up with the cluster
+//! configuration the client routed by; every reply, errors included, carries
+//! the node's own epoch, and a reply to a key request this node did not serve
+//! itself carries `ringkv-forwarded` with the node that did, so the client
+//! refreshes its routing table.
 
 use std::pin::Pin;
 
 use futures::Stream;
 use ringkv_client::proto::{self, kv_server::Kv, Consistency};
+use ringkv_client::routing::{header_u64, EPOCH_HEADER, FORWARDED_HEADER};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -35,6 +44,43 @@ impl KvService {
     fn span(&self, rpc: &'static str, group: u64) -> tracing::Span {
         tracing::info_span!("request", rpc, node = self.node.id(), group)
     }
+
+    /// Waits until this node's meta group has applied the epoch the client
+    /// routed by (bounded by the request timeout), so ownership is never
+    /// decided from an older configuration than the client's.
+    async fn catch_up(&self, meta: &MetadataMap) -> Result<(), Status> {
+        let Some(epoch) = header_u64(meta, EPOCH_HEADER) else { return Ok(()) };
+        self.node.wait_meta_epoch(epoch, self.node.config().request_timeout).await.map_err(Status::from)
+    }
+
+    /// Runs a key request: catches up with the client's epoch, serves it,
+    /// and marks the reply with this node's epoch and, when another node
+    /// served it, that node.
+    async fn routed<T, R, F, Fut>(&self, req: Request<T>, serve: F) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(T) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let result = match self.catch_up(req.metadata()).await {
+            Ok(()) => Node::tracking_served_by(serve(req.into_inner())).await,
+            Err(e) => (Err(e), None),
+        };
+        let epoch = self.node.meta_epoch();
+        match result {
+            (Ok(reply), served_by) => {
+                let mut resp = Response::new(reply);
+                resp.metadata_mut().insert(EPOCH_HEADER, epoch.into());
+                if let Some(id) = served_by.filter(|id| *id != self.node.id()) {
+                    resp.metadata_mut().insert(FORWARDED_HEADER, id.into());
+                }
+                Ok(resp)
+            }
+            (Err(mut status), _) => {
+                status.metadata_mut().insert(EPOCH_HEADER, epoch.into());
+                Err(status)
+            }
+        }
+    }
 }
 
 fn consistency(raw: i32) -> Result<bool, Status> {
@@ -56,7 +102,38 @@ type ScanStream = Pin<Box<dyn Stream<Item = Result<proto::ScanItem, Status>> + S
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
-        let r = req.into_inner();
+        self.routed(req, |r| self.serve_put(r)).await
+    }
+
+    async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
+        self.routed(req, |r| self.serve_get(r)).await
+    }
+
+    async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
+        self.routed(req, |r| self.serve_delete(r)).await
+    }
+
+    type ScanStream = ScanStream;
+
+    async fn scan(&self, req: Request<proto::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
+        let epoch_status = |mut s: Status| {
+            s.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
+            s
+        };
+        self.catch_up(req.metadata()).await.map_err(epoch_status)?;
+        let items = self.serve_scan(req.into_inner()).await.map_err(epoch_status)?;
+        let stream = futures::stream::iter(items.into_iter().map(|(key, e)| {
+            Ok(proto::ScanItem { key: key.into(), value: e.value, version: e.version, expires_at_ms: e.expires_at })
+        }));
+        let mut resp = Response::new(Box::pin(stream) as ScanStream);
+        resp.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
+        Ok(resp)
+    }
+}
+
+/// The requests themselves, without routing metadata.
+impl KvService {
+    async fn serve_put(&self, r: proto::PutRequest) -> Result<proto::PutResponse, Status> {
         self.check_key(&r.key)?;
         let max = self.node.config().limits.max_value_bytes;
         if r.value.len() > max {
@@ -70,39 +147,32 @@ impl Kv for KvService {
         let group = self.node.group_for_key(&r.key);
         let result = self.node.propose(group, p).instrument(self.span("put", group)).await?;
         match result {
-            CommandResult::Written { version } => Ok(Response::new(proto::PutResponse { version })),
+            CommandResult::Written { version } => Ok(proto::PutResponse { version }),
             CommandResult::VersionMismatch { current } => Err(NodeError::VersionMismatch { current }.into()),
             other => Err(Status::internal(format!("unexpected put result {other:?}"))),
         }
     }
 
-    async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
-        let r = req.into_inner();
+    async fn serve_get(&self, r: proto::GetRequest) -> Result<proto::GetResponse, Status> {
         self.check_key(&r.key)?;
         let linearizable = consistency(r.consistency)?;
         let group = self.node.group_for_key(&r.key);
         let found = self.node.get(group, r.key.to_vec(), linearizable).instrument(self.span("get", group)).await?;
-        Ok(Response::new(found.map(Into::into).unwrap_or_default()))
+        Ok(found.map(Into::into).unwrap_or_default())
     }
 
-    async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
-        let r = req.into_inner();
+    async fn serve_delete(&self, r: proto::DeleteRequest) -> Result<proto::DeleteResponse, Status> {
         self.check_key(&r.key)?;
         let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version };
         let group = self.node.group_for_key(&r.key);
         match self.node.propose(group, p).instrument(self.span("delete", group)).await? {
-            CommandResult::Deleted { existed, version } => {
-                Ok(Response::new(proto::DeleteResponse { deleted: existed, version }))
-            }
+            CommandResult::Deleted { existed, version } => Ok(proto::DeleteResponse { deleted: existed, version }),
             CommandResult::VersionMismatch { current } => Err(NodeError::VersionMismatch { current }.into()),
             other => Err(Status::internal(format!("unexpected delete result {other:?}"))),
         }
     }
 
-    type ScanStream = ScanStream;
-
-    async fn scan(&self, req: Request<proto::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
-        let r = req.into_inner();
+    async fn serve_scan(&self, r: proto::ScanRequest) -> Result<Vec<(Vec<u8>, Envelope)>, Status> {
         let limits = &self.node.config().limits;
         if r.prefix.len() > limits.max_key_bytes {
             return Err(Status::invalid_argument(format!(
@@ -116,10 +186,6 @@ impl Kv for KvService {
             n => n.min(limits.scan_max),
         };
         let linearizable = consistency(r.consistency)?;
-        let items = self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan", 0)).await?;
-        let stream = futures::stream::iter(items.into_iter().map(|(key, e)| {
-            Ok(proto::ScanItem { key: key.into(), value: e.value, version: e.version, expires_at_ms: e.expires_at })
-        }));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan", 0)).await?)
     }
 }

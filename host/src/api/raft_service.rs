@@ -1,6 +1,7 @@
 //! The internal `Raft` service: delivers peer messages to the right group.
 
 use ringkv_client::proto::{raft_server, RaftMessage};
+use ringkv_client::routing::{header_u64, EPOCH_HEADER};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
@@ -70,9 +71,10 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let epoch = header_u64(req.metadata(), EPOCH_HEADER);
         let m = req.into_inner();
         self.check_link(&m)?;
         let fwd = decode(&m.payload).map_err(bad)?;
-        reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd).await)
+        reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd, epoch).await)
     }
 }

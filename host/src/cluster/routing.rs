@@ -1,16 +1,28 @@
 //! Request routing: every request may arrive at any node. Writes and
 //! linearizable reads run on the group leader, forwarded there over the peer
-//! transport when needed; eventual reads are served by the local replica.
+//! transport when needed; eventual reads are served by the local replica when
+//! this node's copy of the meta group assigns the shard here (and it is a
+//! voter of the shard's group), else by another replica.
+//!
+//! Routing epochs: a node's epoch is its meta group's applied index. A client
+//! sends the epoch of its routing table; the API waits until the meta group
+//! has applied that much before routing ([`Node::wait_meta_epoch`]), so a
+//! node never decides ownership from an older configuration than the
+//! client's. [`Node::tracking_served_by`] reports which node served a request, so
+//! the API can tell the client it went to the wrong node.
 
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
-use super::{Group, Node, NodeError};
+use super::{Group, Node, NodeError, META_GROUP};
 use crate::raft::network::{decode, encode, PeerError};
 use crate::raft::types::{now_ms, CommandResult, Op};
 use crate::raft::NodeId;
+use crate::ring::ShardId;
 use crate::storage::{Envelope, GroupId};
 
 /// A write as the client asked for it. The leader turns it into a
@@ -98,6 +110,19 @@ pub enum ForwardReply {
 /// Shards a scan reads at once.
 const SCAN_CONCURRENCY: usize = 16;
 
+/// How long a replica waits for its meta group to catch up with a forwarded
+/// eventual read's epoch before letting the sender try another replica.
+const FORWARDED_EPOCH_WAIT: Duration = Duration::from_millis(500);
+
+tokio::task_local! {
+    /// The node that served the request the current task handles (0: not yet known).
+    static SERVED_BY: Cell<NodeId>;
+}
+
+fn note_served_by(id: NodeId) {
+    let _ = SERVED_BY.try_with(|c| c.set(id));
+}
+
 /// What one attempt at the leader produced.
 pub enum Attempt<T> {
     Done(T),
@@ -130,7 +155,13 @@ impl Node {
                     None => None,
                 };
                 let attempt = match (hosted, leader) {
-                    (Some(g), Some(l)) if l == self.id() => local(g).await?,
+                    (Some(g), Some(l)) if l == self.id() => {
+                        let attempt = local(g).await?;
+                        if matches!(attempt, Attempt::Done(_)) {
+                            note_served_by(self.id());
+                        }
+                        attempt
+                    }
                     (Some(_), Some(l)) => self.forward(group, l, forwarded()).await?,
                     _ => Attempt::Retry,
                 };
@@ -185,7 +216,9 @@ impl Node {
                 return Ok(Attempt::Retry);
             }
         };
-        let msg = RaftMessage { group_id: group, from: self.id(), payload: encode(&req) };
+        let mut msg = tonic::Request::new(RaftMessage { group_id: group, from: self.id(), payload: encode(&req) });
+        // The receiver serves eventual reads only once its meta group is as new as ours.
+        msg.metadata_mut().insert(ringkv_client::routing::EPOCH_HEADER, self.meta_epoch().into());
         let reply = match client.forward(msg).await {
             Ok(r) => r.into_inner(),
             // Not delivered (connection refused, reset before sending): safe to retry.
@@ -200,8 +233,77 @@ impl Node {
         match reply {
             ForwardReply::NotLeader => Ok(Attempt::Retry),
             ForwardReply::Unavailable(m) => Err(NodeError::Unavailable(m)),
-            other => Ok(Attempt::Done(T::try_from(other)?)),
+            other => {
+                let v = T::try_from(other)?;
+                note_served_by(leader);
+                Ok(Attempt::Done(v))
+            }
         }
+    }
+
+    /// Runs `fut`, a request on one group, and reports which node served it:
+    /// this node, or the leader or replica it was forwarded to; `None` when
+    /// it was not served.
+    pub async fn tracking_served_by<F: std::future::Future>(fut: F) -> (F::Output, Option<NodeId>) {
+        SERVED_BY
+            .scope(Cell::new(0), async move {
+                let out = fut.await;
+                let by = SERVED_BY.with(Cell::get);
+                (out, (by != 0).then_some(by))
+            })
+            .await
+    }
+
+    /// This node's routing epoch: the index its copy of the meta group has
+    /// applied. Every configuration change raises it.
+    pub fn meta_epoch(&self) -> u64 {
+        self.group(META_GROUP).ok().and_then(|g| g.raft.metrics().borrow().last_applied).map_or(0, |l| l.index)
+    }
+
+    /// Waits, at most `timeout`, until this node's meta group has applied
+    /// `epoch`: a client's routing table is that new, so this node must not
+    /// route by an older configuration.
+    pub async fn wait_meta_epoch(&self, epoch: u64, timeout: Duration) -> Result<(), NodeError> {
+        if self.meta_epoch() >= epoch {
+            return Ok(());
+        }
+        let meta = self.group(META_GROUP)?;
+        meta.raft.wait(Some(timeout)).applied_index_at_least(Some(epoch), "routing epoch").await.map(|_| ()).map_err(
+            |_| {
+                NodeError::Unavailable(format!(
+                    "node {} has applied the cluster configuration up to epoch {}, behind the request's epoch {epoch}",
+                    self.id(),
+                    self.meta_epoch()
+                ))
+            },
+        )
+    }
+
+    /// The hosted replica of `group` if this node may serve eventual reads
+    /// from it: its copy of the meta group assigns the shard here (a replica
+    /// removed from the shard keeps its group until the reconciler drops it),
+    /// and it is a voter of the group (a new replica is promoted only once
+    /// caught up). `assignments`, when given, is the meta group's assignment
+    /// table, read once for many groups.
+    async fn local_replica(
+        &self,
+        group: GroupId,
+        assignments: Option<&BTreeMap<ShardId, Vec<NodeId>>>,
+    ) -> Result<Option<std::sync::Arc<Group>>, NodeError> {
+        let Ok(g) = self.group(group) else { return Ok(None) };
+        if group == META_GROUP {
+            return Ok(Some(g));
+        }
+        let voter = g.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == self.id());
+        if !voter {
+            return Ok(None);
+        }
+        let shard = (group - 1) as ShardId;
+        let assigned = match assignments {
+            Some(a) => a.get(&shard).is_some_and(|r| r.contains(&self.id())),
+            None => self.assignments().await?.get(&shard).is_some_and(|r| r.contains(&self.id())),
+        };
+        Ok(assigned.then_some(g))
     }
 
     /// Proposes a write to `group` and returns what applying it produced.
@@ -212,8 +314,10 @@ impl Node {
     /// Reads a key at the given consistency.
     pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
-            if let Ok(g) = self.group(group) {
-                return Ok(g.sm.get(key, now_ms()).await?);
+            if let Some(g) = self.local_replica(group, None).await? {
+                let v = g.sm.get(key, now_ms()).await?;
+                note_served_by(self.id());
+                return Ok(v);
             }
             let v: EncodedValue = self.any_replica(group, || Forwarded::GetLocal { key: key.clone() }).await?;
             return Ok(v.0);
@@ -244,8 +348,20 @@ impl Node {
         limit: u32,
         linearizable: bool,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
+        self.scan_group(group, prefix, limit, linearizable, None).await
+    }
+
+    /// [`Node::scan`], with the meta group's assignments when the caller has read them.
+    async fn scan_group(
+        &self,
+        group: GroupId,
+        prefix: Vec<u8>,
+        limit: u32,
+        linearizable: bool,
+        assignments: Option<&BTreeMap<ShardId, Vec<NodeId>>>,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
         if !linearizable {
-            if let Ok(g) = self.group(group) {
+            if let Some(g) = self.local_replica(group, assignments).await? {
                 return Ok(g.sm.scan(prefix, limit as usize, now_ms()).await?);
             }
             let items: EncodedItems =
@@ -300,11 +416,14 @@ impl Node {
         linearizable: bool,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
         use futures::StreamExt;
-        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != super::META_GROUP).collect();
+        let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
+        // Eventual scans check, per shard, that the local replica is still assigned here.
+        let assignments = if linearizable { None } else { Some(self.assignments().await?) };
+        let assignments = assignments.as_ref();
         let mut parts = futures::stream::iter(shards)
             .map(|g| {
                 let prefix = prefix.clone();
-                async move { self.scan(g, prefix, limit, linearizable).await }
+                async move { self.scan_group(g, prefix, limit, linearizable, assignments).await }
             })
             .buffer_unordered(SCAN_CONCURRENCY);
         let mut all = Vec::new();
@@ -317,9 +436,26 @@ impl Node {
     }
 
     /// Serves a request another node forwarded here. Never forwards again.
-    pub async fn handle_forwarded(&self, group: GroupId, req: Forwarded) -> ForwardReply {
+    /// `epoch` is the sender's routing epoch: eventual reads are served only
+    /// once this node's meta group has caught up with it.
+    pub async fn handle_forwarded(&self, group: GroupId, req: Forwarded, epoch: Option<u64>) -> ForwardReply {
         // A group not hosted here (moved away, or not started yet): try another replica.
         let Ok(g) = self.group(group) else { return ForwardReply::NotLeader };
+        if matches!(req, Forwarded::GetLocal { .. } | Forwarded::ScanLocal { .. }) {
+            // Eventual reads only from a replica this node's meta group, at
+            // least as new as the sender's, still assigns here. A node that
+            // cannot catch up quickly lets the sender try another replica.
+            if let Some(epoch) = epoch {
+                if self.wait_meta_epoch(epoch, FORWARDED_EPOCH_WAIT).await.is_err() {
+                    return ForwardReply::NotLeader;
+                }
+            }
+            match self.local_replica(group, None).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return ForwardReply::NotLeader,
+                Err(e) => return ForwardReply::Unavailable(e.to_string()),
+            }
+        }
         let work = async {
             let reply = match req {
                 Forwarded::Propose(p) => match write_local(g.clone(), p).await? {
