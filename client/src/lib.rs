@@ -1,11 +1,26 @@
 //! `ringkv-client`: an async Rust client for ringkv.
 //!
-//! The client holds one lazily connected HTTP/2 channel per endpoint and
-//! reuses it for every request. Any node accepts any request and forwards it
-//! to the right leader, so the client never sees "not leader". When an
-//! endpoint is unreachable, idempotent requests (reads, scans, status) move
-//! on to the next endpoint; writes are not retried, because a write whose
-//! reply was lost may already be applied.
+//! **Routing.** Any node accepts any request and forwards it to the right
+//! node, so the endpoints you give are only seeds. On the first key request
+//! the client fetches the routing table (`Cluster.Ring`: every shard's
+//! replicas and leader, the members' addresses, and the table's epoch) and
+//! from then on sends writes and linearizable reads straight to the leader
+//! of the key's shard, and eventual reads to the shard's replicas in turn.
+//! Every request carries the table's epoch; a node that is behind it catches
+//! up with the cluster configuration before deciding who owns the key, and
+//! every reply carries the node's epoch and says when the node had to forward
+//! the request. A newer epoch, a forwarded reply or an unreachable node makes
+//! the client refresh its table in the background (one fetch at a time, at
+//! most every 100 ms); a stale table costs a forwarding hop, never a wrong
+//! answer. If the table cannot be fetched the client falls back to sending
+//! requests to the seeds in turn, and [`Client::with_ring_routing`] turns
+//! routing off altogether. Scans fan out on the server and go to any seed.
+//!
+//! The client keeps one lazily connected HTTP/2 channel per node address and
+//! reuses it for every request. When a node is unreachable, idempotent
+//! requests (reads, scans, status) move on to the next candidate; writes are
+//! retried elsewhere only when the connection was refused (so nothing was
+//! sent), because a write whose reply was lost may already be applied.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ringkv_client::Error> {
@@ -18,12 +33,18 @@
 
 pub mod routing;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+
+use routing::{header_u64, Table, EPOCH_HEADER, FORWARDED_HEADER};
 
 /// Generated protobuf types and gRPC stubs for `ringkv.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -32,6 +53,7 @@ pub mod proto {
 }
 
 pub use proto::Consistency;
+use proto::RingResponse;
 
 /// Errors returned by [`Client`], one variant per gRPC code the server uses.
 #[derive(Debug, thiserror::Error)]
@@ -123,22 +145,110 @@ impl Default for ClientOptions {
     }
 }
 
-/// An async ringkv client. Cheap to clone; clones share connections.
+/// An async ringkv client. Cheap to clone; clones share connections and the
+/// routing table.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: std::sync::Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    /// One lazily connected channel per endpoint, in the order given.
+    /// One lazily connected channel per seed endpoint, in the order given.
     channels: Vec<Channel>,
-    /// Round-robin cursor: the endpoint the next request starts with.
+    /// Round-robin cursor: the seed the next unrouted request starts with.
     next: AtomicUsize,
+    opts: ClientOptions,
+    /// Send key requests to the nodes the routing table names.
+    ring_routing: AtomicBool,
+    router: Router,
+}
+
+/// The cached routing table and what keeps it fresh.
+#[derive(Debug)]
+struct Router {
+    table: ArcSwapOption<Table>,
+    /// Every channel by node address (seeds included), shared across tables.
+    pool: Mutex<HashMap<String, Channel>>,
+    /// Held while fetching the table: one fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// A background refresh is scheduled or running.
+    scheduled: AtomicBool,
+    /// The table is known to be out of date.
+    stale: AtomicBool,
+    /// The newest epoch a reply reported.
+    wanted_epoch: AtomicU64,
+    /// No fetch before this time (ms on `clock`): the rate limit.
+    next_fetch_ms: AtomicU64,
+    /// Rotates eventual reads over a shard's replicas.
+    spread: AtomicUsize,
+    clock: Instant,
+}
+
+/// Least time between two fetches of the routing table.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+/// Wait after a fetch that reached no node.
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+/// How long requests avoid a node that refused a connection.
+const AVOID_FOR: Duration = Duration::from_secs(1);
+
+impl Router {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
 }
 
 type KvClient = proto::kv_client::KvClient<Channel>;
 type ClusterClient = proto::cluster_client::ClusterClient<Channel>;
+
+/// What a key request needs from the node it goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Writes and linearizable reads: the shard's leader.
+    Leader,
+    /// Eventual reads: any current replica of the shard.
+    Replica,
+}
+
+/// A routing-table address as a channel key (no scheme).
+fn pool_key(addr: &str) -> &str {
+    addr.split_once("://").map_or(addr, |(_, rest)| rest)
+}
+
+fn endpoint(addr: &str, opts: &ClientOptions) -> Result<Endpoint> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| Error::BadEndpoint { endpoint: addr.to_string(), reason: e.to_string() })?
+        .timeout(opts.timeout)
+        .connect_timeout(opts.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// Wraps a message in a request carrying the routing epoch.
+fn request<T>(msg: T, epoch: Option<u64>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(e) = epoch {
+        req.metadata_mut().insert(EPOCH_HEADER, e.into());
+    }
+    req
+}
+
+/// True when the connection to the node was refused, so the request was
+/// never sent and may be sent elsewhere even if it is a write.
+fn connection_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
 
 impl Client {
     /// Creates a client for the given `host:port` endpoints. Connections are
@@ -158,31 +268,78 @@ impl Client {
         S: AsRef<str>,
     {
         let mut channels = Vec::new();
+        let mut pool = HashMap::new();
         for ep in endpoints {
             let ep = ep.as_ref().trim();
             if ep.is_empty() {
                 continue;
             }
-            let uri = if ep.contains("://") { ep.to_string() } else { format!("http://{ep}") };
-            let endpoint = Endpoint::from_shared(uri)
-                .map_err(|e| Error::BadEndpoint { endpoint: ep.to_string(), reason: e.to_string() })?
-                .timeout(opts.timeout)
-                .connect_timeout(opts.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_while_idle(true);
-            channels.push(endpoint.connect_lazy());
+            let channel = endpoint(ep, &opts)?.connect_lazy();
+            pool.entry(pool_key(ep).to_string()).or_insert_with(|| channel.clone());
+            channels.push(channel);
         }
         if channels.is_empty() {
             return Err(Error::BadEndpoint { endpoint: String::new(), reason: "no endpoints given".into() });
         }
-        Ok(Self { inner: std::sync::Arc::new(Inner { channels, next: AtomicUsize::new(0) }) })
+        let router = Router {
+            table: ArcSwapOption::empty(),
+            pool: Mutex::new(pool),
+            fetching: tokio::sync::Mutex::new(()),
+            scheduled: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
+            wanted_epoch: AtomicU64::new(0),
+            next_fetch_ms: AtomicU64::new(0),
+            spread: AtomicUsize::new(0),
+            clock: Instant::now(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                channels,
+                next: AtomicUsize::new(0),
+                opts,
+                ring_routing: AtomicBool::new(true),
+                router,
+            }),
+        })
+    }
+
+    /// Turns routing by the ring table on (the default) or off. Off, every
+    /// request goes to the given endpoints in turn and the receiving node
+    /// forwards it. Applies to every clone of this client.
+    pub fn with_ring_routing(self, on: bool) -> Self {
+        self.inner.ring_routing.store(on, Ordering::Relaxed);
+        self
+    }
+
+    /// The epoch of the cached routing table, `None` before the first fetch
+    /// (or with routing off).
+    pub fn routing_epoch(&self) -> Option<u64> {
+        self.inner.router.table.load().as_ref().map(|t| t.epoch)
+    }
+
+    /// Fetches the routing table now (even with routing off) and returns its
+    /// epoch. Key requests fetch it on their own; this is for warming up and
+    /// for tests.
+    pub async fn refresh_routing(&self) -> Result<u64> {
+        let _fetching = self.inner.router.fetching.lock().await;
+        match self.fetch_table().await {
+            (Some(t), true) => Ok(t.epoch),
+            _ => Err(Error::Unavailable("no node answered with a routing table".into())),
+        }
     }
 
     fn channel(&self, attempt: usize) -> Channel {
         let n = self.inner.channels.len();
         let start = self.inner.next.load(Ordering::Relaxed);
         self.inner.channels[(start + attempt) % n].clone()
+    }
+
+    /// The epoch to send with requests that are not routed by key.
+    fn current_epoch(&self) -> Option<u64> {
+        if !self.inner.ring_routing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.routing_epoch()
     }
 
     /// Runs an idempotent request, moving to the next endpoint when one is unavailable.
@@ -207,6 +364,235 @@ impl Client {
         Err(last.unwrap_or_else(|| Error::Unavailable("no endpoint answered".into())))
     }
 
+    /// Sends a request about `key` to the node the routing table picks for
+    /// `target`, moving on to the shard's other replicas and then the seeds
+    /// when a node is unavailable (`retry`: the request is idempotent) or
+    /// refused the connection (any request: it was never sent). Without a
+    /// table, only the seeds, in turn.
+    async fn keyed<T, F, Fut>(&self, key: &[u8], target: Target, retry: bool, f: F) -> Result<T>
+    where
+        F: Fn(Channel, Option<u64>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let router = &self.inner.router;
+        let table = self.table().await;
+        let shard = table.as_ref().map_or(0, |t| t.shard_of(key));
+        let mut candidates: Vec<(Option<u64>, Channel)> = match &table {
+            Some(t) => {
+                let spread = match target {
+                    Target::Leader => 0,
+                    Target::Replica => router.spread.fetch_add(1, Ordering::Relaxed),
+                };
+                t.candidates(shard, target == Target::Leader, spread, router.now_ms())
+                    .into_iter()
+                    .filter_map(|id| t.members.get(&id).map(|m| (Some(id), m.channel.clone())))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        // The seeds as the unrouted client tries them (one of them twice if
+        // there is only one), after the routed candidates, all but the first
+        // of which are extra tries: a stale table costs no availability.
+        let routed = candidates.len();
+        let unrouted = self.inner.channels.len().max(2);
+        candidates.extend((0..unrouted).map(|i| (None, self.channel(i))));
+        let tries = unrouted + routed.saturating_sub(1);
+        let epoch = table.as_ref().map(|t| t.epoch);
+        let mut last = None;
+        for (node, channel) in candidates.into_iter().take(tries) {
+            match f(channel, epoch).await {
+                Ok(resp) => {
+                    if let Some(t) = &table {
+                        self.observe(t, shard, target, resp.metadata());
+                    }
+                    return Ok(resp.into_inner());
+                }
+                Err(status) => {
+                    let refused = connection_refused(&status);
+                    if let Some(t) = &table {
+                        self.observe_error(t, node, &status, refused);
+                    }
+                    let e = Error::from(status);
+                    if !(refused || (retry && e.is_retryable())) {
+                        return Err(e);
+                    }
+                    if node.is_none() {
+                        // Start from the next seed next time too, so a dead node is skipped.
+                        self.inner.next.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Unavailable("no node answered".into())))
+    }
+
+    /// Learns from a reply: a newer epoch or a forwarded request marks the
+    /// table stale; a forwarded leader request also names the leader.
+    fn observe(&self, table: &Table, shard: u32, target: Target, meta: &MetadataMap) {
+        let router = &self.inner.router;
+        let mut stale = false;
+        if let Some(epoch) = header_u64(meta, EPOCH_HEADER) {
+            if epoch > table.epoch {
+                router.wanted_epoch.fetch_max(epoch, Ordering::Relaxed);
+                stale = true;
+            }
+        }
+        if let Some(served_by) = header_u64(meta, FORWARDED_HEADER) {
+            if target == Target::Leader {
+                table.learn_leader(shard, served_by);
+            }
+            stale = true;
+        }
+        if stale {
+            router.stale.store(true, Ordering::Relaxed);
+            self.schedule_refresh();
+        }
+    }
+
+    /// Learns from an error: an unavailable node marks the table stale, and
+    /// one that refused the connection is avoided for a while.
+    fn observe_error(&self, table: &Table, node: Option<u64>, status: &tonic::Status, refused: bool) {
+        let router = &self.inner.router;
+        if let Some(epoch) = header_u64(status.metadata(), EPOCH_HEADER) {
+            router.wanted_epoch.fetch_max(epoch, Ordering::Relaxed);
+        }
+        if refused {
+            if let Some(id) = node {
+                table.avoid(id, router.now_ms() + AVOID_FOR.as_millis() as u64);
+            }
+        }
+        if refused || matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+            router.stale.store(true, Ordering::Relaxed);
+            self.schedule_refresh();
+        }
+    }
+
+    /// The routing table, fetched on first use (the caller waits for that
+    /// fetch; concurrent callers share it). `None` when routing is off or no
+    /// table could be fetched: the caller falls back to the seeds.
+    async fn table(&self) -> Option<Arc<Table>> {
+        if !self.inner.ring_routing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let router = &self.inner.router;
+        if let Some(t) = router.table.load_full() {
+            if router.stale.load(Ordering::Relaxed) || router.wanted_epoch.load(Ordering::Relaxed) > t.epoch {
+                self.schedule_refresh();
+            }
+            return Some(t);
+        }
+        let _fetching = router.fetching.lock().await;
+        if let Some(t) = router.table.load_full() {
+            return Some(t);
+        }
+        if router.now_ms() < router.next_fetch_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.fetch_table().await.0
+    }
+
+    /// Starts a background refresh unless one is running or the rate limit holds it back.
+    fn schedule_refresh(&self) {
+        let router = &self.inner.router;
+        if router.now_ms() < router.next_fetch_ms.load(Ordering::Relaxed)
+            || router.scheduled.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            router.scheduled.store(false, Ordering::Release);
+            return;
+        };
+        let client = self.clone();
+        runtime.spawn(async move {
+            let router = &client.inner.router;
+            {
+                let _fetching = router.fetching.lock().await;
+                if router.now_ms() >= router.next_fetch_ms.load(Ordering::Relaxed) {
+                    client.fetch_table().await;
+                }
+            }
+            router.scheduled.store(false, Ordering::Release);
+        });
+    }
+
+    /// Fetches the routing table from the known members, then the seeds, until
+    /// one answers with an epoch at least as new as any reply reported.
+    /// Called with `fetching` held. Returns the table now in use, and whether
+    /// any node answered.
+    async fn fetch_table(&self) -> (Option<Arc<Table>>, bool) {
+        let router = &self.inner.router;
+        let started = router.now_ms();
+        let current = router.table.load_full();
+        let wanted = router.wanted_epoch.load(Ordering::Relaxed).max(current.as_ref().map_or(0, |t| t.epoch));
+        let mut sources: Vec<Channel> = Vec::new();
+        if let Some(t) = &current {
+            let mut members: Vec<(&u64, &routing::Member)> = t.members.iter().collect();
+            members.sort_unstable_by_key(|(id, _)| **id);
+            let n = members.len().max(1);
+            let start = router.spread.fetch_add(1, Ordering::Relaxed) % n;
+            for i in 0..members.len() {
+                let (_, m) = members[(start + i) % n];
+                if m.avoid_until.load(Ordering::Relaxed) <= started {
+                    sources.push(m.channel.clone());
+                }
+            }
+        }
+        sources.extend((0..self.inner.channels.len()).map(|i| self.channel(i)));
+        let mut best: Option<RingResponse> = None;
+        for channel in sources {
+            match ClusterClient::new(channel).ring(proto::RingRequest {}).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let done = r.epoch >= wanted;
+                    if best.as_ref().is_none_or(|b| r.epoch > b.epoch) {
+                        best = Some(r);
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "fetching the routing table"),
+            }
+        }
+        let next = match &best {
+            Some(_) => REFRESH_EVERY,
+            None => FETCH_RETRY,
+        };
+        router.next_fetch_ms.store(started + next.as_millis() as u64, Ordering::Relaxed);
+        let Some(ring) = best else { return (current, false) };
+        if ring.shards == 0 || current.as_ref().is_some_and(|t| ring.epoch < t.epoch) {
+            return (current, true);
+        }
+        let table = Arc::new(Table::from_ring(&ring, |addr| self.pooled_channel(addr), current.as_deref()));
+        tracing::debug!(epoch = table.epoch, "routing table refreshed");
+        if table.epoch >= router.wanted_epoch.load(Ordering::Relaxed) {
+            router.stale.store(false, Ordering::Relaxed);
+        }
+        router.table.store(Some(table.clone()));
+        (Some(table), true)
+    }
+
+    /// The shared channel to `addr`, created on first use.
+    fn pooled_channel(&self, addr: &str) -> Option<Channel> {
+        let mut pool = self.inner.router.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = pool.get(pool_key(addr)) {
+            return Some(ch.clone());
+        }
+        match endpoint(addr, &self.inner.opts) {
+            Ok(e) => {
+                let ch = e.connect_lazy();
+                pool.insert(pool_key(addr).to_string(), ch.clone());
+                Some(ch)
+            }
+            Err(e) => {
+                tracing::warn!(addr, error = %e, "a member's address is unusable");
+                None
+            }
+        }
+    }
+
     /// Writes `value` under `key`. Returns the new version.
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64> {
         self.put_with(key, value, PutOptions::default()).await
@@ -214,14 +600,20 @@ impl Client {
 
     /// Writes with a TTL and/or a compare-and-swap condition.
     pub async fn put_with(&self, key: impl Into<Bytes>, value: impl Into<Bytes>, opts: PutOptions) -> Result<u64> {
-        let req = proto::PutRequest {
+        let msg = proto::PutRequest {
             key: key.into(),
             value: value.into(),
             ttl_ms: opts.ttl.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
             if_version: opts.if_version,
         };
-        let resp = KvClient::new(self.channel(0)).put(req).await?;
-        Ok(resp.into_inner().version)
+        let key = msg.key.clone();
+        let resp = self
+            .keyed(&key, Target::Leader, false, |ch, epoch| {
+                let req = request(msg.clone(), epoch);
+                async move { KvClient::new(ch).put(req).await }
+            })
+            .await?;
+        Ok(resp.version)
     }
 
     /// Linearizable read of one key.
@@ -232,13 +624,16 @@ impl Client {
     /// Reads one key at the given consistency.
     pub async fn get_with(&self, key: impl Into<Bytes>, consistency: Consistency) -> Result<Option<Value>> {
         let key = key.into();
+        let target = match consistency {
+            Consistency::Eventual => Target::Replica,
+            Consistency::Linearizable => Target::Leader,
+        };
         let resp = self
-            .idempotent(|ch| {
-                let req = proto::GetRequest { key: key.clone(), consistency: consistency as i32 };
+            .keyed(&key, target, true, |ch, epoch| {
+                let req = request(proto::GetRequest { key: key.clone(), consistency: consistency as i32 }, epoch);
                 async move { KvClient::new(ch).get(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(resp.found.then(|| Value { value: resp.value, version: resp.version, expires_at_ms: resp.expires_at_ms }))
     }
 
@@ -249,15 +644,25 @@ impl Client {
 
     /// Deletes a key if its version matches (`None`: unconditionally).
     pub async fn delete_if(&self, key: impl Into<Bytes>, if_version: Option<u64>) -> Result<bool> {
-        let req = proto::DeleteRequest { key: key.into(), if_version };
-        Ok(KvClient::new(self.channel(0)).delete(req).await?.into_inner().deleted)
+        let msg = proto::DeleteRequest { key: key.into(), if_version };
+        let key = msg.key.clone();
+        let resp = self
+            .keyed(&key, Target::Leader, false, |ch, epoch| {
+                let req = request(msg.clone(), epoch);
+                async move { KvClient::new(ch).delete(req).await }
+            })
+            .await?;
+        Ok(resp.deleted)
     }
 
     /// Returns up to `limit` live keys starting with `prefix`, in key order.
+    /// The receiving node reads every shard and merges, so this goes to any endpoint.
     pub async fn scan(&self, prefix: impl Into<Bytes>, limit: u32, consistency: Consistency) -> Result<Vec<Item>> {
         let prefix = prefix.into();
+        let epoch = self.current_epoch();
         self.idempotent(|ch| {
-            let req = proto::ScanRequest { prefix: prefix.clone(), limit, consistency: consistency as i32 };
+            let req =
+                request(proto::ScanRequest { prefix: prefix.clone(), limit, consistency: consistency as i32 }, epoch);
             async move {
                 let mut stream = KvClient::new(ch).scan(req).await?.into_inner();
                 let mut items = Vec::new();
@@ -309,5 +714,39 @@ impl Client {
         self.idempotent(|ch| async move { ClusterClient::new(ch).remove_node(proto::RemoveNodeRequest { id }).await })
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_apart_from_other_failures() {
+        // A loopback port nobody listens on any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let client = Client::connect([format!("127.0.0.1:{port}")]).expect("client");
+        let status = KvClient::new(client.channel(0))
+            .put(proto::PutRequest { key: "k".into(), value: "v".into(), ttl_ms: None, if_version: None })
+            .await
+            .expect_err("nobody listens");
+        assert!(connection_refused(&status), "{status:?}");
+        assert!(!connection_refused(&tonic::Status::unavailable("no quorum")));
+    }
+
+    #[tokio::test]
+    async fn without_a_reachable_cluster_requests_fail_and_no_table_is_cached() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let client = Client::connect([format!("127.0.0.1:{port}")]).expect("client");
+        assert!(matches!(client.put("k", "v").await, Err(Error::Unavailable(_))));
+        assert!(matches!(client.get("k").await, Err(Error::Unavailable(_))));
+        assert_eq!(client.routing_epoch(), None);
+        assert!(client.refresh_routing().await.is_err());
     }
 }

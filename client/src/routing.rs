@@ -1,15 +1,25 @@
-//! Client-side routing: keys to shards, and the routing metadata.
+//! Client-side routing: keys to shards, shards to nodes.
 //!
 //! - `token = xxh3_64(key)` (XXH3, 64-bit, seed 0); shard `i` of `S` owns the
 //!   tokens `t` with `⌊t·S / 2⁶⁴⌋ = i`. The node uses these same functions, so
 //!   the formula exists once.
-//! - Requests carry the epoch of the client's routing table (the meta group's
-//!   applied index when it was fetched) in the [`EPOCH_HEADER`] metadata; a
-//!   node whose meta group is behind that epoch catches up before it decides
-//!   who owns the key's shard. Replies carry the node's epoch, and
+//! - `Table` is the routing table a client caches: fetched with
+//!   `Cluster.Ring`, it holds every shard's replicas and (when the answering
+//!   node knew it) its leader, plus the members' addresses. Its epoch is the
+//!   answering node's meta-group applied index.
+//! - Requests carry the table's epoch in the [`EPOCH_HEADER`] metadata; a node
+//!   whose meta group is behind that epoch catches up before it decides who
+//!   owns the key's shard. Replies carry the node's epoch, and
 //!   [`FORWARDED_HEADER`] names the node that actually served a request the
 //!   receiving node could not serve itself (it was not the shard's leader, or
 //!   for an eventual read, not a current replica).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tonic::transport::Channel;
+
+use crate::proto::RingResponse;
 
 /// Request and response metadata: a routing epoch (the meta group's applied index).
 pub const EPOCH_HEADER: &str = "ringkv-epoch";
@@ -37,9 +47,159 @@ pub fn shard_of_key(key: &[u8], shards: u32) -> u32 {
     shard_of_token(token(key), shards)
 }
 
+/// A member of the cluster as the table knows it.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) addr: String,
+    pub(crate) channel: Channel,
+    /// Milliseconds (on the router's clock) until which requests avoid this
+    /// node because connecting to it failed.
+    pub(crate) avoid_until: AtomicU64,
+}
+
+/// One shard's route.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// Node id of the leader, 0 when unknown. Updated in place from replies.
+    pub(crate) leader: AtomicU64,
+    pub(crate) replicas: Vec<u64>,
+}
+
+/// A routing table fetched with `Cluster.Ring`. Immutable except for leader
+/// hints and avoidance marks, which replies update in place.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) epoch: u64,
+    pub(crate) shards: u32,
+    pub(crate) members: HashMap<u64, Member>,
+    /// Indexed by shard; shards the answer did not mention have no replicas.
+    pub(crate) routes: Vec<Route>,
+}
+
+impl Table {
+    /// Builds a table from a `Ring` answer. `channel` gives the (shared)
+    /// channel of an address; `previous` carries leader hints and avoidance
+    /// marks over when they still apply.
+    pub(crate) fn from_ring(
+        ring: &RingResponse,
+        mut channel: impl FnMut(&str) -> Option<Channel>,
+        previous: Option<&Table>,
+    ) -> Table {
+        let mut members = HashMap::new();
+        for n in &ring.nodes {
+            let Some(ch) = channel(&n.addr) else { continue };
+            let avoid = previous
+                .and_then(|p| p.members.get(&n.id))
+                .filter(|m| m.addr == n.addr)
+                .map_or(0, |m| m.avoid_until.load(Ordering::Relaxed));
+            members.insert(n.id, Member { addr: n.addr.clone(), channel: ch, avoid_until: AtomicU64::new(avoid) });
+        }
+        let mut routes: Vec<Route> =
+            (0..ring.shards).map(|_| Route { leader: AtomicU64::new(0), replicas: Vec::new() }).collect();
+        for r in &ring.routes {
+            let Some(route) = routes.get_mut(r.shard as usize) else { continue };
+            let mut leader = r.leader_id;
+            if leader == 0 {
+                // Keep a hint learned from replies while that node still holds a replica.
+                let hint = previous
+                    .filter(|p| p.shards == ring.shards)
+                    .and_then(|p| p.routes.get(r.shard as usize))
+                    .map_or(0, |old| old.leader.load(Ordering::Relaxed));
+                if r.replicas.contains(&hint) {
+                    leader = hint;
+                }
+            }
+            route.leader = AtomicU64::new(leader);
+            route.replicas = r.replicas.clone();
+        }
+        Table { epoch: ring.epoch, shards: ring.shards, members, routes }
+    }
+
+    pub(crate) fn shard_of(&self, key: &[u8]) -> u32 {
+        shard_of_key(key, self.shards)
+    }
+
+    /// Nodes to try for a request on `shard`, best first, without nodes
+    /// avoided at `now_ms` unless nothing else is left. `leader_first` puts
+    /// the known leader first (writes, linearizable reads); otherwise the
+    /// replicas are rotated by `spread` so eventual reads share the load.
+    pub(crate) fn candidates(&self, shard: u32, leader_first: bool, spread: usize, now_ms: u64) -> Vec<u64> {
+        let Some(route) = self.routes.get(shard as usize) else { return Vec::new() };
+        let known: Vec<u64> = route.replicas.iter().copied().filter(|id| self.members.contains_key(id)).collect();
+        let mut out = Vec::with_capacity(known.len() + 1);
+        let leader = route.leader.load(Ordering::Relaxed);
+        if leader_first && leader != 0 && self.members.contains_key(&leader) {
+            out.push(leader);
+        }
+        if !known.is_empty() {
+            let start = if leader_first { 0 } else { spread % known.len() };
+            for i in 0..known.len() {
+                let id = known[(start + i) % known.len()];
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        let avoided = |id: &u64| self.members.get(id).is_some_and(|m| m.avoid_until.load(Ordering::Relaxed) > now_ms);
+        if out.iter().any(|id| !avoided(id)) {
+            out.retain(|id| !avoided(id));
+        }
+        out
+    }
+
+    /// Records that `leader` served a leader request on `shard`. Returns
+    /// false when the table does not know it as a replica of the shard (the
+    /// table is out of date).
+    pub(crate) fn learn_leader(&self, shard: u32, leader: u64) -> bool {
+        match self.routes.get(shard as usize) {
+            Some(route) if leader != 0 && route.replicas.contains(&leader) && self.members.contains_key(&leader) => {
+                route.leader.store(leader, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes requests avoid `node` until `until_ms`, and forgets it as a leader.
+    pub(crate) fn avoid(&self, node: u64, until_ms: u64) {
+        if let Some(m) = self.members.get(&node) {
+            m.avoid_until.fetch_max(until_ms, Ordering::Relaxed);
+        }
+        for r in &self.routes {
+            let _ = r.leader.compare_exchange(node, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{NodeStatus, ShardRoute};
+
+    fn lazy(addr: &str) -> Option<Channel> {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok().map(|e| e.connect_lazy())
+    }
+
+    fn ring(epoch: u64, routes: &[(u32, u64, &[u64])]) -> RingResponse {
+        RingResponse {
+            shards: 4,
+            replication_factor: 3,
+            vnodes: 64,
+            epoch,
+            nodes: (1..=4)
+                .map(|id| NodeStatus { id, addr: format!("127.0.0.1:{}", 7000 + id), role: "voter".into() })
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|(shard, leader_id, replicas)| ShardRoute {
+                    shard: *shard,
+                    leader_id: *leader_id,
+                    replicas: replicas.to_vec(),
+                    ..ShardRoute::default()
+                })
+                .collect(),
+        }
+    }
 
     #[test]
     fn tokens_are_xxh3_with_seed_zero() {
@@ -71,5 +231,61 @@ mod tests {
             hits[shard_of_key(format!("key{i}").as_bytes(), 16) as usize] += 1;
         }
         assert!(hits.iter().all(|h| (700..=1300).contains(h)), "{hits:?}");
+    }
+
+    // Channels connect lazily but need a runtime to be created in.
+    #[tokio::test]
+    async fn leader_requests_go_to_the_leader_first() {
+        let t = Table::from_ring(&ring(7, &[(0, 2, &[1, 2, 3]), (1, 0, &[2, 3, 4])]), lazy, None);
+        assert_eq!(t.epoch, 7);
+        assert_eq!(t.candidates(0, true, 0, 0), vec![2, 1, 3]);
+        // Leader unknown: the replicas in their recorded order.
+        assert_eq!(t.candidates(1, true, 0, 0), vec![2, 3, 4]);
+        // Shards the answer did not mention have no route.
+        assert!(t.candidates(2, true, 0, 0).is_empty());
+        assert!(t.candidates(99, true, 0, 0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn eventual_reads_rotate_over_the_replicas() {
+        let t = Table::from_ring(&ring(1, &[(0, 2, &[1, 2, 3])]), lazy, None);
+        let firsts: Vec<u64> = (0..6).map(|i| t.candidates(0, false, i, 0)[0]).collect();
+        assert_eq!(firsts, vec![1, 2, 3, 1, 2, 3]);
+        assert_eq!(t.candidates(0, false, 1, 0), vec![2, 3, 1]);
+    }
+
+    #[tokio::test]
+    async fn avoided_nodes_go_last_unless_nothing_else_is_left() {
+        let t = Table::from_ring(&ring(1, &[(0, 2, &[1, 2, 3]), (1, 0, &[2])]), lazy, None);
+        t.avoid(2, 1_000);
+        assert_eq!(t.candidates(0, true, 0, 500), vec![1, 3], "node 2 avoided, and forgotten as leader");
+        assert_eq!(t.candidates(0, true, 0, 1_500), vec![1, 2, 3], "avoidance expires");
+        assert_eq!(t.candidates(1, true, 0, 500), vec![2], "the only replica is still tried");
+    }
+
+    #[tokio::test]
+    async fn leader_hints_are_learned_and_survive_a_refresh_while_valid() {
+        let old = Table::from_ring(&ring(1, &[(0, 0, &[1, 2, 3]), (1, 0, &[2, 3, 4])]), lazy, None);
+        assert!(old.learn_leader(0, 3));
+        assert!(old.learn_leader(1, 4));
+        assert!(!old.learn_leader(0, 4), "node 4 is not a replica of shard 0 in this table");
+        assert_eq!(old.candidates(0, true, 0, 0)[0], 3);
+        // The new answer knows no leaders; shard 1 moved off node 4.
+        let new = Table::from_ring(&ring(2, &[(0, 0, &[1, 2, 3]), (1, 0, &[1, 2, 3])]), lazy, Some(&old));
+        assert_eq!(new.routes[0].leader.load(Ordering::Relaxed), 3);
+        assert_eq!(new.routes[1].leader.load(Ordering::Relaxed), 0);
+        // A leader the answer names wins over the hint.
+        let newer = Table::from_ring(&ring(3, &[(0, 1, &[1, 2, 3])]), lazy, Some(&new));
+        assert_eq!(newer.routes[0].leader.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn members_without_a_usable_address_are_left_out() {
+        let t = Table::from_ring(
+            &ring(1, &[(0, 4, &[3, 4])]),
+            |addr: &str| if addr.ends_with("7004") { None } else { lazy(addr) },
+            None,
+        );
+        assert_eq!(t.candidates(0, true, 0, 0), vec![3]);
     }
 }

@@ -336,3 +336,18 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+impl ProcCluster {
+    /// A client that sends every request to node `id` (ring routing off), for
+    /// tests about what that node itself answers.
+    pub fn pinned_client(&self, id: u64) -> Client {
+        self.node_client(id).with_ring_routing(false)
+    }
+}
+
+impl InProcCluster {
+    /// A client that sends every request to node `id` (ring routing off).
+    pub fn pinned_client(&self, id: u64) -> Client {
+        self.client(id).with_ring_routing(false)
+    }
+}

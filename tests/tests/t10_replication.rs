@@ -18,9 +18,9 @@ async fn put_retrying(client: &ringkv_client::Client, key: String, value: String
 #[tokio::test]
 async fn put_on_one_node_is_read_linearizably_on_every_node() {
     let c = ProcCluster::start(3, &[]).await;
-    let v = c.node_client(2).put("alpha", "one").await.expect("put");
+    let v = c.pinned_client(2).put("alpha", "one").await.expect("put");
     for id in 1..=3 {
-        let got = c.node_client(id).get("alpha").await.expect("get").expect("found");
+        let got = c.pinned_client(id).get("alpha").await.expect("get").expect("found");
         assert_eq!(&got.value[..], b"one", "node {id}");
         assert_eq!(got.version, v, "node {id}");
     }
@@ -68,7 +68,7 @@ async fn restarted_node_catches_up_by_log() {
         put_retrying(&client, format!("log{i}"), "x".into()).await;
     }
     c.restart(3);
-    let n3 = c.node_client(3);
+    let n3 = c.pinned_client(3);
     eventually("node 3 to apply the writes it missed", || {
         let n3 = n3.clone();
         async move { n3.get_with("log49", Consistency::Eventual).await.ok().flatten() }
@@ -146,7 +146,7 @@ async fn concurrent_cas_has_exactly_one_winner() {
     let mut tasks = Vec::new();
     for w in 0..16u64 {
         // Spread writers over all nodes so forwarding races too.
-        let client = c.node_client(w % 3 + 1);
+        let client = c.pinned_client(w % 3 + 1);
         tasks.push(tokio::spawn(async move {
             client.put_with("cas", format!("writer{w}"), PutOptions { if_version: Some(base), ttl: None }).await
         }));
@@ -190,7 +190,7 @@ async fn expired_keys_are_invisible_to_every_read() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for id in 1..=3 {
-        let n = c.node_client(id);
+        let n = c.pinned_client(id);
         assert!(n.get("ttl").await.expect("get").is_none(), "linearizable read on node {id}");
         assert!(n.get_with("ttl", Consistency::Eventual).await.expect("get").is_none(), "eventual read on node {id}");
         let scanned = n.scan("", 0, Consistency::Linearizable).await.expect("scan");
@@ -228,7 +228,7 @@ async fn concurrent_writes_to_one_key_get_distinct_increasing_versions() {
     let c = ProcCluster::start(3, &[]).await;
     let mut tasks = Vec::new();
     for w in 0..48u64 {
-        let client = c.node_client(w % 3 + 1);
+        let client = c.pinned_client(w % 3 + 1);
         tasks.push(tokio::spawn(async move { client.put("hot", format!("w{w}")).await }));
     }
     let mut versions = Vec::new();

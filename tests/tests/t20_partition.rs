@@ -17,9 +17,9 @@ async fn minority_partitioned_leader_stops_acknowledging() {
     c.filter.isolate(leader, &others);
 
     // The old leader can reach no quorum: writes and linearizable reads sent to it fail with UNAVAILABLE.
-    let write = c.client(leader).put("during", "minority").await;
+    let write = c.pinned_client(leader).put("during", "minority").await;
     assert!(matches!(write, Err(Error::Unavailable(_))), "write on isolated leader: {write:?}");
-    let read = c.client(leader).get("during").await;
+    let read = c.pinned_client(leader).get("during").await;
     assert!(matches!(read, Err(Error::Unavailable(_))), "read on isolated leader: {read:?}");
 
     // The majority elects a leader and keeps working.
@@ -32,7 +32,7 @@ async fn minority_partitioned_leader_stops_acknowledging() {
 
     c.filter.heal();
     // After healing, the old leader learns the majority's writes; the minority write never happened.
-    let old = c.client(leader);
+    let old = c.pinned_client(leader);
     let got = eventually("the old leader to converge", || {
         let old = old.clone();
         async move { old.get("during").await.ok().flatten() }

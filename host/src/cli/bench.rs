@@ -54,6 +54,11 @@ pub struct BenchCommand {
     /// Which system to drive.
     #[arg(long, value_enum, default_value_t)]
     pub target: BenchTarget,
+    /// Send every request to the endpoints in turn (the receiving node
+    /// forwards it) instead of routing it to the shard's leader or replicas
+    /// by the cluster's routing table.
+    #[arg(long)]
+    pub no_ring_routing: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -99,7 +104,7 @@ fn key_name(i: u64) -> String {
 impl BenchCommand {
     async fn target(&self) -> anyhow::Result<Target> {
         match self.target {
-            BenchTarget::Ringkv => Ok(Target::Ringkv(self.client.client()?)),
+            BenchTarget::Ringkv => Ok(Target::Ringkv(self.client.client()?.with_ring_routing(!self.no_ring_routing))),
             #[cfg(feature = "etcd")]
             BenchTarget::Etcd => Ok(Target::Etcd(
                 etcd_client::Client::connect(&self.client.endpoints, None).await.context("connecting to etcd")?,
@@ -177,7 +182,7 @@ impl BenchCommand {
                 json!({
                     "target": target_name, "op": format!("{:?}", self.op).to_lowercase(),
                     "consistency": format!("{:?}", self.consistency).to_lowercase(),
-                    "clients": self.clients, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
+                    "clients": self.clients, "ring_routing": !self.no_ring_routing, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
                     "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "errors": errors,
                     "first_error": first_error,
                 })
