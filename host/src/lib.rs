@@ -11,6 +11,7 @@
 //! - [`api`] exposes the node over gRPC (`ringkv.v1.Kv`, `Cluster`, and the
 //!   internal `Raft` service) and converts protobuf at the edge.
 //! - [`http`] serves health and status over HTTP.
+//! - [`failpoint`] holds the crash points of the fault-injection tests.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
 
@@ -20,6 +21,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod failpoint;
 pub mod http;
 pub mod raft;
 pub mod ring;

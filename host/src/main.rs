@@ -1,5 +1,6 @@
 //! The `ringkv` binary: node server and command-line client.
 
 fn main() -> std::process::ExitCode {
+    ringkv::failpoint::setup();
     ringkv::cli::main()
 }

@@ -22,6 +22,7 @@ use ringkv_client::Client;
 
 pub mod checker;
 pub mod history;
+pub mod nemesis;
 
 /// Upper bound for any condition a test waits for. Generous on purpose: tests
 /// must pass on a loaded 2-core CI machine.
@@ -45,10 +46,12 @@ where
 
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    free_port_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A free port on `ip` (bound and released).
+pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
 }
 
 /// Path of the `ringkv` binary built next to this test executable.
@@ -69,6 +72,8 @@ pub struct ProcNode {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment of the next start (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -78,6 +83,7 @@ impl ProcNode {
         let child = Command::new(bin)
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -101,6 +107,10 @@ pub struct ProcCluster {
     pub nodes: BTreeMap<u64, ProcNode>,
     bin: PathBuf,
     extra_args: Vec<String>,
+    /// `Some(a.b.c)`: node `i` listens on `a.b.c.i` (a loopback alias of its
+    /// own, so firewall rules can cut links between nodes); `None`: every
+    /// node on 127.0.0.1.
+    own_ips: Option<[u8; 3]>,
 }
 
 impl ProcCluster {
@@ -108,6 +118,20 @@ impl ProcCluster {
     /// every node is a voter of every group. Clusters have 16 shards unless
     /// `extra_args` sets `--shards`, so routing across shards is exercised.
     pub async fn start(n: u64, extra_args: &[&str]) -> Self {
+        Self::start_with(n, extra_args, None).await
+    }
+
+    /// Like [`ProcCluster::start`], but node `i` listens on its own loopback
+    /// address `127.x.y.i`, unique to this cluster, so the nemesis can cut
+    /// links between nodes with per-address firewall rules.
+    pub async fn start_on_own_ips(n: u64, extra_args: &[&str]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let pid = std::process::id();
+        let prefix = [127, (pid % 250) as u8 + 1, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)];
+        Self::start_with(n, extra_args, Some(prefix)).await
+    }
+
+    async fn start_with(n: u64, extra_args: &[&str], own_ips: Option<[u8; 3]>) -> Self {
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--shards") {
             extra.extend(["--shards".to_string(), "16".to_string()]);
@@ -117,6 +141,7 @@ impl ProcCluster {
             nodes: BTreeMap::new(),
             bin: ringkv_bin(),
             extra_args: extra,
+            own_ips,
         };
         for id in 1..=n {
             c.add_process(id);
@@ -130,8 +155,9 @@ impl ProcCluster {
 
     /// Starts node `id` (joining node 1 unless it is node 1).
     pub fn add_process(&mut self, id: u64) {
-        let grpc = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
+        let ip = self.ip_of(id);
+        let grpc = format!("{ip}:{}", free_port_on(ip));
+        let http = format!("{ip}:{}", free_port_on(ip));
         let data_dir = self.dir.path().join(format!("node{id}"));
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -150,9 +176,17 @@ impl ProcCluster {
         }
         args.extend(self.extra_args.iter().cloned());
         let log = self.dir.path().join(format!("node{id}.log"));
-        let mut node = ProcNode { id, grpc, http, data_dir, log, args, child: None };
+        let mut node = ProcNode { id, grpc, http, data_dir, log, args, env: Vec::new(), child: None };
         node.spawn(&self.bin);
         self.nodes.insert(id, node);
+    }
+
+    /// The address node `id` listens on.
+    pub fn ip_of(&self, id: u64) -> std::net::Ipv4Addr {
+        match self.own_ips {
+            Some([a, b, c]) => std::net::Ipv4Addr::new(a, b, c, u8::try_from(id).expect("node ids below 256")),
+            None => std::net::Ipv4Addr::LOCALHOST,
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -192,6 +226,29 @@ impl ProcCluster {
         let node = self.nodes.get_mut(&id).expect("node");
         assert!(node.child.is_none(), "node {id} is still running");
         node.spawn(&bin);
+    }
+
+    /// Restarts a stopped node with extra environment variables (cleared
+    /// for later restarts unless given again).
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.restart(id);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.env.clear();
+        }
+    }
+
+    /// True (and the process reaped) when node `id` has exited on its own.
+    pub fn exited(&mut self, id: u64) -> bool {
+        let node = self.nodes.get_mut(&id).expect("node");
+        match node.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                node.child = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The leader of `key`'s shard as seen by node `via`, once one is known.

@@ -180,6 +180,7 @@ impl Node {
             let addr = self.addr_of(n).ok_or_else(|| NodeError::Unavailable(format!("no address for node {n}")))?;
             self.change_membership(gid, MembershipOp::AddVoter { id: n, addr }).await?;
         }
+        crate::failpoint::crash_point("shard-move");
         for &n in union.iter().filter(|n| !target.contains(n)) {
             self.change_membership(gid, MembershipOp::Remove { id: n }).await?;
         }

@@ -31,6 +31,14 @@ pub struct LogStore {
     /// The newest entries, so replication (which reads what was just
     /// appended) rarely touches fjall or the blocking pool.
     tail: Arc<std::sync::Mutex<LogTail>>,
+    /// A purge openraft asked for beyond what the state machine holds
+    /// durably. openraft 0.9 purges the log right after *starting* a
+    /// snapshot install, without waiting for it; purging on disk then, and
+    /// crashing before the install commits, leaves a node whose log starts
+    /// after its state machine ends (openraft refuses to start it). So such
+    /// a purge is only remembered here; the install's own batch purges the
+    /// log on disk atomically with the new state (see [`purge_into`]).
+    pending_purge: Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 #[derive(Default)]
@@ -112,7 +120,12 @@ impl LogStore {
             storage,
             committed: Arc::new(std::sync::Mutex::new(CommittedCell::default())),
             tail: Arc::new(std::sync::Mutex::new(LogTail::default())),
+            pending_purge: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    fn pending_purge(&self) -> Option<LogId> {
+        *self.pending_purge.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, LogTail> {
@@ -186,6 +199,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => Bound::Excluded(log_key(self.group, *x)),
             Bound::Unbounded => Bound::Included(log_key(self.group, u64::MAX)),
         };
+        // Entries up to a purge not yet done on disk count as gone.
+        let start = start.max(self.pending_purge().map_or(0, |p| p.index + 1));
         let from = log_key(self.group, start);
         self.storage
             .blocking(move |s| {
@@ -205,7 +220,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let purged: Option<LogId> = self.read_state(PURGED).await.map_err(io_read)?;
+        let durable: Option<LogId> = self.read_state(PURGED).await.map_err(io_read)?;
+        let purged = durable.max(self.pending_purge());
         let group = self.group;
         let last = self
             .storage
@@ -221,7 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await
             .map_err(io_read)?;
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last.or(purged) })
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last.max(purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -307,19 +323,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         self.tail().purge(log_id.index);
         let group = self.group;
-        let purged = encode(&log_id);
-        self.storage
-            .write_durable(true, move |s, batch| {
-                batch.insert(s.raft_state(), group_key(group, PURGED), purged);
-                for g in s.raft_log().range(log_key(group, 0)..=log_key(group, log_id.index)) {
-                    let k = g.key().map_err(StorageError::fjall("purging the log"))?;
-                    batch.remove(s.raft_log(), k);
-                }
-                Ok(())
-            })
-            .await
-            .map_err(io_write)
+        let applied = self.storage.blocking(move |s| super::state_machine::durable_applied(s, group)).await;
+        if applied.map_err(io_read)?.is_none_or(|a| a.index < log_id.index) {
+            // A snapshot install is on its way; it purges on disk itself.
+            let mut pending = self.pending_purge.lock().unwrap_or_else(|p| p.into_inner());
+            *pending = (*pending).max(Some(log_id));
+            return Ok(());
+        }
+        self.storage.write_durable(true, move |s, batch| purge_into(s, batch, group, &log_id)).await.map_err(io_write)
     }
+}
+
+/// Adds the purge of `group`'s log up to `log_id` (inclusive) to `batch`.
+pub(crate) fn purge_into(
+    s: &Storage,
+    batch: &mut fjall::OwnedWriteBatch,
+    group: GroupId,
+    log_id: &LogId,
+) -> Result<(), StorageError> {
+    batch.insert(s.raft_state(), group_key(group, PURGED), encode(log_id));
+    for g in s.raft_log().range(log_key(group, 0)..=log_key(group, log_id.index)) {
+        let k = g.key().map_err(StorageError::fjall("purging the log"))?;
+        batch.remove(s.raft_log(), k);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -180,6 +180,14 @@ impl StateMachine {
     }
 }
 
+/// The last log id the state machine of `group` has committed to storage.
+pub(crate) fn durable_applied(s: &Storage, group: GroupId) -> Result<Option<LogId>, StorageError> {
+    match s.sm_meta().get(group_key(group, APPLIED)).map_err(StorageError::fjall("reading the applied index"))? {
+        Some(v) => Ok(Some(decode::<LogId>(&v, "sm_meta")?)),
+        None => Ok(None),
+    }
+}
+
 fn be_u32(b: &[u8]) -> Result<u32, StorageError> {
     <[u8; 4]>::try_from(b).map(u32::from_be_bytes).map_err(|_| StorageError::Corrupt {
         keyspace: "sm_data",
@@ -392,6 +400,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     batch.insert(s.sm_meta(), group_key(group, MEMBERSHIP), encode(&m));
                 }
                 let work = started.elapsed();
+                crate::failpoint::crash_point("apply");
                 batch.commit().map_err(sm_err)?;
                 tracing::trace!(
                     group,
@@ -457,7 +466,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     batch.insert(s.sm_meta(), group_key(group, APPLIED), encode(last));
                 }
                 batch.insert(s.sm_meta(), group_key(group, MEMBERSHIP), encode(&meta.last_membership));
+                // The log the snapshot covers goes in the same batch: see `LogStore::pending_purge`.
+                if let Some(last) = &meta.last_log_id {
+                    super::log_store::purge_into(s, &mut batch, group, last).map_err(sm_err)?;
+                }
                 batch.insert(s.snapshots(), group.to_be_bytes(), encode(&StoredSnapshot { meta, data }));
+                crate::failpoint::crash_point("snapshot-install");
                 batch.commit().map_err(sm_err)
             })
             .await

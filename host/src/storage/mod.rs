@@ -269,6 +269,9 @@ impl Storage {
             Arc::new(e)
         });
         tracing::trace!(ops = n, micros = started.elapsed().as_micros() as u64, "group commit");
+        if result.is_ok() {
+            crate::failpoint::crash_point("log-after-fsync");
+        }
         for done in dones {
             done(result.clone());
         }
@@ -320,6 +323,7 @@ impl Storage {
         }
         // Flush fjall's buffer under its lock, fsync without it (see `journal`).
         self.inner.db.persist(PersistMode::Buffer).map_err(StorageError::fjall("flushing the journal"))?;
+        crate::failpoint::crash_point("log-before-fsync");
         lock(&self.inner.journal).sync()
     }
 }

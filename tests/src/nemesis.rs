@@ -1,0 +1,211 @@
+//! Faults injected into a [`ProcCluster`] started with
+//! [`ProcCluster::start_on_own_ips`]: `kill -9` and restart, `SIGSTOP` /
+//! `SIGCONT` pauses, and network partitions.
+//!
+//! **Why loopback aliases and iptables** (not network namespaces): every node
+//! listens on its own `127.x.y.i` address and opens its peer connections from
+//! it, so a rule matching source and destination addresses cuts exactly one
+//! direction of one link, in the real kernel network stack — packets vanish
+//! and connections hang until keepalives notice, as on a real network. This
+//! needs root for iptables but no veth or namespace plumbing, and the test
+//! process (clients, harness) keeps reaching every node from 127.0.0.1,
+//! which no rule matches: Jepsen's "clients on the control node" model.
+//!
+//! The rules live in a chain of their own (`RKV-<pid>-<n>`), jumped to from
+//! `INPUT`; dropping the [`Firewall`] removes the chain, so a failed test
+//! leaves no rule behind.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ProcCluster;
+
+/// A fault the nemesis can inject, then heal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9`, restarted on heal.
+    Kill(u64),
+    /// `SIGSTOP`, resumed with `SIGCONT` on heal.
+    Pause(u64),
+    /// No traffic between the two sides, either way.
+    Partition { a: Vec<u64>, b: Vec<u64> },
+    /// `bridge` sees both sides; the sides do not see each other.
+    Bridge { a: Vec<u64>, bridge: u64, b: Vec<u64> },
+    /// Packets from `from` to `to` are dropped; the reverse direction works.
+    OneWay { from: u64, to: u64 },
+}
+
+impl Fault {
+    /// A short name for reports: "kill", "pause", "partition", "bridge", "one-way".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill(_) => "kill",
+            Fault::Pause(_) => "pause",
+            Fault::Partition { .. } => "partition",
+            Fault::Bridge { .. } => "bridge",
+            Fault::OneWay { .. } => "one-way",
+        }
+    }
+}
+
+/// iptables rules in a chain owned by one test cluster.
+pub struct Firewall {
+    chain: String,
+}
+
+impl Firewall {
+    /// Creates the chain. Fails with a clear message when iptables is not
+    /// usable (not root, no iptables): the nemesis tests need it and must
+    /// not pass without it.
+    pub fn new() -> Result<Self, String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chain = format!("RKV-{}-{n}", std::process::id());
+        iptables(&["-N", &chain])
+            .map_err(|e| format!("the nemesis needs iptables as root (apt-get install iptables; run as root): {e}"))?;
+        let fw = Firewall { chain };
+        iptables(&["-I", "INPUT", "-j", &fw.chain])?;
+        Ok(fw)
+    }
+
+    /// Drops every packet from `from` to `to`.
+    pub fn drop_packets(&self, from: Ipv4Addr, to: Ipv4Addr) -> Result<(), String> {
+        iptables(&["-A", &self.chain, "-s", &from.to_string(), "-d", &to.to_string(), "-j", "DROP"])
+    }
+
+    /// Removes every rule.
+    pub fn heal(&self) -> Result<(), String> {
+        iptables(&["-F", &self.chain])
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        let _ = iptables(&["-F", &self.chain]);
+        let _ = iptables(&["-D", "INPUT", "-j", &self.chain]);
+        let _ = iptables(&["-X", &self.chain]);
+    }
+}
+
+fn iptables(args: &[&str]) -> Result<(), String> {
+    // -w: wait for the xtables lock instead of failing when another test holds it.
+    let out = Command::new("iptables").arg("-w").args(args).output().map_err(|e| format!("iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Injects and heals faults on one cluster.
+pub struct Nemesis {
+    firewall: Firewall,
+}
+
+impl Nemesis {
+    pub fn new() -> Result<Self, String> {
+        Ok(Self { firewall: Firewall::new()? })
+    }
+
+    pub fn inject(&self, cluster: &mut ProcCluster, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::Kill(id) => cluster.kill(*id),
+            Fault::Pause(id) => signal(cluster, *id, nix::sys::signal::SIGSTOP)?,
+            Fault::Partition { a, b } => self.cut_between(cluster, a, b)?,
+            Fault::Bridge { a, bridge: _, b } => self.cut_between(cluster, a, b)?,
+            Fault::OneWay { from, to } => self.firewall.drop_packets(cluster.ip_of(*from), cluster.ip_of(*to))?,
+        }
+        Ok(())
+    }
+
+    pub fn heal(&self, cluster: &mut ProcCluster, fault: &Fault) -> Result<(), String> {
+        match fault {
+            Fault::Kill(id) => cluster.restart(*id),
+            Fault::Pause(id) => signal(cluster, *id, nix::sys::signal::SIGCONT)?,
+            Fault::Partition { .. } | Fault::Bridge { .. } | Fault::OneWay { .. } => self.firewall.heal()?,
+        }
+        Ok(())
+    }
+
+    fn cut_between(&self, cluster: &ProcCluster, a: &[u64], b: &[u64]) -> Result<(), String> {
+        for &x in a {
+            for &y in b {
+                self.firewall.drop_packets(cluster.ip_of(x), cluster.ip_of(y))?;
+                self.firewall.drop_packets(cluster.ip_of(y), cluster.ip_of(x))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn signal(cluster: &ProcCluster, id: u64, sig: nix::sys::signal::Signal) -> Result<(), String> {
+    let pid = cluster.nodes[&id].pid().ok_or_else(|| format!("node {id} is not running"))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).map_err(|e| format!("{sig} to node {id}: {e}"))
+}
+
+/// A fault schedule cycling through every kind, on nodes picked by a seeded
+/// generator (xorshift), so a failing run can be replayed from its seed.
+pub struct Schedule {
+    state: u64,
+    nodes: Vec<u64>,
+    step: usize,
+}
+
+impl Schedule {
+    pub fn new(seed: u64, nodes: Vec<u64>) -> Self {
+        Self { state: seed.max(1), nodes, step: 0 }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    fn pick(&mut self) -> u64 {
+        let i = (self.next_u64() % self.nodes.len() as u64) as usize;
+        self.nodes[i]
+    }
+
+    /// The next fault; `leader` is the node to isolate when the schedule
+    /// wants to isolate a leader (the caller knows who leads).
+    pub fn next_fault(&mut self, leader: Option<u64>) -> Fault {
+        let kinds = 6;
+        let kind = self.step % kinds;
+        self.step += 1;
+        match kind {
+            0 => Fault::Kill(self.pick()),
+            1 => Fault::Pause(self.pick()),
+            2 => {
+                let minority = self.pick();
+                Fault::Partition { a: vec![minority], b: self.others(&[minority]) }
+            }
+            3 => {
+                let l = leader.unwrap_or_else(|| self.pick());
+                Fault::Partition { a: vec![l], b: self.others(&[l]) }
+            }
+            4 => {
+                let bridge = self.pick();
+                let rest = self.others(&[bridge]);
+                let (a, b) = rest.split_at(rest.len() / 2);
+                Fault::Bridge { a: a.to_vec(), bridge, b: b.to_vec() }
+            }
+            _ => {
+                let from = self.pick();
+                let others = self.others(&[from]);
+                let to = others[(self.next_u64() % others.len() as u64) as usize];
+                Fault::OneWay { from, to }
+            }
+        }
+    }
+
+    fn others(&self, except: &[u64]) -> Vec<u64> {
+        self.nodes.iter().copied().filter(|n| !except.contains(n)).collect()
+    }
+}
+
+/// How long a fault stays, and the quiet time after healing it.
+pub const FAULT_FOR: Duration = Duration::from_secs(5);
+pub const QUIET_FOR: Duration = Duration::from_secs(3);
