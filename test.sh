@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The nemesis test (tests/tests/t70_nemesis.rs) partitions nodes with
+# iptables rules on loopback aliases: it needs iptables and root.
+if ! command -v iptables >/dev/null 2>&1; then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iptables >/dev/null
+fi
+
 # Build the binary first: the process-level tests run target/debug/ringkv.
 cargo build --workspace --bins
 cargo test --workspace --all-targets -- --test-threads "${RINGKV_TEST_THREADS:-4}"

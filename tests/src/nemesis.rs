@@ -34,6 +34,9 @@ pub enum Fault {
     Bridge { a: Vec<u64>, bridge: u64, b: Vec<u64> },
     /// Packets from `from` to `to` are dropped; the reverse direction works.
     OneWay { from: u64, to: u64 },
+    /// A new node joins (shards move onto it); on heal it is drained and
+    /// removed (shards move off it) and its process stopped.
+    Join(u64),
 }
 
 impl Fault {
@@ -45,6 +48,7 @@ impl Fault {
             Fault::Partition { .. } => "partition",
             Fault::Bridge { .. } => "bridge",
             Fault::OneWay { .. } => "one-way",
+            Fault::Join(_) => "join-and-remove",
         }
     }
 }
@@ -108,8 +112,9 @@ impl Nemesis {
         Ok(Self { firewall: Firewall::new()? })
     }
 
-    pub fn inject(&self, cluster: &mut ProcCluster, fault: &Fault) -> Result<(), String> {
+    pub async fn inject(&self, cluster: &mut ProcCluster, fault: &Fault) -> Result<(), String> {
         match fault {
+            Fault::Join(id) => cluster.add_process(*id),
             Fault::Kill(id) => cluster.kill(*id),
             Fault::Pause(id) => signal(cluster, *id, nix::sys::signal::SIGSTOP)?,
             Fault::Partition { a, b } => self.cut_between(cluster, a, b)?,
@@ -119,8 +124,19 @@ impl Nemesis {
         Ok(())
     }
 
-    pub fn heal(&self, cluster: &mut ProcCluster, fault: &Fault) -> Result<(), String> {
+    pub async fn heal(&self, cluster: &mut ProcCluster, fault: &Fault) -> Result<(), String> {
         match fault {
+            Fault::Join(id) => {
+                // Drains the node (its replicas move away), then removes it.
+                let deadline = std::time::Instant::now() + crate::PATIENCE;
+                while let Err(e) = cluster.client().remove_node(*id).await {
+                    if std::time::Instant::now() > deadline {
+                        return Err(format!("removing node {id}: {e}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                cluster.stop(*id);
+            }
             Fault::Kill(id) => cluster.restart(*id),
             Fault::Pause(id) => signal(cluster, *id, nix::sys::signal::SIGCONT)?,
             Fault::Partition { .. } | Fault::Bridge { .. } | Fault::OneWay { .. } => self.firewall.heal()?,
@@ -150,11 +166,14 @@ pub struct Schedule {
     state: u64,
     nodes: Vec<u64>,
     step: usize,
+    /// Id of the next node to join.
+    next_id: u64,
 }
 
 impl Schedule {
     pub fn new(seed: u64, nodes: Vec<u64>) -> Self {
-        Self { state: seed.max(1), nodes, step: 0 }
+        let next_id = nodes.iter().max().copied().unwrap_or(0) + 1;
+        Self { state: seed.max(1), nodes, step: 0, next_id }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -172,7 +191,7 @@ impl Schedule {
     /// The next fault; `leader` is the node to isolate when the schedule
     /// wants to isolate a leader (the caller knows who leads).
     pub fn next_fault(&mut self, leader: Option<u64>) -> Fault {
-        let kinds = 6;
+        let kinds = 7;
         let kind = self.step % kinds;
         self.step += 1;
         match kind {
@@ -191,6 +210,10 @@ impl Schedule {
                 let rest = self.others(&[bridge]);
                 let (a, b) = rest.split_at(rest.len() / 2);
                 Fault::Bridge { a: a.to_vec(), bridge, b: b.to_vec() }
+            }
+            6 => {
+                self.next_id += 1;
+                Fault::Join(self.next_id - 1)
             }
             _ => {
                 let from = self.pick();
