@@ -46,18 +46,49 @@ impl Node {
         let mut stop = self.shutdown_signal();
         // (group → term, since when this node leads it in that term)
         let mut leading: HashMap<GroupId, (u64, Instant)> = HashMap::new();
+        // The (group, term) leaderships last reported: unchanged means nothing to report.
+        let mut reported: Vec<(GroupId, u64)> = Vec::new();
+        // (meta epoch, leaderships) of the last round that found nothing to hand over.
+        let mut settled: Option<(u64, Vec<(GroupId, u64)>)> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(BALANCE_EVERY) => {}
             }
-            if let Err(e) = self.report_leaderships().await {
-                tracing::debug!(error = %e, "reporting shard leaders");
+            let mine = self.my_leaderships();
+            if mine != reported {
+                match self.report_leaderships().await {
+                    Ok(()) => reported = mine.clone(),
+                    Err(e) => tracing::debug!(error = %e, "reporting shard leaders"),
+                }
             }
-            if let Err(e) = self.balance_leaders(&mut leading).await {
-                tracing::debug!(error = %e, "spreading shard leaders");
+            // Idle and balanced: skip reading the meta group until something changes.
+            let seen = (self.meta_epoch(), mine);
+            if settled.as_ref() == Some(&seen) {
+                continue;
+            }
+            match self.balance_leaders(&mut leading).await {
+                Ok(true) => settled = Some(seen),
+                Ok(false) => settled = None,
+                Err(e) => {
+                    settled = None;
+                    tracing::debug!(error = %e, "spreading shard leaders");
+                }
             }
         }
+    }
+
+    /// The shard groups this node leads, with their terms.
+    fn my_leaderships(&self) -> Vec<(GroupId, u64)> {
+        self.groups()
+            .iter()
+            .filter(|g| g.id != META_GROUP)
+            .filter_map(|g| {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                (m.current_leader == Some(self.id())).then_some((g.id, m.current_term))
+            })
+            .collect()
     }
 
     /// Records in the meta group the shards this node leads whose hint says otherwise.
@@ -81,7 +112,9 @@ impl Node {
     }
 
     /// Hands over the shards this node leads but should not, a few at once.
-    async fn balance_leaders(&self, leading: &mut HashMap<GroupId, (u64, Instant)>) -> Result<(), NodeError> {
+    /// True when there was nothing to hand over now or later (no shard
+    /// waiting for its leader's tenure).
+    async fn balance_leaders(&self, leading: &mut HashMap<GroupId, (u64, Instant)>) -> Result<bool, NodeError> {
         let meta = self.group(META_GROUP)?;
         let assignments = self.assignments().await?;
         let pending = meta.sm.pending_moves().await?;
@@ -90,6 +123,7 @@ impl Node {
         // A leader grants a vote only once its own lease has run out.
         let tenure = Duration::from_millis(self.config().raft.election_max_ms) + BALANCE_EVERY;
         let mut handovers = Vec::new();
+        let mut waiting = false;
         let now = Instant::now();
         for g in self.groups().into_iter().filter(|g| g.id != META_GROUP) {
             let (leader, term) = {
@@ -107,10 +141,15 @@ impl Node {
             }
             let shard = (g.id - 1) as crate::ring::ShardId;
             let Some(&want) = preferred.get(&shard) else { continue };
-            if want != self.id() && !pending.contains(&shard) && now.duration_since(since.1) >= tenure {
-                handovers.push((g, want));
+            if want != self.id() && !pending.contains(&shard) {
+                if now.duration_since(since.1) >= tenure {
+                    handovers.push((g, want));
+                } else {
+                    waiting = true;
+                }
             }
         }
+        let balanced = handovers.is_empty() && !waiting;
         let mut runs = futures::stream::iter(handovers)
             .map(|(g, to)| async move {
                 let started = Instant::now();
@@ -129,7 +168,7 @@ impl Node {
             })
             .buffer_unordered(HANDOVER_CONCURRENCY);
         while runs.next().await.is_some() {}
-        Ok(())
+        Ok(balanced)
     }
 
     /// Hands the leadership of `g` to `to`. False when it did not happen

@@ -37,13 +37,21 @@ const BACK_UP_WITHIN: Duration = Duration::from_secs(2);
 impl Node {
     pub(super) async fn reconcile_loop(self) {
         let mut stop = self.shutdown_signal();
+        // (meta epoch, hosted groups) of the last successful round: an idle
+        // node skips reading the meta group when neither changed.
+        let mut last: Option<(u64, Vec<u64>)> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             }
-            if let Err(e) = self.reconcile().await {
-                tracing::warn!(error = %e, "reconciling hosted shards");
+            let seen = (self.meta_epoch(), self.groups().iter().map(|g| g.id).collect::<Vec<_>>());
+            if last.as_ref() == Some(&seen) {
+                continue;
+            }
+            match self.reconcile().await {
+                Ok(()) => last = Some(seen),
+                Err(e) => tracing::warn!(error = %e, "reconciling hosted shards"),
             }
         }
     }
@@ -73,6 +81,8 @@ impl Node {
         // When this node became meta leader: a member it has never heard
         // from is silent since then, not since forever.
         let mut leading_since: Option<Instant> = None;
+        // Meta epoch of the last round that found every shard in place.
+        let mut in_place_at: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -81,14 +91,24 @@ impl Node {
             let Ok(meta) = self.group(META_GROUP) else { continue };
             if meta.raft.current_leader().await != Some(self.id()) {
                 leading_since = None;
+                in_place_at = None;
                 continue;
             }
             let since = *leading_since.get_or_insert_with(Instant::now);
             if let Err(e) = self.track_liveness(since).await {
                 tracing::warn!(error = %e, "tracking member liveness");
             }
-            if let Err(e) = self.rebalance_round().await {
-                tracing::warn!(error = %e, "rebalancing");
+            let epoch = self.meta_epoch();
+            if in_place_at == Some(epoch) {
+                continue;
+            }
+            match self.rebalance_round().await {
+                Ok(true) => in_place_at = Some(epoch),
+                Ok(false) => in_place_at = None,
+                Err(e) => {
+                    in_place_at = None;
+                    tracing::warn!(error = %e, "rebalancing");
+                }
             }
         }
     }
@@ -134,10 +154,11 @@ impl Node {
     }
 
     /// Moves every shard whose replicas differ from the placement target.
-    async fn rebalance_round(&self) -> Result<(), NodeError> {
+    /// True when every shard was already in place.
+    async fn rebalance_round(&self) -> Result<bool, NodeError> {
         let active = self.active_members().await?;
         if active.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let target = crate::ring::place(self.ring(), &active);
         let current = self.assignments().await?;
@@ -151,7 +172,7 @@ impl Node {
             })
             .collect();
         if moves.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         tracing::info!(shards = moves.len(), "rebalancing: moving replicas");
         let total = moves.len();
@@ -166,7 +187,7 @@ impl Node {
             }
         }
         tracing::info!(done, total, "rebalancing round finished");
-        Ok(())
+        Ok(false)
     }
 
     /// Moves one shard from `current` to `target` replicas (idempotent).
