@@ -41,8 +41,7 @@ pub struct NodeConfig {
     /// Seeds of an existing cluster to join. Empty: bootstrap a new cluster.
     pub join: Vec<String>,
     /// Ring settings used when this node bootstraps a cluster; a joining node
-    /// takes the cluster's. Default: 1 shard, until replica placement lands
-    /// (every node replicates every shard today).
+    /// takes the cluster's. Default: 1 shard (see `serve --shards`).
     pub ring: RingConfig,
     pub raft: RaftTuning,
     pub limits: Limits,

@@ -35,9 +35,10 @@ pub struct ServeCommand {
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
     /// Number of shards of a new cluster (bootstrap only; fixed afterwards).
-    /// Size it at about 10x the largest node count you expect. Default 1
-    /// until replica placement lands: today every node replicates every
-    /// shard, so more shards cost throughput without adding capacity.
+    /// Size it at about 10x the largest node count you expect: a cluster
+    /// cannot spread data over more nodes than RF x shards. Default 1, the
+    /// fastest for 3 nodes: more shards cost write throughput today
+    /// (docs/performance.md).
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
     /// Raft heartbeat interval.
