@@ -189,6 +189,8 @@ struct Router {
 const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// Wait after a fetch that reached no node.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
+/// How long one node may take to answer a routing-table fetch.
+const RING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long requests avoid a node that refused a connection.
 const AVOID_FOR: Duration = Duration::from_secs(1);
 
@@ -470,7 +472,9 @@ impl Client {
 
     /// The routing table, fetched on first use (the caller waits for that
     /// fetch; concurrent callers share it). `None` when routing is off or no
-    /// table could be fetched: the caller falls back to the seeds.
+    /// table could be fetched: the caller falls back to the seeds. Once a
+    /// fetch has failed, later callers retry it at most every second and do
+    /// not wait for a retry someone else is running.
     async fn table(&self) -> Option<Arc<Table>> {
         if !self.inner.ring_routing.load(Ordering::Relaxed) {
             return None;
@@ -482,7 +486,11 @@ impl Client {
             }
             return Some(t);
         }
-        let _fetching = router.fetching.lock().await;
+        let tried = router.next_fetch_ms.load(Ordering::Relaxed) > 0;
+        if tried && router.now_ms() < router.next_fetch_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        let _fetching = if tried { router.fetching.try_lock().ok()? } else { router.fetching.lock().await };
         if let Some(t) = router.table.load_full() {
             return Some(t);
         }
@@ -542,18 +550,24 @@ impl Client {
         sources.extend((0..self.inner.channels.len()).map(|i| self.channel(i)));
         let mut best: Option<RingResponse> = None;
         for channel in sources {
-            match ClusterClient::new(channel).ring(proto::RingRequest {}).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    let done = r.epoch >= wanted;
-                    if best.as_ref().is_none_or(|b| r.epoch > b.epoch) {
-                        best = Some(r);
-                    }
-                    if done {
-                        break;
-                    }
+            let mut cluster = ClusterClient::new(channel);
+            let r = match tokio::time::timeout(RING_TIMEOUT, cluster.ring(proto::RingRequest {})).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "fetching the routing table");
+                    continue;
                 }
-                Err(e) => tracing::debug!(error = %e, "fetching the routing table"),
+                Err(_) => {
+                    tracing::debug!("no routing table within {RING_TIMEOUT:?}");
+                    continue;
+                }
+            };
+            let done = r.epoch >= wanted;
+            if best.as_ref().is_none_or(|b| r.epoch > b.epoch) {
+                best = Some(r);
+            }
+            if done {
+                break;
             }
         }
         let next = match &best {
