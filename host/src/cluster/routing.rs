@@ -13,12 +13,14 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
-use super::{Group, Node, NodeError, META_GROUP};
+use super::{Group, Node, NodeError, NodeInner, META_GROUP};
 use crate::raft::network::{decode, encode, PeerError};
 use crate::raft::types::{now_ms, CommandResult, Op};
 use crate::raft::NodeId;
@@ -123,6 +125,25 @@ fn note_served_by(id: NodeId) {
     let _ = SERVED_BY.try_with(|c| c.set(id));
 }
 
+/// Shard replicas as the meta group records them.
+type Assignments = BTreeMap<ShardId, Vec<NodeId>>;
+
+/// One node's last read of the meta group's assignments, and the meta epoch
+/// it was read at.
+#[derive(Clone)]
+struct CachedAssignments {
+    node: Weak<NodeInner>,
+    epoch: u64,
+    assignments: Arc<Assignments>,
+}
+
+/// Every eventual read checks the assignments; reading them from storage
+/// each time nearly halved eventual-read throughput. One entry per running
+/// node of this process (tests run several); an entry's `Weak` keeps its
+/// node's address from being reused while the entry exists, and entries of
+/// dropped nodes are pruned on the next update.
+static ASSIGNMENTS: LazyLock<ArcSwap<Vec<CachedAssignments>>> = LazyLock::new(|| ArcSwap::from_pointee(Vec::new()));
+
 /// What one attempt at the leader produced.
 pub enum Attempt<T> {
     Done(T),
@@ -141,7 +162,7 @@ impl Node {
         local: L,
     ) -> Result<T, NodeError>
     where
-        L: Fn(std::sync::Arc<Group>) -> LF,
+        L: Fn(Arc<Group>) -> LF,
         LF: std::future::Future<Output = Result<Attempt<T>, NodeError>>,
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
@@ -283,13 +304,8 @@ impl Node {
     /// from it: its copy of the meta group assigns the shard here (a replica
     /// removed from the shard keeps its group until the reconciler drops it),
     /// and it is a voter of the group (a new replica is promoted only once
-    /// caught up). `assignments`, when given, is the meta group's assignment
-    /// table, read once for many groups.
-    async fn local_replica(
-        &self,
-        group: GroupId,
-        assignments: Option<&BTreeMap<ShardId, Vec<NodeId>>>,
-    ) -> Result<Option<std::sync::Arc<Group>>, NodeError> {
+    /// caught up).
+    async fn local_replica(&self, group: GroupId) -> Result<Option<Arc<Group>>, NodeError> {
         let Ok(g) = self.group(group) else { return Ok(None) };
         if group == META_GROUP {
             return Ok(Some(g));
@@ -299,11 +315,29 @@ impl Node {
             return Ok(None);
         }
         let shard = (group - 1) as ShardId;
-        let assigned = match assignments {
-            Some(a) => a.get(&shard).is_some_and(|r| r.contains(&self.id())),
-            None => self.assignments().await?.get(&shard).is_some_and(|r| r.contains(&self.id())),
-        };
+        let assigned = self.cached_assignments().await?.get(&shard).is_some_and(|r| r.contains(&self.id()));
         Ok(assigned.then_some(g))
+    }
+
+    /// The meta group's shard assignments, read from storage only when the
+    /// meta epoch has moved since this node last read them. Each entry is
+    /// tagged with the epoch observed before reading, so it is never older
+    /// than its tag.
+    async fn cached_assignments(&self) -> Result<Arc<Assignments>, NodeError> {
+        let epoch = self.meta_epoch();
+        let mine = |c: &CachedAssignments| std::ptr::eq(c.node.as_ptr(), Arc::as_ptr(&self.inner));
+        if let Some(c) = ASSIGNMENTS.load().iter().find(|c| mine(c) && c.epoch == epoch) {
+            return Ok(c.assignments.clone());
+        }
+        let assignments = Arc::new(self.assignments().await?);
+        let entry = CachedAssignments { node: Arc::downgrade(&self.inner), epoch, assignments: assignments.clone() };
+        ASSIGNMENTS.rcu(|all| {
+            let mut next: Vec<CachedAssignments> =
+                all.iter().filter(|c| c.node.strong_count() > 0 && !mine(c)).cloned().collect();
+            next.push(entry.clone());
+            next
+        });
+        Ok(assignments)
     }
 
     /// Proposes a write to `group` and returns what applying it produced.
@@ -314,7 +348,7 @@ impl Node {
     /// Reads a key at the given consistency.
     pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
-            if let Some(g) = self.local_replica(group, None).await? {
+            if let Some(g) = self.local_replica(group).await? {
                 let v = g.sm.get(key, now_ms()).await?;
                 note_served_by(self.id());
                 return Ok(v);
@@ -348,20 +382,8 @@ impl Node {
         limit: u32,
         linearizable: bool,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
-        self.scan_group(group, prefix, limit, linearizable, None).await
-    }
-
-    /// [`Node::scan`], with the meta group's assignments when the caller has read them.
-    async fn scan_group(
-        &self,
-        group: GroupId,
-        prefix: Vec<u8>,
-        limit: u32,
-        linearizable: bool,
-        assignments: Option<&BTreeMap<ShardId, Vec<NodeId>>>,
-    ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
         if !linearizable {
-            if let Some(g) = self.local_replica(group, assignments).await? {
+            if let Some(g) = self.local_replica(group).await? {
                 return Ok(g.sm.scan(prefix, limit as usize, now_ms()).await?);
             }
             let items: EncodedItems =
@@ -417,13 +439,10 @@ impl Node {
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
         use futures::StreamExt;
         let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
-        // Eventual scans check, per shard, that the local replica is still assigned here.
-        let assignments = if linearizable { None } else { Some(self.assignments().await?) };
-        let assignments = assignments.as_ref();
         let mut parts = futures::stream::iter(shards)
             .map(|g| {
                 let prefix = prefix.clone();
-                async move { self.scan_group(g, prefix, limit, linearizable, assignments).await }
+                async move { self.scan(g, prefix, limit, linearizable).await }
             })
             .buffer_unordered(SCAN_CONCURRENCY);
         let mut all = Vec::new();
@@ -450,7 +469,7 @@ impl Node {
                     return ForwardReply::NotLeader;
                 }
             }
-            match self.local_replica(group, None).await {
+            match self.local_replica(group).await {
                 Ok(Some(_)) => {}
                 Ok(None) => return ForwardReply::NotLeader,
                 Err(e) => return ForwardReply::Unavailable(e.to_string()),
@@ -499,7 +518,7 @@ impl Node {
 }
 
 /// Proposes through the group's batcher; `Retry` when this node is not the leader.
-async fn write_local(g: std::sync::Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
+async fn write_local(g: Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
     g.batchers.write(p).await
 }
 
