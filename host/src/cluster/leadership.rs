@@ -57,7 +57,7 @@ impl Node {
             }
             let mine = self.my_leaderships();
             if mine != reported {
-                match self.report_leaderships().await {
+                match self.report_leaderships(&mine).await {
                     Ok(()) => reported = mine.clone(),
                     Err(e) => tracing::debug!(error = %e, "reporting shard leaders"),
                 }
@@ -67,7 +67,7 @@ impl Node {
             if settled.as_ref() == Some(&seen) {
                 continue;
             }
-            match self.balance_leaders(&mut leading).await {
+            match self.balance_leaders(&seen.1, &mut leading).await {
                 Ok(true) => settled = Some(seen),
                 Ok(false) => settled = None,
                 Err(e) => {
@@ -91,18 +91,13 @@ impl Node {
             .collect()
     }
 
-    /// Records in the meta group the shards this node leads whose hint says otherwise.
-    async fn report_leaderships(&self) -> Result<(), NodeError> {
+    /// Records in the meta group the leaderships in `mine` whose hint says otherwise.
+    async fn report_leaderships(&self, mine: &[(GroupId, u64)]) -> Result<(), NodeError> {
         let hints = self.group(META_GROUP)?.sm.leader_hints().await?;
         let mut reports = Vec::new();
-        for g in self.groups().into_iter().filter(|g| g.id != META_GROUP) {
-            let (leader, term) = {
-                let m = g.raft.metrics();
-                let m = m.borrow();
-                (m.current_leader, m.current_term)
-            };
-            let shard = (g.id - 1) as crate::ring::ShardId;
-            if leader == Some(self.id()) && hints.get(&shard) != Some(&(self.id(), term)) {
+        for &(gid, term) in mine {
+            let shard = (gid - 1) as crate::ring::ShardId;
+            if hints.get(&shard) != Some(&(self.id(), term)) {
                 reports.push(self.propose(META_GROUP, Proposal::SetLeaderHint { shard, leader: self.id(), term }));
             }
         }
@@ -114,7 +109,11 @@ impl Node {
     /// Hands over the shards this node leads but should not, a few at once.
     /// True when there was nothing to hand over now or later (no shard
     /// waiting for its leader's tenure).
-    async fn balance_leaders(&self, leading: &mut HashMap<GroupId, (u64, Instant)>) -> Result<bool, NodeError> {
+    async fn balance_leaders(
+        &self,
+        mine: &[(GroupId, u64)],
+        leading: &mut HashMap<GroupId, (u64, Instant)>,
+    ) -> Result<bool, NodeError> {
         let meta = self.group(META_GROUP)?;
         let assignments = self.assignments().await?;
         let pending = meta.sm.pending_moves().await?;
@@ -125,22 +124,15 @@ impl Node {
         let mut handovers = Vec::new();
         let mut waiting = false;
         let now = Instant::now();
-        for g in self.groups().into_iter().filter(|g| g.id != META_GROUP) {
-            let (leader, term) = {
-                let m = g.raft.metrics();
-                let m = m.borrow();
-                (m.current_leader, m.current_term)
-            };
-            if leader != Some(self.id()) {
-                leading.remove(&g.id);
-                continue;
-            }
-            let since = leading.entry(g.id).or_insert((term, now));
+        leading.retain(|gid, _| mine.iter().any(|(g, _)| g == gid));
+        for &(gid, term) in mine {
+            let since = leading.entry(gid).or_insert((term, now));
             if since.0 != term {
                 *since = (term, now);
             }
-            let shard = (g.id - 1) as crate::ring::ShardId;
+            let shard = (gid - 1) as crate::ring::ShardId;
             let Some(&want) = preferred.get(&shard) else { continue };
+            let Ok(g) = self.group(gid) else { continue };
             if want != self.id() && !pending.contains(&shard) {
                 if now.duration_since(since.1) >= tenure {
                     handovers.push((g, want));
