@@ -10,6 +10,8 @@
 //!   a cluster, changes membership, routes requests to leaders and expires TTLs.
 //! - [`api`] exposes the node over gRPC (`ringkv.v1.Kv`, `Cluster`, and the
 //!   internal `Raft` service) and converts protobuf at the edge.
+//! - [`hooks`] runs user validation and TTL hooks (sandboxed Lua) on the
+//!   write path, and keeps the deployed set in step with the meta group.
 //! - [`http`] serves health and status over HTTP.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod failpoint;
+pub mod hooks;
 pub mod http;
 pub mod raft;
 pub mod ring;

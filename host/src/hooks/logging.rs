@@ -1,0 +1,1 @@
+//! Rate-limited logging from hooks into tracing.
