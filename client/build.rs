@@ -1,7 +1,7 @@
 //! Compiles `proto/ringkv/v1` with protox (pure Rust), so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
-    let files = ["ringkv/v1/kv.proto", "ringkv/v1/cluster.proto", "ringkv/v1/raft.proto"];
+    let files = ["ringkv/v1/kv.proto", "ringkv/v1/cluster.proto", "ringkv/v1/raft.proto", "ringkv/v1/hooks.proto"];
     let fds = protox::compile(files, [root])?;
     tonic_prost_build::configure().build_server(true).build_client(true).bytes(".").compile_fds(fds)?;
     for f in files {

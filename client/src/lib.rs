@@ -202,6 +202,7 @@ impl Router {
 
 type KvClient = proto::kv_client::KvClient<Channel>;
 type ClusterClient = proto::cluster_client::ClusterClient<Channel>;
+type HooksClient = proto::hooks_client::HooksClient<Channel>;
 
 /// What a key request needs from the node it goes to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -614,6 +615,16 @@ impl Client {
 
     /// Writes with a TTL and/or a compare-and-swap condition.
     pub async fn put_with(&self, key: impl Into<Bytes>, value: impl Into<Bytes>, opts: PutOptions) -> Result<u64> {
+        Ok(self.put_detailed(key, value, opts).await?.version)
+    }
+
+    /// Like [`Client::put_with`], and also tells which hook versions judged the write.
+    pub async fn put_detailed(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        opts: PutOptions,
+    ) -> Result<proto::PutResponse> {
         let msg = proto::PutRequest {
             key: key.into(),
             value: value.into(),
@@ -621,13 +632,11 @@ impl Client {
             if_version: opts.if_version,
         };
         let key = msg.key.clone();
-        let resp = self
-            .keyed(&key, Target::Leader, false, |ch, epoch| {
-                let req = request(msg.clone(), epoch);
-                async move { KvClient::new(ch).put(req).await }
-            })
-            .await?;
-        Ok(resp.version)
+        self.keyed(&key, Target::Leader, false, |ch, epoch| {
+            let req = request(msg.clone(), epoch);
+            async move { KvClient::new(ch).put(req).await }
+        })
+        .await
     }
 
     /// Linearizable read of one key.
@@ -721,6 +730,66 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Deploys a hook (a new one or a new version); returns its version and sha256.
+    pub async fn deploy_hook(&self, hook: proto::HookDefinition) -> Result<proto::DeployHookResponse> {
+        self.idempotent(|ch| {
+            let req = proto::DeployHookRequest { hook: Some(hook.clone()) };
+            async move { HooksClient::new(ch).deploy(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    /// Every hook, with the answering node's call statistics.
+    pub async fn list_hooks(&self) -> Result<proto::ListHooksResponse> {
+        self.idempotent(|ch| async move { HooksClient::new(ch).list(proto::ListHooksRequest {}).await })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// One hook, with its source.
+    pub async fn get_hook(&self, name: impl Into<String>) -> Result<proto::HookInfo> {
+        let name = name.into();
+        self.idempotent(|ch| {
+            let req = proto::GetHookRequest { name: name.clone() };
+            async move { HooksClient::new(ch).get(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    /// Deactivates a hook (kept for rollback); returns the removed version.
+    pub async fn remove_hook(&self, name: impl Into<String>) -> Result<u64> {
+        let name = name.into();
+        self.idempotent(|ch| {
+            let req = proto::RemoveHookRequest { name: name.clone() };
+            async move { HooksClient::new(ch).remove(req).await }
+        })
+        .await
+        .map(|r| r.into_inner().removed_version)
+    }
+
+    /// Makes a hook's previous version active again.
+    pub async fn rollback_hook(&self, name: impl Into<String>) -> Result<proto::RollbackHookResponse> {
+        let name = name.into();
+        self.idempotent(|ch| {
+            let req = proto::RollbackHookRequest { name: name.clone() };
+            async move { HooksClient::new(ch).rollback(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    /// Dry-runs a hook on one write in the server's sandbox.
+    pub async fn test_hook(&self, req: proto::TestHookRequest) -> Result<proto::TestHookResponse> {
+        self.idempotent(|ch| {
+            let req = req.clone();
+            async move { HooksClient::new(ch).test(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
     }
 
     /// Removes node `id` from the cluster.

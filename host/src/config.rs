@@ -17,11 +17,19 @@ pub struct Limits {
     pub scan_default: u32,
     /// Largest scan limit honoured. Default 10000.
     pub scan_max: u32,
+    /// Largest hook source accepted by a deploy, in bytes. Default 256 KiB.
+    pub max_hook_source_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_key_bytes: 4096, max_value_bytes: 1024 * 1024, scan_default: 1000, scan_max: 10_000 }
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            scan_default: 1000,
+            scan_max: 10_000,
+            max_hook_source_bytes: 256 * 1024,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::cluster::{Node, NodeError, Proposal};
+use crate::hooks::HookUse;
 use crate::raft::CommandResult;
 use crate::storage::Envelope;
 
@@ -97,6 +98,10 @@ impl From<Envelope> for proto::GetResponse {
     }
 }
 
+fn hook_version(h: HookUse) -> proto::HookVersion {
+    proto::HookVersion { name: h.name, version: h.version }
+}
+
 type ScanStream = Pin<Box<dyn Stream<Item = Result<proto::ScanItem, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -142,12 +147,19 @@ impl KvService {
                 r.value.len()
             )));
         }
-        let p =
-            Proposal::Put { key: r.key.to_vec(), value: r.value.to_vec(), ttl_ms: r.ttl_ms, if_version: r.if_version };
+        let p = Proposal::Put {
+            key: r.key.to_vec(),
+            value: r.value.to_vec(),
+            ttl_ms: r.ttl_ms,
+            if_version: r.if_version,
+            hooks: None,
+        };
         let group = self.node.group_for_key(&r.key);
         let result = self.node.propose(group, p).instrument(self.span("put", group)).await?;
         match result {
-            CommandResult::Written { version } => Ok(proto::PutResponse { version }),
+            CommandResult::Written { version, hooks } => {
+                Ok(proto::PutResponse { version, hooks: hooks.into_iter().map(hook_version).collect() })
+            }
             CommandResult::VersionMismatch { current } => Err(NodeError::VersionMismatch { current }.into()),
             other => Err(Status::internal(format!("unexpected put result {other:?}"))),
         }
@@ -163,10 +175,14 @@ impl KvService {
 
     async fn serve_delete(&self, r: proto::DeleteRequest) -> Result<proto::DeleteResponse, Status> {
         self.check_key(&r.key)?;
-        let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version };
+        let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version, hooks: None };
         let group = self.node.group_for_key(&r.key);
         match self.node.propose(group, p).instrument(self.span("delete", group)).await? {
-            CommandResult::Deleted { existed, version } => Ok(proto::DeleteResponse { deleted: existed, version }),
+            CommandResult::Deleted { existed, version, hooks } => Ok(proto::DeleteResponse {
+                deleted: existed,
+                version,
+                hooks: hooks.into_iter().map(hook_version).collect(),
+            }),
             CommandResult::VersionMismatch { current } => Err(NodeError::VersionMismatch { current }.into()),
             other => Err(Status::internal(format!("unexpected delete result {other:?}"))),
         }

@@ -1,11 +1,13 @@
-//! gRPC edge: the public `Kv` and `Cluster` services and the internal `Raft`
+//! gRPC edge: the public `Kv`, `Cluster` and `Hooks` services and the internal `Raft`
 //! transport service. Protobuf types are converted here and nowhere else.
 
 mod cluster_service;
+mod hooks_service;
 mod kv_service;
 mod raft_service;
 
 use ringkv_client::proto::cluster_server::ClusterServer;
+use ringkv_client::proto::hooks_server::HooksServer;
 use ringkv_client::proto::kv_server::KvServer;
 use ringkv_client::proto::raft_server::RaftServer;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -29,6 +31,10 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
             KvServer::new(kv_service::KvService::new(node.clone())).max_decoding_message_size(max_client_message),
         )
         .add_service(ClusterServer::new(cluster_service::ClusterService::new(node.clone())))
+        .add_service(
+            HooksServer::new(hooks_service::HooksService::new(node.clone()))
+                .max_decoding_message_size(node.config().limits.max_hook_source_bytes + 64 * 1024),
+        )
         .add_service(
             RaftServer::new(raft_service::RaftService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -65,6 +71,8 @@ impl From<NodeError> for Status {
                 Status::aborted(format!("version mismatch: current version is {current}"))
             }
             NodeError::Unavailable(m) => Status::unavailable(m),
+            NodeError::Rejected(m) | NodeError::Refused(m) => Status::failed_precondition(m),
+            NodeError::NotFound(m) => Status::not_found(m),
             NodeError::Storage(e) if matches!(e, crate::storage::StorageError::Poisoned) => {
                 Status::unavailable(e.to_string())
             }

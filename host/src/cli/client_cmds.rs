@@ -50,11 +50,14 @@ pub struct PutCommand {
 impl PutCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         let opts = PutOptions { ttl: self.ttl, if_version: self.if_version };
-        let version = self.client.client()?.put_with(self.key, self.value, opts).await?;
+        let r = self.client.client()?.put_detailed(self.key, self.value, opts).await?;
+        let hooks: Vec<String> = r.hooks.iter().map(|h| format!("{} v{}", h.name, h.version)).collect();
         if self.client.json {
-            println!("{}", json!({ "version": version }));
+            println!("{}", json!({ "version": r.version, "hooks": hooks }));
+        } else if hooks.is_empty() {
+            println!("OK version={}", r.version);
         } else {
-            println!("OK version={version}");
+            println!("OK version={} hooks={}", r.version, hooks.join(","));
         }
         Ok(())
     }

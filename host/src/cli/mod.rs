@@ -3,6 +3,7 @@
 
 mod bench;
 mod client_cmds;
+mod hook_cmds;
 mod serve;
 
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
+pub use hook_cmds::HookCommand;
 pub use serve::{DevCommand, ServeCommand};
 
 #[derive(Parser, Debug)]
@@ -37,6 +39,9 @@ pub enum Command {
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Deploy and manage validation and TTL hooks.
+    #[command(subcommand)]
+    Hook(HookCommand),
     /// Closed-loop load generator.
     Bench(BenchCommand),
 }
@@ -78,6 +83,7 @@ pub fn main() -> ExitCode {
             Command::Delete(c) => c.execute().await,
             Command::Scan(c) => c.execute().await,
             Command::Cluster(c) => c.execute().await,
+            Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
         }
     });

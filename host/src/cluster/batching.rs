@@ -93,7 +93,10 @@ fn size_of(p: &Proposal) -> usize {
         Proposal::RemoveNode { .. }
         | Proposal::SetDraining { .. }
         | Proposal::SetDown { .. }
-        | Proposal::SetLeaderHint { .. } => 0,
+        | Proposal::SetLeaderHint { .. }
+        | Proposal::RemoveHook { .. }
+        | Proposal::RollbackHook { .. } => 0,
+        Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! them on membership changes is the rebalancer's job (not built yet).
 
 mod batching;
+mod hooks;
 mod leadership;
 mod membership;
 mod placement;
@@ -55,6 +56,14 @@ pub enum NodeError {
     Raft(#[from] Box<RaftLayerError>),
     #[error("{0}")]
     Startup(String),
+    /// A hook rejected the write or failed under its fail-closed policy.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A request that conflicts with the current state (e.g. nothing to roll back).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -91,6 +100,8 @@ struct NodeInner {
     group_lock: tokio::sync::Mutex<()>,
     /// Flips to true when the node shuts down; every background task watches it.
     shutdown: watch::Sender<bool>,
+    /// The deployed hooks, kept in step with the meta group.
+    hooks: crate::hooks::HookRegistry,
     /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -113,6 +124,8 @@ impl Node {
         let ring = resolve_ring(&storage, &config).await?;
         let peers = Peers::new(config.id, Some(bound.ip()), filter);
         let (shutdown, _) = watch::channel(false);
+        let hooks = crate::hooks::HookRegistry::new()
+            .map_err(|e| NodeError::Startup(format!("cannot start the hook workers: {e}")))?;
         let node = Node {
             inner: Arc::new(NodeInner {
                 id: config.id,
@@ -124,10 +137,12 @@ impl Node {
                 groups: ArcSwap::from_pointee(BTreeMap::new()),
                 group_lock: tokio::sync::Mutex::new(()),
                 shutdown,
+                hooks,
                 tasks: Mutex::new(Vec::new()),
             }),
         };
         node.ensure_group(META_GROUP).await?;
+        node.spawn(node.clone().hook_sync_loop());
         // Shards this node hosted before a restart, as its copy of the meta group records them.
         for (shard, replicas) in node.assignments().await? {
             if replicas.contains(&node.id()) {
@@ -176,6 +191,11 @@ impl Node {
     /// Every group id: the meta group, then every shard.
     pub fn group_ids(&self) -> Vec<GroupId> {
         std::iter::once(META_GROUP).chain((0..self.inner.ring.shards).map(shard_group)).collect()
+    }
+
+    /// The hooks this node runs as a shard leader.
+    pub fn hooks(&self) -> &crate::hooks::HookRegistry {
+        &self.inner.hooks
     }
 
     pub fn storage(&self) -> &Storage {

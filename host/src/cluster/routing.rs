@@ -21,18 +21,20 @@ use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
 use super::{Group, Node, NodeError, NodeInner, META_GROUP};
+use crate::hooks::HookSpec;
 use crate::raft::network::{decode, encode, PeerError};
-use crate::raft::types::{now_ms, CommandResult, Op};
+use crate::raft::types::{now_ms, CommandResult, HookStamp, Op};
 use crate::raft::NodeId;
 use crate::ring::ShardId;
 use crate::storage::{Envelope, GroupId};
 
-/// A write as the client asked for it. The leader turns it into a
-/// [`Command`], stamping its own clock, so TTLs use one clock per write.
+/// A write as the client asked for it. The leader runs the hooks on it
+/// (filling `hooks` and, if a ttl hook decided, `ttl_ms`), then turns it
+/// into a [`Command`], stamping its own clock, so TTLs use one clock per write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Proposal {
-    Put { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>, if_version: Option<u64> },
-    Delete { key: Vec<u8>, if_version: Option<u64> },
+    Put { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
+    Delete { key: Vec<u8>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
     Expire { key: Vec<u8>, version: u64 },
     SetNode { id: NodeId, addr: String },
     RemoveNode { id: NodeId },
@@ -40,16 +42,23 @@ pub enum Proposal {
     SetDraining { id: NodeId, draining: bool },
     SetDown { id: NodeId, down: bool },
     SetLeaderHint { shard: u32, leader: NodeId, term: u64 },
+    DeployHook { spec: Box<HookSpec> },
+    RemoveHook { name: String },
+    RollbackHook { name: String },
 }
 
 impl Proposal {
     /// The op the leader logs for this proposal at time `now`.
     pub fn into_op(self, now: u64) -> Op {
         match self {
-            Proposal::Put { key, value, ttl_ms, if_version } => {
-                Op::Put { key, value, expires_at: ttl_ms.filter(|t| *t > 0).map(|t| now.saturating_add(t)), if_version }
-            }
-            Proposal::Delete { key, if_version } => Op::Delete { key, if_version },
+            Proposal::Put { key, value, ttl_ms, if_version, hooks } => Op::Put {
+                key,
+                value,
+                expires_at: ttl_ms.filter(|t| *t > 0).map(|t| now.saturating_add(t)),
+                if_version,
+                hooks,
+            },
+            Proposal::Delete { key, if_version, hooks } => Op::Delete { key, if_version, hooks },
             Proposal::Expire { key, version } => Op::Expire { key, version },
             Proposal::SetNode { id, addr } => Op::SetNode { id, addr },
             Proposal::RemoveNode { id } => Op::RemoveNode { id },
@@ -57,6 +66,9 @@ impl Proposal {
             Proposal::SetDraining { id, draining } => Op::SetDraining { id, draining },
             Proposal::SetDown { id, down } => Op::SetDown { id, down },
             Proposal::SetLeaderHint { shard, leader, term } => Op::SetLeaderHint { shard, leader, term },
+            Proposal::DeployHook { spec } => Op::DeployHook { spec },
+            Proposal::RemoveHook { name } => Op::RemoveHook { name },
+            Proposal::RollbackHook { name } => Op::RollbackHook { name },
         }
     }
 
@@ -69,7 +81,10 @@ impl Proposal {
             | Proposal::SetAssignment { .. }
             | Proposal::SetDraining { .. }
             | Proposal::SetDown { .. }
-            | Proposal::SetLeaderHint { .. } => None,
+            | Proposal::SetLeaderHint { .. }
+            | Proposal::DeployHook { .. }
+            | Proposal::RemoveHook { .. }
+            | Proposal::RollbackHook { .. } => None,
         }
     }
 }
@@ -106,6 +121,8 @@ pub enum ForwardReply {
     Items(Vec<(Vec<u8>, Vec<u8>)>),
     /// The receiver is not the leader (any more); retry elsewhere.
     NotLeader,
+    /// A hook on the leader rejected the write.
+    Rejected(String),
     Unavailable(String),
 }
 
@@ -254,6 +271,10 @@ impl Node {
         match reply {
             ForwardReply::NotLeader => Ok(Attempt::Retry),
             ForwardReply::Unavailable(m) => Err(NodeError::Unavailable(m)),
+            ForwardReply::Rejected(m) => {
+                note_served_by(leader);
+                Err(NodeError::Rejected(m))
+            }
             other => {
                 let v = T::try_from(other)?;
                 note_served_by(leader);
@@ -342,7 +363,7 @@ impl Node {
 
     /// Proposes a write to `group` and returns what applying it produced.
     pub async fn propose(&self, group: GroupId, p: Proposal) -> Result<CommandResult, NodeError> {
-        self.at_leader(group, || Forwarded::Propose(p.clone()), |g| write_local(g, p.clone())).await
+        self.at_leader(group, || Forwarded::Propose(p.clone()), |g| self.write_local(g, p.clone())).await
     }
 
     /// Reads a key at the given consistency.
@@ -477,9 +498,11 @@ impl Node {
         }
         let work = async {
             let reply = match req {
-                Forwarded::Propose(p) => match write_local(g.clone(), p).await? {
-                    Attempt::Done(r) => ForwardReply::Written(r),
-                    Attempt::Retry => ForwardReply::NotLeader,
+                Forwarded::Propose(p) => match self.write_local(g.clone(), p).await {
+                    Ok(Attempt::Done(r)) => ForwardReply::Written(r),
+                    Ok(Attempt::Retry) => ForwardReply::NotLeader,
+                    Err(NodeError::Rejected(m)) => ForwardReply::Rejected(m),
+                    Err(e) => return Err(e),
                 },
                 Forwarded::Get { key } => match read_barrier(&g).await? {
                     Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
@@ -515,11 +538,6 @@ impl Node {
             )),
         }
     }
-}
-
-/// Proposes through the group's batcher; `Retry` when this node is not the leader.
-async fn write_local(g: Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
-    g.batchers.write(p).await
 }
 
 /// ReadIndex: confirms leadership with a quorum and waits until the local

@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use registry::{
+    HookRecord, HookRegistry, HookSet, HookUse, JudgeError, Judgement, StatsSnapshot, TtlChoice, Write,
+};
 
 /// Where on the write path a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

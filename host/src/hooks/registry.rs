@@ -1,1 +1,433 @@
-//! The hook registry.
+//! The hook registry of one node: the deployed set, compiled and swapped in
+//! as a whole, per-hook call statistics, and judging one write.
+//!
+//! The meta group is the source of truth: it stores one [`HookRecord`] per
+//! name (the active version and the one before it). When this node's copy
+//! of the meta group applies a change, the node calls [`HookRegistry::install`]
+//! with every record; hooks whose version did not change keep their compiled
+//! form, and the new [`HookSet`] replaces the old one in a single atomic
+//! swap. A write loads the set once, so it is judged entirely by the set
+//! that was current when it started.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::pool::{HookPool, PoolError};
+use super::{
+    runtime_for, CallReport, CompiledHook, Decision, FailPolicy, HookFailure, HookInput, HookSpec, OldValue, Stage,
+    WriteKind,
+};
+
+/// A hook's record in the meta group: the active version and the previous one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRecord {
+    /// The active version; `None` once removed.
+    pub current: Option<HookSpec>,
+    /// What `rollback` restores.
+    pub previous: Option<HookSpec>,
+    /// The highest version ever given to this name.
+    pub last_version: u64,
+}
+
+impl HookRecord {
+    /// Makes `spec` the active version and returns its version. Deploying a
+    /// definition identical to the active one changes nothing.
+    pub fn deploy(&mut self, mut spec: HookSpec) -> u64 {
+        if let Some(cur) = &self.current {
+            if same_definition(cur, &spec) {
+                return cur.version;
+            }
+        }
+        self.last_version += 1;
+        spec.version = self.last_version;
+        self.previous = self.current.take().or(self.previous.take());
+        self.current = Some(spec);
+        self.last_version
+    }
+
+    /// Deactivates the hook, keeping it for rollback. Returns the removed version.
+    pub fn remove(&mut self, name: &str) -> Result<u64, String> {
+        let cur = self.current.take().ok_or_else(|| format!("hook {name} is not active"))?;
+        let version = cur.version;
+        self.previous = Some(cur);
+        Ok(version)
+    }
+
+    /// Swaps the active and previous versions. Returns (now active, replaced; 0 = none).
+    pub fn rollback(&mut self, name: &str) -> Result<(u64, u64), String> {
+        let prev =
+            self.previous.take().ok_or_else(|| format!("hook {name} has no previous version to roll back to"))?;
+        let restored = prev.version;
+        let replaced = self.current.as_ref().map_or(0, |c| c.version);
+        self.previous = self.current.take();
+        self.current = Some(prev);
+        Ok((restored, replaced))
+    }
+
+    /// The latest spec, active or not.
+    pub fn latest(&self) -> Option<&HookSpec> {
+        self.current.as_ref().or(self.previous.as_ref())
+    }
+}
+
+fn same_definition(a: &HookSpec, b: &HookSpec) -> bool {
+    a.kind == b.kind
+        && a.stage == b.stage
+        && a.prefix == b.prefix
+        && a.sha256 == b.sha256
+        && a.fail_policy == b.fail_policy
+        && a.limits == b.limits
+}
+
+/// A hook version that judged a write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HookUse {
+    pub name: String,
+    pub version: u64,
+}
+
+/// What the hooks decided about a write that may go ahead; it goes into the
+/// write's log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Judgement {
+    /// The hooks that ran, in order.
+    pub used: Vec<HookUse>,
+    /// The stored version a hook read (0: absent): the write applies only if
+    /// the key still holds it, else the leader judges it again.
+    pub guard: Option<u64>,
+    /// What a ttl hook decided; `None`: keep the client's TTL.
+    pub ttl: Option<TtlChoice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TtlChoice {
+    NoExpiry,
+    Ms(u64),
+}
+
+/// Why a write may not go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JudgeError {
+    /// A hook rejected it, or failed under its fail-closed policy.
+    #[error("{0}")]
+    Rejected(String),
+    /// The hook workers are gone (the node is stopping).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// One write, owned, as the hooks see it.
+pub struct Write {
+    pub op: WriteKind,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub now_ms: u64,
+    pub client_ttl_ms: Option<u64>,
+    /// Reads the live stored value (blocking).
+    pub old_value: Arc<dyn Fn() -> Result<Option<OldValue>, String> + Send + Sync>,
+}
+
+/// Call statistics of one hook name on this node.
+pub struct HookStats {
+    pub calls: AtomicU64,
+    pub rejects: AtomicU64,
+    pub errors: AtomicU64,
+    pub limit_hits: AtomicU64,
+    pub fail_open_passes: AtomicU64,
+    latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// A copy of [`HookStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub calls: u64,
+    pub rejects: u64,
+    pub errors: u64,
+    pub limit_hits: u64,
+    pub fail_open_passes: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl HookStats {
+    fn new() -> HookStats {
+        HookStats {
+            calls: AtomicU64::new(0),
+            rejects: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            limit_hits: AtomicU64::new(0),
+            fail_open_passes: AtomicU64::new(0),
+            latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("constant histogram bounds are valid"),
+            ),
+        }
+    }
+
+    fn record(&self, report: &CallReport) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        match &report.result {
+            Ok(Decision::Reject(_)) => {
+                self.rejects.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(f) if f.is_limit() => {
+                self.limit_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Ok(mut h) = self.latency_us.lock() {
+            h.saturating_record(report.elapsed.as_micros().max(1) as u64);
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let (p50_us, p99_us, max_us) = match self.latency_us.lock() {
+            Ok(h) if !h.is_empty() => (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+            _ => (0, 0, 0),
+        };
+        StatsSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            rejects: self.rejects.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            limit_hits: self.limit_hits.load(Ordering::Relaxed),
+            fail_open_passes: self.fail_open_passes.load(Ordering::Relaxed),
+            p50_us,
+            p99_us,
+            max_us,
+        }
+    }
+}
+
+/// The compiled hooks active at one point of the meta log, in run order:
+/// validate hooks, then ttl hooks; within a stage the longest prefix first,
+/// then by name.
+#[derive(Default)]
+pub struct HookSet {
+    hooks: Vec<Arc<dyn CompiledHook>>,
+}
+
+impl HookSet {
+    fn new(mut hooks: Vec<Arc<dyn CompiledHook>>) -> HookSet {
+        hooks.sort_by(|a, b| {
+            let (a, b) = (a.spec(), b.spec());
+            (a.stage, std::cmp::Reverse(a.prefix.len()), &a.name).cmp(&(
+                b.stage,
+                std::cmp::Reverse(b.prefix.len()),
+                &b.name,
+            ))
+        });
+        HookSet { hooks }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    /// The active hook called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn CompiledHook>> {
+        self.hooks.iter().find(|h| h.spec().name == name)
+    }
+
+    /// The hooks a write runs, in order (ttl hooks only run on puts).
+    fn matching(&self, op: WriteKind, key: &[u8]) -> Vec<Arc<dyn CompiledHook>> {
+        self.hooks
+            .iter()
+            .filter(|h| h.spec().applies_to(key) && (op == WriteKind::Put || h.spec().stage == Stage::Validate))
+            .cloned()
+            .collect()
+    }
+}
+
+/// This node's hooks: the active set, the workers that run them and their statistics.
+pub struct HookRegistry {
+    set: ArcSwap<HookSet>,
+    pool: HookPool,
+    stats: Mutex<HashMap<String, Arc<HookStats>>>,
+    /// Bumped on every install, so deploys can wait for the swap.
+    installed: watch::Sender<u64>,
+}
+
+impl HookRegistry {
+    pub fn new() -> std::io::Result<HookRegistry> {
+        Ok(HookRegistry {
+            set: ArcSwap::from_pointee(HookSet::default()),
+            pool: HookPool::for_machine()?,
+            stats: Mutex::new(HashMap::new()),
+            installed: watch::channel(0).0,
+        })
+    }
+
+    pub fn current(&self) -> Arc<HookSet> {
+        self.set.load_full()
+    }
+
+    /// Replaces the active set with the active versions in `records`.
+    /// Hooks whose version is unchanged keep their compiled form. A hook
+    /// that fails to compile here (deploy checked it, so this means the
+    /// node's runtime differs) keeps its previous version active and is logged.
+    pub fn install(&self, records: &[HookRecord]) {
+        let old = self.current();
+        let mut hooks = Vec::new();
+        for spec in records.iter().filter_map(|r| r.current.as_ref()) {
+            if let Some(h) = old.get(&spec.name).filter(|h| h.spec() == spec) {
+                hooks.push(h.clone());
+                continue;
+            }
+            match runtime_for(spec.kind).compile(spec) {
+                Ok(h) => {
+                    tracing::info!(hook = %spec.name, version = spec.version, stage = %spec.stage, "hook activated");
+                    hooks.push(h);
+                }
+                Err(e) => {
+                    tracing::error!(hook = %spec.name, version = spec.version, error = %e, "hook does not compile on this node; keeping the previous version");
+                    if let Some(h) = old.get(&spec.name) {
+                        hooks.push(h.clone());
+                    }
+                }
+            }
+        }
+        for h in old.hooks.iter().filter(|h| !hooks.iter().any(|n| n.spec().name == h.spec().name)) {
+            tracing::info!(hook = %h.spec().name, version = h.spec().version, "hook deactivated");
+        }
+        self.set.store(Arc::new(HookSet::new(hooks)));
+        self.installed.send_modify(|g| *g += 1);
+    }
+
+    /// Waits until the active set satisfies `done` (a deploy waiting for its
+    /// version to be swapped in here), at most `timeout`.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&HookSet) -> bool) -> bool {
+        let mut rx = self.installed.subscribe();
+        let wait = async {
+            loop {
+                if done(&self.current()) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() && done(&self.current())
+    }
+
+    fn stats_for(&self, name: &str) -> Arc<HookStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.entry(name.to_string()).or_insert_with(|| Arc::new(HookStats::new())).clone()
+    }
+
+    /// This node's statistics for the hook called `name`.
+    pub fn stats(&self, name: &str) -> StatsSnapshot {
+        self.stats_for(name).snapshot()
+    }
+
+    /// Runs every hook that applies to `write`, in order, on a worker.
+    pub async fn judge(&self, write: Write) -> Result<Judgement, JudgeError> {
+        let hooks = self.current().matching(write.op, &write.key);
+        if hooks.is_empty() {
+            return Ok(Judgement::default());
+        }
+        let stats: Vec<_> = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
+        let deadline: Duration = hooks.iter().map(|h| h.spec().limits.timeout).sum();
+        match self.pool.run(deadline, move || run_hooks(&hooks, &stats, &write)).await {
+            Ok(r) => r,
+            Err(PoolError::Deadline(d)) => Err(JudgeError::Rejected(format!(
+                "the hooks on this write did not finish within {d:?} (a hook is stuck outside the interpreter); the write is rejected"
+            ))),
+            Err(PoolError::Stopped) => Err(JudgeError::Unavailable("the node's hook workers have stopped".into())),
+        }
+    }
+
+    /// Runs one hook on one write without writing anything (`Hooks.Test`).
+    pub async fn dry_run(&self, hook: Arc<dyn CompiledHook>, input: Write) -> Result<CallReport, JudgeError> {
+        let deadline = hook.spec().limits.timeout;
+        let run = move || {
+            let loader = || (input.old_value)();
+            let view = HookInput {
+                op: input.op,
+                key: &input.key,
+                value: input.value.as_deref(),
+                now_ms: input.now_ms,
+                client_ttl_ms: input.client_ttl_ms,
+            };
+            hook.call(&view, &loader)
+        };
+        self.pool.run(deadline, run).await.map_err(|e| JudgeError::Rejected(e.to_string()))
+    }
+
+    /// Stops the workers (node shutdown).
+    pub fn stop(&self) {
+        self.pool.stop();
+    }
+}
+
+/// Runs `hooks` on one write (on a worker thread). The stored value is read
+/// at most once and shared by every hook of the write.
+fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Write) -> Result<Judgement, JudgeError> {
+    let cached: OnceLock<Result<Option<OldValue>, String>> = OnceLock::new();
+    let loader = || cached.get_or_init(|| (w.old_value)()).clone();
+    let input = HookInput {
+        op: w.op,
+        key: &w.key,
+        value: w.value.as_deref(),
+        now_ms: w.now_ms,
+        client_ttl_ms: w.client_ttl_ms,
+    };
+    let mut out = Judgement::default();
+    for (hook, stats) in hooks.iter().zip(stats) {
+        let spec = hook.spec();
+        if spec.stage == Stage::Ttl && out.ttl.is_some() {
+            // The most specific ttl hook that decided wins; the rest don't run.
+            continue;
+        }
+        let report = hook.call(&input, &loader);
+        stats.record(&report);
+        out.used.push(HookUse { name: spec.name.clone(), version: spec.version });
+        if report.old_version_read.is_some() {
+            out.guard = report.old_version_read;
+        }
+        let outcome = match (spec.stage, report.result) {
+            (Stage::Validate, Ok(Decision::Accept)) | (Stage::Ttl, Ok(Decision::KeepTtl)) => Ok(()),
+            (Stage::Validate, Ok(Decision::Reject(reason))) => {
+                return Err(JudgeError::Rejected(format!(
+                    "rejected by hook {} v{}: {reason}",
+                    spec.name, spec.version
+                )));
+            }
+            (Stage::Ttl, Ok(Decision::NoExpiry)) => {
+                out.ttl = Some(TtlChoice::NoExpiry);
+                Ok(())
+            }
+            (Stage::Ttl, Ok(Decision::TtlMs(ms))) => {
+                out.ttl = Some(TtlChoice::Ms(ms));
+                Ok(())
+            }
+            (stage, Ok(other)) => Err(HookFailure::Error(format!("a {stage} hook returned {other:?}"))),
+            (_, Err(f)) => Err(f),
+        };
+        if let Err(failure) = outcome {
+            match spec.fail_policy {
+                FailPolicy::Closed => {
+                    return Err(JudgeError::Rejected(format!(
+                        "hook {} v{} {failure}; the write is rejected (fail-closed)",
+                        spec.name, spec.version
+                    )));
+                }
+                FailPolicy::Open => {
+                    stats.fail_open_passes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(hook = %spec.name, version = spec.version, error = %failure, "fail-open hook failed; write let through");
+                }
+            }
+        }
+    }
+    Ok(out)
+}

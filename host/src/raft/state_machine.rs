@@ -18,6 +18,7 @@ use super::types::{
     Command, CommandResult, Entry, LogId, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
+use crate::hooks::HookRecord;
 use crate::storage::{expiry_key, group_key, Envelope, GroupId, Storage, StorageError};
 
 const APPLIED: &[u8] = b"applied";
@@ -34,6 +35,8 @@ const DRAIN_PREFIX: &[u8] = b"\0drain/";
 const DOWN_PREFIX: &[u8] = b"\0down/";
 /// Prefix of shard leader hints: (leader, term) per shard.
 const LEADER_PREFIX: &[u8] = b"\0leader/";
+/// Prefix of hook records ([`HookRecord`]) by hook name.
+const HOOK_PREFIX: &[u8] = b"\0hook/";
 
 /// A snapshot as stored in the `snapshots` keyspace.
 #[derive(Serialize, Deserialize)]
@@ -78,6 +81,11 @@ impl StateMachine {
     pub async fn get(&self, key: Vec<u8>, now_ms: u64) -> Result<Option<Envelope>, StorageError> {
         let group = self.group;
         self.storage.blocking(move |s| Ok(read_envelope(s, group, &key)?.filter(|e| !e.is_expired(now_ms)))).await
+    }
+
+    /// Reads one key on the calling thread (a hook worker); expired keys are invisible.
+    pub fn get_blocking(&self, key: &[u8], now_ms: u64) -> Result<Option<Envelope>, StorageError> {
+        Ok(read_envelope(&self.storage, self.group, key)?.filter(|e| !e.is_expired(now_ms)))
     }
 
     /// Returns up to `limit` live records whose key starts with `prefix`.
@@ -172,6 +180,11 @@ impl StateMachine {
             out.insert(be_u32(&suffix)?, decode::<(NodeId, u64)>(&value, "sm_data")?);
         }
         Ok(out)
+    }
+
+    /// Meta group: every hook record, by name.
+    pub async fn hook_records(&self) -> Result<Vec<HookRecord>, StorageError> {
+        self.meta_records(HOOK_PREFIX).await?.iter().map(|(_, v)| decode::<HookRecord>(v, "sm_data")).collect()
     }
 
     /// Meta group: nodes marked as down.
@@ -273,26 +286,34 @@ impl Applier<'_> {
 
     fn apply_op(&mut self, index: u64, now: u64, op: Op) -> Result<CommandResult, StorageError> {
         Ok(match op {
-            Op::Put { key, value, expires_at, if_version } => {
+            Op::Put { key, value, expires_at, if_version, hooks } => {
                 let old = self.current(&key)?;
                 let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
                 if if_version.is_some_and(|want| want != live) {
                     return Ok(CommandResult::VersionMismatch { current: live });
                 }
+                let hooks = hooks.map(|h| *h).unwrap_or_default();
+                if hooks.guard.is_some_and(|seen| seen != live) {
+                    return Ok(CommandResult::HookStale { current: live });
+                }
                 let env = Envelope { value: value.into(), version: index, expires_at };
                 self.set(key, old.as_ref(), Some(env));
-                CommandResult::Written { version: index }
+                CommandResult::Written { version: index, hooks: hooks.used }
             }
-            Op::Delete { key, if_version } => {
+            Op::Delete { key, if_version, hooks } => {
                 let old = self.current(&key)?;
                 let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
                 if if_version.is_some_and(|want| want != live) {
                     return Ok(CommandResult::VersionMismatch { current: live });
+                }
+                let hooks = hooks.map(|h| *h).unwrap_or_default();
+                if hooks.guard.is_some_and(|seen| seen != live) {
+                    return Ok(CommandResult::HookStale { current: live });
                 }
                 if old.is_some() {
                     self.set(key, old.as_ref(), None);
                 }
-                CommandResult::Deleted { existed: live != 0, version: index }
+                CommandResult::Deleted { existed: live != 0, version: index, hooks: hooks.used }
             }
             Op::Expire { key, version } => {
                 let old = self.current(&key)?;
@@ -342,7 +363,46 @@ impl Applier<'_> {
                 }
                 CommandResult::Done
             }
+            Op::DeployHook { spec } => {
+                let name = spec.name.clone();
+                self.update_hook(&name, index, |r| {
+                    let replaced = r.current.as_ref().map_or(0, |c| c.version);
+                    let version = r.deploy(*spec);
+                    Ok((version, replaced))
+                })?
+            }
+            Op::RemoveHook { name } => self.update_hook(&name, index, |r| Ok((0, r.remove(&name)?)))?,
+            Op::RollbackHook { name } => self.update_hook(&name, index, |r| r.rollback(&name))?,
         })
+    }
+}
+
+impl Applier<'_> {
+    /// Changes one hook record; `change` returns (now active, replaced) or
+    /// why the change is refused (then nothing is written).
+    fn update_hook(
+        &mut self,
+        name: &str,
+        index: u64,
+        change: impl FnOnce(&mut HookRecord) -> Result<(u64, u64), String>,
+    ) -> Result<CommandResult, StorageError> {
+        let key = [HOOK_PREFIX, name.as_bytes()].concat();
+        let old = self.current(&key)?;
+        let mut record = match &old {
+            Some(e) => decode::<HookRecord>(&e.value, "sm_data")?,
+            None => HookRecord::default(),
+        };
+        let before = record.clone();
+        match change(&mut record) {
+            Ok((version, replaced)) => {
+                if record != before {
+                    let value = encode(&record).into();
+                    self.set(key, old.as_ref(), Some(Envelope { value, version: index, expires_at: None }));
+                }
+                Ok(CommandResult::HookChanged { version, replaced })
+            }
+            Err(reason) => Ok(CommandResult::HookRefused { reason }),
+        }
     }
 }
 

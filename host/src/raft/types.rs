@@ -4,6 +4,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::{HookSpec, HookUse};
+
 openraft::declare_raft_types!(
     /// Type configuration shared by every Raft group on the node.
     pub TypeConfig:
@@ -43,9 +45,16 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Writes a value. `if_version`: compare-and-swap, `Some(0)` = must not exist.
-    Put { key: Vec<u8>, value: Vec<u8>, expires_at: Option<u64>, if_version: Option<u64> },
+    /// `expires_at` already includes what a ttl hook decided.
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at: Option<u64>,
+        if_version: Option<u64>,
+        hooks: Option<Box<HookStamp>>,
+    },
     /// Deletes a key, optionally only at a given version.
-    Delete { key: Vec<u8>, if_version: Option<u64> },
+    Delete { key: Vec<u8>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
     /// Background TTL cleanup: deletes the key only if it still holds `version`.
     Expire { key: Vec<u8>, version: u64 },
     /// Meta group: records a member's address.
@@ -64,6 +73,24 @@ pub enum Op {
     /// hint for nodes and clients that do not host the shard; `term` orders
     /// reports so an old leader's late report never wins).
     SetLeaderHint { shard: u32, leader: NodeId, term: u64 },
+    /// Meta group: makes `spec` the active version of its hook (its
+    /// `version` is assigned when applied).
+    DeployHook { spec: Box<HookSpec> },
+    /// Meta group: deactivates a hook, keeping it for rollback.
+    RemoveHook { name: String },
+    /// Meta group: swaps a hook's active and previous versions.
+    RollbackHook { name: String },
+}
+
+/// What the leader's hooks decided about a write, carried in its log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookStamp {
+    /// The hook versions that judged the write, in the order they ran.
+    pub used: Vec<HookUse>,
+    /// The stored version a hook read (0: absent). The write applies only if
+    /// the key still holds it; otherwise it fails with
+    /// [`CommandResult::HookStale`] and the leader judges it again.
+    pub guard: Option<u64>,
 }
 
 impl Op {
@@ -76,7 +103,10 @@ impl Op {
             | Op::SetAssignment { .. }
             | Op::SetDraining { .. }
             | Op::SetDown { .. }
-            | Op::SetLeaderHint { .. } => None,
+            | Op::SetLeaderHint { .. }
+            | Op::DeployHook { .. }
+            | Op::RemoveHook { .. }
+            | Op::RollbackHook { .. } => None,
         }
     }
 }
@@ -84,14 +114,21 @@ impl Op {
 /// What applying one [`Op`] produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
-    /// A put was applied at this version.
-    Written { version: u64 },
+    /// A put was applied at this version, judged by these hooks.
+    Written { version: u64, hooks: Vec<HookUse> },
     /// A delete was applied; `existed` tells whether a live key was removed.
-    Deleted { existed: bool, version: u64 },
+    Deleted { existed: bool, version: u64, hooks: Vec<HookUse> },
     /// The `if_version` condition did not hold; `current` is the live version (0 = absent).
     VersionMismatch { current: u64 },
     /// A membership entry, blank entry or bookkeeping command.
     Done,
+    /// A hook read the key's version and the key changed before the write
+    /// applied: nothing was written; the leader runs the hooks again.
+    HookStale { current: u64 },
+    /// A hook registry change: the version now active (0: none).
+    HookChanged { version: u64, replaced: u64 },
+    /// A hook registry change that could not be made.
+    HookRefused { reason: String },
 }
 
 /// Milliseconds since the Unix epoch, by this node's clock.

@@ -1,0 +1,200 @@
+//! `ringkv.v1.Hooks`: deploy, list, inspect, remove, roll back and dry-run
+//! hooks. Changes go through the meta group (see `cluster::hooks`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_client::proto::{self, hooks_server::Hooks};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::Node;
+use crate::hooks::{
+    Decision, FailPolicy, HookKind, HookLimits, HookSpec, OldValue, Stage, StatsSnapshot, Write, WriteKind,
+};
+use crate::raft::types::now_ms;
+
+pub struct HooksService {
+    node: Node,
+}
+
+impl HooksService {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+}
+
+/// A definition from the wire as a spec (version and digest are set on deploy).
+fn spec_of(def: Option<proto::HookDefinition>) -> Result<HookSpec, Status> {
+    let def = def.ok_or_else(|| Status::invalid_argument("missing hook definition"))?;
+    let kind = match proto::HookKind::try_from(def.kind) {
+        Ok(proto::HookKind::Unspecified | proto::HookKind::Lua) => HookKind::Lua,
+        Err(_) => return Err(Status::invalid_argument(format!("unknown hook kind {}", def.kind))),
+    };
+    let stage = match proto::HookStage::try_from(def.stage) {
+        Ok(proto::HookStage::Validate) => Stage::Validate,
+        Ok(proto::HookStage::Ttl) => Stage::Ttl,
+        Ok(proto::HookStage::Unspecified) => {
+            return Err(Status::invalid_argument("hook stage is required: validate or ttl"))
+        }
+        Err(_) => return Err(Status::invalid_argument(format!("unknown hook stage {}", def.stage))),
+    };
+    let mut limits = HookLimits::default();
+    if def.timeout_ms > 0 {
+        if def.timeout_ms > 1000 {
+            return Err(Status::invalid_argument(format!(
+                "hook timeout {} ms is above the 1000 ms maximum: hooks run on the write path",
+                def.timeout_ms
+            )));
+        }
+        limits.timeout = Duration::from_millis(def.timeout_ms);
+    }
+    Ok(HookSpec {
+        name: def.name,
+        kind,
+        stage,
+        prefix: def.prefix.to_vec(),
+        source: def.source.to_vec(),
+        version: 0,
+        sha256: String::new(),
+        fail_policy: if def.fail_open { FailPolicy::Open } else { FailPolicy::Closed },
+        limits,
+        deployed_at_ms: 0,
+    })
+}
+
+fn info_of(spec: &HookSpec, active: bool, previous: u64, stats: StatsSnapshot, with_source: bool) -> proto::HookInfo {
+    proto::HookInfo {
+        name: spec.name.clone(),
+        kind: match spec.kind {
+            HookKind::Lua => proto::HookKind::Lua as i32,
+        },
+        stage: match spec.stage {
+            Stage::Validate => proto::HookStage::Validate as i32,
+            Stage::Ttl => proto::HookStage::Ttl as i32,
+        },
+        prefix: spec.prefix.clone().into(),
+        version: spec.version,
+        sha256: spec.sha256.clone(),
+        fail_open: spec.fail_policy == FailPolicy::Open,
+        timeout_ms: spec.limits.timeout.as_millis() as u64,
+        deployed_at_ms: spec.deployed_at_ms,
+        active,
+        previous_version: previous,
+        stats: Some(proto::HookStats {
+            calls: stats.calls,
+            rejects: stats.rejects,
+            errors: stats.errors,
+            limit_hits: stats.limit_hits,
+            fail_open_passes: stats.fail_open_passes,
+            p50_us: stats.p50_us,
+            p99_us: stats.p99_us,
+            max_us: stats.max_us,
+        }),
+        source: if with_source { spec.source.clone().into() } else { Default::default() },
+    }
+}
+
+impl HooksService {
+    async fn info(&self, name: &str, with_source: bool) -> Result<proto::HookInfo, Status> {
+        let record = self.node.hook_record(name).await?;
+        let spec = record.latest().ok_or_else(|| Status::not_found(format!("no hook named {name:?}")))?;
+        let previous = if record.current.is_some() { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
+        Ok(info_of(spec, record.current.is_some(), previous, self.node.hooks().stats(name), with_source))
+    }
+}
+
+#[tonic::async_trait]
+impl Hooks for HooksService {
+    async fn deploy(
+        &self,
+        req: Request<proto::DeployHookRequest>,
+    ) -> Result<Response<proto::DeployHookResponse>, Status> {
+        let spec = spec_of(req.into_inner().hook)?;
+        let name = spec.name.clone();
+        let (version, sha256) = self.node.deploy_hook(spec).await?;
+        tracing::info!(hook = %name, version, "hook deployed");
+        Ok(Response::new(proto::DeployHookResponse { version, sha256 }))
+    }
+
+    async fn list(&self, _req: Request<proto::ListHooksRequest>) -> Result<Response<proto::ListHooksResponse>, Status> {
+        let mut hooks = Vec::new();
+        for record in self.node.hook_records().await? {
+            if let Some(spec) = record.latest() {
+                let active = record.current.is_some();
+                let previous = if active { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
+                hooks.push(info_of(spec, active, previous, self.node.hooks().stats(&spec.name), false));
+            }
+        }
+        Ok(Response::new(proto::ListHooksResponse { hooks, node_id: self.node.id() }))
+    }
+
+    async fn get(&self, req: Request<proto::GetHookRequest>) -> Result<Response<proto::HookInfo>, Status> {
+        Ok(Response::new(self.info(&req.into_inner().name, true).await?))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<proto::RemoveHookRequest>,
+    ) -> Result<Response<proto::RemoveHookResponse>, Status> {
+        let name = req.into_inner().name;
+        let removed_version = self.node.remove_hook(&name).await?;
+        tracing::info!(hook = %name, version = removed_version, "hook removed");
+        Ok(Response::new(proto::RemoveHookResponse { removed_version }))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<proto::RollbackHookRequest>,
+    ) -> Result<Response<proto::RollbackHookResponse>, Status> {
+        let name = req.into_inner().name;
+        let (version, replaced_version) = self.node.rollback_hook(&name).await?;
+        tracing::info!(hook = %name, version, replaced = replaced_version, "hook rolled back");
+        Ok(Response::new(proto::RollbackHookResponse { version, replaced_version }))
+    }
+
+    async fn test(&self, req: Request<proto::TestHookRequest>) -> Result<Response<proto::TestHookResponse>, Status> {
+        let r = req.into_inner();
+        let mut def = r.hook.ok_or_else(|| Status::invalid_argument("missing hook definition"))?;
+        if def.source.is_empty() && def.stage == proto::HookStage::Unspecified as i32 {
+            // Testing a deployed hook by name: its stage does not matter here.
+            def.stage = proto::HookStage::Validate as i32;
+        }
+        let spec = spec_of(Some(def))?;
+        if spec.source.len() > self.node.config().limits.max_hook_source_bytes {
+            return Err(Status::invalid_argument("hook source is larger than the deploy limit"));
+        }
+        let old = r.old_value.map(|v| OldValue { value: v.to_vec(), version: r.old_version.max(1) });
+        let write = Write {
+            op: if r.value.is_some() { WriteKind::Put } else { WriteKind::Delete },
+            key: r.key.to_vec(),
+            value: r.value.map(|v| v.to_vec()),
+            now_ms: now_ms(),
+            client_ttl_ms: r.client_ttl_ms,
+            old_value: Arc::new(move || Ok(old.clone())),
+        };
+        let report = self.node.test_hook(spec, write).await?;
+        let mut resp = proto::TestHookResponse {
+            elapsed_us: report.elapsed.as_micros() as u64,
+            read_old_value: report.old_version_read.is_some(),
+            ..Default::default()
+        };
+        match report.result {
+            Ok(Decision::Accept) => resp.decision = "accept".into(),
+            Ok(Decision::Reject(reason)) => {
+                resp.decision = "reject".into();
+                resp.message = reason;
+            }
+            Ok(Decision::KeepTtl) => resp.decision = "keep-ttl".into(),
+            Ok(Decision::NoExpiry) => resp.decision = "no-expiry".into(),
+            Ok(Decision::TtlMs(ms)) => {
+                resp.decision = "ttl".into();
+                resp.ttl_ms = ms;
+            }
+            Err(e) => {
+                resp.decision = "error".into();
+                resp.message = e.to_string();
+            }
+        }
+        Ok(Response::new(resp))
+    }
+}

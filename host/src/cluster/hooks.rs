@@ -1,0 +1,237 @@
+//! The node's side of hooks: keeping the registry in step with the meta
+//! group, judging client writes on the leader before they are proposed, and
+//! changing the registry through the meta group.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{Group, Node, NodeError, Proposal, META_GROUP};
+use crate::hooks::{
+    runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, OldValue, TtlChoice, Write, WriteKind,
+};
+use crate::raft::types::{now_ms, CommandResult, HookStamp};
+
+/// Times the leader judges a write again when the key changed under a hook
+/// that read it, before giving up with `UNAVAILABLE`.
+const MAX_STALE_RETRIES: usize = 16;
+
+/// Longest hook name.
+pub const MAX_HOOK_NAME: usize = 64;
+
+impl Node {
+    /// Keeps this node's hook set equal to the meta group's records: reloads
+    /// them whenever the meta group applies something and swaps the set in
+    /// when they changed.
+    pub(super) async fn hook_sync_loop(self) {
+        let mut stop = self.shutdown_signal();
+        let Ok(meta) = self.group(META_GROUP) else { return };
+        let mut metrics = meta.raft.metrics();
+        let mut seen_applied = None;
+        let mut installed: Option<Vec<HookRecord>> = None;
+        loop {
+            let applied = metrics.borrow_and_update().last_applied;
+            if applied != seen_applied {
+                match meta.sm.hook_records().await {
+                    Ok(records) if installed.as_ref() != Some(&records) => {
+                        self.hooks().install(&records);
+                        installed = Some(records);
+                        seen_applied = applied;
+                    }
+                    Ok(_) => seen_applied = applied,
+                    Err(e) => tracing::warn!(error = %e, "reading hook records"),
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => break,
+                r = metrics.changed() => if r.is_err() { break },
+            }
+        }
+        self.hooks().stop();
+    }
+
+    /// Runs the hooks on a client write and returns it ready to propose:
+    /// the hook versions used, the version guard, and the TTL a hook chose.
+    /// Other proposals pass through unchanged.
+    async fn judged(&self, g: &Arc<Group>, p: Proposal) -> Result<Proposal, NodeError> {
+        let (op, key, value, client_ttl_ms) = match &p {
+            Proposal::Put { key, value, ttl_ms, .. } => (WriteKind::Put, key, Some(value), *ttl_ms),
+            Proposal::Delete { key, .. } => (WriteKind::Delete, key, None, None),
+            _ => return Ok(p),
+        };
+        let sm = g.sm.clone();
+        let now = now_ms();
+        let read_key = key.clone();
+        let write = Write {
+            op,
+            key: key.clone(),
+            value: value.cloned(),
+            now_ms: now,
+            client_ttl_ms,
+            old_value: Arc::new(move || {
+                sm.get_blocking(&read_key, now)
+                    .map(|found| found.map(|e| OldValue { value: e.value.to_vec(), version: e.version }))
+                    .map_err(|e| format!("reading the stored value: {e}"))
+            }),
+        };
+        let judgement = self.hooks().judge(write).await.map_err(|e| match e {
+            JudgeError::Rejected(m) => NodeError::Rejected(m),
+            JudgeError::Unavailable(m) => NodeError::Unavailable(m),
+        })?;
+        let stamp =
+            (!judgement.used.is_empty()).then(|| Box::new(HookStamp { used: judgement.used, guard: judgement.guard }));
+        Ok(match p {
+            Proposal::Put { key, value, ttl_ms, if_version, .. } => {
+                let ttl_ms = match judgement.ttl {
+                    None => ttl_ms,
+                    Some(TtlChoice::NoExpiry) => None,
+                    Some(TtlChoice::Ms(ms)) => Some(ms),
+                };
+                Proposal::Put { key, value, ttl_ms, if_version, hooks: stamp }
+            }
+            Proposal::Delete { key, if_version, .. } => Proposal::Delete { key, if_version, hooks: stamp },
+            other => other,
+        })
+    }
+
+    /// Proposes through the group's batcher on this node (the leader),
+    /// running the hooks first. A write whose hook read a version that
+    /// changed before it applied is judged again.
+    pub(super) async fn write_local(
+        &self,
+        g: Arc<Group>,
+        p: Proposal,
+    ) -> Result<super::routing::Attempt<CommandResult>, NodeError> {
+        if self.hooks().current().is_empty() || p.key().is_none() {
+            return g.batchers.write(p).await;
+        }
+        for _ in 0..MAX_STALE_RETRIES {
+            let judged = self.judged(&g, p.clone()).await?;
+            match g.batchers.write(judged).await? {
+                super::routing::Attempt::Done(CommandResult::HookStale { .. }) => continue,
+                other => return Ok(other),
+            }
+        }
+        Err(NodeError::Unavailable(format!(
+            "the key changed under its hooks {MAX_STALE_RETRIES} times in a row; try again"
+        )))
+    }
+
+    /// Compiles and checks a hook, then commits it through the meta group
+    /// and waits (bounded by the request timeout) until this node runs it.
+    pub async fn deploy_hook(&self, mut spec: HookSpec) -> Result<(u64, String), NodeError> {
+        check_name(&spec.name)?;
+        let max = self.config().limits.max_hook_source_bytes;
+        if spec.source.len() > max {
+            return Err(NodeError::InvalidArgument(format!(
+                "hook source is {} bytes; the limit is {max} bytes",
+                spec.source.len()
+            )));
+        }
+        if spec.prefix.len() > self.config().limits.max_key_bytes {
+            return Err(NodeError::InvalidArgument("hook prefix is longer than the key limit".into()));
+        }
+        spec.sha256 = hex(&Sha256::digest(&spec.source));
+        spec.deployed_at_ms = now_ms();
+        spec.version = 0;
+        let checked = spec.clone();
+        tokio::task::spawn_blocking(move || runtime_for(checked.kind).compile(&checked).map(|_| ()))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .map_err(|e| NodeError::InvalidArgument(format!("hook {} does not load: {e}", spec.name)))?;
+        let (name, sha) = (spec.name.clone(), spec.sha256.clone());
+        let version = match self.propose(META_GROUP, Proposal::DeployHook { spec: Box::new(spec) }).await? {
+            CommandResult::HookChanged { version, .. } => version,
+            CommandResult::HookRefused { reason } => return Err(NodeError::Refused(reason)),
+            other => return Err(NodeError::Internal(format!("unexpected deploy result {other:?}"))),
+        };
+        self.await_hook_version(&name, Some(version)).await;
+        Ok((version, sha))
+    }
+
+    /// Deactivates a hook through the meta group. Returns the removed version.
+    pub async fn remove_hook(&self, name: &str) -> Result<u64, NodeError> {
+        self.hook_record(name).await?;
+        match self.propose(META_GROUP, Proposal::RemoveHook { name: name.to_string() }).await? {
+            CommandResult::HookChanged { replaced, .. } => {
+                self.await_hook_version(name, None).await;
+                Ok(replaced)
+            }
+            CommandResult::HookRefused { reason } => Err(NodeError::Refused(reason)),
+            other => Err(NodeError::Internal(format!("unexpected remove result {other:?}"))),
+        }
+    }
+
+    /// Makes a hook's previous version active again. Returns (active, replaced).
+    pub async fn rollback_hook(&self, name: &str) -> Result<(u64, u64), NodeError> {
+        self.hook_record(name).await?;
+        match self.propose(META_GROUP, Proposal::RollbackHook { name: name.to_string() }).await? {
+            CommandResult::HookChanged { version, replaced } => {
+                self.await_hook_version(name, Some(version)).await;
+                Ok((version, replaced))
+            }
+            CommandResult::HookRefused { reason } => Err(NodeError::Refused(reason)),
+            other => Err(NodeError::Internal(format!("unexpected rollback result {other:?}"))),
+        }
+    }
+
+    /// Every hook record, as this node's copy of the meta group holds them.
+    pub async fn hook_records(&self) -> Result<Vec<HookRecord>, NodeError> {
+        Ok(self.group(META_GROUP)?.sm.hook_records().await?)
+    }
+
+    /// The record of hook `name`, or `NotFound`.
+    pub async fn hook_record(&self, name: &str) -> Result<HookRecord, NodeError> {
+        self.hook_records()
+            .await?
+            .into_iter()
+            .find(|r| r.latest().is_some_and(|s| s.name == name))
+            .ok_or_else(|| NodeError::NotFound(format!("no hook named {name:?}")))
+    }
+
+    /// Runs a hook on one write without writing (`Hooks.Test`): `spec`'s
+    /// source, or with an empty source the deployed hook of that name.
+    pub async fn test_hook(&self, spec: HookSpec, write: Write) -> Result<CallReport, NodeError> {
+        let hook: Arc<dyn CompiledHook> = if spec.source.is_empty() {
+            self.hooks()
+                .current()
+                .get(&spec.name)
+                .cloned()
+                .ok_or_else(|| NodeError::NotFound(format!("no active hook named {:?}", spec.name)))?
+        } else {
+            tokio::task::spawn_blocking(move || runtime_for(spec.kind).compile(&spec))
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))?
+                .map_err(|e| NodeError::InvalidArgument(format!("hook does not load: {e}")))?
+        };
+        self.hooks().dry_run(hook, write).await.map_err(|e| NodeError::Unavailable(e.to_string()))
+    }
+
+    /// Waits until this node runs `version` of hook `name` (`None`: until it
+    /// runs no version of it). Other nodes switch when their copy of the
+    /// meta group applies the change, normally within milliseconds.
+    async fn await_hook_version(&self, name: &str, version: Option<u64>) {
+        let timeout = self.config().request_timeout;
+        let done = |set: &crate::hooks::HookSet| set.get(name).map(|h| h.spec().version) == version;
+        if !self.hooks().wait_for(timeout, done).await {
+            tracing::warn!(hook = name, ?version, "hook change committed but not yet active on this node");
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), NodeError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_HOOK_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeError::InvalidArgument(format!(
+            "bad hook name {name:?}: use 1 to {MAX_HOOK_NAME} letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
