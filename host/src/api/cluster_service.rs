@@ -125,6 +125,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         shards,
         draining: draining.into_iter().collect(),
         down: down.into_iter().collect(),
+        hooks: super::hooks_service::hook_infos(node).await?,
     })
 }
 
@@ -217,5 +218,14 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
         "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving, "under_replicated": r.under_replicated})).collect::<Vec<_>>(),
         "draining": s.draining,
         "down": s.down,
+        "hooks": s.hooks.iter().map(|h| {
+            let st = h.stats.unwrap_or_default();
+            serde_json::json!({
+                "name": h.name, "version": h.version, "active": h.active, "prefix": String::from_utf8_lossy(&h.prefix),
+                "stage": if h.stage == proto::HookStage::Ttl as i32 { "ttl" } else { "validate" },
+                "calls": st.calls, "rejects": st.rejects, "errors": st.errors, "limit_hits": st.limit_hits,
+                "fail_open_passes": st.fail_open_passes, "p50_us": st.p50_us, "p99_us": st.p99_us, "max_us": st.max_us,
+            })
+        }).collect::<Vec<_>>(),
     })
 }

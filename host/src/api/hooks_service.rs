@@ -94,6 +94,19 @@ fn info_of(spec: &HookSpec, active: bool, previous: u64, stats: StatsSnapshot, w
     }
 }
 
+/// Every hook record as [`proto::HookInfo`] (without sources), with this node's statistics.
+pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Status> {
+    let mut hooks = Vec::new();
+    for record in node.hook_records().await? {
+        if let Some(spec) = record.latest() {
+            let active = record.current.is_some();
+            let previous = if active { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
+            hooks.push(info_of(spec, active, previous, node.hooks().stats(&spec.name), false));
+        }
+    }
+    Ok(hooks)
+}
+
 impl HooksService {
     async fn info(&self, name: &str, with_source: bool) -> Result<proto::HookInfo, Status> {
         let record = self.node.hook_record(name).await?;
@@ -117,15 +130,7 @@ impl Hooks for HooksService {
     }
 
     async fn list(&self, _req: Request<proto::ListHooksRequest>) -> Result<Response<proto::ListHooksResponse>, Status> {
-        let mut hooks = Vec::new();
-        for record in self.node.hook_records().await? {
-            if let Some(spec) = record.latest() {
-                let active = record.current.is_some();
-                let previous = if active { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
-                hooks.push(info_of(spec, active, previous, self.node.hooks().stats(&spec.name), false));
-            }
-        }
-        Ok(Response::new(proto::ListHooksResponse { hooks, node_id: self.node.id() }))
+        Ok(Response::new(proto::ListHooksResponse { hooks: hook_infos(&self.node).await?, node_id: self.node.id() }))
     }
 
     async fn get(&self, req: Request<proto::GetHookRequest>) -> Result<Response<proto::HookInfo>, Status> {

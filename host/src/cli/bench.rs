@@ -43,6 +43,11 @@ pub struct BenchCommand {
     pub duration: Duration,
     #[arg(long, default_value_t = 128)]
     pub value_size: usize,
+    /// Write JSON objects (`{"id":..,"name":..,...}` padded to about
+    /// --value-size bytes) instead of filler bytes, e.g. to measure a
+    /// validation hook that parses JSON.
+    #[arg(long)]
+    pub value_json: bool,
     /// Size of the key space; keys are `bench/00000000` ...
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
@@ -97,6 +102,17 @@ impl Target {
     }
 }
 
+/// A JSON object of about `size` bytes with the fields example hooks check.
+fn json_value(size: usize) -> Vec<u8> {
+    let mut v = json!({
+        "id": 4217, "name": "bench-user", "email": "bench-user@example.com",
+        "tags": ["a", "b", "c"], "active": true, "score": 12.5, "pad": "",
+    });
+    let len = v.to_string().len();
+    v["pad"] = json!("x".repeat(size.saturating_sub(len)));
+    v.to_string().into_bytes()
+}
+
 fn key_name(i: u64) -> String {
     format!("bench/{i:08}")
 }
@@ -120,7 +136,7 @@ impl BenchCommand {
         anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
         anyhow::ensure!(self.keys >= 1, "--keys must be at least 1");
         let target = self.target().await?;
-        let value = vec![b'x'; self.value_size];
+        let value = if self.value_json { json_value(self.value_size) } else { vec![b'x'; self.value_size] };
         if self.op != BenchOp::Put && !self.no_preload {
             self.preload(&target, &value).await?;
         }
@@ -182,7 +198,7 @@ impl BenchCommand {
                 json!({
                     "target": target_name, "op": format!("{:?}", self.op).to_lowercase(),
                     "consistency": format!("{:?}", self.consistency).to_lowercase(),
-                    "clients": self.clients, "ring_routing": !self.no_ring_routing, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
+                    "clients": self.clients, "value_bytes": value.len(), "ring_routing": !self.no_ring_routing, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
                     "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "errors": errors,
                     "first_error": first_error,
                 })

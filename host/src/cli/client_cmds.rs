@@ -241,5 +241,24 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
     if !s.draining.is_empty() {
         println!("* draining");
     }
+    if !s.hooks.is_empty() {
+        println!();
+        println!("hooks (calls on node {}):", s.node_id);
+        for h in &s.hooks {
+            let st = h.stats.unwrap_or_default();
+            println!(
+                "  {} v{} {}{}: {} calls, {} rejects, {} errors, {} limit hits, p99 {} us",
+                h.name,
+                h.version,
+                if h.stage == ringkv_client::proto::HookStage::Ttl as i32 { "ttl" } else { "validate" },
+                if h.active { "" } else { " (removed)" },
+                st.calls,
+                st.rejects,
+                st.errors,
+                st.limit_hits,
+                st.p99_us
+            );
+        }
+    }
     println!("(use --json for every shard and group)");
 }

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Put throughput of a 3-node cluster with no hook, a trivial validate hook,
+# and scripts/validate_json.lua, on the same cluster and the same load:
+# BENCH_CLIENTS closed-loop clients writing VALUE_SIZE-byte JSON objects.
+# The three configurations take turns, REPEAT rounds, so drift in the
+# machine hits all three alike. Reports the median ops/s and p99 of each,
+# the ratio to "no hook", and the hook's per-call time (p50/p99 of the
+# hook's own run time on the shard leader, from `hook list --json`).
+#
+# Environment knobs (all optional):
+#   BENCH_DURATION   per-measurement duration   (default 10s)
+#   REPEAT           rounds                     (default 3)
+#   BENCH_CLIENTS    concurrent clients         (default 64)
+#   VALUE_SIZE       JSON value bytes           (default 200)
+#   SETTLE_SECS      wait after the cluster formed (default 10)
+#   CARGO_TARGET_DIR cargo target dir           (default target/)
+#   SKIP_BUILD=1     use the existing release binary
+#
+# Only 127.0.0.1 is used. Every process started here is stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+BENCH_DURATION="${BENCH_DURATION:-10s}"
+REPEAT="${REPEAT:-3}"
+BENCH_CLIENTS="${BENCH_CLIENTS:-64}"
+VALUE_SIZE="${VALUE_SIZE:-200}"
+SETTLE_SECS="${SETTLE_SECS:-10}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+RINGKV="$TARGET_DIR/release/ringkv"
+PORTS=(28479 28481 28483) # HTTP is gRPC+1
+
+log() { printf '[bench-hooks %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+command -v jq >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    log "building ringkv (release) into $TARGET_DIR"
+    CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p ringkv
+fi
+
+WORK="$(mktemp -d -t bench-hooks.XXXXXX)"
+PIDS=()
+stop_cluster() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+trap 'stop_cluster; rm -rf "$WORK"' EXIT INT TERM
+
+endpoints() { local IFS=,; echo "${PORTS[*]/#/127.0.0.1:}"; }
+rk() { RINGKV_ENDPOINTS="$(endpoints)" "$RINGKV" "$@"; }
+
+for i in 0 1 2; do
+    id=$((i + 1)) port=${PORTS[$i]} join=()
+    ((i > 0)) && join=(--join "127.0.0.1:${PORTS[0]}")
+    "$RINGKV" serve --id "$id" --listen "127.0.0.1:$port" --http "127.0.0.1:$((port + 1))" \
+        --data-dir "$WORK/n$id" "${join[@]}" >"$WORK/n$id.log" 2>&1 &
+    PIDS+=($!)
+    sleep 1
+done
+deadline=$((SECONDS + 120))
+until rk cluster status --json 2>/dev/null |
+    jq -e '(.shards | length) > 0 and all(.shards[]; (.replicas | length) == 3 and (.moving | not))' >/dev/null; do
+    ((SECONDS < deadline)) || { log "cluster did not form"; exit 1; }
+    sleep 1
+done
+sleep "$SETTLE_SECS"
+
+printf 'function validate(key, value, ctx)\n    return true\nend\n' >"$WORK/trivial.lua"
+
+# Per-call time of hook $1 on the node that ran it (the leader): p50 and p99 in us.
+hook_call_us() {
+    local best=""
+    for p in "${PORTS[@]}"; do
+        local j
+        j="$("$RINGKV" hook list --json --endpoints "127.0.0.1:$p")"
+        local line
+        line="$(jq -r --arg n "$1" '.hooks[] | select(.name == $n and .stats.calls > 0) | "\(.stats.calls) \(.stats.p50_us) \(.stats.p99_us)"' <<<"$j")"
+        [[ -n "$line" ]] && best="$line"
+    done
+    echo "${best:-0 0 0}"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+declare -A OPS P99 CALL50 CALL99
+CONFIGS=(none trivial json)
+for r in $(seq "$REPEAT"); do
+    for cfg in "${CONFIGS[@]}"; do
+        name="bench-$cfg-$r"
+        case $cfg in
+            none) ;;
+            trivial) rk hook deploy --name "$name" --stage validate --file "$WORK/trivial.lua" >/dev/null ;;
+            json) rk hook deploy --name "$name" --stage validate --file scripts/validate_json.lua >/dev/null ;;
+        esac
+        sleep 1 # every node has applied the deploy
+        out="$(rk bench --op put --clients "$BENCH_CLIENTS" --duration "$BENCH_DURATION" \
+            --value-size "$VALUE_SIZE" --value-json --json)"
+        errors="$(jq -r '.errors' <<<"$out")"
+        [[ "$errors" == 0 ]] || { log "$cfg: $errors errors: $(jq -r '.first_error' <<<"$out")"; exit 1; }
+        OPS[$cfg]+="$(jq -r '.ops_per_sec' <<<"$out") "
+        P99[$cfg]+="$(jq -r '.p99_ms' <<<"$out") "
+        if [[ $cfg != none ]]; then
+            read -r calls c50 c99 <<<"$(hook_call_us "$name")"
+            CALL50[$cfg]+="$c50 "
+            CALL99[$cfg]+="$c99 "
+            rk hook remove "$name" >/dev/null
+            log "round $r $cfg: $(jq -r '.ops_per_sec | floor' <<<"$out") ops/s, p99 $(jq -r '.p99_ms' <<<"$out") ms, $calls hook calls, per call p50 ${c50}us p99 ${c99}us"
+        else
+            log "round $r $cfg: $(jq -r '.ops_per_sec | floor' <<<"$out") ops/s, p99 $(jq -r '.p99_ms' <<<"$out") ms"
+        fi
+    done
+done
+
+base="$(tr ' ' '\n' <<<"${OPS[none]}" | grep . | median)"
+printf '%-8s %12s %10s %8s %16s %16s\n' config 'put ops/s' 'p99 ms' ratio 'call p50 us' 'call p99 us'
+for cfg in "${CONFIGS[@]}"; do
+    m="$(tr ' ' '\n' <<<"${OPS[$cfg]}" | grep . | median)"
+    p="$(tr ' ' '\n' <<<"${P99[$cfg]}" | grep . | median)"
+    c50="-" c99="-"
+    if [[ $cfg != none ]]; then
+        c50="$(tr ' ' '\n' <<<"${CALL50[$cfg]}" | grep . | median)"
+        c99="$(tr ' ' '\n' <<<"${CALL99[$cfg]}" | grep . | median)"
+    fi
+    printf '%-8s %12.0f %10.2f %7.2fx %16s %16s\n' "$cfg" "$m" "$p" "$(echo "$m / $base" | bc -l)" "$c50" "$c99"
+done
