@@ -2,7 +2,9 @@
 //! own loopback address) while a nemesis kills, pauses and partitions nodes.
 //! The history is checked for linearizability per key, acknowledged writes
 //! for durability, eventual reads for phantoms and convergence, and a set
-//! workload for lost and duplicated adds.
+//! workload for lost and duplicated adds. A validate hook that reads the
+//! stored version judges every register write, and is redeployed every 2 s
+//! throughout (hook redeploys are part of the nemesis).
 //!
 //! Knobs (environment): `NEMESIS_SECS` (default 60), `NEMESIS_NODES`
 //! (default 3), `NEMESIS_SEED` (default: from the clock, printed),
@@ -95,6 +97,40 @@ async fn set_client(pid: u64, client: Client, rec: Recorder, stop: Arc<AtomicBoo
 }
 
 /// How long after healing a fault a write goes through again.
+/// A validate hook on the register keys that reads the stored version (so
+/// every register write carries a version guard and is judged again if the
+/// key changed under it) and accepts everything; `generation` makes each
+/// redeploy a new version.
+fn guard_hook(generation: u64) -> ringkv_client::proto::HookDefinition {
+    let source = format!(
+        "-- generation {generation}\nfunction validate(key, value, ctx)\n    return ctx.old_version >= 0\nend\n"
+    );
+    ringkv_client::proto::HookDefinition {
+        name: "nemesis-guard".into(),
+        stage: ringkv_client::proto::HookStage::Validate as i32,
+        prefix: "r/".into(),
+        source: source.into(),
+        timeout_ms: 200,
+        ..Default::default()
+    }
+}
+
+/// Hook redeploys join the faults: a new version of the guard hook every
+/// 2 s while the nemesis runs (failures during faults are expected and
+/// ignored). Returns how many deploys succeeded.
+async fn hook_redeployer(client: Client, stop: Arc<AtomicBool>) -> u64 {
+    let mut deployed = 0;
+    let mut generation = 1;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        generation += 1;
+        if client.deploy_hook(guard_hook(generation)).await.is_ok() {
+            deployed += 1;
+        }
+    }
+    deployed
+}
+
 async fn time_to_recover(client: &Client) -> Duration {
     let started = Instant::now();
     let mut i = 0u64;
@@ -132,8 +168,15 @@ async fn linearizable_and_durable_under_kill_pause_and_partitions() {
 
     let nemesis = Nemesis::new().expect("nemesis");
     let mut c = ProcCluster::start_on_own_ips(nodes, &["--shards", "4"]).await;
+    let setup = client_of(&c);
+    eventually("the guard hook to deploy", || {
+        let setup = setup.clone();
+        async move { setup.deploy_hook(guard_hook(1)).await.ok() }
+    })
+    .await;
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let redeployer = tokio::spawn(hook_redeployer(client_of(&c), stop.clone()));
     let mut workers = Vec::new();
     for pid in 0..REGISTER_CLIENTS {
         workers.push(tokio::spawn(register_client(pid, client_of(&c), rec.clone(), stop.clone(), seed)));
@@ -170,6 +213,7 @@ async fn linearizable_and_durable_under_kill_pause_and_partitions() {
     for w in workers {
         w.await.expect("client task");
     }
+    let redeploys = redeployer.await.expect("redeployer task");
 
     // Quiesce, then read every key linearizably.
     c.wait_settled(nodes as usize).await;
@@ -219,7 +263,7 @@ async fn linearizable_and_durable_under_kill_pause_and_partitions() {
 
     let counts = history.counts();
     let summary = format!(
-        "seed {seed}: {} ops ({counts:?}); {} faults injected; recovery p50/max per fault kind: {}\n\
+        "seed {seed}: {} ops ({counts:?}); {} faults injected, {redeploys} hook redeploys; recovery p50/max per fault kind: {}\n\
          linearizable: {}; durability: {} acked writes, {} anomalies; eventual phantoms: {}; set: {set}",
         history.ops.len(),
         injected.len(),

@@ -235,7 +235,10 @@ impl HookCommand {
                         json!({ "name": name, "version": r.version, "replaced_version": r.replaced_version })
                     );
                 } else {
-                    println!("{name} is now v{} (was v{})", r.version, r.replaced_version);
+                    match r.replaced_version {
+                        0 => println!("{name} is now v{} (it had been removed)", r.version),
+                        was => println!("{name} is now v{} (was v{was})", r.version),
+                    }
                 }
             }
             HookCommand::Test { stage, def, key, value, ttl, old_value, old_version, client } => {
