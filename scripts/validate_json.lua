@@ -32,8 +32,10 @@ function validate(key, value, ctx)
 	end
 	local ok, doc = pcall(json.decode, value)
 	if not ok then
-		-- Keep only the first line of the parser's message.
+		-- The parser's message, e.g. "expected value at line 1 column 1":
+		-- its first line, without the "json.decode:" it starts with.
 		local why = string.match(tostring(doc), "^[^\n]*")
+		why = string.match(why, "json%.decode: (.*)$") or why
 		return false, `value is not JSON ({why})`
 	end
 	local kind = kind_of(doc, value)

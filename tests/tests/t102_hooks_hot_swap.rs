@@ -1,0 +1,208 @@
+//! Hot swap under load: 8 client tasks write continuously to a 3-node
+//! cluster while its validate hook is redeployed 20 times, alternating
+//! between two sources (A rejects values starting with "x", B those starting
+//! with "y"). No write fails for any other reason; every write is judged by
+//! exactly one deployed version, and its outcome is the one that version's
+//! source gives.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ringkv_client::proto::{self, HookDefinition, HookStage};
+use ringkv_client::{Client, Error, PutOptions};
+use ringkv_tests::{eventually, ProcCluster};
+
+const NODES: [u64; 3] = [1, 2, 3];
+const HOOK: &str = "swap";
+const WRITERS: usize = 8;
+const REDEPLOYS: u64 = 20;
+/// Writes each version must have judged before the next deploy.
+const PER_VERSION: usize = 5;
+/// A bound on each writer, whatever happens.
+const MAX_WRITES_PER_WRITER: usize = 20_000;
+
+/// The two sources: each rejects one first letter and says which source it is.
+fn source(which: char) -> String {
+    let letter = if which == 'A' { 'x' } else { 'y' };
+    format!(
+        "-- source {which}\n\
+         function validate(key, value, ctx)\n\
+         \tif value ~= nil and string.sub(value, 1, 1) == \"{letter}\" then\n\
+         \t\treturn false, \"{which} rejects {letter}\"\n\
+         \tend\n\
+         \treturn true\n\
+         end\n"
+    )
+}
+
+fn definition(which: char) -> HookDefinition {
+    HookDefinition {
+        name: HOOK.into(),
+        kind: proto::HookKind::Lua as i32,
+        stage: HookStage::Validate as i32,
+        prefix: b"hs/".to_vec().into(),
+        source: source(which).into_bytes().into(),
+        fail_open: false,
+        // The longest deadline: a stalled 2-core machine must not turn a
+        // trivial call into a "deadline" rejection.
+        timeout_ms: 1000,
+    }
+}
+
+/// What happened to one write.
+#[derive(Debug)]
+enum Outcome {
+    /// Accepted; the hook versions the reply named.
+    Accepted(Vec<(String, u64)>),
+    /// Rejected by a hook; the message.
+    Rejected(String),
+    /// Anything else.
+    Failed(String),
+}
+
+struct Write {
+    value: String,
+    outcome: Outcome,
+}
+
+/// The versions that judged a write: from the reply, or parsed from a
+/// rejection `rejected by hook swap vN: REASON` (with the reason).
+fn parse_rejection(msg: &str) -> Option<(u64, &str)> {
+    let rest = msg.strip_prefix(&format!("rejected by hook {HOOK} v"))?;
+    let (version, reason) = rest.split_once(": ")?;
+    Some((version.parse().ok()?, reason))
+}
+
+type Judged = Arc<Mutex<BTreeMap<u64, usize>>>;
+
+/// Waits until `version` has judged at least [`PER_VERSION`] writes.
+async fn wait_judged(judged: &Judged, version: u64, what: &str) {
+    eventually(what, || {
+        let judged = judged.clone();
+        async move {
+            let n = judged.lock().expect("judged").get(&version).copied().unwrap_or(0);
+            (n >= PER_VERSION).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploying_under_load_judges_every_write_by_exactly_one_version() {
+    let c = ProcCluster::start(3, &[]).await;
+    let admin = c.client();
+    // Version → source letter, as deployed.
+    let mut deployed: BTreeMap<u64, char> = BTreeMap::new();
+    let first = admin.deploy_hook(definition('A')).await.expect("deploy A");
+    deployed.insert(first.version, 'A');
+    for id in NODES {
+        let nc = c.node_client(id);
+        eventually(&format!("node {id} to list {HOOK} v{}", first.version), || {
+            let nc = nc.clone();
+            let want = first.version;
+            async move {
+                let listed = nc.list_hooks().await.ok()?;
+                listed.hooks.iter().any(|h| h.name == HOOK && h.version == want && h.active).then_some(())
+            }
+        })
+        .await;
+    }
+
+    // Writes judged so far, by version (from accepted replies and rejections).
+    let judged: Judged = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        // Some writers send to one node (which forwards to the leader), some route by the ring.
+        let client: Client = if w % 4 == 3 { c.client() } else { c.node_client(NODES[w % NODES.len()]) };
+        let (judged, stop) = (judged.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut log = Vec::new();
+            for i in 0..MAX_WRITES_PER_WRITER {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let value = format!("{}-{w}-{i}", ['x', 'y', 'z'][(i + w) % 3]);
+                let key = format!("hs/{w}/{}", i % 64);
+                let outcome = match client.put_detailed(key, value.clone(), PutOptions::default()).await {
+                    Ok(r) => Outcome::Accepted(r.hooks.into_iter().map(|h| (h.name, h.version)).collect()),
+                    Err(Error::Rejected(msg)) => Outcome::Rejected(msg),
+                    Err(e) => Outcome::Failed(e.to_string()),
+                };
+                let version = match &outcome {
+                    Outcome::Accepted(hooks) => hooks.first().map(|h| h.1),
+                    Outcome::Rejected(msg) => parse_rejection(msg).map(|(v, _)| v),
+                    Outcome::Failed(_) => None,
+                };
+                if let Some(v) = version {
+                    *judged.lock().expect("judged").entry(v).or_default() += 1;
+                }
+                log.push(Write { value, outcome });
+            }
+            log
+        }));
+    }
+
+    // Redeploy, alternating B and A; each version judges some writes before the next.
+    wait_judged(&judged, first.version, "writes judged by the first version").await;
+    for k in 0..REDEPLOYS {
+        let which = if k % 2 == 0 { 'B' } else { 'A' };
+        // Each deploy through a different node.
+        let via = c.node_client(NODES[k as usize % NODES.len()]);
+        let r = via.deploy_hook(definition(which)).await.unwrap_or_else(|e| panic!("deploy {k} ({which}): {e}"));
+        let last = *deployed.keys().last().expect("a version");
+        assert_eq!(r.version, last + 1, "each redeploy is a new version");
+        deployed.insert(r.version, which);
+        wait_judged(&judged, r.version, &format!("writes judged by v{} ({which})", r.version)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = Vec::new();
+    for w in writers {
+        writes.extend(w.await.expect("writer task"));
+    }
+
+    // Every outcome is the one the judging version's source gives.
+    let mut failures = Vec::new();
+    let mut counts: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+    for Write { value, outcome } in &writes {
+        let first = value.chars().next().expect("a value");
+        match outcome {
+            Outcome::Accepted(hooks) => {
+                assert_eq!(hooks.len(), 1, "{value}: judged by exactly one hook version: {hooks:?}");
+                let (name, version) = &hooks[0];
+                assert_eq!(name, HOOK, "{value}");
+                let which = *deployed.get(version).unwrap_or_else(|| panic!("{value}: v{version} was never deployed"));
+                let rejected_letter = if which == 'A' { 'x' } else { 'y' };
+                assert_ne!(first, rejected_letter, "{value} was accepted by v{version} ({which})");
+                counts.entry(*version).or_default().0 += 1;
+            }
+            Outcome::Rejected(msg) => {
+                assert_eq!(msg.matches("rejected by hook").count(), 1, "one version: {msg}");
+                let (version, reason) =
+                    parse_rejection(msg).unwrap_or_else(|| panic!("{value}: not a rejection: {msg}"));
+                let which = *deployed.get(&version).unwrap_or_else(|| panic!("{msg}: v{version} was never deployed"));
+                let rejected_letter = if which == 'A' { 'x' } else { 'y' };
+                assert_eq!(reason, format!("{which} rejects {rejected_letter}"), "{value}: {msg}");
+                assert_eq!(first, rejected_letter, "{value} was rejected by v{version} ({which})");
+                counts.entry(version).or_default().1 += 1;
+            }
+            Outcome::Failed(e) => failures.push(format!("{value}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} writes failed for other reasons, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    println!("{} writes over {} versions", writes.len(), deployed.len());
+    for (version, which) in &deployed {
+        let (accepted, rejected) = counts.get(version).copied().unwrap_or_default();
+        println!(
+            "  v{version} ({which}): judged {} writes, {accepted} accepted, {rejected} rejected",
+            accepted + rejected
+        );
+        assert!(accepted + rejected >= 1, "v{version} judged no write");
+    }
+}
