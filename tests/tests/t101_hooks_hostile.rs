@@ -15,6 +15,8 @@
 //! - A script without its stage function is refused at deploy.
 //! - A fail-open hook that fails lets the write through, and `List` counts
 //!   errors, limit hits and fail-open passes.
+//! - A flood of concurrent writes under a runaway hook does not get writes
+//!   judged by another hook on the same shard leader rejected.
 
 use std::time::Instant;
 
@@ -454,4 +456,94 @@ end
         let via = c.node_client(NODES[i % NODES.len()]);
         via.put("h/state/one", format!("{i}")).await.unwrap_or_else(|e| panic!("call {i}: state survived: {e}"));
     }
+}
+
+/// Clients writing at once under the runaway hook's prefix: twice the two
+/// hook workers a 2-core node has, few enough that a write queued behind them
+/// waits well under the 5 s request timeout.
+const FLOOD_WRITERS: usize = 4;
+
+/// A runaway hook hammered by concurrent writes must not take other hooks'
+/// writes down with it: while clients keep writing under a prefix whose hook
+/// runs until its 1 s limit, writes judged by the benign hook on the same
+/// shard leader (so sharing its hook workers) still succeed, maybe slower,
+/// and every flood write is rejected by the runaway hook's own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_runaway_calls_does_not_starve_other_hooks_on_the_same_leader() {
+    let c = ProcCluster::start(3, &[]).await;
+    let runaway = &LIMIT_CASES[1];
+    assert_eq!((runaway.name, runaway.timeout_ms), ("loop-long", LONG_MS));
+    deploy(&c, std::slice::from_ref(runaway)).await;
+    let flood_key = format!("h/{}/flood", runaway.name);
+    let leader = c.leader_of_key(1, &flood_key).await;
+    let mut benign = Vec::new();
+    for i in 0.. {
+        let key = format!("ok/flood/{i}");
+        if c.leader_of_key(1, &key).await == leader {
+            benign.push(key);
+        }
+        if benign.len() == 3 {
+            break;
+        }
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for i in 0..FLOOD_WRITERS {
+        let (nc, key, stop) = (c.node_client(NODES[i % NODES.len()]), flood_key.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let mut messages = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                messages.push(match nc.put(key.clone(), "v").await {
+                    Err(Error::Rejected(msg)) => msg,
+                    other => format!("not a rejection: {other:?}"),
+                });
+            }
+            messages
+        }));
+    }
+    // Once the runaway hook has been called, the flood is on.
+    let leader_client = c.node_client(leader);
+    eventually("the flood to reach the runaway hook", || {
+        let nc = leader_client.clone();
+        async move {
+            let listed = nc.list_hooks().await.ok()?;
+            let calls = listed.hooks.iter().find(|h| h.name == runaway.name)?.stats?.calls;
+            (calls > 0).then_some(())
+        }
+    })
+    .await;
+    let mut benign_results = Vec::new();
+    for key in &benign {
+        let start = Instant::now();
+        let r = leader_client.put_detailed(key.clone(), "fine", PutOptions::default()).await;
+        println!(
+            "{key} on node {leader} during the flood: {:?} after {:?}",
+            r.as_ref().map(|r| r.version),
+            start.elapsed()
+        );
+        benign_results.push((key.clone(), r));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut flood_messages = Vec::new();
+    for f in flood {
+        flood_messages.extend(f.await.expect("flood task"));
+    }
+    let own_limit = |m: &String| {
+        m.starts_with(&format!("hook {} v1 ", runaway.name))
+            && DEADLINE.iter().any(|cause| m.contains(cause))
+            && m.ends_with("the write is rejected (fail-closed)")
+    };
+    let others: Vec<&String> = flood_messages.iter().filter(|m| !own_limit(m)).collect();
+    println!(
+        "{} flood writes: {} rejected by the runaway hook's own limit, {} otherwise, e.g. {:?}",
+        flood_messages.len(),
+        flood_messages.len() - others.len(),
+        others.len(),
+        others.first()
+    );
+    for (key, r) in benign_results {
+        r.unwrap_or_else(|e| panic!("{key}: a benign hook's write failed during a flood of runaway calls: {e}"));
+    }
+    assert!(others.is_empty(), "flood writes must fail by the runaway hook's own limit: {others:?}");
 }
