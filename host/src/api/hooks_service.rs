@@ -62,7 +62,14 @@ fn spec_of(def: Option<proto::HookDefinition>) -> Result<HookSpec, Status> {
     })
 }
 
-fn info_of(spec: &HookSpec, active: bool, previous: u64, stats: StatsSnapshot, with_source: bool) -> proto::HookInfo {
+fn info_of(
+    spec: &HookSpec,
+    active: bool,
+    previous: u64,
+    running: u64,
+    stats: StatsSnapshot,
+    with_source: bool,
+) -> proto::HookInfo {
     proto::HookInfo {
         name: spec.name.clone(),
         kind: match spec.kind {
@@ -91,7 +98,13 @@ fn info_of(spec: &HookSpec, active: bool, previous: u64, stats: StatsSnapshot, w
             max_us: stats.max_us,
         }),
         source: if with_source { spec.source.clone().into() } else { Default::default() },
+        running_version: running,
     }
+}
+
+/// The version of hook `name` this node runs (0: none).
+fn running_version(node: &Node, name: &str) -> u64 {
+    node.hooks().current().get(name).map_or(0, |h| h.spec().version)
 }
 
 /// Every hook record as [`proto::HookInfo`] (without sources), with this node's statistics.
@@ -101,7 +114,8 @@ pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Stat
         if let Some(spec) = record.latest() {
             let active = record.current.is_some();
             let previous = if active { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
-            hooks.push(info_of(spec, active, previous, node.hooks().stats(&spec.name), false));
+            let running = running_version(node, &spec.name);
+            hooks.push(info_of(spec, active, previous, running, node.hooks().stats(&spec.name), false));
         }
     }
     Ok(hooks)
@@ -112,7 +126,8 @@ impl HooksService {
         let record = self.node.hook_record(name).await?;
         let spec = record.latest().ok_or_else(|| Status::not_found(format!("no hook named {name:?}")))?;
         let previous = if record.current.is_some() { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
-        Ok(info_of(spec, record.current.is_some(), previous, self.node.hooks().stats(name), with_source))
+        let running = running_version(&self.node, name);
+        Ok(info_of(spec, record.current.is_some(), previous, running, self.node.hooks().stats(name), with_source))
     }
 }
 

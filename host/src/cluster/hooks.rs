@@ -34,7 +34,12 @@ impl Node {
             if applied != seen_applied {
                 match meta.sm.hook_records().await {
                     Ok(records) if installed.as_ref() != Some(&records) => {
-                        self.hooks().install(&records);
+                        // Compiling is CPU work; keep it off the async threads.
+                        let (node, new) = (self.clone(), records.clone());
+                        if tokio::task::spawn_blocking(move || node.hooks().install(&new)).await.is_err() {
+                            tracing::error!("installing hooks panicked; will retry on the next meta change");
+                            continue;
+                        }
                         installed = Some(records);
                         seen_applied = applied;
                     }
@@ -74,7 +79,9 @@ impl Node {
                     .map_err(|e| format!("reading the stored value: {e}"))
             }),
         };
-        let judgement = self.hooks().judge(write).await.map_err(|e| match e {
+        // A throttled hook may wait for the slow lane, leaving time to run.
+        let patience = self.config().request_timeout * 3 / 4;
+        let judgement = self.hooks().judge(write, patience).await.map_err(|e| match e {
             JudgeError::Rejected(m) => NodeError::Rejected(m),
             JudgeError::Unavailable(m) => NodeError::Unavailable(m),
         })?;

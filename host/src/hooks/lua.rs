@@ -38,6 +38,10 @@ impl Runtime for LuaRuntime {
         worker.check(&hook)?;
         Ok(Arc::new(hook))
     }
+
+    fn load(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String> {
+        Ok(Arc::new(LuaHook::new(spec.clone())?))
+    }
 }
 
 /// Globals a hook may use. Everything else the VM starts with is removed,

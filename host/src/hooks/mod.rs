@@ -222,6 +222,12 @@ pub trait Runtime: Send + Sync {
     /// level runs within the limits and defines the stage function. Errors
     /// are user-facing (with the script's line) and stop a deploy.
     fn compile(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String>;
+
+    /// Prepares a hook that was checked when it was deployed: compiles it
+    /// without running anything. Nodes use this when their meta group
+    /// applies a deploy, so activation never depends on how busy the node
+    /// is (the top-level check runs under the wall-clock deadline).
+    fn load(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String>;
 }
 
 /// The runtime for `kind`.

@@ -8,6 +8,12 @@
 //! form, and the new [`HookSet`] replaces the old one in a single atomic
 //! swap. A write loads the set once, so it is judged entirely by the set
 //! that was current when it started.
+//!
+//! **Isolation between hooks.** Workers are shared by every hook on the
+//! node. A hook that hit a limit in the last [`SUSPECT_FOR`] is a suspect:
+//! writes it judges run in a slow lane that holds at most all workers but
+//! one, so a runaway hook flooded with writes slows down its own writes
+//! (they queue for the lane) but leaves a worker for every other hook.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +29,7 @@ use super::{
     runtime_for, CallReport, CompiledHook, Decision, FailPolicy, HookFailure, HookInput, HookSpec, OldValue, Stage,
     WriteKind,
 };
+use crate::raft::types::now_ms;
 
 /// A hook's record in the meta group: the active version and the previous one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +92,12 @@ fn same_definition(a: &HookSpec, b: &HookSpec) -> bool {
         && a.limits == b.limits
 }
 
+/// How long a hook that hit a limit stays in the slow lane.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
+
+/// How long a write waits for a hook worker to start its hooks.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
 /// A hook version that judged a write.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HookUse {
@@ -140,6 +153,8 @@ pub struct HookStats {
     pub errors: AtomicU64,
     pub limit_hits: AtomicU64,
     pub fail_open_passes: AtomicU64,
+    /// When the hook last broke a limit (ms since the epoch; 0: never).
+    last_limit_ms: AtomicU64,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -164,6 +179,7 @@ impl HookStats {
             errors: AtomicU64::new(0),
             limit_hits: AtomicU64::new(0),
             fail_open_passes: AtomicU64::new(0),
+            last_limit_ms: AtomicU64::new(0),
             latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("constant histogram bounds are valid"),
@@ -180,6 +196,7 @@ impl HookStats {
             Ok(_) => {}
             Err(f) if f.is_limit() => {
                 self.limit_hits.fetch_add(1, Ordering::Relaxed);
+                self.last_limit_ms.store(now_ms(), Ordering::Relaxed);
             }
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +205,12 @@ impl HookStats {
         if let Ok(mut h) = self.latency_us.lock() {
             h.saturating_record(report.elapsed.as_micros().max(1) as u64);
         }
+    }
+
+    /// Broke a limit within [`SUSPECT_FOR`].
+    fn is_suspect(&self, now: u64) -> bool {
+        let last = self.last_limit_ms.load(Ordering::Relaxed);
+        last != 0 && now.saturating_sub(last) < SUSPECT_FOR.as_millis() as u64
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -252,6 +275,8 @@ impl HookSet {
 pub struct HookRegistry {
     set: ArcSwap<HookSet>,
     pool: HookPool,
+    /// Permits to run suspect hooks: every worker but one.
+    slow_lane: Arc<tokio::sync::Semaphore>,
     stats: Mutex<HashMap<String, Arc<HookStats>>>,
     /// Bumped on every install, so deploys can wait for the swap.
     installed: watch::Sender<u64>,
@@ -259,9 +284,11 @@ pub struct HookRegistry {
 
 impl HookRegistry {
     pub fn new() -> std::io::Result<HookRegistry> {
+        let pool = HookPool::for_machine()?;
         Ok(HookRegistry {
             set: ArcSwap::from_pointee(HookSet::default()),
-            pool: HookPool::for_machine()?,
+            slow_lane: Arc::new(tokio::sync::Semaphore::new(pool.threads().saturating_sub(1).max(1))),
+            pool,
             stats: Mutex::new(HashMap::new()),
             installed: watch::channel(0).0,
         })
@@ -272,9 +299,11 @@ impl HookRegistry {
     }
 
     /// Replaces the active set with the active versions in `records`.
-    /// Hooks whose version is unchanged keep their compiled form. A hook
-    /// that fails to compile here (deploy checked it, so this means the
-    /// node's runtime differs) keeps its previous version active and is logged.
+    /// Hooks whose version is unchanged keep their compiled form; new
+    /// versions are only compiled ([`Runtime::load`](super::Runtime::load)):
+    /// deploy already ran them. A hook that fails to compile here (this
+    /// node's runtime differs from the deploying node's) keeps its previous
+    /// version active and is logged.
     pub fn install(&self, records: &[HookRecord]) {
         let old = self.current();
         let mut hooks = Vec::new();
@@ -283,7 +312,7 @@ impl HookRegistry {
                 hooks.push(h.clone());
                 continue;
             }
-            match runtime_for(spec.kind).compile(spec) {
+            match runtime_for(spec.kind).load(spec) {
                 Ok(h) => {
                     tracing::info!(hook = %spec.name, version = spec.version, stage = %spec.stage, "hook activated");
                     hooks.push(h);
@@ -331,18 +360,35 @@ impl HookRegistry {
     }
 
     /// Runs every hook that applies to `write`, in order, on a worker.
-    pub async fn judge(&self, write: Write) -> Result<Judgement, JudgeError> {
+    /// `patience` bounds the wait for the slow lane when a suspect hook is
+    /// among them.
+    pub async fn judge(&self, write: Write, patience: Duration) -> Result<Judgement, JudgeError> {
         let hooks = self.current().matching(write.op, &write.key);
         if hooks.is_empty() {
             return Ok(Judgement::default());
         }
         let stats: Vec<_> = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
         let deadline: Duration = hooks.iter().map(|h| h.spec().limits.timeout).sum();
-        match self.pool.run(deadline, move || run_hooks(&hooks, &stats, &write)).await {
+        let now = now_ms();
+        let suspect = hooks.iter().zip(&stats).find(|(_, s)| s.is_suspect(now)).map(|(h, _)| h.spec().clone());
+        let _lane = match &suspect {
+            None => None,
+            Some(spec) => match tokio::time::timeout(patience, self.slow_lane.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) => return Err(JudgeError::Unavailable("the node's hook workers have stopped".into())),
+                Err(_) => {
+                    return Err(JudgeError::Rejected(format!(
+                        "hook {} v{} recently exceeded its limits and its calls are throttled; no slot freed up within {patience:?}, so the write is rejected (fail-closed)",
+                        spec.name, spec.version
+                    )))
+                }
+            },
+        };
+        match self.pool.run(QUEUE_WAIT, deadline, move || run_hooks(&hooks, &stats, &write)).await {
             Ok(r) => r,
-            Err(PoolError::Deadline(d)) => Err(JudgeError::Rejected(format!(
-                "the hooks on this write did not finish within {d:?} (a hook is stuck outside the interpreter); the write is rejected"
-            ))),
+            Err(e @ (PoolError::Busy(_) | PoolError::Deadline(_))) => {
+                Err(JudgeError::Rejected(format!("the hooks on this write could not run: {e}; the write is rejected")))
+            }
             Err(PoolError::Stopped) => Err(JudgeError::Unavailable("the node's hook workers have stopped".into())),
         }
     }
@@ -361,7 +407,7 @@ impl HookRegistry {
             };
             hook.call(&view, &loader)
         };
-        self.pool.run(deadline, run).await.map_err(|e| JudgeError::Rejected(e.to_string()))
+        self.pool.run(QUEUE_WAIT, deadline, run).await.map_err(|e| JudgeError::Rejected(e.to_string()))
     }
 
     /// Stops the workers (node shutdown).
