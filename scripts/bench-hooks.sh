@@ -2,10 +2,12 @@
 # Put throughput of a 3-node cluster with no hook, a trivial validate hook,
 # and scripts/validate_json.lua, on the same cluster and the same load:
 # BENCH_CLIENTS closed-loop clients writing VALUE_SIZE-byte JSON objects.
-# The three configurations take turns, REPEAT rounds, so drift in the
-# machine hits all three alike. Reports the median ops/s and p99 of each,
+# The three configurations take turns, REPEAT rounds, in an order that
+# rotates each round, so drift in the machine hits all three alike. Reports the median ops/s and p99 of each,
 # the ratio to "no hook", and the hook's per-call time (p50/p99 of the
-# hook's own run time on the shard leader, from `hook list --json`).
+# hook's own run time on the shard leader, from `hook list --json`), and the
+# CPU the three nodes spent per write (user + system, from /proc): on this
+# shared 2-core machine throughput is noisy, CPU per write much less so.
 #
 # Environment knobs (all optional):
 #   BENCH_DURATION   per-measurement duration   (default 10s)
@@ -13,6 +15,7 @@
 #   BENCH_CLIENTS    concurrent clients         (default 64)
 #   VALUE_SIZE       JSON value bytes           (default 200)
 #   SETTLE_SECS      wait after the cluster formed (default 10)
+#   WARMUP           unrecorded warm-up run first, filling the key space (default 1)
 #   CARGO_TARGET_DIR cargo target dir           (default target/)
 #   SKIP_BUILD=1     use the existing release binary
 #
@@ -82,12 +85,32 @@ hook_call_us() {
     echo "${best:-0 0 0}"
 }
 
+# CPU seconds (user + system) the three nodes have used so far.
+cluster_cpu() {
+    local ticks=0 hz
+    hz="$(getconf CLK_TCK)"
+    for p in "${PIDS[@]}"; do
+        read -r -a f <"/proc/$p/stat"
+        ticks=$((ticks + f[13] + f[14]))
+    done
+    echo "$ticks / $hz" | bc -l
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
-declare -A OPS P99 CALL50 CALL99
+if [[ "${WARMUP:-1}" == 1 ]]; then
+    # The first run writes the key space for the first time and is faster
+    # than every later one; measuring it would flatter whichever config runs first.
+    log "warm-up run (not recorded)"
+    rk bench --op put --clients "$BENCH_CLIENTS" --duration "$BENCH_DURATION" --value-size "$VALUE_SIZE" --value-json >/dev/null
+fi
+
+declare -A OPS P99 CALL50 CALL99 CPU
 CONFIGS=(none trivial json)
 for r in $(seq "$REPEAT"); do
-    for cfg in "${CONFIGS[@]}"; do
+    # Rotate the order each round, so no configuration always runs first.
+    order=("${CONFIGS[@]:$(((r - 1) % 3))}" "${CONFIGS[@]:0:$(((r - 1) % 3))}")
+    for cfg in "${order[@]}"; do
         name="bench-$cfg-$r"
         case $cfg in
             none) ;;
@@ -95,8 +118,11 @@ for r in $(seq "$REPEAT"); do
             json) rk hook deploy --name "$name" --stage validate --file scripts/validate_json.lua >/dev/null ;;
         esac
         sleep 1 # every node has applied the deploy
+        cpu0="$(cluster_cpu)"
         out="$(rk bench --op put --clients "$BENCH_CLIENTS" --duration "$BENCH_DURATION" \
             --value-size "$VALUE_SIZE" --value-json --json)"
+        cpu1="$(cluster_cpu)"
+        CPU[$cfg]+="$(echo "($cpu1 - $cpu0) * 1000000 / $(jq -r '.ops' <<<"$out")" | bc -l) "
         errors="$(jq -r '.errors' <<<"$out")"
         [[ "$errors" == 0 ]] || { log "$cfg: $errors errors: $(jq -r '.first_error' <<<"$out")"; exit 1; }
         OPS[$cfg]+="$(jq -r '.ops_per_sec' <<<"$out") "
@@ -114,7 +140,8 @@ for r in $(seq "$REPEAT"); do
 done
 
 base="$(tr ' ' '\n' <<<"${OPS[none]}" | grep . | median)"
-printf '%-8s %12s %10s %8s %16s %16s\n' config 'put ops/s' 'p99 ms' ratio 'call p50 us' 'call p99 us'
+cpu_base="$(tr ' ' '\n' <<<"${CPU[none]}" | grep . | median)"
+printf '%-8s %12s %10s %8s %16s %16s %14s %10s\n' config 'put ops/s' 'p99 ms' ratio 'call p50 us' 'call p99 us' 'CPU us/write' 'CPU ratio'
 for cfg in "${CONFIGS[@]}"; do
     m="$(tr ' ' '\n' <<<"${OPS[$cfg]}" | grep . | median)"
     p="$(tr ' ' '\n' <<<"${P99[$cfg]}" | grep . | median)"
@@ -123,5 +150,6 @@ for cfg in "${CONFIGS[@]}"; do
         c50="$(tr ' ' '\n' <<<"${CALL50[$cfg]}" | grep . | median)"
         c99="$(tr ' ' '\n' <<<"${CALL99[$cfg]}" | grep . | median)"
     fi
-    printf '%-8s %12.0f %10.2f %7.2fx %16s %16s\n' "$cfg" "$m" "$p" "$(echo "$m / $base" | bc -l)" "$c50" "$c99"
+    cpu="$(tr ' ' '\n' <<<"${CPU[$cfg]}" | grep . | median)"
+    printf '%-8s %12.0f %10.2f %7.2fx %16s %16s %14.1f %9.2fx\n' "$cfg" "$m" "$p" "$(echo "$m / $base" | bc -l)" "$c50" "$c99" "$cpu" "$(echo "$cpu / $cpu_base" | bc -l)"
 done

@@ -7,6 +7,10 @@
 //!   [`MAX_BYTES`]), with up to [`MAX_IN_FLIGHT`] entries in flight. An entry
 //!   never holds two ops on the same key: every op in it gets the entry's log
 //!   index as its version, and per-key versions must stay unique.
+//! - **Hooks.** Writes not yet judged are judged per batch, just before
+//!   the batch becomes an entry: one hand-off to each hook worker for the
+//!   whole batch instead of one per write. Rejected writes leave the batch
+//!   and are answered at once.
 //! - **Linearizable reads.** Each ReadIndex check costs a heartbeat round to a
 //!   quorum. The read batcher runs one check for every read queued before it
 //!   started; reads arriving during a check wait for the next one, so every
@@ -20,8 +24,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::routing::{Attempt, Proposal};
 use super::NodeError;
+use crate::hooks::HookRegistry;
 use crate::raft::types::{now_ms, Command, CommandResult};
-use crate::raft::Raft;
+use crate::raft::{Raft, StateMachine};
 use crate::storage::GroupId;
 
 /// Most ops in one Raft entry.
@@ -36,6 +41,8 @@ pub type ReadReply = Result<Attempt<()>, NodeError>;
 
 struct WriteItem {
     proposal: Proposal,
+    /// Hooks already ran on it (or it is not a hooked write).
+    judged: bool,
     reply: oneshot::Sender<WriteReply>,
 }
 
@@ -50,11 +57,17 @@ pub struct Batchers {
 impl Batchers {
     /// Starts the batcher tasks of one group; they end when the returned
     /// handle is dropped.
-    pub fn start(group: GroupId, raft: Raft) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
+    pub fn start(
+        group: GroupId,
+        raft: Raft,
+        hooks: Arc<HookRegistry>,
+        sm: StateMachine,
+    ) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let w = tokio::spawn(write_loop(group, raft.clone(), wrx, in_flight.clone()));
+        let judge = Judge { hooks, sm };
+        let w = tokio::spawn(write_loop(group, raft.clone(), wrx, in_flight.clone(), judge));
         let r = tokio::spawn(read_loop(group, raft, rrx));
         (Batchers { writes: wtx, reads: rtx, in_flight }, [w, r])
     }
@@ -65,10 +78,11 @@ impl Batchers {
         self.in_flight.clone().acquire_many_owned(MAX_IN_FLIGHT as u32).await.map_err(|_| stopped())
     }
 
-    /// Proposes through the batcher; `Retry` when this node is not the leader.
-    pub async fn write(&self, proposal: Proposal) -> WriteReply {
+    /// Proposes through the batcher; `Retry` when this node is not the
+    /// leader. Unless `judged`, the batcher runs the hooks on it first.
+    pub async fn write(&self, proposal: Proposal, judged: bool) -> WriteReply {
         let (tx, rx) = oneshot::channel();
-        self.writes.send(WriteItem { proposal, reply: tx }).map_err(|_| stopped())?;
+        self.writes.send(WriteItem { proposal, judged, reply: tx }).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -100,7 +114,47 @@ fn size_of(p: &Proposal) -> usize {
     }
 }
 
-async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteItem>, in_flight: Arc<Semaphore>) {
+/// What the write batcher needs to judge writes.
+struct Judge {
+    hooks: Arc<HookRegistry>,
+    /// The group's replica here, for hooks that read the stored value.
+    sm: StateMachine,
+}
+
+impl Judge {
+    /// Runs the hooks on the writes of a batch not judged yet; answers the
+    /// rejected ones and returns the rest, ready to propose.
+    async fn batch(&self, items: Vec<WriteItem>) -> Vec<WriteItem> {
+        if self.hooks.current().is_empty() || items.iter().all(|i| i.judged) {
+            return items;
+        }
+        let (todo, mut ready): (Vec<WriteItem>, Vec<WriteItem>) = items.into_iter().partition(|i| !i.judged);
+        let writes: Vec<_> = todo.iter().filter_map(|i| super::hooks::write_of(&i.proposal, &self.sm)).collect();
+        if writes.len() != todo.len() {
+            // Only puts and deletes are sent unjudged; anything else passes as is.
+            ready.extend(todo);
+            return ready;
+        }
+        for (item, verdict) in todo.into_iter().zip(self.hooks.judge_many(writes).await) {
+            match verdict {
+                Ok(j) => ready.push(WriteItem { proposal: super::hooks::with_judgement(item.proposal, j), ..item }),
+                Err(e) => {
+                    let _ = item.reply.send(Err(super::hooks::judge_error(e)));
+                }
+            }
+        }
+        ready
+    }
+}
+
+async fn write_loop(
+    group: GroupId,
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<WriteItem>,
+    in_flight: Arc<Semaphore>,
+    judge: Judge,
+) {
+    let judge = Arc::new(judge);
     // An item that conflicted with the previous batch and opens the next one.
     let mut carry: Option<WriteItem> = None;
     loop {
@@ -132,10 +186,16 @@ async fn write_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<
             bytes += size_of(&item.proposal);
             items.push(item);
         }
-        let now = now_ms();
-        let (ops, replies): (Vec<_>, Vec<_>) = items.into_iter().map(|i| (i.proposal.into_op(now), i.reply)).unzip();
         let raft = raft.clone();
+        let judge = judge.clone();
         tokio::spawn(async move {
+            let items = judge.batch(items).await;
+            if items.is_empty() {
+                return;
+            }
+            let now = now_ms();
+            let (ops, replies): (Vec<_>, Vec<_>) =
+                items.into_iter().map(|i| (i.proposal.into_op(now), i.reply)).unzip();
             let n = ops.len();
             let result = raft.client_write(Command { now_ms: now, ops }).await;
             drop(permit);

@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::routing::Attempt;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{
-    runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, OldValue, TtlChoice, Write, WriteKind,
+    runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, TtlChoice, Write,
+    WriteKind,
 };
 use crate::raft::types::{now_ms, CommandResult, HookStamp};
+use crate::raft::StateMachine;
 
 /// Times the leader judges a write again when the key changed under a hook
 /// that read it, before giving up with `UNAVAILABLE`.
@@ -55,67 +58,29 @@ impl Node {
         self.hooks().stop();
     }
 
-    /// Runs the hooks on a client write and returns it ready to propose:
-    /// the hook versions used, the version guard, and the TTL a hook chose.
-    /// Other proposals pass through unchanged.
-    async fn judged(&self, g: &Arc<Group>, p: Proposal) -> Result<Proposal, NodeError> {
-        let (op, key, value, client_ttl_ms) = match &p {
-            Proposal::Put { key, value, ttl_ms, .. } => (WriteKind::Put, key, Some(value), *ttl_ms),
-            Proposal::Delete { key, .. } => (WriteKind::Delete, key, None, None),
-            _ => return Ok(p),
-        };
-        let sm = g.sm.clone();
-        let now = now_ms();
-        let read_key = key.clone();
-        let write = Write {
-            op,
-            key: key.clone(),
-            value: value.cloned(),
-            now_ms: now,
-            client_ttl_ms,
-            old_value: Arc::new(move || {
-                sm.get_blocking(&read_key, now)
-                    .map(|found| found.map(|e| OldValue { value: e.value.to_vec(), version: e.version }))
-                    .map_err(|e| format!("reading the stored value: {e}"))
-            }),
-        };
-        // A throttled hook may wait for the slow lane, leaving time to run.
-        let patience = self.config().request_timeout * 3 / 4;
-        let judgement = self.hooks().judge(write, patience).await.map_err(|e| match e {
-            JudgeError::Rejected(m) => NodeError::Rejected(m),
-            JudgeError::Unavailable(m) => NodeError::Unavailable(m),
-        })?;
-        let stamp =
-            (!judgement.used.is_empty()).then(|| Box::new(HookStamp { used: judgement.used, guard: judgement.guard }));
-        Ok(match p {
-            Proposal::Put { key, value, ttl_ms, if_version, .. } => {
-                let ttl_ms = match judgement.ttl {
-                    None => ttl_ms,
-                    Some(TtlChoice::NoExpiry) => None,
-                    Some(TtlChoice::Ms(ms)) => Some(ms),
-                };
-                Proposal::Put { key, value, ttl_ms, if_version, hooks: stamp }
-            }
-            Proposal::Delete { key, if_version, .. } => Proposal::Delete { key, if_version, hooks: stamp },
-            other => other,
-        })
-    }
-
-    /// Proposes through the group's batcher on this node (the leader),
-    /// running the hooks first. A write whose hook read a version that
-    /// changed before it applied is judged again.
-    pub(super) async fn write_local(
-        &self,
-        g: Arc<Group>,
-        p: Proposal,
-    ) -> Result<super::routing::Attempt<CommandResult>, NodeError> {
-        if self.hooks().current().is_empty() || p.key().is_none() {
-            return g.batchers.write(p).await;
+    /// Proposes through the group's batcher on this node (the leader).
+    /// The batcher judges each batch's writes with one hand-off per hook
+    /// worker. A write that a suspect hook (one that recently broke a limit)
+    /// judges is judged here instead, on its own through the slow lane, so
+    /// it can never hold a batch of other writes back. A write whose hook
+    /// read a version that changed before it applied is judged again.
+    pub(super) async fn write_local(&self, g: Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
+        let Some((op, key)) = hooked_write(&p) else { return g.batchers.write(p, true).await };
+        if self.hooks().current().is_empty() {
+            return g.batchers.write(p, true).await;
         }
         for _ in 0..MAX_STALE_RETRIES {
-            let judged = self.judged(&g, p.clone()).await?;
-            match g.batchers.write(judged).await? {
-                super::routing::Attempt::Done(CommandResult::HookStale { .. }) => continue,
+            let attempt = if self.hooks().has_suspect(op, key) {
+                let write = write_of(&p, &g.sm).ok_or_else(|| NodeError::Internal("not a hooked write".into()))?;
+                // A throttled hook may wait for the slow lane, leaving time to run.
+                let patience = self.config().request_timeout * 3 / 4;
+                let judgement = self.hooks().judge(write, patience).await.map_err(judge_error)?;
+                g.batchers.write(with_judgement(p.clone(), judgement), true).await?
+            } else {
+                g.batchers.write(p.clone(), false).await?
+            };
+            match attempt {
+                Attempt::Done(CommandResult::HookStale { .. }) => continue,
                 other => return Ok(other),
             }
         }
@@ -223,6 +188,65 @@ impl Node {
         if !self.hooks().wait_for(timeout, done).await {
             tracing::warn!(hook = name, ?version, "hook change committed but not yet active on this node");
         }
+    }
+}
+
+/// The kind and key of a write hooks judge; `None` for every other proposal.
+fn hooked_write(p: &Proposal) -> Option<(WriteKind, &[u8])> {
+    match p {
+        Proposal::Put { key, .. } => Some((WriteKind::Put, key)),
+        Proposal::Delete { key, .. } => Some((WriteKind::Delete, key)),
+        _ => None,
+    }
+}
+
+/// A client write as the hooks see it, reading the stored value from `sm`
+/// (this node's replica) when a hook asks for it.
+pub(super) fn write_of(p: &Proposal, sm: &StateMachine) -> Option<Write> {
+    let (op, key, value, client_ttl_ms) = match p {
+        Proposal::Put { key, value, ttl_ms, .. } => (WriteKind::Put, key, Some(value), *ttl_ms),
+        Proposal::Delete { key, .. } => (WriteKind::Delete, key, None, None),
+        _ => return None,
+    };
+    let sm = sm.clone();
+    let now = now_ms();
+    let read_key = key.clone();
+    Some(Write {
+        op,
+        key: key.clone(),
+        value: value.cloned(),
+        now_ms: now,
+        client_ttl_ms,
+        old_value: Arc::new(move || {
+            sm.get_blocking(&read_key, now)
+                .map(|found| found.map(|e| OldValue { value: e.value.to_vec(), version: e.version }))
+                .map_err(|e| format!("reading the stored value: {e}"))
+        }),
+    })
+}
+
+/// The write as the hooks decided it: their versions and guard, and the TTL a ttl hook chose.
+pub(super) fn with_judgement(p: Proposal, judgement: Judgement) -> Proposal {
+    let stamp =
+        (!judgement.used.is_empty()).then(|| Box::new(HookStamp { used: judgement.used, guard: judgement.guard }));
+    match p {
+        Proposal::Put { key, value, ttl_ms, if_version, .. } => {
+            let ttl_ms = match judgement.ttl {
+                None => ttl_ms,
+                Some(TtlChoice::NoExpiry) => None,
+                Some(TtlChoice::Ms(ms)) => Some(ms),
+            };
+            Proposal::Put { key, value, ttl_ms, if_version, hooks: stamp }
+        }
+        Proposal::Delete { key, if_version, .. } => Proposal::Delete { key, if_version, hooks: stamp },
+        other => other,
+    }
+}
+
+pub(super) fn judge_error(e: JudgeError) -> NodeError {
+    match e {
+        JudgeError::Rejected(m) => NodeError::Rejected(m),
+        JudgeError::Unavailable(m) => NodeError::Unavailable(m),
     }
 }
 

@@ -101,7 +101,7 @@ struct NodeInner {
     /// Flips to true when the node shuts down; every background task watches it.
     shutdown: watch::Sender<bool>,
     /// The deployed hooks, kept in step with the meta group.
-    hooks: crate::hooks::HookRegistry,
+    hooks: Arc<crate::hooks::HookRegistry>,
     /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -124,8 +124,10 @@ impl Node {
         let ring = resolve_ring(&storage, &config).await?;
         let peers = Peers::new(config.id, Some(bound.ip()), filter);
         let (shutdown, _) = watch::channel(false);
-        let hooks = crate::hooks::HookRegistry::new()
-            .map_err(|e| NodeError::Startup(format!("cannot start the hook workers: {e}")))?;
+        let hooks = Arc::new(
+            crate::hooks::HookRegistry::new()
+                .map_err(|e| NodeError::Startup(format!("cannot start the hook workers: {e}")))?,
+        );
         let node = Node {
             inner: Arc::new(NodeInner {
                 id: config.id,
@@ -229,7 +231,7 @@ impl Node {
             start_group(self.id(), gid, &self.inner.storage, self.inner.peers.clone(), &self.inner.config.raft)
                 .await
                 .map_err(Box::new)?;
-        let (batchers, tasks) = batching::Batchers::start(gid, raft.clone());
+        let (batchers, tasks) = batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone());
         let group = Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into() });
         self.inner.groups.rcu(|m| {
             let mut m = BTreeMap::clone(m);

@@ -95,6 +95,9 @@ fn same_definition(a: &HookSpec, b: &HookSpec) -> bool {
 /// How long a hook that hit a limit stays in the slow lane.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
+/// Expected hook run time worth a hand-off to one more worker.
+const CHUNK_WORK: Duration = Duration::from_micros(200);
+
 /// How long a write waits for a hook worker to start its hooks.
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
@@ -155,6 +158,8 @@ pub struct HookStats {
     pub fail_open_passes: AtomicU64,
     /// When the hook last broke a limit (ms since the epoch; 0: never).
     last_limit_ms: AtomicU64,
+    /// Moving average of a call's run time, in ns (for sizing batches).
+    avg_ns: AtomicU64,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -180,6 +185,7 @@ impl HookStats {
             limit_hits: AtomicU64::new(0),
             fail_open_passes: AtomicU64::new(0),
             last_limit_ms: AtomicU64::new(0),
+            avg_ns: AtomicU64::new(0),
             latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("constant histogram bounds are valid"),
@@ -205,6 +211,10 @@ impl HookStats {
         if let Ok(mut h) = self.latency_us.lock() {
             h.saturating_record(report.elapsed.as_micros().max(1) as u64);
         }
+        // A racy read-modify-write is fine: this only sizes batches.
+        let ns = report.elapsed.as_nanos().min(u64::MAX as u128) as u64;
+        let avg = self.avg_ns.load(Ordering::Relaxed);
+        self.avg_ns.store(if avg == 0 { ns } else { avg - avg / 16 + ns / 16 }, Ordering::Relaxed);
     }
 
     /// Broke a limit within [`SUSPECT_FOR`].
@@ -359,6 +369,14 @@ impl HookRegistry {
         self.stats_for(name).snapshot()
     }
 
+    /// Whether a hook that applies to this write recently broke a limit
+    /// (see [`SUSPECT_FOR`]): such writes are judged one by one through
+    /// [`HookRegistry::judge`], never in a batch.
+    pub fn has_suspect(&self, op: WriteKind, key: &[u8]) -> bool {
+        let now = now_ms();
+        self.current().matching(op, key).iter().any(|h| self.stats_for(&h.spec().name).is_suspect(now))
+    }
+
     /// Runs every hook that applies to `write`, in order, on a worker.
     /// `patience` bounds the wait for the slow lane when a suspect hook is
     /// among them.
@@ -368,7 +386,6 @@ impl HookRegistry {
             return Ok(Judgement::default());
         }
         let stats: Vec<_> = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
-        let deadline: Duration = hooks.iter().map(|h| h.spec().limits.timeout).sum();
         let now = now_ms();
         let suspect = hooks.iter().zip(&stats).find(|(_, s)| s.is_suspect(now)).map(|(h, _)| h.spec().clone());
         let _lane = match &suspect {
@@ -384,12 +401,68 @@ impl HookRegistry {
                 }
             },
         };
-        match self.pool.run(QUEUE_WAIT, deadline, move || run_hooks(&hooks, &stats, &write)).await {
+        let job = vec![Job { hooks, stats, write }];
+        self.run_jobs(job).await.pop().unwrap_or_else(|| Ok(Judgement::default()))
+    }
+
+    /// Judges several writes (a write batch on its way into one Raft
+    /// entry) with one worker hand-off per chunk rather than per write. The
+    /// writes that have hooks are split into chunks of about
+    /// [`CHUNK_WORK`] of expected run time (by each hook's recent average),
+    /// at most one per worker. Results are in the order of `writes`.
+    pub async fn judge_many(&self, writes: Vec<Write>) -> Vec<Result<Judgement, JudgeError>> {
+        let set = self.current();
+        let mut results: Vec<Option<Result<Judgement, JudgeError>>> = Vec::with_capacity(writes.len());
+        let mut jobs = Vec::new();
+        let mut expected_ns = 0u64;
+        for (i, write) in writes.into_iter().enumerate() {
+            let hooks = set.matching(write.op, &write.key);
+            if hooks.is_empty() {
+                results.push(Some(Ok(Judgement::default())));
+                continue;
+            }
+            results.push(None);
+            let stats: Vec<_> = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
+            expected_ns += stats.iter().map(|s| s.avg_ns.load(Ordering::Relaxed)).sum::<u64>();
+            jobs.push((i, Job { hooks, stats, write }));
+        }
+        let n_chunks = (expected_ns / CHUNK_WORK.as_nanos() as u64 + 1).min(self.pool.threads() as u64) as usize;
+        let mut chunks: Vec<(Vec<usize>, Vec<Job>)> = (0..n_chunks).map(|_| Default::default()).collect();
+        for (n, (i, job)) in jobs.into_iter().enumerate() {
+            let chunk = &mut chunks[n % n_chunks];
+            chunk.0.push(i);
+            chunk.1.push(job);
+        }
+        let runs = chunks.into_iter().filter(|(idx, _)| !idx.is_empty()).map(|(idx, jobs)| async move {
+            let out = self.run_jobs(jobs).await;
+            (idx, out)
+        });
+        for (idx, out) in futures::future::join_all(runs).await {
+            for (i, r) in idx.into_iter().zip(out) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(JudgeError::Unavailable("a write was not judged".into()))))
+            .collect()
+    }
+
+    /// Runs the jobs one after the other on one worker. The caller allows
+    /// the sum of their deadlines once a worker has started them.
+    async fn run_jobs(&self, jobs: Vec<Job>) -> Vec<Result<Judgement, JudgeError>> {
+        let n = jobs.len();
+        let deadline: Duration = jobs.iter().flat_map(|j| &j.hooks).map(|h| h.spec().limits.timeout).sum();
+        let run = move || jobs.iter().map(|j| run_hooks(&j.hooks, &j.stats, &j.write)).collect::<Vec<_>>();
+        match self.pool.run(QUEUE_WAIT, deadline, run).await {
             Ok(r) => r,
             Err(e @ (PoolError::Busy(_) | PoolError::Deadline(_))) => {
-                Err(JudgeError::Rejected(format!("the hooks on this write could not run: {e}; the write is rejected")))
+                let msg = format!("the hooks on this write could not run: {e}; the write is rejected");
+                vec![Err(JudgeError::Rejected(msg)); n]
             }
-            Err(PoolError::Stopped) => Err(JudgeError::Unavailable("the node's hook workers have stopped".into())),
+            Err(PoolError::Stopped) => {
+                vec![Err(JudgeError::Unavailable("the node's hook workers have stopped".into())); n]
+            }
         }
     }
 
@@ -414,6 +487,13 @@ impl HookRegistry {
     pub fn stop(&self) {
         self.pool.stop();
     }
+}
+
+/// One write and the hooks that judge it.
+struct Job {
+    hooks: Vec<Arc<dyn CompiledHook>>,
+    stats: Vec<Arc<HookStats>>,
+    write: Write,
 }
 
 /// Runs `hooks` on one write (on a worker thread). The stored value is read
