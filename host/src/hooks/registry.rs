@@ -543,6 +543,7 @@ fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Writ
         if let Err(failure) = outcome {
             match spec.fail_policy {
                 FailPolicy::Closed => {
+                    tracing::debug!(hook = %spec.name, version = spec.version, error = %failure, "hook failed; write rejected");
                     return Err(JudgeError::Rejected(format!(
                         "hook {} v{} {failure}; the write is rejected (fail-closed)",
                         spec.name, spec.version
