@@ -81,3 +81,153 @@ impl Default for NodeConfig {
         }
     }
 }
+
+/// The `--config` TOML file. Every field is optional: a missing one keeps
+/// its default, and `RINGKV_*` environment variables and flags override
+/// what the file says (see `docs/configuration.md`). Unknown fields are an
+/// error, so a typo never silently leaves a default in place.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub id: Option<NodeId>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    /// `"off"` disables the HTTP endpoint.
+    pub http: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub join: Option<Vec<String>>,
+    pub shards: Option<u32>,
+    pub request_timeout: Option<Dur>,
+    pub down_timeout: Option<Dur>,
+    #[serde(default)]
+    pub raft: RaftFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `[raft]` in the config file.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftFile {
+    pub heartbeat: Option<Dur>,
+    pub election_timeout: Option<Dur>,
+    pub snapshot_every: Option<u64>,
+    pub keep_logs: Option<u64>,
+}
+
+/// `[limits]` in the config file.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_key_bytes: Option<Size>,
+    pub max_value_bytes: Option<Size>,
+    pub scan_default: Option<u32>,
+    pub scan_max: Option<u32>,
+    pub max_hook_source_bytes: Option<Size>,
+}
+
+/// A size in bytes written like `4096`, `4KiB` or `1MiB` (KB, MB: powers of 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> serde::Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(text) => text.parse::<bytesize::ByteSize>().map(|b| Size(b.as_u64())).map_err(|e| {
+                serde::de::Error::custom(format!("{e} in {text:?} (expected a size like 4096, 4KiB or 1MiB)"))
+            }),
+        }
+    }
+}
+
+/// A duration written like `500ms`, `5s` or `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> serde::Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("{e} in {text:?} (expected a duration like 500ms, 5s or 2m)"))
+        })
+    }
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`; errors name the file, the line and the field.
+    pub fn load(path: &std::path::Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        ConfigFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses a config file's text; an error names the line and its setting.
+    pub fn parse(text: &str) -> Result<ConfigFile, String> {
+        toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+                format!("line {line_no} (`{line}`): {}", e.message())
+            }
+            None => e.message().to_string(),
+        })
+    }
+}
+
+/// A complete, commented config file with every setting at its default
+/// (`ringkv config example`).
+pub const EXAMPLE: &str = r#"# ringkv node configuration. Every setting is optional and shows its default.
+# Precedence: flags > RINGKV_* environment variables > this file > defaults.
+# Durations read like 500ms, 5s, 2m; sizes like 4KiB, 1MiB (KB/MB are powers of 10).
+
+# Node id: unique in the cluster and fixed for its data directory. (RINGKV_ID, --id)
+id = 1
+# gRPC address to bind: the client API and the peer transport. (RINGKV_LISTEN, --listen)
+listen = "127.0.0.1:7379"
+# Address other nodes and clients use to reach this node; default: the bound
+# address. (RINGKV_ADVERTISE, --advertise)
+# advertise = "10.0.0.1:7379"
+# HTTP address for /healthz and /status; "off" disables it. (RINGKV_HTTP, --http)
+http = "127.0.0.1:7380"
+# Data directory. (RINGKV_DATA_DIR, --data-dir)
+data_dir = "ringkv-data"
+# Seeds of an existing cluster to join; empty: bootstrap a new cluster.
+# (RINGKV_JOIN, comma separated; --join)
+join = []
+# Shards of a new cluster (bootstrap only; fixed afterwards). (RINGKV_SHARDS, --shards)
+shards = 1
+# Server-side deadline of a client request. (RINGKV_REQUEST_TIMEOUT, --request-timeout)
+request_timeout = "5s"
+# A member unreachable this long is marked down and its replicas are
+# re-created elsewhere. (RINGKV_DOWN_TIMEOUT, --down-timeout)
+down_timeout = "30s"
+
+[raft]
+# Heartbeat interval. (RINGKV_HEARTBEAT, --heartbeat)
+heartbeat = "250ms"
+# Minimum election timeout; the maximum is twice this.
+# (RINGKV_ELECTION_TIMEOUT, --election-timeout)
+election_timeout = "1250ms"
+# Snapshot after this many log entries. (RINGKV_SNAPSHOT_EVERY, --snapshot-every)
+snapshot_every = 10000
+# Log entries kept after a snapshot for lagging followers. (RINGKV_KEEP_LOGS, --keep-logs)
+keep_logs = 1000
+
+[limits]
+# Largest key. (RINGKV_MAX_KEY_BYTES, --max-key-bytes)
+max_key_bytes = "4KiB"
+# Largest value. (RINGKV_MAX_VALUE_BYTES, --max-value-bytes)
+max_value_bytes = "1MiB"
+# Scan limit used when a request says 0. (RINGKV_SCAN_DEFAULT, --scan-default)
+scan_default = 1000
+# Largest scan limit honoured. (RINGKV_SCAN_MAX, --scan-max)
+scan_max = 10000
+# Largest hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
+max_hook_source_bytes = "256KiB"
+"#;

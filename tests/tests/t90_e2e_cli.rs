@@ -101,3 +101,51 @@ async fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
     assert!(exit.success(), "dev exits cleanly on Ctrl-C: {exit:?}");
     assert!(std::net::TcpStream::connect(&endpoints[1]).is_err(), "nodes are stopped");
 }
+
+/// `serve --config`: a bad file stops the node at start naming the line and
+/// the setting; a good one is honoured, with a flag and a `RINGKV_*`
+/// variable layered over it.
+#[tokio::test]
+async fn serve_reads_a_config_file_under_environment_and_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "id = 1\n[raft]\nheartbeats = \"1s\"\n").expect("write");
+    let out = Command::new(ringkv_bin()).args(["serve", "--config"]).arg(&bad).output().expect("run serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad config must stop the node");
+    assert!(err.contains("line 3") && err.contains("unknown field `heartbeats`"), "{err}");
+
+    let port = ringkv_tests::free_port();
+    let good = dir.path().join("node.toml");
+    let config = format!(
+        "id = 5\nlisten = \"127.0.0.1:1\"\nhttp = \"off\"\ndata_dir = {:?}\n[limits]\nmax_value_bytes = \"1KiB\"\n",
+        dir.path().join("data")
+    );
+    std::fs::write(&good, config).expect("write");
+    let mut node = Command::new(ringkv_bin())
+        .args(["serve", "--config"])
+        .arg(&good)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RINGKV_MAX_VALUE_BYTES", "2KiB")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let client = ringkv_client::Client::connect([format!("127.0.0.1:{port}")]).expect("client");
+    let status = ringkv_tests::eventually("the configured node to serve on the flag's port", || {
+        let client = client.clone();
+        async move { client.status().await.ok() }
+    })
+    .await;
+    assert_eq!(status.node_id, 5, "the file's id");
+    ringkv_tests::eventually("the node to accept writes", || {
+        let client = client.clone();
+        async move { client.put("k", vec![b'x'; 2000]).await.ok() }
+    })
+    .await;
+    let too_big = client.put("k", vec![b'x'; 3000]).await;
+    assert!(matches!(too_big, Err(ringkv_client::Error::InvalidArgument(_))), "the environment's 2KiB: {too_big:?}");
+    node.kill().expect("kill");
+    let _ = node.wait();
+}

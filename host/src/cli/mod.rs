@@ -44,6 +44,28 @@ pub enum Command {
     Hook(HookCommand),
     /// Closed-loop load generator.
     Bench(BenchCommand),
+    /// Node configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print a complete, commented config file with every default.
+    Example,
+    /// Check a config (file, environment and flags, as `serve` would read
+    /// them) and print the settings it resolves to.
+    Check(Box<ServeCommand>),
+}
+
+impl ConfigCommand {
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self {
+            ConfigCommand::Example => print!("{}", crate::config::EXAMPLE),
+            ConfigCommand::Check(serve) => println!("{:#?}", serve.config()?),
+        }
+        Ok(())
+    }
 }
 
 /// Flags every client subcommand takes.
@@ -85,6 +107,7 @@ pub fn main() -> ExitCode {
             Command::Cluster(c) => c.execute().await,
             Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
+            Command::Config(c) => c.execute(),
         }
     });
     match result {

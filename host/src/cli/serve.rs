@@ -7,101 +7,185 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::cluster::Node;
-use crate::config::{Limits, NodeConfig};
+use crate::config::{ConfigFile, Limits, NodeConfig};
 use crate::raft::{LinkFilter, RaftTuning};
 use crate::ring::RingConfig;
 
-#[derive(Args, Debug)]
+/// `ringkv serve`. Every setting comes from, in order of precedence: its
+/// flag, its `RINGKV_*` environment variable, the `--config` file, its
+/// default (docs/configuration.md lists them all; `ringkv config example`
+/// prints a complete file).
+#[derive(Args, Debug, Default)]
 pub struct ServeCommand {
-    /// Node id, unique in the cluster and fixed for its data directory.
-    #[arg(long, default_value_t = 1)]
-    pub id: u64,
-    /// gRPC address to bind (client API and peer transport).
-    #[arg(long, default_value = "127.0.0.1:7379")]
-    pub listen: String,
-    /// Address others use to reach this node (default: the bound address).
-    #[arg(long)]
+    /// TOML config file (see `ringkv config example`).
+    #[arg(long, env = "RINGKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node id, unique in the cluster and fixed for its data directory. [default: 1]
+    #[arg(long, env = "RINGKV_ID")]
+    pub id: Option<u64>,
+    /// gRPC address to bind (client API and peer transport). [default: 127.0.0.1:7379]
+    #[arg(long, env = "RINGKV_LISTEN")]
+    pub listen: Option<String>,
+    /// Address others use to reach this node. [default: the bound address]
+    #[arg(long, env = "RINGKV_ADVERTISE")]
     pub advertise: Option<String>,
-    /// HTTP address for /healthz and /status.
-    #[arg(long, default_value = "127.0.0.1:7380")]
-    pub http: String,
-    /// Do not serve HTTP.
+    /// HTTP address for /healthz and /status; "off" disables it. [default: 127.0.0.1:7380]
+    #[arg(long, env = "RINGKV_HTTP")]
+    pub http: Option<String>,
+    /// Do not serve HTTP (same as --http off).
     #[arg(long)]
     pub no_http: bool,
-    /// Data directory.
-    #[arg(long, default_value = "ringkv-data")]
-    pub data_dir: PathBuf,
+    /// Data directory. [default: ringkv-data]
+    #[arg(long, env = "RINGKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Join the cluster reachable at these addresses instead of bootstrapping.
-    #[arg(long, value_delimiter = ',')]
-    pub join: Vec<String>,
+    #[arg(long, value_delimiter = ',', env = "RINGKV_JOIN")]
+    pub join: Option<Vec<String>>,
     /// Number of shards of a new cluster (bootstrap only; fixed afterwards).
     /// Size it at about 10x the largest node count you expect: a cluster
     /// cannot spread data over more nodes than RF x shards. Default 1, the
     /// fastest for 3 nodes: more shards cost write throughput today
-    /// (docs/performance.md).
-    #[arg(long, default_value_t = 1)]
-    pub shards: u32,
-    /// Raft heartbeat interval.
-    #[arg(long, default_value = "250ms", value_parser = super::parse_duration)]
-    pub heartbeat: Duration,
-    /// Minimum election timeout (the maximum is twice this).
-    #[arg(long, default_value = "1250ms", value_parser = super::parse_duration)]
-    pub election_timeout: Duration,
-    /// Snapshot after this many log entries since the last snapshot.
-    #[arg(long, default_value_t = 10_000)]
-    pub snapshot_every: u64,
-    /// Log entries kept after a snapshot for slightly lagging followers.
-    #[arg(long, default_value_t = 1_000)]
-    pub keep_logs: u64,
-    /// Largest accepted value in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_value_bytes: usize,
-    /// Server-side deadline of a client request.
-    #[arg(long, default_value = "5s", value_parser = super::parse_duration)]
-    pub request_timeout: Duration,
+    /// (docs/performance.md). [default: 1]
+    #[arg(long, env = "RINGKV_SHARDS")]
+    pub shards: Option<u32>,
+    /// Raft heartbeat interval. [default: 250ms]
+    #[arg(long, env = "RINGKV_HEARTBEAT", value_parser = super::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Minimum election timeout (the maximum is twice this). [default: 1250ms]
+    #[arg(long, env = "RINGKV_ELECTION_TIMEOUT", value_parser = super::parse_duration)]
+    pub election_timeout: Option<Duration>,
+    /// Snapshot after this many log entries since the last snapshot. [default: 10000]
+    #[arg(long, env = "RINGKV_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept after a snapshot for slightly lagging followers. [default: 1000]
+    #[arg(long, env = "RINGKV_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    /// Largest accepted key, e.g. 4KiB. [default: 4KiB]
+    #[arg(long, env = "RINGKV_MAX_KEY_BYTES", value_parser = parse_size)]
+    pub max_key_bytes: Option<usize>,
+    /// Largest accepted value, e.g. 1MiB. [default: 1MiB]
+    #[arg(long, env = "RINGKV_MAX_VALUE_BYTES", value_parser = parse_size)]
+    pub max_value_bytes: Option<usize>,
+    /// Scan limit used when a request says 0. [default: 1000]
+    #[arg(long, env = "RINGKV_SCAN_DEFAULT")]
+    pub scan_default: Option<u32>,
+    /// Largest scan limit honoured. [default: 10000]
+    #[arg(long, env = "RINGKV_SCAN_MAX")]
+    pub scan_max: Option<u32>,
+    /// Largest hook source a deploy accepts. [default: 256KiB]
+    #[arg(long, env = "RINGKV_MAX_HOOK_SOURCE_BYTES", value_parser = parse_size)]
+    pub max_hook_source_bytes: Option<usize>,
+    /// Server-side deadline of a client request. [default: 5s]
+    #[arg(long, env = "RINGKV_REQUEST_TIMEOUT", value_parser = super::parse_duration)]
+    pub request_timeout: Option<Duration>,
     /// A member unreachable for this long is declared down and its shard
-    /// replicas are re-created on other nodes.
-    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
-    pub down_timeout: Duration,
+    /// replicas are re-created on other nodes. [default: 30s]
+    #[arg(long, env = "RINGKV_DOWN_TIMEOUT", value_parser = super::parse_duration)]
+    pub down_timeout: Option<Duration>,
+}
+
+/// A served node's Raft timing: slower than [`RaftTuning::default`] (which
+/// in-process test clusters use), so a loaded machine does not trigger
+/// needless elections.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
+const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1250);
+
+/// Parses `4096`, `4KiB`, `1MiB`, `1.5MB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{e} (expected a size like 4096, 4KiB or 1MiB)"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
+}
+
+/// A size from the config file, as `usize`, naming the field on overflow.
+fn file_size(v: Option<crate::config::Size>, field: &str) -> anyhow::Result<Option<usize>> {
+    v.map(|b| usize::try_from(b.0).map_err(|_| anyhow::anyhow!("{field} = {} bytes is too large", b.0))).transpose()
 }
 
 impl ServeCommand {
+    /// The node's settings: flags and environment over the config file over defaults.
     pub fn config(&self) -> anyhow::Result<NodeConfig> {
-        anyhow::ensure!(self.id >= 1, "--id must be at least 1");
-        anyhow::ensure!(!self.heartbeat.is_zero(), "--heartbeat must be positive");
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?,
+            None => ConfigFile::default(),
+        };
+        let d = NodeConfig::default();
+        let dl = Limits::default();
+        let dr = RaftTuning::default();
+        let id = self.id.or(file.id).unwrap_or(d.id);
+        let heartbeat = self.heartbeat.or(file.raft.heartbeat.map(|v| v.0)).unwrap_or(DEFAULT_HEARTBEAT);
+        let election_timeout =
+            self.election_timeout.or(file.raft.election_timeout.map(|v| v.0)).unwrap_or(DEFAULT_ELECTION_TIMEOUT);
+        let snapshot_every = self.snapshot_every.or(file.raft.snapshot_every).unwrap_or(dr.snapshot_every);
+        let keep_logs = self.keep_logs.or(file.raft.keep_logs).unwrap_or(dr.keep_logs);
+        let request_timeout = self.request_timeout.or(file.request_timeout.map(|v| v.0)).unwrap_or(d.request_timeout);
+        let down_timeout = self.down_timeout.or(file.down_timeout.map(|v| v.0)).unwrap_or(d.down_timeout);
+        let http = if self.no_http {
+            None
+        } else {
+            match self.http.clone().or(file.http).or(d.http) {
+                Some(h) if h == "off" => None,
+                other => other,
+            }
+        };
+        let limits = Limits {
+            max_key_bytes: self
+                .max_key_bytes
+                .or(file_size(file.limits.max_key_bytes, "limits.max_key_bytes")?)
+                .unwrap_or(dl.max_key_bytes),
+            max_value_bytes: self
+                .max_value_bytes
+                .or(file_size(file.limits.max_value_bytes, "limits.max_value_bytes")?)
+                .unwrap_or(dl.max_value_bytes),
+            scan_default: self.scan_default.or(file.limits.scan_default).unwrap_or(dl.scan_default),
+            scan_max: self.scan_max.or(file.limits.scan_max).unwrap_or(dl.scan_max),
+            max_hook_source_bytes: self
+                .max_hook_source_bytes
+                .or(file_size(file.limits.max_hook_source_bytes, "limits.max_hook_source_bytes")?)
+                .unwrap_or(dl.max_hook_source_bytes),
+        };
+        let shards = self.shards.or(file.shards).unwrap_or(d.ring.shards);
+        anyhow::ensure!(id >= 1, "id must be at least 1 (got {id})");
+        anyhow::ensure!(shards >= 1, "shards must be at least 1");
+        anyhow::ensure!(!heartbeat.is_zero(), "raft.heartbeat (--heartbeat) must be positive");
         anyhow::ensure!(
-            self.election_timeout > self.heartbeat * 2,
-            "--election-timeout ({:?}) must be more than twice --heartbeat ({:?})",
-            self.election_timeout,
-            self.heartbeat
+            election_timeout > heartbeat * 2,
+            "raft.election_timeout (--election-timeout, {election_timeout:?}) must be more than twice \
+             raft.heartbeat ({heartbeat:?})"
         );
-        anyhow::ensure!(self.snapshot_every >= 1, "--snapshot-every must be at least 1");
+        anyhow::ensure!(snapshot_every >= 1, "raft.snapshot_every (--snapshot-every) must be at least 1");
         anyhow::ensure!(
-            self.down_timeout >= Duration::from_secs(1) && self.down_timeout > self.election_timeout * 2,
-            "--down-timeout ({:?}) must be at least 1s and more than twice --election-timeout ({:?}), \
-             so a slow election never looks like a dead node",
-            self.down_timeout,
-            self.election_timeout
+            down_timeout >= Duration::from_secs(1) && down_timeout > election_timeout * 2,
+            "down_timeout (--down-timeout, {down_timeout:?}) must be at least 1s and more than twice \
+             raft.election_timeout ({election_timeout:?}), so a slow election never looks like a dead node"
+        );
+        anyhow::ensure!(!request_timeout.is_zero(), "request_timeout (--request-timeout) must be positive");
+        anyhow::ensure!(limits.max_key_bytes >= 1, "limits.max_key_bytes must be at least 1 byte");
+        anyhow::ensure!(limits.max_value_bytes >= 1, "limits.max_value_bytes must be at least 1 byte");
+        anyhow::ensure!(
+            limits.scan_default >= 1 && limits.scan_default <= limits.scan_max,
+            "limits.scan_default ({}) must be between 1 and limits.scan_max ({})",
+            limits.scan_default,
+            limits.scan_max
         );
         Ok(NodeConfig {
-            id: self.id,
-            listen: self.listen.clone(),
-            advertise: self.advertise.clone(),
-            http: (!self.no_http).then(|| self.http.clone()),
-            data_dir: self.data_dir.clone(),
-            join: self.join.clone(),
-            ring: RingConfig { shards: self.shards, ..RingConfig::default() },
+            id,
+            listen: self.listen.clone().or(file.listen).unwrap_or(d.listen),
+            advertise: self.advertise.clone().or(file.advertise),
+            http,
+            data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            join: self.join.clone().or(file.join).unwrap_or_default(),
+            ring: RingConfig { shards, ..RingConfig::default() },
             raft: RaftTuning {
-                heartbeat_ms: self.heartbeat.as_millis() as u64,
-                election_min_ms: self.election_timeout.as_millis() as u64,
-                election_max_ms: 2 * self.election_timeout.as_millis() as u64,
-                snapshot_every: self.snapshot_every,
-                keep_logs: self.keep_logs,
+                heartbeat_ms: heartbeat.as_millis() as u64,
+                election_min_ms: election_timeout.as_millis() as u64,
+                election_max_ms: 2 * election_timeout.as_millis() as u64,
+                snapshot_every,
+                keep_logs,
             },
-            limits: Limits { max_value_bytes: self.max_value_bytes, ..Limits::default() },
-            request_timeout: self.request_timeout,
-            down_timeout: self.down_timeout,
-            ..NodeConfig::default()
+            limits,
+            request_timeout,
+            down_timeout,
+            ..d
         })
     }
 
@@ -192,5 +276,127 @@ impl DevCommand {
         }
         println!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeCommand,
+    }
+
+    /// RINGKV_* variables are process-wide: every test here holds this.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+        ENV.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<NodeConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("ringkv").chain(args.iter().copied()))?;
+        cli.serve.config()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(f.path(), text).expect("write config");
+        f
+    }
+
+    fn error(text: &str) -> String {
+        let f = file(text);
+        let path = f.path().to_str().expect("utf-8 path");
+        match resolve(&["--config", path]) {
+            Ok(c) => panic!("config {text:?} was accepted: {c:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn the_example_is_complete_and_resolves_to_the_defaults() {
+        let _env = env_lock();
+        let f = file(crate::config::EXAMPLE);
+        let path = f.path().to_str().expect("utf-8 path");
+        let from_example = resolve(&["--config", path]).expect("example parses");
+        let from_nothing = resolve(&[]).expect("defaults");
+        assert_eq!(format!("{from_example:?}"), format!("{from_nothing:?}"));
+        assert_eq!(from_nothing.raft.heartbeat_ms, 250);
+        assert_eq!(from_nothing.raft.election_min_ms, 1250);
+        assert_eq!(from_nothing.limits.max_value_bytes, 1024 * 1024);
+        assert_eq!(from_nothing.limits.max_hook_source_bytes, 256 * 1024);
+        assert_eq!(from_nothing.down_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file_beats_defaults() {
+        let _env = env_lock();
+        // The only test that sets RINGKV_* variables (they are process-wide).
+        let f = file("id = 2\nlisten = \"127.0.0.1:1000\"\nshards = 8\n[raft]\nheartbeat = \"100ms\"\n");
+        let path = f.path().to_str().expect("utf-8 path");
+        std::env::set_var("RINGKV_LISTEN", "127.0.0.1:2000");
+        std::env::set_var("RINGKV_SHARDS", "16");
+        let c = resolve(&["--config", path, "--shards", "32"]);
+        std::env::remove_var("RINGKV_LISTEN");
+        std::env::remove_var("RINGKV_SHARDS");
+        let c = c.expect("resolves");
+        assert_eq!(c.id, 2, "file over default");
+        assert_eq!(c.listen, "127.0.0.1:2000", "environment over file");
+        assert_eq!(c.ring.shards, 32, "flag over environment");
+        assert_eq!(c.raft.heartbeat_ms, 100, "file over default");
+        assert_eq!(c.request_timeout, Duration::from_secs(5), "default");
+    }
+
+    #[test]
+    fn durations_sizes_and_off_read_naturally() {
+        let _env = env_lock();
+        let f = file(
+            "http = \"off\"\nrequest_timeout = \"1500ms\"\n[limits]\nmax_value_bytes = \"16MiB\"\nmax_key_bytes = 512\n",
+        );
+        let path = f.path().to_str().expect("utf-8 path");
+        let c = resolve(&["--config", path]).expect("resolves");
+        assert_eq!(c.http, None);
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.limits.max_value_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.limits.max_key_bytes, 512);
+        let c = resolve(&["--max-value-bytes", "2KiB", "--http", "off"]).expect("resolves");
+        assert_eq!(c.limits.max_value_bytes, 2048);
+        assert_eq!(c.http, None);
+    }
+
+    #[test]
+    fn bad_config_is_refused_naming_the_field_and_the_problem() {
+        let _env = env_lock();
+        let cases = [
+            ("idd = 2\n", "unknown field `idd`"),
+            ("[raft]\nheartbeats = \"1s\"\n", "unknown field `heartbeats`"),
+            ("[storage]\n", "unknown field `storage`"),
+            ("id = \"one\"\n", "line 1 (`id = \"one\"`): invalid type: string \"one\""),
+            ("id = -1\n", "line 1 (`id = -1`)"),
+            ("id = 0\n", "id must be at least 1"),
+            ("shards = 1.5\n", "line 1 (`shards = 1.5`): invalid type: floating point"),
+            ("request_timeout = \"5 parsecs\"\n", "unknown time unit \"parsecs\""),
+            ("request_timeout = 5\n", "line 1 (`request_timeout = 5`): invalid type: integer"),
+            ("[limits]\nmax_value_bytes = \"1 MiBB\"\n", "line 2 (`max_value_bytes = \"1 MiBB\"`)"),
+            ("[limits]\nmax_value_bytes = true\n", "line 2 (`max_value_bytes = true`)"),
+            ("[limits]\nscan_default = 20000\n", "limits.scan_default (20000) must be between 1 and limits.scan_max"),
+            ("join = \"a:1\"\n", "line 1 (`join = \"a:1\"`): invalid type: string \"a:1\", expected a sequence"),
+            ("listen = 7379\n", "line 1 (`listen = 7379`): invalid type: integer `7379`, expected a string"),
+            ("[raft]\nheartbeat = \"1s\"\n", "must be more than twice raft.heartbeat"),
+            ("down_timeout = \"2s\"\n", "down_timeout (--down-timeout, 2s) must be at least 1s"),
+            ("id = 1\nid = 2\n", "line 2 (`id = 2`): duplicate key"),
+            ("id = \n", "line 1 (`id =`)"),
+        ];
+        for (text, want) in cases {
+            let got = error(text);
+            assert!(got.contains(want), "config {text:?}: error {got:?} does not contain {want:?}");
+        }
+        let missing = format!("{:#}", resolve(&["--config", "/nonexistent/ringkv.toml"]).expect_err("missing file"));
+        assert!(missing.contains("cannot read /nonexistent/ringkv.toml"), "{missing}");
     }
 }
