@@ -50,6 +50,10 @@ use routing::{header_u64, Table, EPOCH_HEADER, FORWARDED_HEADER};
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("ringkv.v1");
+
+    /// Encoded `FileDescriptorSet` of every `ringkv.v1` proto file (for gRPC
+    /// server reflection).
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ringkv_descriptor.bin"));
 }
 
 pub use proto::Consistency;

@@ -99,10 +99,23 @@ pub struct ConfigFile {
     pub shards: Option<u32>,
     pub request_timeout: Option<Dur>,
     pub down_timeout: Option<Dur>,
+    /// `"text"` or `"json"`.
+    pub log_format: Option<LogFormat>,
     #[serde(default)]
     pub raft: RaftFile,
     #[serde(default)]
     pub limits: LimitsFile,
+}
+
+/// How a served node writes its logs (to stderr).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per event, with its span fields.
+    Json,
 }
 
 /// `[raft]` in the config file.
@@ -207,6 +220,9 @@ request_timeout = "5s"
 # A member unreachable this long is marked down and its replicas are
 # re-created elsewhere. (RINGKV_DOWN_TIMEOUT, --down-timeout)
 down_timeout = "30s"
+# Log lines as human-readable "text" or one JSON object per event, "json".
+# The level comes from RUST_LOG (default info). (RINGKV_LOG_FORMAT, --log-format)
+log_format = "text"
 
 [raft]
 # Heartbeat interval. (RINGKV_HEARTBEAT, --heartbeat)

@@ -149,3 +149,71 @@ async fn serve_reads_a_config_file_under_environment_and_flags() {
     node.kill().expect("kill");
     let _ = node.wait();
 }
+
+/// Operability of one served node: standard gRPC health checking and
+/// reflection (so grpcurl and grpc-health-probe work without our protos),
+/// and `--log-format json` writing one JSON object per line.
+#[tokio::test]
+async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = ringkv_tests::free_port();
+    let log = dir.path().join("node.log");
+    let mut node = Command::new(ringkv_bin())
+        .args(["serve", "--http", "off", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let channel = ringkv_tests::eventually("the node to accept connections", || {
+        let url = url.clone();
+        async move { tonic::transport::Endpoint::from_shared(url).ok()?.connect().await.ok() }
+    })
+    .await;
+
+    for service in ["", "ringkv.v1.Kv", "ringkv.v1.Cluster", "ringkv.v1.Hooks"] {
+        let req = HealthCheckRequest { service: service.into() };
+        let status = HealthClient::new(channel.clone()).check(req).await.expect("health check").into_inner().status;
+        assert_eq!(status, 1, "{service:?} is SERVING");
+    }
+
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([list]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = replies.message().await.expect("reflection reply").expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(services)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}")
+    };
+    let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
+    for want in ["ringkv.v1.Kv", "ringkv.v1.Cluster", "ringkv.v1.Hooks", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "reflection lists {want}: {names:?}");
+    }
+
+    node.kill().expect("kill");
+    let _ = node.wait();
+    let text = std::fs::read_to_string(&log).expect("read log");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "the node logged something");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "structured: {line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("node started")), "{text}");
+}

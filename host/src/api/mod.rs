@@ -23,6 +23,23 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     let mut stop = node.shutdown_signal();
     // Client messages are bounded by the value limit plus room for the key and framing.
     let max_client_message = node.config().limits.max_value_bytes + node.config().limits.max_key_bytes + 64 * 1024;
+    // Standard gRPC health checking (grpc.health.v1) and reflection, so
+    // tools like grpcurl and grpc-health-probe work without the protos.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KvServer<kv_service::KvService>>().await;
+    health.set_serving::<ClusterServer<cluster_service::ClusterService>>().await;
+    health.set_serving::<HooksServer<hooks_service::HooksService>>().await;
+    let reflection = match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringkv_client::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC reflection unavailable");
+            None
+        }
+    };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_connection_window_size(Some(16 * 1024 * 1024))
@@ -30,6 +47,8 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .add_service(
             KvServer::new(kv_service::KvService::new(node.clone())).max_decoding_message_size(max_client_message),
         )
+        .add_service(health_service)
+        .add_optional_service(reflection)
         .add_service(ClusterServer::new(cluster_service::ClusterService::new(node.clone())))
         .add_service(
             HooksServer::new(hooks_service::HooksService::new(node.clone()))

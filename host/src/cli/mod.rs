@@ -88,7 +88,12 @@ impl ClientArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve(_) | Command::Dev(_)));
+    let format = match &cli.command {
+        Command::Serve(c) => Some(c.log_format()),
+        Command::Dev(_) => Some(crate::config::LogFormat::Text),
+        _ => None,
+    };
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,11 +129,16 @@ fn one_line(e: &anyhow::Error) -> String {
     e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
 }
 
-fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
+/// Logs to stderr: servers at `info` (text or JSON), client commands at `warn`.
+fn init_tracing(server: Option<crate::config::LogFormat>) {
+    let default = if server.is_some() { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match server {
+        Some(crate::config::LogFormat::Json) => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        _ => builder.try_init(),
+    };
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::cluster::Node;
-use crate::config::{ConfigFile, Limits, NodeConfig};
+use crate::config::{ConfigFile, Limits, LogFormat, NodeConfig};
 use crate::raft::{LinkFilter, RaftTuning};
 use crate::ring::RingConfig;
 
@@ -82,6 +82,9 @@ pub struct ServeCommand {
     /// replicas are re-created on other nodes. [default: 30s]
     #[arg(long, env = "RINGKV_DOWN_TIMEOUT", value_parser = super::parse_duration)]
     pub down_timeout: Option<Duration>,
+    /// Log format on stderr: text or json (level from RUST_LOG). [default: text]
+    #[arg(long, value_enum, env = "RINGKV_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// A served node's Raft timing: slower than [`RaftTuning::default`] (which
@@ -102,6 +105,13 @@ fn file_size(v: Option<crate::config::Size>, field: &str) -> anyhow::Result<Opti
 }
 
 impl ServeCommand {
+    /// The log format: flag or environment, else the config file's. A file
+    /// that does not parse is reported by [`ServeCommand::config`].
+    pub fn log_format(&self) -> LogFormat {
+        let from_file = || self.config.as_ref().and_then(|p| ConfigFile::load(p).ok()).and_then(|f| f.log_format);
+        self.log_format.or_else(from_file).unwrap_or_default()
+    }
+
     /// The node's settings: flags and environment over the config file over defaults.
     pub fn config(&self) -> anyhow::Result<NodeConfig> {
         let file = match &self.config {
@@ -196,7 +206,7 @@ impl ServeCommand {
             node = Node::start(config, LinkFilter::default()) => node.context("node failed to start")?,
             r = wait_for_stop_signal() => return r,
         };
-        eprintln!("ringkv node {} serving gRPC on {}", node.id(), node.addr());
+        tracing::info!(node = node.id(), addr = %node.addr(), "serving gRPC");
         wait_for_stop_signal().await?;
         tracing::info!("stop signal received, shutting down");
         node.shutdown().await;
