@@ -1,4 +1,5 @@
-//! HTTP endpoint: `/healthz` (liveness) and `/status` (JSON cluster view).
+//! HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness) and
+//! `/status` (JSON cluster view).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,7 +11,11 @@ use crate::cluster::Node;
 /// Serves HTTP on `listener` until the node shuts down.
 pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     let mut stop = node.shutdown_signal();
-    let app = Router::new().route("/healthz", get(healthz)).route("/status", get(status)).with_state(node);
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -26,6 +31,15 @@ async fn healthz(State(node): State<Node>) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "storage poisoned after a failed fsync\n")
     } else {
         (StatusCode::OK, "ok\n")
+    }
+}
+
+/// 200 once the node has joined and caught up with the shards it hosts
+/// (see [`Node::readiness`]); 503 with what is missing, one item per line.
+async fn readyz(State(node): State<Node>) -> (StatusCode, String) {
+    match node.readiness().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(missing) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", missing.join("\n"))),
     }
 }
 

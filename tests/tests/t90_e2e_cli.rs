@@ -217,3 +217,54 @@ async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
     }
     assert!(lines.iter().any(|l| l.contains("node started")), "{text}");
 }
+
+/// `GET path` on `addr`: the status code and body, `None` if unreachable.
+async fn http_get(addr: String, path: &'static str) -> Option<(u16, String)> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    })
+    .await
+    .ok()?
+}
+
+async fn wait_readyz(addr: &str, want: u16, what: &str) -> String {
+    ringkv_tests::eventually(what, || {
+        let addr = addr.to_string();
+        async move { http_get(addr, "/readyz").await.filter(|(code, _)| *code == want).map(|(_, body)| body) }
+    })
+    .await
+}
+
+/// `/readyz` follows the node: ready once joined and caught up, not ready
+/// when its shards lose their leader, ready again when they have one.
+#[tokio::test]
+async fn readyz_tracks_joining_and_losing_the_quorum() {
+    let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
+    for id in 1..=3 {
+        wait_readyz(&c.nodes[&id].http, 200, &format!("node {id} to be ready")).await;
+    }
+
+    // A joining node is ready once it has caught up.
+    c.add_process(4);
+    wait_readyz(&c.nodes[&4].http, 200, "the new node 4 to be ready").await;
+    assert_eq!(http_get(c.nodes[&4].http.clone(), "/healthz").await.map(|(code, _)| code), Some(200), "alive");
+
+    // Three of four nodes gone: node 3's groups lose their leader.
+    c.kill(1);
+    c.kill(2);
+    c.kill(4);
+    let body = wait_readyz(&c.nodes[&3].http, 503, "node 3 to be not ready without a quorum").await;
+    assert!(body.contains("no leader"), "{body}");
+    c.restart(1);
+    c.restart(2);
+    c.restart(4);
+    wait_readyz(&c.nodes[&3].http, 200, "node 3 to be ready again").await;
+}

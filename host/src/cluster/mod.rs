@@ -423,6 +423,66 @@ impl Node {
         }
     }
 
+    /// Whether this node is ready to serve (`/readyz`): it has joined the
+    /// cluster, its meta group has a leader and counts it as a member, and
+    /// every shard replica the meta group assigns here has a leader, counts
+    /// this node as a voter (a new replica is a learner until caught up) and
+    /// has applied all of its log. `Err` lists what is missing.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut missing = Vec::new();
+        if self.storage().is_poisoned() {
+            missing.push("storage is poisoned after a failed fsync".to_string());
+        }
+        match self.read_node_meta(JOINED_KEY).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push("has not joined a cluster yet".to_string()),
+            Err(e) => missing.push(format!("cannot read its join state: {e}")),
+        }
+        let meta = match self.group(META_GROUP) {
+            Ok(g) => g,
+            Err(e) => return Err(vec![e.to_string()]),
+        };
+        {
+            let m = meta.raft.metrics().borrow().clone();
+            if m.current_leader.is_none() {
+                missing.push("the meta group has no leader".to_string());
+            }
+            if !m.membership_config.membership().nodes().any(|(id, _)| *id == self.id()) {
+                missing.push("is not a member of the meta group".to_string());
+            }
+        }
+        let assigned = match self.assignments().await {
+            Ok(a) => a,
+            Err(e) => return Err(vec![format!("cannot read shard assignments: {e}")]),
+        };
+        for (shard, replicas) in assigned {
+            if !replicas.contains(&self.id()) {
+                continue;
+            }
+            let Ok(g) = self.group(shard_group(shard)) else {
+                missing.push(format!("shard {shard}: replica not started"));
+                continue;
+            };
+            let m = g.raft.metrics().borrow().clone();
+            if m.current_leader.is_none() {
+                missing.push(format!("shard {shard}: no leader"));
+            }
+            if !m.membership_config.membership().voter_ids().any(|v| v == self.id()) {
+                missing.push(format!("shard {shard}: still catching up (not a voter yet)"));
+            }
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let logged = m.last_log_index.unwrap_or(0);
+            if applied < logged {
+                missing.push(format!("shard {shard}: applied {applied} of {logged} log entries"));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
     /// Current members from the meta group's replicated configuration:
     /// (id, address, is_voter).
     pub fn members(&self) -> Result<Vec<(NodeId, String, bool)>, NodeError> {
