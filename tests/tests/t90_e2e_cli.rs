@@ -268,3 +268,64 @@ async fn readyz_tracks_joining_and_losing_the_quorum() {
     c.restart(4);
     wait_readyz(&c.nodes[&3].http, 200, "node 3 to be ready again").await;
 }
+
+/// SIGTERM under load: the node hands its leaderships to the others, exits
+/// 0, no acknowledged write is lost and no client request hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_hands_off_leadership_and_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
+    let status = c.client().status().await.expect("status");
+    let victim = status.groups.iter().find(|g| g.kind == "meta").map(|g| g.leader_id).expect("meta leader");
+    let survivors: Vec<String> = c.nodes.values().filter(|n| n.id != victim).map(|n| n.grpc.clone()).collect();
+    let opts = ringkv_client::ClientOptions {
+        timeout: std::time::Duration::from_secs(5),
+        connect_timeout: std::time::Duration::from_secs(1),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let client = ringkv_client::Client::connect_with(c.endpoints(), opts.clone()).expect("client");
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), 0u64);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("term/{w}/{n}");
+                match client.put(key.clone(), "v").await {
+                    Ok(_) => acked.push(key),
+                    Err(_) => failed += 1,
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let exit = tokio::task::block_in_place(|| c.stop(victim)).expect("the node was running");
+    println!("node {victim} exited {exit:?} {:?} after SIGTERM", started.elapsed());
+    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut failed) = (Vec::new(), 0);
+    for w in writers {
+        let (a, f) = w.await.expect("writer task");
+        acked.extend(a);
+        failed += f;
+    }
+    println!("{} writes acknowledged, {failed} failed around the stop", acked.len());
+    let log = c.log_tail(victim);
+    assert!(log.contains("leadership handed off"), "{log}");
+    let reader = ringkv_client::Client::connect(&survivors).expect("client");
+    for key in &acked {
+        let got = ringkv_tests::eventually(&format!("{key} to be readable"), || {
+            let (reader, key) = (reader.clone(), key.clone());
+            async move { reader.get(key).await.ok() }
+        })
+        .await;
+        assert!(got.is_some(), "acknowledged write {key} is lost");
+    }
+}

@@ -93,6 +93,9 @@ pub struct ServeCommand {
 const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
 const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1250);
 
+/// How long a stopping node spends handing its leaderships to other nodes.
+const HAND_OFF_BUDGET: Duration = Duration::from_secs(5);
+
 /// Parses `4096`, `4KiB`, `1MiB`, `1.5MB`.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{e} (expected a size like 4096, 4KiB or 1MiB)"))?;
@@ -208,7 +211,9 @@ impl ServeCommand {
         };
         tracing::info!(node = node.id(), addr = %node.addr(), "serving gRPC");
         wait_for_stop_signal().await?;
-        tracing::info!("stop signal received, shutting down");
+        tracing::info!("stop signal received: handing off leadership, then shutting down");
+        let moved = node.hand_off_leadership(HAND_OFF_BUDGET).await;
+        tracing::info!(groups = moved, "leadership handed off");
         node.shutdown().await;
         Ok(())
     }
