@@ -5,6 +5,23 @@ use std::process::Command;
 
 use ringkv_tests::{ringkv_bin, ProcCluster};
 
+/// A node process started by a test, killed when the test ends, even by a
+/// failed assertion, so no stray node outlives it.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(ringkv_bin()).args(args).output().expect("run ringkv");
     (
@@ -122,7 +139,7 @@ async fn serve_reads_a_config_file_under_environment_and_flags() {
         dir.path().join("data")
     );
     std::fs::write(&good, config).expect("write");
-    let mut node = Command::new(ringkv_bin())
+    let node = Command::new(ringkv_bin())
         .args(["serve", "--config"])
         .arg(&good)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -132,6 +149,7 @@ async fn serve_reads_a_config_file_under_environment_and_flags() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn serve");
+    let mut node = KillOnDrop(node);
     let client = ringkv_client::Client::connect([format!("127.0.0.1:{port}")]).expect("client");
     let status = ringkv_tests::eventually("the configured node to serve on the flag's port", || {
         let client = client.clone();
@@ -146,8 +164,7 @@ async fn serve_reads_a_config_file_under_environment_and_flags() {
     .await;
     let too_big = client.put("k", vec![b'x'; 3000]).await;
     assert!(matches!(too_big, Err(ringkv_client::Error::InvalidArgument(_))), "the environment's 2KiB: {too_big:?}");
-    node.kill().expect("kill");
-    let _ = node.wait();
+    node.stop();
 }
 
 /// Operability of one served node: standard gRPC health checking and
@@ -165,7 +182,7 @@ async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = ringkv_tests::free_port();
     let log = dir.path().join("node.log");
-    let mut node = Command::new(ringkv_bin())
+    let node = Command::new(ringkv_bin())
         .args(["serve", "--http", "off", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -174,6 +191,7 @@ async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn serve");
+    let mut node = KillOnDrop(node);
     let url = format!("http://127.0.0.1:{port}");
     let channel = ringkv_tests::eventually("the node to accept connections", || {
         let url = url.clone();
@@ -205,8 +223,7 @@ async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
         assert!(names.iter().any(|n| n == want), "reflection lists {want}: {names:?}");
     }
 
-    node.kill().expect("kill");
-    let _ = node.wait();
+    node.stop();
     let text = std::fs::read_to_string(&log).expect("read log");
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty(), "the node logged something");
