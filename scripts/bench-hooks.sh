@@ -34,24 +34,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 RINGKV="$TARGET_DIR/release/ringkv"
 PORTS=(28479 28481 28483) # HTTP is gRPC+1
 
-log() { printf '[bench-hooks %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-command -v jq >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building ringkv (release) into $TARGET_DIR"
-    CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p ringkv
-fi
-
-WORK="$(mktemp -d -t bench-hooks.XXXXXX)"
-PIDS=()
-stop_cluster() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
-trap 'stop_cluster; rm -rf "$WORK"' EXIT INT TERM
-
-endpoints() { local IFS=,; echo "${PORTS[*]/#/127.0.0.1:}"; }
+BENCH_NAME=bench-hooks
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
 rk() { RINGKV_ENDPOINTS="$(endpoints)" "$RINGKV" "$@"; }
 
 for i in 0 1 2; do
@@ -95,8 +80,6 @@ cluster_cpu() {
     done
     echo "$ticks / $hz" | bc -l
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 if [[ "${WARMUP:-1}" == 1 ]]; then
     # The first run writes the key space for the first time and is faster

@@ -31,24 +31,9 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 RINGKV="$TARGET_DIR/release/ringkv"
 PORTS=(28379 28381 28383) # HTTP is gRPC+1
 
-log() { printf '[bench-shards %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-command -v jq >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building ringkv (release) into $TARGET_DIR"
-    CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p ringkv
-fi
-
-WORK="$(mktemp -d -t bench-shards.XXXXXX)"
-PIDS=()
-stop_cluster() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
-trap 'stop_cluster; rm -rf "$WORK"' EXIT INT TERM
-
-endpoints() { local IFS=,; echo "${PORTS[*]/#/127.0.0.1:}"; }
+BENCH_NAME=bench-shards
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
 
 start_cluster() {
     local shards=$1 dir="$WORK/s$1"
@@ -69,8 +54,6 @@ start_cluster() {
     done
     sleep "$SETTLE_SECS"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 base=""
 printf '%-7s %12s %10s %8s\n' shards 'put ops/s' 'p99 ms' ratio

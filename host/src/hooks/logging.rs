@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use super::truncate;
+
 /// Lines one hook may log per second in this process.
 pub const LINES_PER_SECOND: u32 = 20;
 
@@ -45,18 +47,6 @@ pub fn hook_log(hook: &str, version: u64, level: LogLevel, msg: &str) {
 }
 
 static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(|| Mutex::new(Limiter::new(LINES_PER_SECOND)));
-
-/// Cuts `s` to at most `max` bytes, on a char boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 /// Whether a line may be logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

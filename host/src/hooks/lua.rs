@@ -25,7 +25,8 @@ use sha2::{Digest, Sha256};
 
 use super::logging::{self, LogLevel};
 use super::{
-    CallReport, CompiledHook, Decision, HookFailure, HookInput, HookSpec, OldValue, OldValueLoader, Runtime, Stage,
+    truncate, CallReport, CompiledHook, Decision, HookFailure, HookInput, HookSpec, OldValue, OldValueLoader, Runtime,
+    Stage,
 };
 
 /// Compiles and runs Lua (Luau) hooks.
@@ -534,17 +535,6 @@ fn error_message(e: &mlua::Error) -> String {
 
 fn old_value_error(e: &str) -> String {
     format!("could not read the old value: {e}")
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The per-call source of `ctx.old_value` / `ctx.old_version`.

@@ -230,6 +230,19 @@ pub trait Runtime: Send + Sync {
     fn load(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String>;
 }
 
+/// Cuts `s` to at most `max` bytes, on a char boundary (hook messages and
+/// log lines are capped).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// The runtime for `kind`.
 pub fn runtime_for(kind: HookKind) -> &'static dyn Runtime {
     match kind {

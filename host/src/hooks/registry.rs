@@ -158,6 +158,8 @@ pub struct HookStats {
     pub fail_open_passes: AtomicU64,
     /// When the hook last broke a limit (ms since the epoch; 0: never).
     last_limit_ms: AtomicU64,
+    /// The registry's "any hook last broke a limit", updated with ours.
+    any_limit_ms: Arc<AtomicU64>,
     /// Moving average of a call's run time, in ns (for sizing batches).
     avg_ns: AtomicU64,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
@@ -177,7 +179,7 @@ pub struct StatsSnapshot {
 }
 
 impl HookStats {
-    fn new() -> HookStats {
+    fn new(any_limit_ms: Arc<AtomicU64>) -> HookStats {
         HookStats {
             calls: AtomicU64::new(0),
             rejects: AtomicU64::new(0),
@@ -185,6 +187,7 @@ impl HookStats {
             limit_hits: AtomicU64::new(0),
             fail_open_passes: AtomicU64::new(0),
             last_limit_ms: AtomicU64::new(0),
+            any_limit_ms,
             avg_ns: AtomicU64::new(0),
             latency_us: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
@@ -202,7 +205,9 @@ impl HookStats {
             Ok(_) => {}
             Err(f) if f.is_limit() => {
                 self.limit_hits.fetch_add(1, Ordering::Relaxed);
-                self.last_limit_ms.store(now_ms(), Ordering::Relaxed);
+                let now = now_ms();
+                self.last_limit_ms.store(now, Ordering::Relaxed);
+                self.any_limit_ms.store(now, Ordering::Relaxed);
             }
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +292,9 @@ pub struct HookRegistry {
     pool: HookPool,
     /// Permits to run suspect hooks: every worker but one.
     slow_lane: Arc<tokio::sync::Semaphore>,
+    /// When any hook here last broke a limit (ms since the epoch; 0: never),
+    /// so the per-write suspect check is one load while no hook misbehaves.
+    last_limit_ms: Arc<AtomicU64>,
     stats: Mutex<HashMap<String, Arc<HookStats>>>,
     /// Bumped on every install, so deploys can wait for the swap.
     installed: watch::Sender<u64>,
@@ -298,6 +306,7 @@ impl HookRegistry {
         Ok(HookRegistry {
             set: ArcSwap::from_pointee(HookSet::default()),
             slow_lane: Arc::new(tokio::sync::Semaphore::new(pool.threads().saturating_sub(1).max(1))),
+            last_limit_ms: Arc::new(AtomicU64::new(0)),
             pool,
             stats: Mutex::new(HashMap::new()),
             installed: watch::channel(0).0,
@@ -361,7 +370,7 @@ impl HookRegistry {
 
     fn stats_for(&self, name: &str) -> Arc<HookStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.entry(name.to_string()).or_insert_with(|| Arc::new(HookStats::new())).clone()
+        stats.entry(name.to_string()).or_insert_with(|| Arc::new(HookStats::new(self.last_limit_ms.clone()))).clone()
     }
 
     /// This node's statistics for the hook called `name`.
@@ -374,6 +383,10 @@ impl HookRegistry {
     /// [`HookRegistry::judge`], never in a batch.
     pub fn has_suspect(&self, op: WriteKind, key: &[u8]) -> bool {
         let now = now_ms();
+        let last = self.last_limit_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= SUSPECT_FOR.as_millis() as u64 {
+            return false;
+        }
         self.current().matching(op, key).iter().any(|h| self.stats_for(&h.spec().name).is_suspect(now))
     }
 
