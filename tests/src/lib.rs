@@ -49,9 +49,25 @@ pub fn free_port() -> u16 {
     free_port_on(std::net::Ipv4Addr::LOCALHOST)
 }
 
-/// A free port on `ip` (bound and released).
+/// A free port on `ip` (bound and released), handed out once per process.
+///
+/// Taken below Linux's ephemeral range (32768 and up): a port the kernel
+/// picked with bind(0) and we released could be given to one of the many
+/// outgoing connections of concurrently running clusters before the node
+/// meant to listen on it binds it, and that node would fail to start.
 pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    const LOW: u32 = 21_000;
+    const SPAN: u32 = 7_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in {LOW}..{}", LOW + SPAN)
 }
 
 /// Path of the `ringkv` binary built next to this test executable.
