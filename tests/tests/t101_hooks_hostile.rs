@@ -424,11 +424,14 @@ async fn scripts_cannot_leave_the_sandbox_change_the_libraries_or_keep_state() {
         }
         let s = stats(&c, name).await;
         println!("{name}: {s:?}");
-        assert_eq!((s.calls, s.fail_open_passes), (3, 3), "{name}: {s:?}");
+        // At least one call per write: a write retried while leadership
+        // moves (the leader balancer runs) is judged again. Every call
+        // failed and was let through.
+        assert!(s.calls >= 3 && s.fail_open_passes == s.calls, "{name}: {s:?}");
         if name == "open-error" {
-            assert_eq!(s.errors, 3, "{name}: {s:?}");
+            assert_eq!(s.errors, s.calls, "{name}: {s:?}");
         } else {
-            assert_eq!(s.limit_hits, 3, "{name}: {s:?}");
+            assert_eq!(s.limit_hits, s.calls, "{name}: {s:?}");
         }
     }
     normal_puts_succeed(&c, "fail-open").await;
