@@ -206,7 +206,7 @@ listen = "127.0.0.1:7379"
 # Address other nodes and clients use to reach this node; default: the bound
 # address. (RINGKV_ADVERTISE, --advertise)
 # advertise = "10.0.0.1:7379"
-# HTTP address for /healthz and /status; "off" disables it. (RINGKV_HTTP, --http)
+# HTTP address for /healthz, /readyz, /status, /metrics and the dashboard; "off" disables it. (RINGKV_HTTP, --http)
 http = "127.0.0.1:7380"
 # Data directory. (RINGKV_DATA_DIR, --data-dir)
 data_dir = "ringkv-data"

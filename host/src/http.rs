@@ -1,5 +1,5 @@
-//! HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness) and
-//! `/status` (JSON cluster view).
+//! HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness), `/status`
+//! (JSON cluster view) and `/metrics` (Prometheus text).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,6 +15,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -48,4 +49,11 @@ async fn status(State(node): State<Node>) -> Result<Json<serde_json::Value>, (St
         .await
         .map(|s| Json(crate::api::status_json(&s)))
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))
+}
+
+async fn metrics(State(node): State<Node>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::telemetry::render(&node).await,
+    )
 }

@@ -12,7 +12,8 @@
 //!   internal `Raft` service) and converts protobuf at the edge.
 //! - [`hooks`] runs user validation and TTL hooks (sandboxed Lua) on the
 //!   write path, and keeps the deployed set in step with the meta group.
-//! - [`http`] serves health and status over HTTP.
+//! - [`http`] serves health, readiness, status and metrics over HTTP;
+//!   [`telemetry`] owns the Prometheus metrics.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
@@ -29,3 +30,4 @@ pub mod http;
 pub mod raft;
 pub mod ring;
 pub mod storage;
+pub mod telemetry;

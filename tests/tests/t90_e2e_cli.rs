@@ -335,7 +335,8 @@ async fn sigterm_hands_off_leadership_and_loses_no_acknowledged_write() {
     }
     println!("{} writes acknowledged, {failed} failed around the stop", acked.len());
     let log = c.log_tail(victim);
-    assert!(log.contains("leadership handed off"), "{log}");
+    assert!(log.contains("leadership handed off; finishing requests in flight"), "{log}");
+    assert!(!log.contains("requests still in flight after the drain budget"), "nothing hung: {log}");
     let reader = ringkv_client::Client::connect(&survivors).expect("client");
     for key in &acked {
         let got = ringkv_tests::eventually(&format!("{key} to be readable"), || {
@@ -345,4 +346,96 @@ async fn sigterm_hands_off_leadership_and_loses_no_acknowledged_write() {
         .await;
         assert!(got.is_some(), "acknowledged write {key} is lost");
     }
+}
+
+/// `/metrics` is valid Prometheus text and, after some traffic, holds every
+/// family the operations guide documents, with the labels it promises.
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_cover_the_documented_families() {
+    use prometheus_parse::{Scrape, Value};
+    use ringkv_client::proto;
+
+    let c = ProcCluster::start(3, &["--shards", "4"]).await;
+    let client = c.client();
+    client
+        .deploy_hook(proto::HookDefinition {
+            name: "max-size".into(),
+            kind: proto::HookKind::Lua as i32,
+            stage: proto::HookStage::Validate as i32,
+            prefix: b"m/".to_vec().into(),
+            source: std::fs::read("../scripts/max_size.lua").expect("read scripts/max_size.lua").into(),
+            fail_open: false,
+            timeout_ms: 1000,
+        })
+        .await
+        .expect("deploy");
+    // Through every node, so each one serves, forwards and judges something.
+    for id in 1..=3 {
+        let pinned = c.pinned_client(id);
+        for i in 0..20 {
+            ringkv_tests::eventually("a put through a pinned node", || {
+                let (pinned, key) = (pinned.clone(), format!("m/{id}/{i}"));
+                async move { pinned.put(key, "v").await.ok() }
+            })
+            .await;
+            let _ = pinned.get(format!("m/{id}/{i}")).await;
+            let _ = pinned.get_with(format!("m/{id}/{i}"), ringkv_client::Consistency::Eventual).await;
+        }
+        let rejected = pinned.put(format!("m/{id}/big"), vec![b'x'; 2048]).await;
+        assert!(rejected.is_err(), "the hook rejects a big value");
+    }
+
+    let mut merged: Vec<prometheus_parse::Sample> = Vec::new();
+    for id in 1..=3 {
+        let (code, body) = http_get(c.nodes[&id].http.clone(), "/metrics").await.expect("GET /metrics");
+        assert_eq!(code, 200, "{body}");
+        let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text");
+        assert!(!scrape.samples.is_empty(), "node {id} exports samples");
+        for family in ["ringkv_raft_term", "ringkv_raft_applied_index", "ringkv_storage_size_bytes"] {
+            assert!(scrape.samples.iter().any(|s| s.metric == family), "node {id} exports {family}:\n{body}");
+        }
+        merged.extend(scrape.samples);
+    }
+    let has = |metric: &str, labels: &[(&str, &str)]| {
+        merged.iter().any(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    };
+    // prometheus-parse folds a histogram's _bucket, _sum and _count lines
+    // into one sample named after the family.
+    for (metric, labels) in [
+        ("ringkv_requests_total", vec![("rpc", "Kv/Put"), ("consistency", "linearizable"), ("code", "OK")]),
+        ("ringkv_requests_total", vec![("rpc", "Kv/Get"), ("consistency", "eventual")]),
+        ("ringkv_requests_total", vec![("rpc", "Kv/Put"), ("code", "FAILED_PRECONDITION")]),
+        ("ringkv_request_errors_total", vec![("rpc", "Kv/Put")]),
+        ("ringkv_request_duration_seconds", vec![("rpc", "Kv/Get"), ("consistency", "linearizable")]),
+        ("ringkv_request_duration_seconds", vec![("rpc", "Kv/Put")]),
+        ("ringkv_raft_commit_index", vec![("shard", "meta")]),
+        ("ringkv_raft_is_leader", vec![("shard", "0")]),
+        ("ringkv_raft_leader_changes_total", vec![]),
+        ("ringkv_raft_proposal_duration_seconds", vec![]),
+        ("ringkv_storage_fsync_duration_seconds", vec![]),
+        ("ringkv_hook_calls_total", vec![("hook", "max-size")]),
+        ("ringkv_hook_rejects_total", vec![("hook", "max-size")]),
+        ("ringkv_hook_limit_hits_total", vec![("hook", "max-size")]),
+        ("ringkv_hook_duration_seconds", vec![("hook", "max-size")]),
+        ("ringkv_shards_moving", vec![]),
+        ("ringkv_shards_under_replicated", vec![]),
+        ("ringkv_rebalance_pending_moves", vec![]),
+        ("ringkv_forwarded_requests_total", vec![("kind", "propose")]),
+        ("ringkv_forwarded_served_total", vec![("kind", "propose")]),
+    ] {
+        assert!(has(metric, &labels), "no {metric} with {labels:?} on any node");
+        if metric.ends_with("_seconds") {
+            let histogram = merged.iter().any(|s| s.metric == metric && matches!(s.value, Value::Histogram(_)));
+            assert!(histogram, "{metric} is a histogram");
+        }
+    }
+    let rejects: f64 = merged
+        .iter()
+        .filter(|s| s.metric == "ringkv_hook_rejects_total")
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert!(rejects >= 3.0, "each node's leader rejected a big value, {rejects} rejects counted");
 }

@@ -131,7 +131,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
 
 /// On the leader: the highest index stored on a quorum of voters. Elsewhere
 /// the applied index, a lower bound (followers do not expose their commit index).
-fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+pub fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
     let applied = m.last_applied.map_or(0, |l| l.index);
     let Some(repl) = m.replication.as_ref() else { return applied };
     let mut matched: Vec<u64> = m

@@ -20,6 +20,7 @@ use crate::cluster::{Node, NodeError, Proposal};
 use crate::hooks::HookUse;
 use crate::raft::CommandResult;
 use crate::storage::Envelope;
+use crate::telemetry::ConsistencySlot;
 
 pub struct KvService {
     node: Node,
@@ -107,20 +108,24 @@ type ScanStream = Pin<Box<dyn Stream<Item = Result<proto::ScanItem, Status>> + S
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
+        ConsistencySlot::set(&req, true);
         self.routed(req, |r| self.serve_put(r)).await
     }
 
     async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
+        ConsistencySlot::set(&req, req.get_ref().consistency != Consistency::Eventual as i32);
         self.routed(req, |r| self.serve_get(r)).await
     }
 
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
+        ConsistencySlot::set(&req, true);
         self.routed(req, |r| self.serve_delete(r)).await
     }
 
     type ScanStream = ScanStream;
 
     async fn scan(&self, req: Request<proto::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
+        ConsistencySlot::set(&req, req.get_ref().consistency != Consistency::Eventual as i32);
         let epoch_status = |mut s: Status| {
             s.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
             s

@@ -16,11 +16,12 @@ use tonic::Status;
 use crate::cluster::{Node, NodeError};
 use crate::raft::network::MAX_PEER_MESSAGE;
 
-pub use cluster_service::{status_json, status_of};
+pub use cluster_service::{commit_index, shard_routes, status_json, status_of};
 
 /// Serves every gRPC service on `listener` until the node shuts down.
 pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     let mut stop = node.shutdown_signal();
+    let mut drain = node.drain_signal();
     // Client messages are bounded by the value limit plus room for the key and framing.
     let max_client_message = node.config().limits.max_value_bytes + node.config().limits.max_key_bytes + 64 * 1024;
     // Standard gRPC health checking (grpc.health.v1) and reflection, so
@@ -44,6 +45,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .tcp_nodelay(true)
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .layer(crate::telemetry::GrpcMetricsLayer)
         .add_service(
             KvServer::new(kv_service::KvService::new(node.clone())).max_decoding_message_size(max_client_message),
         )
@@ -60,7 +62,10 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         )
         .serve_with_incoming_shutdown(nodelay(listener), async move {
-            let _ = stop.wait_for(|s| *s).await;
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = drain.wait_for(|s| *s) => {}
+            }
         })
         .await;
     if let Err(e) = result {

@@ -74,7 +74,8 @@ impl raft_server::Raft for RaftService {
         let epoch = header_u64(req.metadata(), EPOCH_HEADER);
         let m = req.into_inner();
         self.check_link(&m)?;
-        let fwd = decode(&m.payload).map_err(bad)?;
+        let fwd: crate::cluster::Forwarded = decode(&m.payload).map_err(bad)?;
+        metrics::counter!(crate::telemetry::FORWARDED_SERVED, "kind" => fwd.kind()).increment(1);
         reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd, epoch).await)
     }
 }

@@ -29,7 +29,7 @@ pub struct ServeCommand {
     /// Address others use to reach this node. [default: the bound address]
     #[arg(long, env = "RINGKV_ADVERTISE")]
     pub advertise: Option<String>,
-    /// HTTP address for /healthz and /status; "off" disables it. [default: 127.0.0.1:7380]
+    /// HTTP address for /healthz, /readyz, /status, /metrics and the dashboard; "off" disables it. [default: 127.0.0.1:7380]
     #[arg(long, env = "RINGKV_HTTP")]
     pub http: Option<String>,
     /// Do not serve HTTP (same as --http off).
@@ -95,6 +95,10 @@ const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1250);
 
 /// How long a stopping node spends handing its leaderships to other nodes.
 const HAND_OFF_BUDGET: Duration = Duration::from_secs(5);
+/// How long a stopping node waits for requests in flight; with the hand-off
+/// this bounds the time from SIGTERM to exit (the default request timeout
+/// is 5 s, so a request accepted just before the signal still finishes).
+const DRAIN_BUDGET: Duration = Duration::from_secs(10);
 
 /// Parses `4096`, `4KiB`, `1MiB`, `1.5MB`.
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -204,6 +208,7 @@ impl ServeCommand {
 
     pub async fn execute(self) -> anyhow::Result<()> {
         let config = self.config()?;
+        crate::telemetry::install();
         // Starting can wait on a seed (joining); a stop signal still ends it.
         let node = tokio::select! {
             node = Node::start(config, LinkFilter::default()) => node.context("node failed to start")?,
@@ -213,7 +218,10 @@ impl ServeCommand {
         wait_for_stop_signal().await?;
         tracing::info!("stop signal received: handing off leadership, then shutting down");
         let moved = node.hand_off_leadership(HAND_OFF_BUDGET).await;
-        tracing::info!(groups = moved, "leadership handed off");
+        tracing::info!(groups = moved, "leadership handed off; finishing requests in flight");
+        if !node.drain(DRAIN_BUDGET).await {
+            tracing::warn!(budget = ?DRAIN_BUDGET, "requests still in flight after the drain budget; stopping anyway");
+        }
         node.shutdown().await;
         Ok(())
     }

@@ -104,6 +104,11 @@ struct NodeInner {
     hooks: Arc<crate::hooks::HookRegistry>,
     /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Flips to true when the node stops taking requests before shutting
+    /// down: the gRPC server stops accepting and finishes what is in flight.
+    draining: watch::Sender<bool>,
+    /// The gRPC server, awaited by [`Node::drain`].
+    grpc_server: Mutex<Option<JoinHandle<()>>>,
 }
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -124,6 +129,7 @@ impl Node {
         let ring = resolve_ring(&storage, &config).await?;
         let peers = Peers::new(config.id, Some(bound.ip()), filter);
         let (shutdown, _) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
         let hooks = Arc::new(
             crate::hooks::HookRegistry::new()
                 .map_err(|e| NodeError::Startup(format!("cannot start the hook workers: {e}")))?,
@@ -141,6 +147,8 @@ impl Node {
                 shutdown,
                 hooks,
                 tasks: Mutex::new(Vec::new()),
+                draining,
+                grpc_server: Mutex::new(None),
             }),
         };
         node.ensure_group(META_GROUP).await?;
@@ -151,7 +159,8 @@ impl Node {
                 node.ensure_group(shard_group(shard)).await?;
             }
         }
-        node.spawn(crate::api::serve(node.clone(), listener));
+        *node.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::spawn(crate::api::serve(node.clone(), listener)));
         if let Some(http) = node.inner.config.http.clone() {
             let listener = tokio::net::TcpListener::bind(&http)
                 .await
@@ -276,9 +285,44 @@ impl Node {
         self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(h);
     }
 
+    /// Signals that flip when the node starts draining (first) and when it
+    /// shuts down; the gRPC server stops on whichever comes first.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.inner.draining.subscribe()
+    }
+
+    /// True once [`Node::drain`] started: the node takes no new requests.
+    pub fn is_draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    /// Stops taking requests and waits, at most `budget`, for the ones in
+    /// flight to finish. The gRPC server stops accepting connections and
+    /// tells connected clients (HTTP/2 GOAWAY) to send new requests
+    /// elsewhere; Raft groups keep running so in-flight writes can commit.
+    /// True when everything in flight finished within `budget`.
+    pub async fn drain(&self, budget: Duration) -> bool {
+        let _ = self.inner.draining.send(true);
+        let server = self.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(server) = server else { return true };
+        let abort = server.abort_handle();
+        match tokio::time::timeout(budget, server).await {
+            Ok(_) => true,
+            Err(_) => {
+                abort.abort();
+                false
+            }
+        }
+    }
+
     /// Stops servers and Raft groups and flushes storage. Idempotent.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+        let server = self.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.abort();
+            let _ = server.await;
+        }
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for g in self.groups() {
             if let Err(e) = g.raft.shutdown().await {
@@ -430,6 +474,9 @@ impl Node {
     /// has applied all of its log. `Err` lists what is missing.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let mut missing = Vec::new();
+        if self.is_draining() {
+            missing.push("shutting down: not taking new requests".to_string());
+        }
         if self.storage().is_poisoned() {
             missing.push("storage is poisoned after a failed fsync".to_string());
         }

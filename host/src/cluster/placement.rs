@@ -172,18 +172,27 @@ impl Node {
             })
             .collect();
         if moves.is_empty() {
+            metrics::gauge!(crate::telemetry::REBALANCE_PENDING).set(0.0);
             return Ok(true);
         }
         tracing::info!(shards = moves.len(), "rebalancing: moving replicas");
         let total = moves.len();
+        metrics::gauge!(crate::telemetry::REBALANCE_PENDING).set(total as f64);
         let mut done = 0usize;
         let mut stream = futures::stream::iter(moves)
             .map(|(s, cur, want)| async move { (s, self.move_shard(s, &cur, &want).await) })
             .buffer_unordered(MOVE_CONCURRENCY);
         while let Some((shard, r)) = stream.next().await {
             match r {
-                Ok(()) => done += 1,
-                Err(e) => tracing::warn!(shard, error = %e, "shard move failed; retrying next round"),
+                Ok(()) => {
+                    done += 1;
+                    metrics::counter!(crate::telemetry::REBALANCE_MOVES, "result" => "ok").increment(1);
+                    metrics::gauge!(crate::telemetry::REBALANCE_PENDING).decrement(1.0);
+                }
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "shard move failed; retrying next round");
+                    metrics::counter!(crate::telemetry::REBALANCE_MOVES, "result" => "failed").increment(1);
+                }
             }
         }
         tracing::info!(done, total, "rebalancing round finished");

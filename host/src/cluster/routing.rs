@@ -111,6 +111,19 @@ pub enum Forwarded {
     },
 }
 
+impl Forwarded {
+    /// A short name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Forwarded::Propose(_) => "propose",
+            Forwarded::Get { .. } => "get",
+            Forwarded::Scan { .. } => "scan",
+            Forwarded::GetLocal { .. } => "get_eventual",
+            Forwarded::ScanLocal { .. } => "scan_eventual",
+        }
+    }
+}
+
 /// The leader's answer to a [`Forwarded`] request.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardReply {
@@ -247,6 +260,7 @@ impl Node {
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
         let Some(addr) = self.addr_of(leader) else { return Ok(Attempt::Retry) };
+        metrics::counter!(crate::telemetry::FORWARDED, "kind" => req.kind()).increment(1);
         let mut client = match self.peers().raft_client(leader, &addr) {
             Ok(c) => c,
             Err(e) => {
@@ -363,7 +377,19 @@ impl Node {
 
     /// Proposes a write to `group` and returns what applying it produced.
     pub async fn propose(&self, group: GroupId, p: Proposal) -> Result<CommandResult, NodeError> {
-        self.at_leader(group, || Forwarded::Propose(p.clone()), |g| self.write_local(g, p.clone())).await
+        self.at_leader(
+            group,
+            || Forwarded::Propose(p.clone()),
+            |g| async {
+                let started = std::time::Instant::now();
+                let r = self.write_local(g, p.clone()).await;
+                if matches!(r, Ok(Attempt::Done(_))) {
+                    crate::telemetry::record_proposal(group, started.elapsed());
+                }
+                r
+            },
+        )
+        .await
     }
 
     /// Reads a key at the given consistency.

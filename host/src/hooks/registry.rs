@@ -163,6 +163,8 @@ pub struct HookStats {
     /// Moving average of a call's run time, in ns (for sizing batches).
     avg_ns: AtomicU64,
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
+    /// The same run times, exported on `/metrics`.
+    exported_latency: metrics::Histogram,
 }
 
 /// A copy of [`HookStats`] at one moment.
@@ -179,7 +181,7 @@ pub struct StatsSnapshot {
 }
 
 impl HookStats {
-    fn new(any_limit_ms: Arc<AtomicU64>) -> HookStats {
+    fn new(name: &str, any_limit_ms: Arc<AtomicU64>) -> HookStats {
         HookStats {
             calls: AtomicU64::new(0),
             rejects: AtomicU64::new(0),
@@ -193,6 +195,7 @@ impl HookStats {
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("constant histogram bounds are valid"),
             ),
+            exported_latency: metrics::histogram!(crate::telemetry::HOOK_DURATION, "hook" => name.to_string()),
         }
     }
 
@@ -216,6 +219,7 @@ impl HookStats {
         if let Ok(mut h) = self.latency_us.lock() {
             h.saturating_record(report.elapsed.as_micros().max(1) as u64);
         }
+        self.exported_latency.record(report.elapsed.as_secs_f64());
         // A racy read-modify-write is fine: this only sizes batches.
         let ns = report.elapsed.as_nanos().min(u64::MAX as u128) as u64;
         let avg = self.avg_ns.load(Ordering::Relaxed);
@@ -370,12 +374,21 @@ impl HookRegistry {
 
     fn stats_for(&self, name: &str) -> Arc<HookStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.entry(name.to_string()).or_insert_with(|| Arc::new(HookStats::new(self.last_limit_ms.clone()))).clone()
+        stats
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(HookStats::new(name, self.last_limit_ms.clone())))
+            .clone()
     }
 
     /// This node's statistics for the hook called `name`.
     pub fn stats(&self, name: &str) -> StatsSnapshot {
         self.stats_for(name).snapshot()
+    }
+
+    /// Statistics of every hook name called on this node, removed hooks included.
+    pub fn all_stats(&self) -> Vec<(String, StatsSnapshot)> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.iter().map(|(name, s)| (name.clone(), s.snapshot())).collect()
     }
 
     /// Whether a hook that applies to this write recently broke a limit

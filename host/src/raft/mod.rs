@@ -79,5 +79,26 @@ pub async fn start_group(
         sm.clone(),
     )
     .await?;
+    tokio::spawn(watch_leader(group, raft.server_metrics()));
     Ok((raft, sm))
+}
+
+/// Logs and counts every leader change of one group as this node sees it.
+/// Ends when the group shuts down and its metrics channel closes.
+async fn watch_leader(
+    group: GroupId,
+    mut server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>>,
+) {
+    let mut leader = server.borrow().current_leader;
+    while server.changed().await.is_ok() {
+        let (now, term) = {
+            let m = server.borrow();
+            (m.current_leader, m.vote.leader_id().term)
+        };
+        if now != leader {
+            tracing::info!(group, term, from = ?leader, to = ?now, "raft leader changed");
+            crate::telemetry::record_leader_change(group);
+            leader = now;
+        }
+    }
 }

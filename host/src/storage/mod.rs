@@ -185,6 +185,11 @@ impl Storage {
         &self.inner.snapshots
     }
 
+    /// Disk space used by the database (journals and tables).
+    pub fn disk_space(&self) -> Result<u64, StorageError> {
+        self.inner.db.disk_space().map_err(StorageError::fjall("measuring disk space"))
+    }
+
     /// True after an fsync failure.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
@@ -269,6 +274,7 @@ impl Storage {
             Arc::new(e)
         });
         tracing::trace!(ops = n, micros = started.elapsed().as_micros() as u64, "group commit");
+        crate::telemetry::record_group_commit(n, started.elapsed());
         if result.is_ok() {
             crate::failpoint::crash_point("log-after-fsync");
         }

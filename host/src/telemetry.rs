@@ -1,0 +1,368 @@
+//! Prometheus metrics: the process-wide recorder, the name of every metric
+//! family, the gRPC layer that counts and times each RPC, and the gauges that
+//! are read from Raft and storage when `/metrics` is scraped.
+//!
+//! Hot paths record through the `metrics` facade (an atomic add once the
+//! handle is resolved); state that already lives elsewhere (Raft indexes,
+//! hook counters, storage size) is copied into gauges at scrape time instead
+//! of being mirrored on every change.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::cluster::{Node, META_GROUP};
+use crate::storage::GroupId;
+
+/// Requests by `rpc`, `consistency` and gRPC `code`.
+pub const REQUESTS: &str = "ringkv_requests_total";
+/// Requests that ended with a code other than OK, same labels.
+pub const REQUEST_ERRORS: &str = "ringkv_request_errors_total";
+/// Request latency by `rpc` and `consistency`.
+pub const REQUEST_DURATION: &str = "ringkv_request_duration_seconds";
+/// Requests this node forwarded to another replica, by `kind`.
+pub const FORWARDED: &str = "ringkv_forwarded_requests_total";
+/// Requests another node forwarded here, by `kind`.
+pub const FORWARDED_SERVED: &str = "ringkv_forwarded_served_total";
+/// Per hosted group (`shard` is the shard number or `meta`).
+pub const RAFT_TERM: &str = "ringkv_raft_term";
+pub const RAFT_COMMIT_INDEX: &str = "ringkv_raft_commit_index";
+pub const RAFT_APPLIED_INDEX: &str = "ringkv_raft_applied_index";
+pub const RAFT_LAST_LOG_INDEX: &str = "ringkv_raft_last_log_index";
+pub const RAFT_IS_LEADER: &str = "ringkv_raft_is_leader";
+pub const RAFT_LEADER_CHANGES: &str = "ringkv_raft_leader_changes_total";
+pub const RAFT_PROPOSAL_DURATION: &str = "ringkv_raft_proposal_duration_seconds";
+pub const RAFT_GROUPS: &str = "ringkv_raft_groups_hosted";
+pub const STORAGE_SIZE: &str = "ringkv_storage_size_bytes";
+pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
+pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
+/// Hook counters and run time by `hook`.
+pub const HOOK_CALLS: &str = "ringkv_hook_calls_total";
+pub const HOOK_REJECTS: &str = "ringkv_hook_rejects_total";
+pub const HOOK_ERRORS: &str = "ringkv_hook_errors_total";
+pub const HOOK_LIMIT_HITS: &str = "ringkv_hook_limit_hits_total";
+pub const HOOK_DURATION: &str = "ringkv_hook_duration_seconds";
+/// Shards whose replica set is changing, and shards below the replication factor.
+pub const SHARDS_MOVING: &str = "ringkv_shards_moving";
+pub const SHARDS_UNDER_REPLICATED: &str = "ringkv_shards_under_replicated";
+/// Replica moves the rebalancer finished, by `result` (`ok`, `failed`).
+pub const REBALANCE_MOVES: &str = "ringkv_rebalance_moves_total";
+/// Moves in the rebalancer's current round (0 when in place).
+pub const REBALANCE_PENDING: &str = "ringkv_rebalance_pending_moves";
+
+/// Latency buckets from 50µs to 10s: wide enough for a cached eventual read
+/// and for a write that waited out a leader election.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns its handle. Metrics
+/// recorded before this call are dropped, so `serve` calls it first thing.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORAGE_GROUP_COMMIT_OPS.into()), BATCH_BUCKETS))
+            .expect("the bucket lists are constant and non-empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder is only installed by embedders (or tests) that
+        // collect metrics their own way; ours then renders nothing, which is
+        // what they asked for.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        let upkeep = handle.clone();
+        // Histograms buffer samples until rendered; drain them even when
+        // nobody scrapes, so memory stays bounded.
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            })
+            .expect("spawning the metrics upkeep thread");
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "gRPC requests served, by rpc, consistency and gRPC status code");
+    describe_counter!(REQUEST_ERRORS, "gRPC requests that ended with a status other than OK");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "gRPC request latency at this node");
+    describe_counter!(FORWARDED, "requests this node sent on to the leader or another replica");
+    describe_counter!(FORWARDED_SERVED, "requests another node forwarded to this one");
+    describe_gauge!(RAFT_TERM, "current Raft term of each hosted group");
+    describe_gauge!(RAFT_COMMIT_INDEX, "commit index (on followers: the applied index, a lower bound)");
+    describe_gauge!(RAFT_APPLIED_INDEX, "last log index applied to the state machine");
+    describe_gauge!(RAFT_LAST_LOG_INDEX, "last log index stored");
+    describe_gauge!(RAFT_IS_LEADER, "1 when this node leads the group");
+    describe_counter!(RAFT_LEADER_CHANGES, "times this node saw the group's leader change");
+    describe_histogram!(RAFT_PROPOSAL_DURATION, Unit::Seconds, "time from proposal to applied result, at the leader");
+    describe_gauge!(RAFT_GROUPS, "Raft groups hosted by this node, meta group included");
+    describe_gauge!(STORAGE_SIZE, Unit::Bytes, "disk space used by the node's data directory");
+    describe_histogram!(STORAGE_FSYNC_DURATION, Unit::Seconds, "group commit: writing the batch and fsyncing the log");
+    describe_histogram!(STORAGE_GROUP_COMMIT_OPS, "log and state-machine ops per group commit");
+    describe_counter!(HOOK_CALLS, "hook calls on this node, by hook");
+    describe_counter!(HOOK_REJECTS, "writes a validate hook rejected");
+    describe_counter!(HOOK_ERRORS, "hook calls that failed (runtime error, bad return value)");
+    describe_counter!(HOOK_LIMIT_HITS, "hook calls stopped by a time, memory or instruction limit");
+    describe_histogram!(HOOK_DURATION, Unit::Seconds, "hook call run time");
+    describe_gauge!(SHARDS_MOVING, "shards whose replica set is being changed");
+    describe_gauge!(SHARDS_UNDER_REPLICATED, "shards with fewer live voters than the replication factor");
+    describe_counter!(REBALANCE_MOVES, "replica moves finished by this node's rebalancer, by result");
+    describe_gauge!(REBALANCE_PENDING, "replica moves in the rebalancer's current round");
+}
+
+/// The `shard` label of a group.
+pub fn shard_label(group: GroupId) -> String {
+    if group == META_GROUP {
+        "meta".to_string()
+    } else {
+        (group - 1).to_string()
+    }
+}
+
+/// Renders every family in Prometheus text format, after copying the state
+/// that lives elsewhere into gauges.
+pub async fn render(node: &Node) -> String {
+    let handle = install();
+    refresh(node).await;
+    handle.render()
+}
+
+async fn refresh(node: &Node) {
+    let groups = node.groups();
+    gauge!(RAFT_GROUPS).set(groups.len() as f64);
+    for g in &groups {
+        let m = g.raft.metrics().borrow().clone();
+        let shard = shard_label(g.id);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        gauge!(RAFT_TERM, "shard" => shard.clone()).set(m.current_term as f64);
+        gauge!(RAFT_APPLIED_INDEX, "shard" => shard.clone()).set(applied as f64);
+        gauge!(RAFT_LAST_LOG_INDEX, "shard" => shard.clone()).set(m.last_log_index.unwrap_or(0) as f64);
+        gauge!(RAFT_COMMIT_INDEX, "shard" => shard.clone()).set(crate::api::commit_index(&m) as f64);
+        gauge!(RAFT_IS_LEADER, "shard" => shard).set(if m.current_leader == Some(node.id()) { 1.0 } else { 0.0 });
+    }
+    let storage = node.storage().clone();
+    if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || storage.disk_space()).await {
+        gauge!(STORAGE_SIZE).set(bytes as f64);
+    }
+    if let Ok(routes) = crate::api::shard_routes(node).await {
+        gauge!(SHARDS_MOVING).set(routes.iter().filter(|r| r.moving).count() as f64);
+        gauge!(SHARDS_UNDER_REPLICATED).set(routes.iter().filter(|r| r.under_replicated).count() as f64);
+    }
+    for (name, s) in node.hooks().all_stats() {
+        counter!(HOOK_CALLS, "hook" => name.clone()).absolute(s.calls);
+        counter!(HOOK_REJECTS, "hook" => name.clone()).absolute(s.rejects);
+        counter!(HOOK_ERRORS, "hook" => name.clone()).absolute(s.errors);
+        counter!(HOOK_LIMIT_HITS, "hook" => name).absolute(s.limit_hits);
+    }
+}
+
+/// Times one proposal at the leader.
+pub fn record_proposal(group: GroupId, elapsed: Duration) {
+    histogram!(RAFT_PROPOSAL_DURATION, "shard" => shard_label(group)).record(elapsed.as_secs_f64());
+}
+
+/// Counts a leader change seen by this node.
+pub fn record_leader_change(group: GroupId) {
+    counter!(RAFT_LEADER_CHANGES, "shard" => shard_label(group)).increment(1);
+}
+
+/// Times one group commit of `ops` storage ops.
+pub fn record_group_commit(ops: usize, elapsed: Duration) {
+    histogram!(STORAGE_FSYNC_DURATION).record(elapsed.as_secs_f64());
+    histogram!(STORAGE_GROUP_COMMIT_OPS).record(ops as f64);
+}
+
+/// Which consistency a key request asked for, filled in by the Kv service
+/// and read by [`GrpcMetricsLayer`] once the reply is out.
+#[derive(Clone, Default)]
+pub struct ConsistencySlot(Arc<AtomicU8>);
+
+impl ConsistencySlot {
+    const LINEARIZABLE: u8 = 1;
+    const EVENTUAL: u8 = 2;
+
+    /// Records the level a request ran at, if the request carries a slot.
+    pub fn set<T>(req: &tonic::Request<T>, linearizable: bool) {
+        if let Some(slot) = req.extensions().get::<ConsistencySlot>() {
+            let v = if linearizable { Self::LINEARIZABLE } else { Self::EVENTUAL };
+            slot.0.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            Self::LINEARIZABLE => "linearizable",
+            Self::EVENTUAL => "eventual",
+            _ => "none",
+        }
+    }
+}
+
+/// Counts and times every gRPC request by method, consistency and status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let rpc = rpc_label(req.uri().path());
+        let slot = ConsistencySlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let code = match &result {
+                Ok(resp) => status_code(resp),
+                Err(_) => tonic::Code::Unknown,
+            };
+            let consistency = slot.label();
+            let code_label = code_label(code);
+            counter!(REQUESTS, "rpc" => rpc, "consistency" => consistency, "code" => code_label).increment(1);
+            if code != tonic::Code::Ok {
+                counter!(REQUEST_ERRORS, "rpc" => rpc, "consistency" => consistency, "code" => code_label).increment(1);
+            }
+            histogram!(REQUEST_DURATION, "rpc" => rpc, "consistency" => consistency)
+                .record(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// The gRPC status of a reply: an error reply carries it in its headers
+/// (tonic also leaves the `Status` in the extensions); a successful unary
+/// reply only in its trailers, which come later and always say OK.
+fn status_code<R>(resp: &http::Response<R>) -> tonic::Code {
+    if let Some(status) = resp.extensions().get::<tonic::Status>() {
+        return status.code();
+    }
+    match resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()) {
+        Some(code) => tonic::Code::from_i32(code),
+        None => tonic::Code::Ok,
+    }
+}
+
+/// `/ringkv.v1.Kv/Put` → `Kv/Put`. Paths that name no known service are
+/// folded into `other`, so a scanner cannot blow up the label set.
+fn rpc_label(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "/ringkv.v1.Kv/Put",
+        "/ringkv.v1.Kv/Get",
+        "/ringkv.v1.Kv/Delete",
+        "/ringkv.v1.Kv/Scan",
+        "/ringkv.v1.Cluster/Status",
+        "/ringkv.v1.Cluster/AddNode",
+        "/ringkv.v1.Cluster/RemoveNode",
+        "/ringkv.v1.Cluster/Ring",
+        "/ringkv.v1.Hooks/Deploy",
+        "/ringkv.v1.Hooks/List",
+        "/ringkv.v1.Hooks/Get",
+        "/ringkv.v1.Hooks/Remove",
+        "/ringkv.v1.Hooks/Rollback",
+        "/ringkv.v1.Hooks/Test",
+        "/ringkv.v1.Raft/AppendEntries",
+        "/ringkv.v1.Raft/Vote",
+        "/ringkv.v1.Raft/InstallSnapshot",
+        "/ringkv.v1.Raft/ChangeMembership",
+        "/ringkv.v1.Raft/Forward",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ];
+    match KNOWN.iter().find(|k| **k == path) {
+        Some(k) => k.strip_prefix("/ringkv.v1.").unwrap_or(&k[1..]),
+        None => "other",
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_labels_are_short_and_bounded() {
+        assert_eq!(rpc_label("/ringkv.v1.Kv/Put"), "Kv/Put");
+        assert_eq!(rpc_label("/grpc.health.v1.Health/Check"), "grpc.health.v1.Health/Check");
+        assert_eq!(rpc_label("/ringkv.v1.Kv/Nope"), "other");
+        assert_eq!(rpc_label("/../../etc/passwd"), "other");
+    }
+
+    #[test]
+    fn status_comes_from_the_error_or_defaults_to_ok() {
+        let err: http::Response<()> = tonic::Status::unavailable("x").into_http();
+        assert_eq!(status_code(&err), tonic::Code::Unavailable);
+        let ok = http::Response::new(());
+        assert_eq!(status_code(&ok), tonic::Code::Ok);
+        let mut hdr = http::Response::new(());
+        hdr.headers_mut().insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(status_code(&hdr), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn shard_labels_name_the_meta_group() {
+        assert_eq!(shard_label(META_GROUP), "meta");
+        assert_eq!(shard_label(crate::cluster::shard_group(7)), "7");
+    }
+}
