@@ -1,30 +1,94 @@
 //! HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness), `/status`
 //! (JSON cluster view) and `/metrics` (Prometheus text).
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use tokio::sync::watch;
+use tower::ServiceExt;
 
 use crate::cluster::Node;
 
-/// Serves HTTP on `listener` until the node shuts down.
-pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
-    let mut stop = node.shutdown_signal();
-    let app = Router::new()
+/// The node's HTTP server. It starts before the node has its ring settings
+/// (a joining node may wait a long time for its seed), answering liveness
+/// with 200 and everything else with 503 "starting", and serves the full
+/// app once [`HttpServer::serve_node`] hands it the node.
+pub struct HttpServer {
+    app: Arc<ArcSwapOption<Router>>,
+    stop: watch::Sender<bool>,
+}
+
+impl HttpServer {
+    /// Starts serving on `listener`; stops when dropped or [`HttpServer::stop`]ped.
+    pub fn start(listener: tokio::net::TcpListener) -> HttpServer {
+        let app: Arc<ArcSwapOption<Router>> = Arc::new(ArcSwapOption::empty());
+        let (stop, mut stopped) = watch::channel(false);
+        let current = app.clone();
+        let dispatch = tower::service_fn(move |req: axum::extract::Request| {
+            let app = current.load_full();
+            async move {
+                let resp = match app {
+                    Some(app) => app.as_ref().clone().oneshot(req).await?,
+                    None => starting(req.uri().path()).into_response(),
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        tokio::spawn(async move {
+            let result = axum::serve(listener, Router::new().fallback_service(dispatch))
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        HttpServer { app, stop }
+    }
+
+    /// Serves the full app for `node` from now on.
+    pub fn serve_node(&self, node: Node) {
+        self.app.store(Some(Arc::new(router(node))));
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        // The app holds the node, and the node holds this server.
+        self.app.store(None);
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The answers of a node that is still starting.
+fn starting(path: &str) -> (StatusCode, &'static str) {
+    match path {
+        "/healthz" => (StatusCode::OK, "starting\n"),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready:\nstarting: waiting for the cluster's ring settings from a seed\n",
+        ),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "the node is starting\n"),
+    }
+}
+
+fn router(node: Node) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(node);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP server stopped");
-    }
+        .with_state(node)
 }
 
 async fn healthz(State(node): State<Node>) -> (StatusCode, &'static str) {
@@ -51,7 +115,7 @@ async fn status(State(node): State<Node>) -> Result<Json<serde_json::Value>, (St
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))
 }
 
-async fn metrics(State(node): State<Node>) -> impl axum::response::IntoResponse {
+async fn metrics(State(node): State<Node>) -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         crate::telemetry::render(&node).await,

@@ -286,6 +286,30 @@ async fn readyz_tracks_joining_and_losing_the_quorum() {
     wait_readyz(&c.nodes[&3].http, 200, "node 3 to be ready again").await;
 }
 
+/// A node waiting for an unreachable seed is alive but not ready: its HTTP
+/// endpoint is up before it has the cluster's ring settings, so a liveness
+/// probe does not restart it while it waits.
+#[tokio::test]
+async fn a_node_waiting_for_its_seed_is_alive_but_not_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (grpc, http, dead_seed) = (ringkv_tests::free_port(), ringkv_tests::free_port(), ringkv_tests::free_port());
+    let node = Command::new(ringkv_bin())
+        .args(["serve", "--id", "2", "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http", &format!("127.0.0.1:{http}"), "--join", &format!("127.0.0.1:{dead_seed}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let _node = KillOnDrop(node);
+    let addr = format!("127.0.0.1:{http}");
+    let body = wait_readyz(&addr, 503, "the waiting node to answer /readyz").await;
+    assert!(body.contains("waiting for the cluster's ring settings"), "{body}");
+    assert_eq!(http_get(addr.clone(), "/healthz").await.map(|(code, _)| code), Some(200), "alive");
+    assert_eq!(http_get(addr, "/status").await.map(|(code, _)| code), Some(503), "no status yet");
+}
+
 /// SIGTERM under load: the node hands its leaderships to the others, exits
 /// 0, no acknowledged write is lost and no client request hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -109,6 +109,8 @@ struct NodeInner {
     draining: watch::Sender<bool>,
     /// The gRPC server, awaited by [`Node::drain`].
     grpc_server: Mutex<Option<JoinHandle<()>>>,
+    /// The HTTP server (`--http`), stopped on shutdown.
+    http: Option<crate::http::HttpServer>,
 }
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -126,6 +128,16 @@ impl Node {
             .map_err(|e| NodeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
         let bound = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        // Up before the ring settings: a joining node may wait long for its
+        // seed, and a liveness probe must not kill it meanwhile.
+        let http = match &config.http {
+            Some(http) => Some(crate::http::HttpServer::start(
+                tokio::net::TcpListener::bind(http)
+                    .await
+                    .map_err(|e| NodeError::Startup(format!("cannot listen on {http} (http): {e}")))?,
+            )),
+            None => None,
+        };
         let ring = resolve_ring(&storage, &config).await?;
         let peers = Peers::new(config.id, Some(bound.ip()), filter);
         let (shutdown, _) = watch::channel(false);
@@ -149,6 +161,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 draining,
                 grpc_server: Mutex::new(None),
+                http,
             }),
         };
         node.ensure_group(META_GROUP).await?;
@@ -161,11 +174,8 @@ impl Node {
         }
         *node.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(tokio::spawn(crate::api::serve(node.clone(), listener)));
-        if let Some(http) = node.inner.config.http.clone() {
-            let listener = tokio::net::TcpListener::bind(&http)
-                .await
-                .map_err(|e| NodeError::Startup(format!("cannot listen on {http} (http): {e}")))?;
-            node.spawn(crate::http::serve(node.clone(), listener));
+        if let Some(http) = &node.inner.http {
+            http.serve_node(node.clone());
         }
         node.bootstrap_or_join().await?;
         node.spawn(node.clone().ttl_sweeper());
@@ -318,6 +328,9 @@ impl Node {
     /// Stops servers and Raft groups and flushes storage. Idempotent.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+        if let Some(http) = &self.inner.http {
+            http.stop();
+        }
         let server = self.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(server) = server {
             server.abort();
