@@ -15,6 +15,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .merge(crate::dashboard::routes())
         .with_state(node);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

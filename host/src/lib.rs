@@ -12,7 +12,8 @@
 //!   internal `Raft` service) and converts protobuf at the edge.
 //! - [`hooks`] runs user validation and TTL hooks (sandboxed Lua) on the
 //!   write path, and keeps the deployed set in step with the meta group.
-//! - [`http`] serves health and status over HTTP.
+//! - [`http`] serves health and status over HTTP; [`dashboard`] is the web
+//!   page it serves at `/`.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod failpoint;
 pub mod hooks;
 pub mod http;
