@@ -13,6 +13,15 @@ if ! command -v iptables >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iptables >/dev/null
 fi
 
+# The dashboard test (tests/tests/t94_dashboard.rs) drives headless Chromium
+# through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1; then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # Build the binary first: the process-level tests run target/debug/ringkv.
 cargo build --workspace --bins
 cargo test --workspace --all-targets -- --test-threads "${RINGKV_TEST_THREADS:-4}"

@@ -88,6 +88,7 @@ fn router(node: Node) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .with_state(node)
 }
 

@@ -13,7 +13,8 @@
 //! - [`hooks`] runs user validation and TTL hooks (sandboxed Lua) on the
 //!   write path, and keeps the deployed set in step with the meta group.
 //! - [`http`] serves health, readiness, status and metrics over HTTP;
-//!   [`telemetry`] owns the Prometheus metrics.
+//!   [`telemetry`] owns the Prometheus metrics; [`dashboard`] is the web
+//!   page served at `/`.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod failpoint;
 pub mod hooks;
 pub mod http;
