@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// this long is marked down and its replicas are re-created elsewhere.
     /// Default 30 s.
     pub down_timeout: Duration,
+    /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for NodeConfig {
@@ -78,6 +80,7 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(5),
             ttl_sweep_interval: Duration::from_secs(1),
             down_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -105,6 +108,17 @@ pub struct ConfigFile {
     pub raft: RaftFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+/// `[tls]` in the config file: PEM file paths, all three or none.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
 }
 
 /// How a served node writes its logs (to stderr).
@@ -246,4 +260,16 @@ scan_default = 1000
 scan_max = 10000
 # Largest hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
 max_hook_source_bytes = "256KiB"
+
+# TLS on the gRPC port, the HTTP port and peer connections; off unless all
+# three are set. The node certificate must be signed by the CA and carry the
+# DNS name "ringkv-node" (`ringkv tls gen` makes one). Files are reloaded on
+# SIGHUP and when they change. See docs/security.md.
+# [tls]
+# PEM certificate chain of this node. (RINGKV_TLS_CERT, --tls-cert)
+# cert = "/etc/ringkv/tls/node.pem"
+# Its private key. (RINGKV_TLS_KEY, --tls-key)
+# key = "/etc/ringkv/tls/node.key"
+# Cluster CA: verifies peers and client certificates. (RINGKV_TLS_CA, --tls-ca)
+# ca = "/etc/ringkv/tls/ca.pem"
 "#;

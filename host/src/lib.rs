@@ -16,6 +16,8 @@
 //!   [`telemetry`] owns the Prometheus metrics; [`dashboard`] is the web
 //!   page served at `/`.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
+//! - [`tls`] loads and reloads the node's certificates, accepts TLS
+//!   connections and tells node certificates from client certificates.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
 
@@ -33,3 +35,4 @@ pub mod raft;
 pub mod ring;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
