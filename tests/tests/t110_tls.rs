@@ -34,6 +34,21 @@ impl Pki {
         Pki { dir, ca }
     }
 
+    /// The files `ringkv tls gen` writes, with its CA loaded back for issuing more.
+    fn from_cli(clients: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(ringkv_bin());
+        cmd.args(["tls", "gen", "--out"]).arg(dir.path()).args(["--node-names", "db1.example"]);
+        for c in clients {
+            cmd.args(["--client", c]);
+        }
+        let out = cmd.output().expect("run ringkv tls gen");
+        assert!(out.status.success(), "tls gen: {}", String::from_utf8_lossy(&out.stderr));
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).expect("generated file");
+        let ca = Authority::load(&read("ca.pem"), &read("ca.key")).expect("load the generated CA");
+        Pki { dir, ca }
+    }
+
     fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
@@ -183,7 +198,7 @@ async fn members(c: &Client) -> usize {
 
 #[tokio::test]
 async fn a_tls_cluster_serves_clients_and_refuses_plaintext_and_strangers() {
-    let pki = Pki::new();
+    let pki = Pki::from_cli(&["ops"]);
     let ca = pki.ca.ca().clone();
     let mut args = pki.serve_args("node");
     args.extend(["--shards".into(), "4".into()]);
@@ -212,6 +227,23 @@ async fn a_tls_cluster_serves_clients_and_refuses_plaintext_and_strangers() {
     }
     let node1 = c.nodes[&1].grpc.clone();
     let http1 = c.nodes[&1].http.clone();
+
+    // The CLI with the client certificate `tls gen` made, from the environment.
+    let cli = |args: &[&str]| {
+        Command::new(ringkv_bin())
+            .args(args)
+            .args(["--endpoints", &node1])
+            .env("RINGKV_TLS_CA", pki.path("ca.pem"))
+            .env("RINGKV_TLS_CERT", pki.path("client-ops.pem"))
+            .env("RINGKV_TLS_KEY", pki.path("client-ops.key"))
+            .output()
+            .expect("run the CLI")
+    };
+    let out = cli(&["get", "greeting"]);
+    assert!(out.status.success(), "CLI get over mTLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let out = Command::new(ringkv_bin()).args(["get", "greeting", "--endpoints", &node1]).output().expect("run");
+    assert!(!out.status.success(), "plaintext CLI to a TLS port must fail");
 
     // Plaintext to the TLS ports.
     let plain = Client::connect([&node1]).expect("client").with_ring_routing(false);
