@@ -433,7 +433,7 @@ impl Node {
                     {
                         Ok(c) => c,
                         Err(e) => {
-                            tracing::error!(seed = %seed, error = %e, "bad join address");
+                            tracing::error!(seed = %seed, error = %e, "cannot make a client for the seed");
                             continue;
                         }
                     };
