@@ -471,3 +471,61 @@ async fn certificates_reload_on_file_change_and_on_sighup() {
     let got = c.node_client(1).get("k19").await.expect("get").expect("present");
     assert_eq!(&got.value[..], b"v");
 }
+
+/// `ringkv dev`, stopped with Ctrl-C (SIGINT) when dropped so it stops its nodes.
+struct Dev(Child);
+
+impl Dev {
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGINT);
+        self.0.wait().expect("wait for dev")
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn dev_tls_runs_a_tls_only_cluster_with_the_certificates_it_generates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `dev` takes consecutive ports: a base with the next three free too, in
+    // 28000-30000, between `free_port`'s range (used by the other tests in
+    // this process) and the ephemeral ports.
+    let mut base = 28_000 + (std::process::id() % 240) as u16 * 8;
+    while !(base..base + 4).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        base = if base >= 29_990 { 28_000 } else { base + 8 };
+    }
+    let mut dev = Dev(Command::new(ringkv_bin())
+        .args(["dev", "--tls", "--nodes", "2", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn dev"));
+    let tls = dir.path().join("tls");
+    let endpoints = [format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 2)];
+    // Read the files on every try: a half-written one just means "not yet".
+    let tls_client = eventually("the dev cluster to have 2 voters over TLS", || async {
+        let tls = TlsOptions::from_files(
+            &tls.join("ca.pem"),
+            Some(&tls.join("client-dev.pem")),
+            Some(&tls.join("client-dev.key")),
+        )
+        .ok()?;
+        let c = Client::connect_with(&endpoints, ClientOptions { tls: Some(tls), ..Default::default() }).ok()?;
+        (c.status().await.ok()?.nodes.iter().filter(|n| n.role == "voter").count() == 2).then_some(c)
+    })
+    .await;
+    tls_client.put("dev", "over tls").await.expect("put");
+    let plain = Client::connect(&endpoints).expect("client").with_ring_routing(false);
+    assert!(plain.get("dev").await.is_err(), "the dev cluster does not speak plaintext");
+    let exit = dev.stop();
+    assert!(exit.success(), "dev stops its nodes and exits cleanly on Ctrl-C: {exit:?}");
+}
