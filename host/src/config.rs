@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::raft::{NodeId, RaftTuning};
 use crate::ring::RingConfig;
+pub use crate::tls::TlsConfig;
 
 /// Request limits enforced at the API edge.
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ pub struct NodeConfig {
     /// Default 30 s.
     pub down_timeout: Duration,
     /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for NodeConfig {
