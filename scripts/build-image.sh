@@ -31,7 +31,7 @@ rustup target list --installed 2>/dev/null | grep -qx "$TARGET" || rustup target
 # shipped binary gets +crt-static.
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build -p ringkv --bin ringkv --locked --profile "$PROFILE" --target "$TARGET"
-BIN="target/$TARGET/$PROFILE/ringkv"
+BIN="${CARGO_TARGET_DIR:-target}/$TARGET/$PROFILE/ringkv"
 # A static(-pie) executable asks for no program interpreter and no shared library.
 if readelf --program-headers --dynamic "$BIN" | grep -q -e 'INTERP' -e '(NEEDED)'; then
     echo "build-image.sh: $BIN is dynamically linked; it cannot run FROM scratch" >&2
@@ -40,7 +40,7 @@ fi
 
 # The build context holds the Dockerfile, the binary and the empty data
 # directory only, so nothing else of the work tree is sent to the engine.
-CONTEXT="target/image-context"
+CONTEXT="${CARGO_TARGET_DIR:-target}/image-context"
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT/data"
 cp Dockerfile "$CONTEXT/Dockerfile"
