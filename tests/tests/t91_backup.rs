@@ -7,9 +7,10 @@
 //!   comes back with its value and (about) its expiry, no deleted or expired
 //!   key does, both hooks come back with their stage, prefix and source, and
 //!   the validate hook rejects bad writes afterwards;
-//! - backup refuses a non-empty directory; restore refuses a non-empty
-//!   target without `--force`, and a corrupted backup before writing anything;
-//!   a node that does not lead a shard refuses to dump it and names the leader.
+//! - backup refuses a non-empty directory, and one that fails leaves no
+//!   directory behind; restore refuses a non-empty target without `--force`,
+//!   and a corrupted backup before writing anything; a node that does not
+//!   lead a shard refuses to dump it and names the leader.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -192,6 +193,16 @@ async fn a_backup_restores_every_key_and_hook_into_a_cluster_of_another_size() {
     let wrong_count = backup.dump_shard(proto::DumpShardRequest { shard: 0, shards: 5 }).await;
     assert_eq!(wrong_count.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
     drop(source);
+    // A backup that fails leaves nothing behind that could pass for one.
+    let failed = work.path().join("failed");
+    let (ok, _, err) =
+        cli(args(&["backup", "--endpoints", &endpoints, "--out", failed.to_str().expect("utf-8")])).await;
+    assert!(!ok, "a backup of a stopped cluster must fail: {err}");
+    let names: Vec<String> = std::fs::read_dir(work.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["backup".to_string()], "no partial backup left: {err}");
 
     // Restore into one node with another shard count.
     let target = ProcCluster::start(1, &["--shards", "3"]).await;
