@@ -460,7 +460,7 @@ pub struct RestoreCommand {
     #[arg(long)]
     pub force: bool,
     /// Writes in flight at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub concurrency: u16,
     /// No progress on stderr.
     #[arg(long)]
