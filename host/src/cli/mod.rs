@@ -1,6 +1,7 @@
 //! The `ringkv` command line: one `XxxCommand` per subcommand, each with an
 //! `execute` method.
 
+mod auth_cmds;
 mod bench;
 mod client_cmds;
 mod hook_cmds;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use auth_cmds::AuthCommand;
 pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
 pub use hook_cmds::HookCommand;
@@ -44,6 +46,9 @@ pub enum Command {
     Hook(HookCommand),
     /// Closed-loop load generator.
     Bench(BenchCommand),
+    /// Tokens and credentials (docs/security.md).
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Node configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -77,11 +82,16 @@ pub struct ClientArgs {
     /// Machine-readable JSON output.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for clusters with auth on (prefer the environment
+    /// variable: a flag shows in the process list).
+    #[arg(long, env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<ringkv_client::Client> {
-        Ok(ringkv_client::Client::connect(&self.endpoints)?)
+        let opts = ringkv_client::ClientOptions { token: self.token.clone(), ..Default::default() };
+        Ok(ringkv_client::Client::connect_with(&self.endpoints, opts)?)
     }
 }
 
@@ -112,6 +122,7 @@ pub fn main() -> ExitCode {
             Command::Cluster(c) => c.execute().await,
             Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
+            Command::Auth(c) => c.execute().await,
             Command::Config(c) => c.execute(),
         }
     });
