@@ -1,7 +1,9 @@
 //! Authentication and authorization end to end, on `ringkv serve` processes:
 //! anonymous requests are refused, a read token cannot write or administer,
 //! a prefix-scoped token stays inside its prefix through every path (get,
-//! scan, CAS, forwarding), and a revoked token is refused on every node.
+//! scan, CAS, forwarding), a revoked token is refused on every node, and the
+//! dashboard asks for a token in headless Chromium (chromium and
+//! chromedriver, as for t94; `./test.sh` installs them).
 //!
 //! Auth requires TLS (docs/security.md). Until the TLS transport is in this
 //! tree the nodes run with `RINGKV_TEST_AUTH_WITHOUT_TLS=1`, a switch that
@@ -158,6 +160,7 @@ async fn auth_end_to_end() {
     a_prefix_token_stays_inside_its_prefix(&ac).await;
     http_needs_a_token_except_health(&ac).await;
     cli_takes_the_token_from_the_environment(&ac).await;
+    the_dashboard_asks_for_a_token(&ac).await;
     a_revoked_token_is_refused_on_every_node(&ac).await;
 }
 
@@ -331,4 +334,107 @@ async fn a_revoked_token_is_refused_on_every_node(ac: &AuthCluster) {
     assert!(
         matches!(admin.revoke_token("short-lived").await, Err(Error::Other(s)) if s.code() == tonic::Code::NotFound)
     );
+}
+
+/// chromedriver in a process group of its own, killed with every browser it
+/// started when the test ends (the same as t94's).
+struct ChromeDriver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = ringkv_tests::free_port();
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver is missing: install chromium and chromium-driver (./test.sh does it)");
+        ChromeDriver { child, port }
+    }
+
+    async fn session(&self) -> fantoccini::Client {
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually("chromedriver to listen", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) }
+        })
+        .await;
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage"]}),
+        );
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://{addr}"))
+            .await
+            .expect("a WebDriver session with headless Chromium")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+async fn count(browser: &fantoccini::Client, css: &str) -> usize {
+    browser.find_all(fantoccini::Locator::Css(css)).await.map(|v| v.len()).unwrap_or(0)
+}
+
+async fn badge(browser: &fantoccini::Client) -> String {
+    match browser.find(fantoccini::Locator::Id("conn")).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The page loads without a token, asks for one, works once given an admin
+/// token (typed in, or from the URL fragment, which it then removes from
+/// the address bar), and says so when a token lacks the grant.
+async fn the_dashboard_asks_for_a_token(ac: &AuthCluster) {
+    use fantoccini::Locator;
+    let http = ac.c.nodes[&1].http.clone();
+    let driver = ChromeDriver::start();
+    let browser = driver.session().await;
+    browser.goto(&format!("http://{http}/")).await.expect("open the dashboard");
+    eventually("the page to ask for a token", || async {
+        (count(&browser, "#login:not([hidden])").await == 1 && badge(&browser).await == "token needed").then_some(())
+    })
+    .await;
+
+    let input = browser.find(Locator::Id("token")).await.expect("the token field");
+    input.send_keys(&ac.admin).await.expect("type the token");
+    browser.find(Locator::Css("#login button")).await.expect("sign-in button").click().await.expect("sign in");
+    eventually("the dashboard to list 3 nodes with the admin token", || async {
+        (count(&browser, "#nodes tr[data-node][data-health='up']").await == 3
+            && count(&browser, "#login[hidden]").await == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(!browser.source().await.expect("page source").contains(&ac.admin), "the token is not in the page");
+
+    browser.find(Locator::Id("logout")).await.expect("sign-out button").click().await.expect("sign out");
+    browser.goto(&format!("http://{http}/#token={}", ac.reader)).await.expect("open with a fragment");
+    eventually("a read token to be refused /status", || async {
+        (badge(&browser).await == "token refused").then_some(())
+    })
+    .await;
+    let url = browser.current_url().await.expect("url");
+    assert!(!url.as_str().contains("token"), "the fragment is removed from the address bar: {url}");
+
+    browser.goto(&format!("http://{http}/#token={}", ac.admin)).await.expect("open with a fragment");
+    eventually("the admin token from the fragment to work", || async {
+        (badge(&browser).await == "live" && count(&browser, "#nodes tr[data-node]").await == 3).then_some(())
+    })
+    .await;
+    browser.close().await.expect("close the browser");
 }

@@ -329,7 +329,7 @@
     if (!m) return;
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     // Keep the token out of the address bar and the history.
-    history.replaceState(null, "", location.pathname + location.search);
+    window.history.replaceState(null, "", location.pathname + location.search);
   }
 
   function authorized(init) {
@@ -425,6 +425,8 @@
   window.ringkvDashboard = { parseMetrics, summarize, quantile, rates, partitionerOf };
   document.addEventListener("DOMContentLoaded", () => {
     takeTokenFromFragment();
+    // A link with a token opened on the page already loaded.
+    window.addEventListener("hashchange", takeTokenFromFragment);
     setUpLogin();
     tick();
   });
