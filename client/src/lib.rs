@@ -146,7 +146,7 @@ pub struct PutOptions {
 }
 
 /// Client settings with documented defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Per-request deadline sent to the server. Default: 10 s.
     pub timeout: Duration,
@@ -155,6 +155,17 @@ pub struct ClientOptions {
     /// Bearer token sent with every request (`rkv_<name>_<secret>`), for
     /// clusters with auth on. Default: none.
     pub token: Option<String>,
+}
+
+/// Never prints the token: options end up in debug output of a `Client`.
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -889,6 +900,16 @@ mod tests {
             .expect_err("nobody listens");
         assert!(connection_refused(&status), "{status:?}");
         assert!(!connection_refused(&tonic::Status::unavailable("no quorum")));
+    }
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_token() {
+        let opts =
+            ClientOptions { token: Some("rkv_app_0123456789abcdef0123456789abcdef".into()), ..Default::default() };
+        let client = Client::connect_with(["127.0.0.1:1"], opts).expect("client");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 
     #[tokio::test]
