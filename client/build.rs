@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ringkv/v1/raft.proto",
         "ringkv/v1/hooks.proto",
         "ringkv/v1/auth.proto",
+        "ringkv/v1/backup.proto",
     ];
     let fds = protox::compile(files, [root])?;
     // The encoded descriptors, for the server's gRPC reflection service.

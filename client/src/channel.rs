@@ -6,14 +6,25 @@ use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::codegen::{Context, Poll, Service};
 
+/// A channel for the generated stubs (`proto::*_client`) that sends the
+/// token with every request, for tools that talk to one node directly.
 #[derive(Clone, Debug)]
-pub(crate) struct Channel {
+pub struct Channel {
     inner: tonic::transport::Channel,
     /// `Bearer <token>`, marked sensitive so it is never printed.
     authorization: Option<HeaderValue>,
 }
 
 impl Channel {
+    /// Wraps a tonic channel; `token` (`rkv_<name>_<secret>`) is sent as
+    /// `authorization: Bearer <token>` on every request.
+    pub fn with_token(inner: tonic::transport::Channel, token: Option<&str>) -> Result<Channel, crate::Error> {
+        let authorization = token
+            .map(|t| bearer(t).map_err(|reason| crate::Error::BadEndpoint { endpoint: String::new(), reason }))
+            .transpose()?;
+        Ok(Channel { inner, authorization })
+    }
+
     pub(crate) fn new(inner: tonic::transport::Channel, authorization: Option<HeaderValue>) -> Channel {
         Channel { inner, authorization }
     }

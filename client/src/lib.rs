@@ -44,7 +44,7 @@ use bytes::Bytes;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Endpoint;
 
-use channel::Channel;
+pub use channel::Channel;
 use tonic::Code;
 
 use routing::{header_u64, Table, EPOCH_HEADER, FORWARDED_HEADER};

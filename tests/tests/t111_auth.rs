@@ -202,6 +202,7 @@ async fn a_read_token_cannot_write_or_administer(ac: &AuthCluster) {
     assert_denied(reader.status().await, "admin", t, "cluster status");
     assert_denied(reader.create_token("mine", "admin", "").await, "admin", t, "create a token");
     assert_denied(reader.revoke_token("root").await, "admin", t, "revoke a token");
+    backup_needs_admin(ac).await;
 
     // Nothing was changed behind the refusals.
     let admin = ac.client(&ac.admin);
@@ -209,6 +210,44 @@ async fn a_read_token_cannot_write_or_administer(ac: &AuthCluster) {
     assert!(admin.get("app/x").await.expect("get").is_none());
     assert!(admin.list_hooks().await.expect("hooks").hooks.is_empty());
     assert_eq!(admin.status().await.expect("status").nodes.len(), 3);
+}
+
+/// A read token can neither dump a shard nor describe the cluster, directly
+/// or through `ringkv backup`; an admin token backs up.
+async fn backup_needs_admin(ac: &AuthCluster) {
+    use ringkv_client::proto::{backup_client::BackupClient, DescribeRequest, DumpShardRequest};
+    let t = &ac.reader;
+    let inner = tonic::transport::Endpoint::from_shared(format!("http://{}", ac.c.nodes[&1].grpc))
+        .expect("endpoint")
+        .connect_lazy();
+    let channel = ringkv_client::Channel::with_token(inner, Some(t)).expect("channel");
+    let status = BackupClient::new(channel.clone())
+        .dump_shard(DumpShardRequest { shard: 0, shards: 0 })
+        .await
+        .expect_err("a read token cannot dump a shard");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("back up") && !status.message().contains(t.as_str()), "{status:?}");
+    let status = BackupClient::new(channel).describe(DescribeRequest {}).await.expect_err("nor describe the cluster");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    let backup = |token: &str, out: &std::path::Path| {
+        std::process::Command::new(ringkv_bin())
+            .args(["backup", "--quiet", "--out"])
+            .arg(out)
+            .env("RINGKV_ENDPOINTS", ac.c.endpoints().join(","))
+            .env("RINGKV_TOKEN", token)
+            .output()
+            .expect("run ringkv backup")
+    };
+    let refused = ac.c.dir.path().join("backup-reader");
+    let out = backup(t, &refused);
+    assert!(!out.status.success(), "a read token backed up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lacks admin") && !err.contains(t.as_str()), "{err}");
+    let done = ac.c.dir.path().join("backup-admin");
+    let out = backup(&ac.admin, &done);
+    assert!(out.status.success(), "admin backup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(done.join("manifest.json").exists() || std::fs::read_dir(&done).map(|d| d.count() > 0).unwrap_or(false));
 }
 
 async fn a_prefix_token_stays_inside_its_prefix(ac: &AuthCluster) {

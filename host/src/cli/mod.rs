@@ -2,6 +2,8 @@
 //! `execute` method.
 
 mod auth_cmds;
+mod backup_cmds;
+mod backup_format;
 mod bench;
 mod client_cmds;
 mod hook_cmds;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub use auth_cmds::AuthCommand;
+pub use backup_cmds::{BackupCommand, RestoreCommand};
 pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
 pub use hook_cmds::HookCommand;
@@ -49,6 +52,10 @@ pub enum Command {
     /// Tokens and credentials (docs/security.md).
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Write a consistent copy of every shard and hook to a directory.
+    Backup(BackupCommand),
+    /// Load a backup into a fresh cluster of any size and shard count.
+    Restore(RestoreCommand),
     /// Node configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -123,6 +130,8 @@ pub fn main() -> ExitCode {
             Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
             Command::Auth(c) => c.execute().await,
+            Command::Backup(c) => c.execute().await,
+            Command::Restore(c) => c.execute().await,
             Command::Config(c) => c.execute(),
         }
     });

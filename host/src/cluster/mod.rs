@@ -8,6 +8,7 @@
 //! them on membership changes is the rebalancer's job (not built yet).
 
 mod auth;
+mod backup;
 mod batching;
 mod hooks;
 mod leadership;
@@ -24,6 +25,7 @@ use openraft::BasicNode;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use membership::{MembershipOp, MembershipReply};
 pub use routing::{ForwardReply, Forwarded, Proposal};
 
