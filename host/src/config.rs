@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// this long is marked down and its replicas are re-created elsewhere.
     /// Default 30 s.
     pub down_timeout: Duration,
+    /// Authentication and authorization (`[auth]`). Default: off.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for NodeConfig {
@@ -78,6 +80,7 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(5),
             ttl_sweep_interval: Duration::from_secs(1),
             down_timeout: Duration::from_secs(30),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -105,6 +108,21 @@ pub struct ConfigFile {
     pub raft: RaftFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+}
+
+/// `[auth]` in the config file (see docs/security.md).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub enabled: Option<bool>,
+    /// `[[auth.principals]]`: client certificate common names and their grants.
+    #[serde(default)]
+    pub principals: Vec<crate::auth::ConfiguredPrincipal>,
+    /// `[[auth.tokens]]`: tokens by their argon2 hash (`ringkv auth hash-token`).
+    #[serde(default)]
+    pub tokens: Vec<crate::auth::StaticToken>,
 }
 
 /// How a served node writes its logs (to stderr).
@@ -246,4 +264,22 @@ scan_default = 1000
 scan_max = 10000
 # Largest hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
 max_hook_source_bytes = "256KiB"
+
+[auth]
+# Refuse requests without a valid token or client certificate (docs/security.md).
+# Needs [tls]. Off is for development only. (RINGKV_AUTH, --auth)
+enabled = false
+# Client certificates: the subject common name is the principal; roles are
+# read, write (includes read) and admin (includes write); prefix limits the
+# grant to keys starting with it (byte-exact; empty: every key).
+# [[auth.principals]]
+# name = "backup-bot"
+# role = "admin"
+# Tokens rkv_<name>_<secret> checked against an argon2 hash printed by
+# `ringkv auth hash-token` (runtime tokens: `ringkv auth token create`).
+# [[auth.tokens]]
+# name = "ci"
+# hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+# role = "write"
+# prefix = "ci/"
 "#;

@@ -33,7 +33,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// A client whose requests give up after 2 s, so ops cut off by a fault end
 /// as "unknown" quickly.
 fn client_of(c: &ProcCluster) -> Client {
-    let opts = ClientOptions { timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(1) };
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
     Client::connect_with(c.endpoints(), opts).expect("client")
 }
 

@@ -1,6 +1,7 @@
 //! The `ringkv` command line: one `XxxCommand` per subcommand, each with an
 //! `execute` method.
 
+mod auth_cmds;
 mod backup_cmds;
 mod backup_format;
 mod bench;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use auth_cmds::AuthCommand;
 pub use backup_cmds::{BackupCommand, RestoreCommand};
 pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
@@ -47,6 +49,9 @@ pub enum Command {
     Hook(HookCommand),
     /// Closed-loop load generator.
     Bench(BenchCommand),
+    /// Tokens and credentials (docs/security.md).
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Write a consistent copy of every shard and hook to a directory.
     Backup(BackupCommand),
     /// Load a backup into a fresh cluster of any size and shard count.
@@ -84,11 +89,16 @@ pub struct ClientArgs {
     /// Machine-readable JSON output.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for clusters with auth on (prefer the environment
+    /// variable: a flag shows in the process list).
+    #[arg(long, env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<ringkv_client::Client> {
-        Ok(ringkv_client::Client::connect(&self.endpoints)?)
+        let opts = ringkv_client::ClientOptions { token: self.token.clone(), ..Default::default() };
+        Ok(ringkv_client::Client::connect_with(&self.endpoints, opts)?)
     }
 }
 
@@ -119,6 +129,7 @@ pub fn main() -> ExitCode {
             Command::Cluster(c) => c.execute().await,
             Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
+            Command::Auth(c) => c.execute().await,
             Command::Backup(c) => c.execute().await,
             Command::Restore(c) => c.execute().await,
             Command::Config(c) => c.execute(),
