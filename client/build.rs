@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ringkv/v1/cluster.proto",
         "ringkv/v1/raft.proto",
         "ringkv/v1/hooks.proto",
+        "ringkv/v1/auth.proto",
         "ringkv/v1/backup.proto",
     ];
     let fds = protox::compile(files, [root])?;

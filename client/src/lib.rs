@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod channel;
 pub mod routing;
 
 use std::collections::HashMap;
@@ -41,7 +42,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+pub use channel::Channel;
 use tonic::Code;
 
 use routing::{header_u64, Table, EPOCH_HEADER, FORWARDED_HEADER};
@@ -77,6 +80,12 @@ pub enum Error {
     /// The request deadline passed (`DEADLINE_EXCEEDED`).
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// No credentials, or a token the cluster does not accept (`UNAUTHENTICATED`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The principal lacks the grant the request needs (`PERMISSION_DENIED`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// An endpoint could not be parsed.
     #[error("bad endpoint {endpoint:?}: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
@@ -97,6 +106,8 @@ impl From<tonic::Status> for Error {
             Code::Aborted => Error::VersionMismatch(msg),
             Code::Unavailable => Error::Unavailable(msg),
             Code::DeadlineExceeded => Error::DeadlineExceeded(msg),
+            Code::Unauthenticated => Error::Unauthenticated(msg),
+            Code::PermissionDenied => Error::PermissionDenied(msg),
             _ => Error::Other(s),
         }
     }
@@ -138,7 +149,7 @@ pub struct PutOptions {
 }
 
 /// Client settings with documented defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Per-request deadline sent to the server. Default: 10 s.
     pub timeout: Duration,
@@ -146,11 +157,26 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// TLS to every node (endpoints become `https://`). Default: plaintext.
     pub tls: Option<TlsOptions>,
+    /// Bearer token sent with every request (`rkv_<name>_<secret>`), for
+    /// clusters with auth on. Default: none.
+    pub token: Option<String>,
+}
+
+/// Never prints the token: options end up in debug output of a `Client`.
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(3), tls: None }
+        Self { timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(3), tls: None, token: None }
     }
 }
 
@@ -280,6 +306,7 @@ impl Router {
 type KvClient = proto::kv_client::KvClient<Channel>;
 type ClusterClient = proto::cluster_client::ClusterClient<Channel>;
 type HooksClient = proto::hooks_client::HooksClient<Channel>;
+type AuthClient = proto::auth_client::AuthClient<Channel>;
 
 /// What a key request needs from the node it goes to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,6 +320,17 @@ enum Target {
 /// A routing-table address as a channel key (no scheme).
 fn pool_key(addr: &str) -> &str {
     addr.split_once("://").map_or(addr, |(_, rest)| rest)
+}
+
+/// A lazily connected channel to `addr` that carries the client's token.
+fn connect_lazy(addr: &str, opts: &ClientOptions) -> Result<Channel> {
+    let authorization = match &opts.token {
+        Some(token) => {
+            Some(channel::bearer(token).map_err(|reason| Error::BadEndpoint { endpoint: addr.to_string(), reason })?)
+        }
+        None => None,
+    };
+    Ok(Channel::new(endpoint(addr, opts)?.connect_lazy(), authorization))
 }
 
 fn endpoint(addr: &str, opts: &ClientOptions) -> Result<Endpoint> {
@@ -368,7 +406,7 @@ impl Client {
             if ep.is_empty() {
                 continue;
             }
-            let channel = endpoint(ep, &opts)?.connect_lazy();
+            let channel = connect_lazy(ep, &opts)?;
             pool.entry(pool_key(ep).to_string()).or_insert_with(|| channel.clone());
             channels.push(channel);
         }
@@ -686,9 +724,8 @@ impl Client {
         if let Some(ch) = pool.get(pool_key(addr)) {
             return Some(ch.clone());
         }
-        match endpoint(addr, &self.inner.opts) {
-            Ok(e) => {
-                let ch = e.connect_lazy();
+        match connect_lazy(addr, &self.inner.opts) {
+            Ok(ch) => {
                 pool.insert(pool_key(addr).to_string(), ch.clone());
                 Some(ch)
             }
@@ -883,6 +920,48 @@ impl Client {
         .map(|r| r.into_inner())
     }
 
+    /// Creates a runtime token with one grant (`role`: read, write or admin;
+    /// empty `prefix`: every key). Returns the token; it is shown only once.
+    pub async fn create_token(
+        &self,
+        name: impl Into<String>,
+        role: impl Into<String>,
+        prefix: impl Into<Bytes>,
+    ) -> Result<String> {
+        let msg = proto::CreateTokenRequest { name: name.into(), role: role.into(), prefix: prefix.into() };
+        self.idempotent(|ch| {
+            let req = msg.clone();
+            async move { AuthClient::new(ch).create_token(req).await }
+        })
+        .await
+        .map(|r| r.into_inner().token)
+    }
+
+    /// Revokes a runtime token on every node.
+    pub async fn revoke_token(&self, name: impl Into<String>) -> Result<()> {
+        let name = name.into();
+        self.idempotent(|ch| {
+            let req = proto::RevokeTokenRequest { name: name.clone() };
+            async move { AuthClient::new(ch).revoke_token(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every runtime token's name and grant (never secrets).
+    pub async fn list_tokens(&self) -> Result<proto::ListTokensResponse> {
+        self.idempotent(|ch| async move { AuthClient::new(ch).list_tokens(proto::ListTokensRequest {}).await })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The principal this client authenticates as, and its grants.
+    pub async fn who_am_i(&self) -> Result<proto::WhoAmIResponse> {
+        self.idempotent(|ch| async move { AuthClient::new(ch).who_am_i(proto::WhoAmIRequest {}).await })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// Removes node `id` from the cluster.
     pub async fn remove_node(&self, id: u64) -> Result<()> {
         self.idempotent(|ch| async move { ClusterClient::new(ch).remove_node(proto::RemoveNodeRequest { id }).await })
@@ -909,6 +988,16 @@ mod tests {
             .expect_err("nobody listens");
         assert!(connection_refused(&status), "{status:?}");
         assert!(!connection_refused(&tonic::Status::unavailable("no quorum")));
+    }
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_token() {
+        let opts =
+            ClientOptions { token: Some("rkv_app_0123456789abcdef0123456789abcdef".into()), ..Default::default() };
+        let client = Client::connect_with(["127.0.0.1:1"], opts).expect("client");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tonic::transport::Channel;
+use crate::channel::Channel;
 
 use crate::proto::RingResponse;
 
@@ -177,7 +177,9 @@ mod tests {
     use crate::proto::{NodeStatus, ShardRoute};
 
     fn lazy(addr: &str) -> Option<Channel> {
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok().map(|e| e.connect_lazy())
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()
+            .map(|e| Channel::new(e.connect_lazy(), None))
     }
 
     fn ring(epoch: u64, routes: &[(u32, u64, &[u64])]) -> RingResponse {

@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub down_timeout: Duration,
     /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
     pub tls: Option<TlsConfig>,
+    /// Authentication and authorization (`[auth]`). Default: off.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +84,7 @@ impl Default for NodeConfig {
             ttl_sweep_interval: Duration::from_secs(1),
             down_timeout: Duration::from_secs(30),
             tls: None,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct ConfigFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub tls: TlsFile,
+    #[serde(default)]
+    pub auth: AuthFile,
 }
 
 /// `[tls]` in the config file: PEM file paths, all three or none.
@@ -120,6 +125,19 @@ pub struct TlsFile {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
+}
+
+/// `[auth]` in the config file (see docs/security.md).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub enabled: Option<bool>,
+    /// `[[auth.principals]]`: client certificate common names and their grants.
+    #[serde(default)]
+    pub principals: Vec<crate::auth::ConfiguredPrincipal>,
+    /// `[[auth.tokens]]`: tokens by their argon2 hash (`ringkv auth hash-token`).
+    #[serde(default)]
+    pub tokens: Vec<crate::auth::StaticToken>,
 }
 
 /// How a served node writes its logs (to stderr).
@@ -273,4 +291,23 @@ max_hook_source_bytes = "256KiB"
 # key = "/etc/ringkv/tls/node.key"
 # Cluster CA: verifies peers and client certificates. (RINGKV_TLS_CA, --tls-ca)
 # ca = "/etc/ringkv/tls/ca.pem"
+
+[auth]
+# Refuse requests without a valid token or client certificate (docs/security.md).
+# Needs [tls]. Off is for development only. (RINGKV_AUTH, --auth)
+enabled = false
+# Client certificates: the subject common name is the principal; roles are
+# read, write (includes read) and admin (includes write); prefix limits the
+# grant to keys starting with it (byte-exact; empty: every key).
+# [[auth.principals]]
+# name = "backup-bot"
+# role = "admin"
+# Tokens rkv_<name>_<secret> checked against an argon2 hash printed by
+# `ringkv auth hash-token` (runtime tokens: `ringkv auth token create`).
+# [[auth.tokens]]
+# name = "ci"
+# hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+# role = "write"
+# prefix = "ci/"
+
 "#;

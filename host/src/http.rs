@@ -1,5 +1,7 @@
 //! HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness), `/status`
-//! (JSON cluster view) and `/metrics` (Prometheus text).
+//! (JSON cluster view) and `/metrics` (Prometheus text). With auth on,
+//! `/status` and `/metrics` need a bearer token; health, readiness and the
+//! dashboard's static files (which hold no data) stay open.
 
 use std::sync::Arc;
 
@@ -95,10 +97,39 @@ fn router(node: Node) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .merge(
+            Router::new()
+                .route("/status", get(status))
+                .route("/metrics", get(metrics))
+                .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token)),
+        )
         .merge(crate::dashboard::routes())
         .with_state(node)
+}
+
+/// Lets a request through only with a bearer token whose grants allow the
+/// route: `/status` (members, addresses, hooks) needs admin, `/metrics` any
+/// grant not limited to a key prefix. Refusals are logged once, here.
+async fn require_token(
+    State(node): State<Node>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use crate::auth::{AuthError, Need, PeerIdentity};
+    let path = req.uri().path().to_string();
+    let need = if path == "/metrics" { Need::ClusterRead("metrics") } else { Need::Admin("cluster status") };
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    match node.auth().authorize(header.as_deref(), PeerIdentity::None, need).await {
+        Ok(_) => next.run(req).await,
+        Err(e) => {
+            tracing::warn!(path, error = %e, "HTTP request refused");
+            let code = match e {
+                AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                AuthError::Denied(_) => StatusCode::FORBIDDEN,
+            };
+            (code, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], format!("{e}\n")).into_response()
+        }
+    }
 }
 
 async fn healthz(State(node): State<Node>) -> (StatusCode, &'static str) {

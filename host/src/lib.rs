@@ -15,6 +15,8 @@
 //! - [`http`] serves health, readiness, status and metrics over HTTP;
 //!   [`telemetry`] owns the Prometheus metrics; [`dashboard`] is the web
 //!   page served at `/`.
+//! - [`auth`] authenticates requests (tokens, client certificates) and
+//!   checks their roles and key prefixes before any service acts.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
 //! - [`tls`] loads and reloads the node's certificates, accepts TLS
 //!   connections and tells node certificates from client certificates.
@@ -24,6 +26,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -136,9 +136,13 @@ impl Outcome {
         use ringkv_client::Error as E;
         let reason = e.to_string();
         match e {
-            E::InvalidArgument(_) | E::Rejected(_) | E::VersionMismatch(_) | E::BadEndpoint { .. } | E::Tls(_) => {
-                Outcome::Fail { reason }
-            }
+            E::InvalidArgument(_)
+            | E::Rejected(_)
+            | E::VersionMismatch(_)
+            | E::BadEndpoint { .. }
+            | E::Tls(_)
+            | E::Unauthenticated(_)
+            | E::PermissionDenied(_) => Outcome::Fail { reason },
             E::Unavailable(_) | E::DeadlineExceeded(_) | E::Other(_) => Outcome::Unknown { reason },
         }
     }

@@ -36,7 +36,7 @@ fn client_of(c: &ProcCluster) -> Client {
     let opts = ClientOptions {
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),
-        ..ClientOptions::default()
+        ..Default::default()
     };
     Client::connect_with(c.endpoints(), opts).expect("client")
 }

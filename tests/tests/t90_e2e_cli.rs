@@ -324,7 +324,7 @@ async fn sigterm_hands_off_leadership_and_loses_no_acknowledged_write() {
     let opts = ringkv_client::ClientOptions {
         timeout: std::time::Duration::from_secs(5),
         connect_timeout: std::time::Duration::from_secs(1),
-        ..ringkv_client::ClientOptions::default()
+        ..Default::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();

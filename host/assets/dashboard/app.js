@@ -1,6 +1,9 @@
 // ringkv dashboard: polls this node's /status and /metrics once a second and
 // renders nodes, the ring, hooks and request charts. Plain DOM, no framework:
 // it is embedded in the binary and must work without any build step.
+// With auth on, /status and /metrics need a token: the page asks for one (or
+// takes it from a `#token=...` URL fragment, which never reaches the server),
+// keeps it in sessionStorage and sends it as a Bearer header.
 "use strict";
 
 (() => {
@@ -317,8 +320,48 @@
     if (series.length > HISTORY) series.shift();
   }
 
+  // ---- credentials ----
+
+  const TOKEN_KEY = "ringkv-token";
+
+  function takeTokenFromFragment() {
+    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+    if (!m) return;
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    // Keep the token out of the address bar and the history.
+    window.history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  function authorized(init) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    return { cache: "no-store", signal: AbortSignal.timeout(POLL_MS * 3), headers, ...init };
+  }
+
+  function showLogin(needed) {
+    $("login").hidden = !needed;
+    $("logout").hidden = needed || !sessionStorage.getItem(TOKEN_KEY);
+  }
+
+  function setUpLogin() {
+    $("login").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("token").value.trim();
+      if (token) sessionStorage.setItem(TOKEN_KEY, token);
+      $("token").value = "";
+      showLogin(false);
+    });
+    $("logout").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showLogin(false);
+    });
+  }
+
+  class AuthError extends Error {}
+
   async function getJson(path) {
-    const r = await fetch(path, { cache: "no-store", signal: AbortSignal.timeout(POLL_MS * 3) });
+    const r = await fetch(path, authorized());
+    if (r.status === 401 || r.status === 403) throw new AuthError(`${path}: HTTP ${r.status}`);
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return r.json();
   }
@@ -330,16 +373,22 @@
       renderStatus(status);
       document.body.removeAttribute("data-stale");
       setConn("live", "live");
+      showLogin(false);
     } catch (e) {
       document.body.setAttribute("data-stale", "");
-      setConn("error", "unreachable");
+      if (e instanceof AuthError) {
+        showLogin(true);
+        setConn("error", sessionStorage.getItem(TOKEN_KEY) ? "token refused" : "token needed");
+      } else {
+        setConn("error", "unreachable");
+      }
     }
   }
 
   async function pollMetrics() {
     let summary = null;
     try {
-      const r = await fetch("/metrics", { cache: "no-store", signal: AbortSignal.timeout(POLL_MS * 3) });
+      const r = await fetch("/metrics", authorized());
       if (!r.ok) {
         lastMetrics = null;
         return showNoMetrics(r.status === 404 ? "no metrics (this node has no /metrics)" : `no metrics (HTTP ${r.status})`);
@@ -374,5 +423,11 @@
   }
 
   window.ringkvDashboard = { parseMetrics, summarize, quantile, rates, partitionerOf };
-  document.addEventListener("DOMContentLoaded", tick);
+  document.addEventListener("DOMContentLoaded", () => {
+    takeTokenFromFragment();
+    // A link with a token opened on the page already loaded.
+    window.addEventListener("hashchange", takeTokenFromFragment);
+    setUpLogin();
+    tick();
+  });
 })();

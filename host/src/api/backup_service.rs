@@ -11,6 +11,7 @@ use ringkv_client::proto::{self, backup_server::Backup};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::cluster::{shard_group, Node, NodeError, META_GROUP};
 use crate::hooks::{FailPolicy, HookKind, HookSpec, Stage};
 use crate::storage::GroupId;
@@ -68,6 +69,8 @@ impl Backup for BackupService {
     type DumpShardStream = DumpStream;
 
     async fn dump_shard(&self, req: Request<proto::DumpShardRequest>) -> Result<Response<DumpStream>, Status> {
+        // Every key of the shard, whatever the prefix: admin on every key.
+        super::authorize(&self.node, &req, "dump_shard", Need::Admin("back up")).await?;
         let r = req.into_inner();
         let shards = self.node.ring().shards;
         if r.shards != 0 && r.shards != shards {
@@ -103,8 +106,9 @@ impl Backup for BackupService {
 
     async fn describe(
         &self,
-        _req: Request<proto::DescribeRequest>,
+        req: Request<proto::DescribeRequest>,
     ) -> Result<Response<proto::DescribeResponse>, Status> {
+        super::authorize(&self.node, &req, "describe", Need::Admin("back up")).await?;
         let backup = match self.node.hooks_for_backup().await {
             Ok(b) => b,
             Err(e) => return Err(self.status_for(META_GROUP, e).await),

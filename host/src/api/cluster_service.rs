@@ -3,6 +3,7 @@
 use ringkv_client::proto::{self, cluster_server::Cluster};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::cluster::{Node, META_GROUP};
 
 pub struct ClusterService {
@@ -156,10 +157,13 @@ pub fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(&self, req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        super::authorize(&self.node, &req, "cluster_status", Need::Admin("cluster status")).await?;
         Ok(Response::new(status_of(&self.node, req.into_inner().count_keys).await?))
     }
 
-    async fn ring(&self, _req: Request<proto::RingRequest>) -> Result<Response<proto::RingResponse>, Status> {
+    async fn ring(&self, req: Request<proto::RingRequest>) -> Result<Response<proto::RingResponse>, Status> {
+        // Every client routes by this table, whatever its grants.
+        super::authorize(&self.node, &req, "cluster_ring", Need::Authenticated).await?;
         let ring = *self.node.ring();
         let nodes = node_statuses(&self.node)?;
         let epoch = self.node.group(META_GROUP)?.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
@@ -175,6 +179,7 @@ impl Cluster for ClusterService {
     }
 
     async fn add_node(&self, req: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
+        super::authorize(&self.node, &req, "add_node", Need::Admin("add a node")).await?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("node id must be at least 1"));
@@ -190,6 +195,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::RemoveNodeResponse>, Status> {
+        super::authorize(&self.node, &req, "remove_node", Need::Admin("remove a node")).await?;
         self.node.remove_node(req.into_inner().id).await?;
         Ok(Response::new(proto::RemoveNodeResponse {}))
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ringkv_client::proto::{self, hooks_server::Hooks};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::cluster::Node;
 use crate::hooks::{
     Decision, FailPolicy, HookKind, HookLimits, HookSpec, OldValue, Stage, StatsSnapshot, Write, WriteKind,
@@ -137,6 +138,7 @@ impl Hooks for HooksService {
         &self,
         req: Request<proto::DeployHookRequest>,
     ) -> Result<Response<proto::DeployHookResponse>, Status> {
+        super::authorize(&self.node, &req, "deploy_hook", Need::Admin("deploy a hook")).await?;
         let spec = spec_of(req.into_inner().hook)?;
         let name = spec.name.clone();
         let (version, sha256) = self.node.deploy_hook(spec).await?;
@@ -144,11 +146,13 @@ impl Hooks for HooksService {
         Ok(Response::new(proto::DeployHookResponse { version, sha256 }))
     }
 
-    async fn list(&self, _req: Request<proto::ListHooksRequest>) -> Result<Response<proto::ListHooksResponse>, Status> {
+    async fn list(&self, req: Request<proto::ListHooksRequest>) -> Result<Response<proto::ListHooksResponse>, Status> {
+        super::authorize(&self.node, &req, "list_hooks", Need::Admin("list hooks")).await?;
         Ok(Response::new(proto::ListHooksResponse { hooks: hook_infos(&self.node).await?, node_id: self.node.id() }))
     }
 
     async fn get(&self, req: Request<proto::GetHookRequest>) -> Result<Response<proto::HookInfo>, Status> {
+        super::authorize(&self.node, &req, "get_hook", Need::Admin("read a hook")).await?;
         Ok(Response::new(self.info(&req.into_inner().name, true).await?))
     }
 
@@ -156,6 +160,7 @@ impl Hooks for HooksService {
         &self,
         req: Request<proto::RemoveHookRequest>,
     ) -> Result<Response<proto::RemoveHookResponse>, Status> {
+        super::authorize(&self.node, &req, "remove_hook", Need::Admin("remove a hook")).await?;
         let name = req.into_inner().name;
         let removed_version = self.node.remove_hook(&name).await?;
         tracing::info!(hook = %name, version = removed_version, "hook removed");
@@ -166,6 +171,7 @@ impl Hooks for HooksService {
         &self,
         req: Request<proto::RollbackHookRequest>,
     ) -> Result<Response<proto::RollbackHookResponse>, Status> {
+        super::authorize(&self.node, &req, "rollback_hook", Need::Admin("roll back a hook")).await?;
         let name = req.into_inner().name;
         let (version, replaced_version) = self.node.rollback_hook(&name).await?;
         tracing::info!(hook = %name, version, replaced = replaced_version, "hook rolled back");
@@ -173,6 +179,8 @@ impl Hooks for HooksService {
     }
 
     async fn test(&self, req: Request<proto::TestHookRequest>) -> Result<Response<proto::TestHookResponse>, Status> {
+        // It runs arbitrary code in the sandbox, like a deploy.
+        super::authorize(&self.node, &req, "test_hook", Need::Admin("test a hook")).await?;
         let r = req.into_inner();
         let mut def = r.hook.ok_or_else(|| Status::invalid_argument("missing hook definition"))?;
         if def.source.is_empty() && def.stage == proto::HookStage::Unspecified as i32 {

@@ -16,6 +16,8 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::authorize;
+use crate::auth::Need;
 use crate::cluster::{Node, NodeError, Proposal};
 use crate::hooks::HookUse;
 use crate::raft::CommandResult;
@@ -109,16 +111,19 @@ type ScanStream = Pin<Box<dyn Stream<Item = Result<proto::ScanItem, Status>> + S
 impl Kv for KvService {
     async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
         ConsistencySlot::set(&req, true);
+        authorize(&self.node, &req, "put", Need::Write(&req.get_ref().key)).await?;
         self.routed(req, |r| self.serve_put(r)).await
     }
 
     async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
         ConsistencySlot::set(&req, req.get_ref().consistency != Consistency::Eventual as i32);
+        authorize(&self.node, &req, "get", Need::Read(&req.get_ref().key)).await?;
         self.routed(req, |r| self.serve_get(r)).await
     }
 
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
         ConsistencySlot::set(&req, true);
+        authorize(&self.node, &req, "delete", Need::Write(&req.get_ref().key)).await?;
         self.routed(req, |r| self.serve_delete(r)).await
     }
 
@@ -126,6 +131,7 @@ impl Kv for KvService {
 
     async fn scan(&self, req: Request<proto::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
         ConsistencySlot::set(&req, req.get_ref().consistency != Consistency::Eventual as i32);
+        authorize(&self.node, &req, "scan", Need::Scan(&req.get_ref().prefix)).await?;
         let epoch_status = |mut s: Status| {
             s.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
             s

@@ -1,12 +1,14 @@
-//! gRPC edge: the public `Kv`, `Cluster`, `Hooks` and `Backup` services and the internal `Raft`
+//! gRPC edge: the public `Kv`, `Cluster`, `Hooks`, `Backup` and `Auth` services and the internal `Raft`
 //! transport service. Protobuf types are converted here and nowhere else.
 
+mod auth_service;
 mod backup_service;
 mod cluster_service;
 mod hooks_service;
 mod kv_service;
 mod raft_service;
 
+use ringkv_client::proto::auth_server::AuthServer;
 use ringkv_client::proto::backup_server::BackupServer;
 use ringkv_client::proto::cluster_server::ClusterServer;
 use ringkv_client::proto::hooks_server::HooksServer;
@@ -33,6 +35,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     health.set_serving::<KvServer<kv_service::KvService>>().await;
     health.set_serving::<ClusterServer<cluster_service::ClusterService>>().await;
     health.set_serving::<HooksServer<hooks_service::HooksService>>().await;
+    health.set_serving::<AuthServer<auth_service::AuthService>>().await;
     health.set_serving::<BackupServer<backup_service::BackupService>>().await;
     let reflection = match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ringkv_client::proto::FILE_DESCRIPTOR_SET)
@@ -56,6 +59,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(ClusterServer::new(cluster_service::ClusterService::new(node.clone())))
+        .add_service(AuthServer::new(auth_service::AuthService::new(node.clone())))
         .add_service(
             HooksServer::new(hooks_service::HooksService::new(node.clone()))
                 .max_decoding_message_size(node.config().limits.max_hook_source_bytes + 64 * 1024),
@@ -100,6 +104,25 @@ fn nodelay(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std
             tracing::debug!(error = %e, "could not disable Nagle on an accepted connection");
         }
         Ok(conn)
+    })
+}
+
+/// Authenticates `req` and checks that its principal may do `need`
+/// (everything passes with auth off). A refusal is logged here, once,
+/// naming the principal but never a token.
+pub(crate) async fn authorize<T>(
+    node: &Node,
+    req: &tonic::Request<T>,
+    rpc: &'static str,
+    need: crate::auth::Need<'_>,
+) -> Result<Option<std::sync::Arc<crate::auth::Principal>>, Status> {
+    let header = req.metadata().get(crate::auth::AUTHORIZATION).map(|v| v.as_bytes());
+    node.auth().authorize(header, crate::auth::peer_identity(req), need).await.map_err(|e| {
+        tracing::warn!(rpc, error = %e, "request refused");
+        match e {
+            crate::auth::AuthError::Unauthenticated(m) => Status::unauthenticated(m),
+            crate::auth::AuthError::Denied(d) => Status::permission_denied(d.to_string()),
+        }
     })
 }
 

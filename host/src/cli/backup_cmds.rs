@@ -22,9 +22,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures::StreamExt;
 use ringkv_client::proto::{self, backup_client::BackupClient};
+use ringkv_client::Channel;
 use ringkv_client::{Consistency, PutOptions};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::backup_format::{
     self as format, BackedUpHook, HooksEntry, HooksFile, Manifest, Record, ShardEntry, ShardReader, ShardWriter,
@@ -148,13 +149,15 @@ struct Nodes {
     seeds: Vec<Channel>,
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
+/// A channel to `addr` that carries `token` (auth) on every request.
+fn channel(addr: &str, token: Option<&str>) -> anyhow::Result<Channel> {
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)
+    let inner = Endpoint::from_shared(uri)
         .with_context(|| format!("bad address {addr:?}"))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(Channel::with_token(inner, token)?)
 }
 
 /// What went wrong with one attempt at a leader-only call.
@@ -191,7 +194,11 @@ impl Nodes {
                 Err(Failure::Fatal(e)) => return Err(e.context(what.to_string())),
                 Err(Failure::Status(s)) => s,
             };
-            if status.code() == tonic::Code::InvalidArgument {
+            // Bad input and missing credentials or grants are the same on every node.
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) {
                 bail!("{what}: {}", status.message());
             }
             if Instant::now() >= deadline {
@@ -369,10 +376,10 @@ impl BackupCommand {
         let ring = client.ring().await.context("fetching the cluster's routing table")?;
         let mut nodes = Nodes { by_id: BTreeMap::new(), seeds: Vec::new() };
         for n in &ring.nodes {
-            nodes.by_id.insert(n.id, channel(&n.addr)?);
+            nodes.by_id.insert(n.id, channel(&n.addr, self.client.token.as_deref())?);
         }
         for ep in &self.client.endpoints {
-            nodes.seeds.push(channel(ep)?);
+            nodes.seeds.push(channel(ep, self.client.token.as_deref())?);
         }
         let described = nodes
             .on_leader("reading the hooks from the meta leader", None, |ch| async move {

@@ -1,6 +1,7 @@
 //! The `ringkv` command line: one `XxxCommand` per subcommand, each with an
 //! `execute` method.
 
+mod auth_cmds;
 mod backup_cmds;
 mod backup_format;
 mod bench;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use auth_cmds::AuthCommand;
 pub use backup_cmds::{BackupCommand, RestoreCommand};
 pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
@@ -49,6 +51,9 @@ pub enum Command {
     Hook(HookCommand),
     /// Closed-loop load generator.
     Bench(BenchCommand),
+    /// Tokens and credentials (docs/security.md).
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Write a consistent copy of every shard and hook to a directory.
     Backup(BackupCommand),
     /// Load a backup into a fresh cluster of any size and shard count.
@@ -98,6 +103,10 @@ pub struct ClientArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "RINGKV_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Bearer token for clusters with auth on (prefer the environment
+    /// variable: a flag shows in the process list).
+    #[arg(long, env = "RINGKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
@@ -107,7 +116,7 @@ impl ClientArgs {
 
     /// Client options from the flags: TLS when `--tls-ca` is given.
     pub fn options(&self) -> anyhow::Result<ringkv_client::ClientOptions> {
-        let mut opts = ringkv_client::ClientOptions::default();
+        let mut opts = ringkv_client::ClientOptions { token: self.token.clone(), ..Default::default() };
         match &self.tls_ca {
             Some(ca) => {
                 opts.tls =
@@ -149,6 +158,7 @@ pub fn main() -> ExitCode {
             Command::Cluster(c) => c.execute().await,
             Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
+            Command::Auth(c) => c.execute().await,
             Command::Backup(c) => c.execute().await,
             Command::Restore(c) => c.execute().await,
             Command::Config(c) => c.execute(),

@@ -101,6 +101,10 @@ pub struct ServeCommand {
     /// PEM certificate of the cluster CA: verifies peers and client certificates.
     #[arg(long, env = "RINGKV_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Refuse requests without a valid token or client certificate; needs TLS
+    /// (docs/security.md). [default: off, for development only]
+    #[arg(long, env = "RINGKV_AUTH")]
+    pub auth: bool,
 }
 
 /// A served node's Raft timing: slower than [`RaftTuning::default`] (which
@@ -236,6 +240,17 @@ impl ServeCommand {
             self.tls_key.clone().or(file.tls.key),
             self.tls_ca.clone().or(file.tls.ca),
         )?;
+        let auth = crate::auth::AuthConfig {
+            enabled: self.auth || file.auth.enabled.unwrap_or(false),
+            principals: file.auth.principals,
+            tokens: file.auth.tokens,
+        };
+        auth.validate().map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+        anyhow::ensure!(
+            !auth.enabled || tls.is_some() || crate::auth::test_auth_without_tls(),
+            "auth needs TLS: tokens must not cross the network in plaintext, and the Raft port is protected \
+             only by node certificates; configure [tls] (or --tls-cert/--tls-key/--tls-ca) as well"
+        );
         let listen = self.listen.clone().or(file.listen).unwrap_or(d.listen);
         let advertise = self.advertise.clone().or(file.advertise);
         let own_addr = advertise.as_deref().unwrap_or(&listen);
@@ -260,12 +275,20 @@ impl ServeCommand {
             limits,
             request_timeout,
             down_timeout,
+            auth,
             ..d
         })
     }
 
     pub async fn execute(self) -> anyhow::Result<()> {
         let config = self.config()?;
+        if !config.auth.enabled && !is_loopback(&config.listen) {
+            tracing::warn!(
+                listen = %config.listen,
+                "auth is off on a non-loopback address: anyone who reaches this port can read, write, deploy \
+                 hooks and change membership (see docs/security.md)"
+            );
+        }
         crate::telemetry::install();
         // Starting can wait on a seed (joining); a stop signal still ends it.
         let node = tokio::select! {
@@ -305,6 +328,14 @@ fn resolve_tls(
             .collect();
             anyhow::bail!("TLS needs a certificate, its key and the cluster CA; missing: {}", missing.join(", "))
         }
+    }
+}
+
+/// Whether `listen` binds only the loopback interface.
+fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen.starts_with("localhost:"),
     }
 }
 
@@ -509,6 +540,23 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_are_read_and_need_tls() {
+        let _env = env_lock();
+        let hash = crate::auth::hash_secret(&crate::auth::new_secret("ci")).expect("hash");
+        let f = file(&format!(
+            "[[auth.principals]]\nname = \"backup-bot\"\nrole = \"admin\"\n\n\
+             [[auth.tokens]]\nname = \"ci\"\nhash = \"{hash}\"\nrole = \"write\"\nprefix = \"ci/\"\n"
+        ));
+        let path = f.path().to_str().expect("utf-8 path");
+        let c = resolve(&["--config", path]).expect("resolves");
+        assert!(!c.auth.enabled, "off by default");
+        assert_eq!(c.auth.principals[0].role, crate::auth::Role::Admin);
+        assert_eq!(c.auth.tokens[0].prefix, "ci/");
+        let err = resolve(&["--config", path, "--auth"]).expect_err("auth without TLS").to_string();
+        assert!(err.contains("auth needs TLS"), "{err}");
+    }
+
+    #[test]
     fn a_statefulset_pod_name_gives_its_ordinal_plus_one() {
         assert_eq!(id_from_hostname("ringkv-0").expect("pod 0"), 1);
         assert_eq!(id_from_hostname("ringkv-12").expect("pod 12"), 13);
@@ -575,6 +623,10 @@ mod tests {
             ("id = \n", "line 1 (`id =`)"),
             ("[tls]\ncrt = \"a.pem\"\n", "unknown field `crt`"),
             ("[tls]\ncert = \"a.pem\"\n", "missing: tls.key (--tls-key), tls.ca (--tls-ca)"),
+            ("[auth]\nenabled = true\n", "auth needs TLS"),
+            ("[auth]\nenable = true\n", "unknown field `enable`"),
+            ("[[auth.principals]]\nname = \"x\"\nrole = \"root\"\n", "unknown variant `root`"),
+            ("[[auth.tokens]]\nname = \"ci\"\nhash = \"abc\"\nrole = \"read\"\n", "not an argon2 PHC string"),
         ];
         for (text, want) in cases {
             let got = error(text);

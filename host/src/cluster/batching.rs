@@ -109,7 +109,9 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::SetDown { .. }
         | Proposal::SetLeaderHint { .. }
         | Proposal::RemoveHook { .. }
-        | Proposal::RollbackHook { .. } => 0,
+        | Proposal::RollbackHook { .. }
+        | Proposal::RevokeToken { .. } => 0,
+        Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
         Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
     }
 }

@@ -7,6 +7,7 @@
 //! currently replicates every group; placing RF replicas per shard and moving
 //! them on membership changes is the rebalancer's job (not built yet).
 
+mod auth;
 mod backup;
 mod batching;
 mod hooks;
@@ -104,6 +105,8 @@ struct NodeInner {
     shutdown: watch::Sender<bool>,
     /// The deployed hooks, kept in step with the meta group.
     hooks: Arc<crate::hooks::HookRegistry>,
+    /// Credentials and grants; its runtime tokens follow the meta group.
+    auth: Arc<crate::auth::Authenticator>,
     /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Flips to true when the node stops taking requests before shutting
@@ -155,6 +158,7 @@ impl Node {
             crate::hooks::HookRegistry::new()
                 .map_err(|e| NodeError::Startup(format!("cannot start the hook workers: {e}")))?,
         );
+        let auth = Arc::new(crate::auth::Authenticator::new(config.auth.clone()));
         let node = Node {
             inner: Arc::new(NodeInner {
                 id: config.id,
@@ -167,6 +171,7 @@ impl Node {
                 group_lock: tokio::sync::Mutex::new(()),
                 shutdown,
                 hooks,
+                auth,
                 tasks: Mutex::new(Vec::new()),
                 draining,
                 grpc_server: Mutex::new(None),
@@ -179,6 +184,7 @@ impl Node {
         }
         node.ensure_group(META_GROUP).await?;
         node.spawn(node.clone().hook_sync_loop());
+        node.spawn(node.clone().token_sync_loop());
         // Shards this node hosted before a restart, as its copy of the meta group records them.
         for (shard, replicas) in node.assignments().await? {
             if replicas.contains(&node.id()) {
@@ -235,6 +241,11 @@ impl Node {
     /// The hooks this node runs as a shard leader.
     pub fn hooks(&self) -> &crate::hooks::HookRegistry {
         &self.inner.hooks
+    }
+
+    /// Checks credentials and grants of client requests.
+    pub fn auth(&self) -> &crate::auth::Authenticator {
+        &self.inner.auth
     }
 
     pub fn storage(&self) -> &Storage {

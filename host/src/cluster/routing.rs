@@ -45,6 +45,8 @@ pub enum Proposal {
     DeployHook { spec: Box<HookSpec> },
     RemoveHook { name: String },
     RollbackHook { name: String },
+    CreateToken { record: Box<crate::auth::TokenRecord> },
+    RevokeToken { name: String },
 }
 
 impl Proposal {
@@ -69,6 +71,8 @@ impl Proposal {
             Proposal::DeployHook { spec } => Op::DeployHook { spec },
             Proposal::RemoveHook { name } => Op::RemoveHook { name },
             Proposal::RollbackHook { name } => Op::RollbackHook { name },
+            Proposal::CreateToken { record } => Op::CreateToken { record },
+            Proposal::RevokeToken { name } => Op::RevokeToken { name },
         }
     }
 
@@ -84,7 +88,9 @@ impl Proposal {
             | Proposal::SetLeaderHint { .. }
             | Proposal::DeployHook { .. }
             | Proposal::RemoveHook { .. }
-            | Proposal::RollbackHook { .. } => None,
+            | Proposal::RollbackHook { .. }
+            | Proposal::CreateToken { .. }
+            | Proposal::RevokeToken { .. } => None,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::types::{
     Command, CommandResult, Entry, LogId, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
+use crate::auth::TokenRecord;
 use crate::hooks::HookRecord;
 use crate::storage::{expiry_key, group_key, Envelope, GroupId, Storage, StorageError};
 
@@ -37,6 +38,8 @@ const DOWN_PREFIX: &[u8] = b"\0down/";
 const LEADER_PREFIX: &[u8] = b"\0leader/";
 /// Prefix of hook records ([`HookRecord`]) by hook name.
 const HOOK_PREFIX: &[u8] = b"\0hook/";
+/// Prefix of runtime token records ([`TokenRecord`]) by token name.
+const TOKEN_PREFIX: &[u8] = b"\0token/";
 
 /// A snapshot as stored in the `snapshots` keyspace.
 #[derive(Serialize, Deserialize)]
@@ -185,6 +188,11 @@ impl StateMachine {
     /// Meta group: every hook record, by name.
     pub async fn hook_records(&self) -> Result<Vec<HookRecord>, StorageError> {
         self.meta_records(HOOK_PREFIX).await?.iter().map(|(_, v)| decode::<HookRecord>(v, "sm_data")).collect()
+    }
+
+    /// Meta group: every runtime token record (hashes only), by name.
+    pub async fn token_records(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        self.meta_records(TOKEN_PREFIX).await?.iter().map(|(_, v)| decode::<TokenRecord>(v, "sm_data")).collect()
     }
 
     /// Meta group: nodes marked as down.
@@ -382,6 +390,27 @@ impl Applier<'_> {
             }
             Op::RemoveHook { name } => self.update_hook(&name, index, |r| Ok((0, r.remove(&name)?)))?,
             Op::RollbackHook { name } => self.update_hook(&name, index, |r| r.rollback(&name))?,
+            Op::CreateToken { record } => {
+                let key = [TOKEN_PREFIX, record.name.as_bytes()].concat();
+                let old = self.current(&key)?;
+                if old.is_some() {
+                    return Ok(CommandResult::TokenRefused {
+                        reason: format!("a token named {:?} exists; revoke it first", record.name),
+                    });
+                }
+                let value = encode(&*record).into();
+                self.set(key, None, Some(Envelope { value, version: index, expires_at: None }));
+                CommandResult::TokenChanged { existed: false }
+            }
+            Op::RevokeToken { name } => {
+                let key = [TOKEN_PREFIX, name.as_bytes()].concat();
+                let old = self.current(&key)?;
+                let existed = old.is_some();
+                if existed {
+                    self.set(key, old.as_ref(), None);
+                }
+                CommandResult::TokenChanged { existed }
+            }
         })
     }
 }

@@ -80,6 +80,11 @@ pub enum Op {
     RemoveHook { name: String },
     /// Meta group: swaps a hook's active and previous versions.
     RollbackHook { name: String },
+    /// Meta group: adds a runtime token (its hash, never the secret);
+    /// refused if the name is taken.
+    CreateToken { record: Box<crate::auth::TokenRecord> },
+    /// Meta group: deletes a runtime token.
+    RevokeToken { name: String },
 }
 
 /// What the leader's hooks decided about a write, carried in its log entry.
@@ -106,7 +111,9 @@ impl Op {
             | Op::SetLeaderHint { .. }
             | Op::DeployHook { .. }
             | Op::RemoveHook { .. }
-            | Op::RollbackHook { .. } => None,
+            | Op::RollbackHook { .. }
+            | Op::CreateToken { .. }
+            | Op::RevokeToken { .. } => None,
         }
     }
 }
@@ -129,6 +136,10 @@ pub enum CommandResult {
     HookChanged { version: u64, replaced: u64 },
     /// A hook registry change that could not be made.
     HookRefused { reason: String },
+    /// A token was created, or revoked (`existed`: there was one to revoke).
+    TokenChanged { existed: bool },
+    /// A token change that could not be made (the name is taken).
+    TokenRefused { reason: String },
 }
 
 /// Milliseconds since the Unix epoch, by this node's clock.
