@@ -89,6 +89,9 @@ pub enum Error {
     /// An endpoint could not be parsed.
     #[error("bad endpoint {endpoint:?}: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
+    /// A TLS file could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Any other status from the server.
     #[error("{}: {}", .0.code(), .0.message())]
     Other(tonic::Status),
@@ -152,6 +155,8 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// TCP connect timeout per endpoint. Default: 3 s.
     pub connect_timeout: Duration,
+    /// TLS to every node (endpoints become `https://`). Default: plaintext.
+    pub tls: Option<TlsOptions>,
     /// Bearer token sent with every request (`rkv_<name>_<secret>`), for
     /// clusters with auth on. Default: none.
     pub token: Option<String>,
@@ -163,6 +168,7 @@ impl std::fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -170,7 +176,75 @@ impl std::fmt::Debug for ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(3), token: None }
+        Self { timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(3), tls: None, token: None }
+    }
+}
+
+/// How the client speaks TLS: the CA that signed the nodes' certificates
+/// and, for mutual TLS, a client certificate whose Common Name is the
+/// principal.
+#[derive(Clone)]
+pub struct TlsOptions {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    // Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl TlsOptions {
+    /// Trusts the CA certificates in `ca_pem` (PEM).
+    pub fn new(ca_pem: impl Into<Vec<u8>>) -> Self {
+        Self { ca_pem: ca_pem.into(), identity: None, domain: None }
+    }
+
+    /// Presents a client certificate (PEM chain and its PEM private key).
+    pub fn with_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Verifies every node's certificate against this name instead of the
+    /// endpoint's host (nodes use `ringkv-node` among themselves).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Reads the CA and, when both are given, the client certificate and key from PEM files.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::Tls(format!("cannot read {}: {e}", p.display())));
+        let tls = Self::new(read(ca)?);
+        match (cert, key) {
+            (Some(c), Some(k)) => Ok(tls.with_client_cert(read(c)?, read(k)?)),
+            (None, None) => Ok(tls),
+            _ => Err(Error::Tls("a client certificate needs both the certificate and its key".into())),
+        }
+    }
+
+    fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        c
     }
 }
 
@@ -260,14 +334,28 @@ fn connect_lazy(addr: &str, opts: &ClientOptions) -> Result<Channel> {
 }
 
 fn endpoint(addr: &str, opts: &ClientOptions) -> Result<Endpoint> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| Error::BadEndpoint { endpoint: addr.to_string(), reason: e.to_string() })?
+    let bad = |reason: String| Error::BadEndpoint { endpoint: addr.to_string(), reason };
+    let uri = match (addr.split_once("://"), &opts.tls) {
+        (Some(("https", _)), None) => {
+            return Err(bad("an https:// endpoint needs TLS options (the CA: --tls-ca)".into()));
+        }
+        // With TLS options every node is reached over TLS, whatever the address says.
+        (Some((_, rest)), Some(_)) => format!("https://{rest}"),
+        (None, Some(_)) => format!("https://{addr}"),
+        (Some(_), None) => addr.to_string(),
+        (None, None) => format!("http://{addr}"),
+    };
+    let mut ep = Endpoint::from_shared(uri)
+        .map_err(|e| bad(e.to_string()))?
         .timeout(opts.timeout)
         .connect_timeout(opts.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = &opts.tls {
+        ep = ep.tls_config(tls.tonic()).map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    Ok(ep)
 }
 
 /// Wraps a message in a request carrying the routing epoch.

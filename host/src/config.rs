@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::raft::{NodeId, RaftTuning};
 use crate::ring::RingConfig;
+pub use crate::tls::TlsConfig;
 
 /// Request limits enforced at the API edge.
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ pub struct NodeConfig {
     /// this long is marked down and its replicas are re-created elsewhere.
     /// Default 30 s.
     pub down_timeout: Duration,
+    /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
+    pub tls: Option<TlsConfig>,
     /// Authentication and authorization (`[auth]`). Default: off.
     pub auth: crate::auth::AuthConfig,
 }
@@ -80,6 +83,7 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(5),
             ttl_sweep_interval: Duration::from_secs(1),
             down_timeout: Duration::from_secs(30),
+            tls: None,
             auth: crate::auth::AuthConfig::default(),
         }
     }
@@ -109,7 +113,18 @@ pub struct ConfigFile {
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
+    pub tls: TlsFile,
+    #[serde(default)]
     pub auth: AuthFile,
+}
+
+/// `[tls]` in the config file: PEM file paths, all three or none.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
 }
 
 /// `[auth]` in the config file (see docs/security.md).
@@ -265,6 +280,18 @@ scan_max = 10000
 # Largest hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
 max_hook_source_bytes = "256KiB"
 
+# TLS on the gRPC port, the HTTP port and peer connections; off unless all
+# three are set. The node certificate must be signed by the CA and carry the
+# DNS name "ringkv-node" (`ringkv tls gen` makes one). Files are reloaded on
+# SIGHUP and when they change. See docs/security.md.
+# [tls]
+# PEM certificate chain of this node. (RINGKV_TLS_CERT, --tls-cert)
+# cert = "/etc/ringkv/tls/node.pem"
+# Its private key. (RINGKV_TLS_KEY, --tls-key)
+# key = "/etc/ringkv/tls/node.key"
+# Cluster CA: verifies peers and client certificates. (RINGKV_TLS_CA, --tls-ca)
+# ca = "/etc/ringkv/tls/ca.pem"
+
 [auth]
 # Refuse requests without a valid token or client certificate (docs/security.md).
 # Needs [tls]. Off is for development only. (RINGKV_AUTH, --auth)
@@ -282,4 +309,5 @@ enabled = false
 # hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 # role = "write"
 # prefix = "ci/"
+
 "#;

@@ -26,8 +26,9 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Starts serving on `listener`; stops when dropped or [`HttpServer::stop`]ped.
-    pub fn start(listener: tokio::net::TcpListener) -> HttpServer {
+    /// Starts serving on `listener` (HTTPS when `tls` is given); stops when
+    /// dropped or [`HttpServer::stop`]ped.
+    pub fn start(listener: tokio::net::TcpListener, tls: Option<Arc<crate::tls::TlsState>>) -> HttpServer {
         let app: Arc<ArcSwapOption<Router>> = Arc::new(ArcSwapOption::empty());
         let (stop, mut stopped) = watch::channel(false);
         let current = app.clone();
@@ -42,11 +43,19 @@ impl HttpServer {
             }
         });
         tokio::spawn(async move {
-            let result = axum::serve(listener, Router::new().fallback_service(dispatch))
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
+            let app = Router::new().fallback_service(dispatch);
+            let stopped = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let result = match (tls, listener.local_addr()) {
+                (Some(tls), Ok(local)) => {
+                    let incoming = crate::tls::accept(listener, tls, |m| m.http_server.clone());
+                    let listener = crate::tls::HttpsListener { incoming, local };
+                    axum::serve(listener, app).with_graceful_shutdown(stopped).await
+                }
+                (Some(_), Err(e)) => Err(e),
+                (None, _) => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+            };
             if let Err(e) = result {
                 tracing::error!(error = %e, "HTTP server stopped");
             }

@@ -18,6 +18,8 @@
 //! - [`auth`] authenticates requests (tokens, client certificates) and
 //!   checks their roles and key prefixes before any service acts.
 //! - [`failpoint`] holds the crash points of the fault-injection tests.
+//! - [`tls`] loads and reloads the node's certificates, accepts TLS
+//!   connections and tells node certificates from client certificates.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
 
@@ -36,3 +38,4 @@ pub mod raft;
 pub mod ring;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

@@ -140,6 +140,7 @@ impl Outcome {
             | E::Rejected(_)
             | E::VersionMismatch(_)
             | E::BadEndpoint { .. }
+            | E::Tls(_)
             | E::Unauthenticated(_)
             | E::PermissionDenied(_) => Outcome::Fail { reason },
             E::Unavailable(_) | E::DeadlineExceeded(_) | E::Other(_) => Outcome::Unknown { reason },

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ringkv::cluster::Node;
 use ringkv::config::NodeConfig;
 use ringkv::raft::{LinkFilter, RaftTuning};
-use ringkv_client::Client;
+use ringkv_client::{Client, ClientOptions};
 
 pub mod checker;
 pub mod history;
@@ -127,6 +127,8 @@ pub struct ProcCluster {
     /// own, so firewall rules can cut links between nodes); `None`: every
     /// node on 127.0.0.1.
     own_ips: Option<[u8; 3]>,
+    /// Options of the clients the harness makes (TLS for TLS clusters).
+    client_opts: ClientOptions,
 }
 
 impl ProcCluster {
@@ -134,7 +136,14 @@ impl ProcCluster {
     /// every node is a voter of every group. Clusters have 16 shards unless
     /// `extra_args` sets `--shards`, so routing across shards is exercised.
     pub async fn start(n: u64, extra_args: &[&str]) -> Self {
-        Self::start_with(n, extra_args, None).await
+        Self::start_with(n, extra_args, None, ClientOptions::default()).await
+    }
+
+    /// Like [`ProcCluster::start`], with the harness's clients (waiting for
+    /// the cluster, [`ProcCluster::client`]) using `client_opts`: for
+    /// clusters started with `--tls-*` flags.
+    pub async fn start_with_client_options(n: u64, extra_args: &[&str], client_opts: ClientOptions) -> Self {
+        Self::start_with(n, extra_args, None, client_opts).await
     }
 
     /// Like [`ProcCluster::start`], but node `i` listens on its own loopback
@@ -144,10 +153,10 @@ impl ProcCluster {
         static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
         let pid = std::process::id();
         let prefix = [127, (pid % 250) as u8 + 1, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)];
-        Self::start_with(n, extra_args, Some(prefix)).await
+        Self::start_with(n, extra_args, Some(prefix), ClientOptions::default()).await
     }
 
-    async fn start_with(n: u64, extra_args: &[&str], own_ips: Option<[u8; 3]>) -> Self {
+    async fn start_with(n: u64, extra_args: &[&str], own_ips: Option<[u8; 3]>, client_opts: ClientOptions) -> Self {
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--shards") {
             extra.extend(["--shards".to_string(), "16".to_string()]);
@@ -158,6 +167,7 @@ impl ProcCluster {
             bin: ringkv_bin(),
             extra_args: extra,
             own_ips,
+            client_opts,
         };
         for id in 1..=n {
             c.add_process(id);
@@ -211,13 +221,15 @@ impl ProcCluster {
 
     /// A client that knows every node.
     pub fn client(&self) -> Client {
-        Client::connect(self.endpoints()).expect("client")
+        Client::connect_with(self.endpoints(), self.client_opts.clone()).expect("client")
     }
 
     /// A client bound to one node.
     pub fn node_client(&self, id: u64) -> Client {
         // Ring routing off: tests ask what this node itself answers.
-        Client::connect([&self.nodes[&id].grpc]).expect("client").with_ring_routing(false)
+        Client::connect_with([&self.nodes[&id].grpc], self.client_opts.clone())
+            .expect("client")
+            .with_ring_routing(false)
     }
 
     /// SIGKILL, no chance to flush anything.

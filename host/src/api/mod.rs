@@ -48,7 +48,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
             None
         }
     };
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
@@ -69,14 +69,25 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
             RaftServer::new(raft_service::RaftService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(nodelay(listener), async move {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
-                _ = drain.wait_for(|s| *s) => {}
-            }
-        })
-        .await;
+        );
+    let shutdown = async move {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            _ = drain.wait_for(|s| *s) => {}
+        }
+    };
+    // With TLS, connections arrive as rustls streams, so `Request::peer_certs`
+    // sees the client's verified certificate chain.
+    let result = match node.tls() {
+        Some(tls) => {
+            use futures::StreamExt;
+            let incoming = crate::tls::accept(listener, tls.clone(), |m| m.grpc_server.clone());
+            let incoming =
+                tokio_stream::wrappers::ReceiverStream::new(incoming).map(|(conn, _)| Ok::<_, std::io::Error>(conn));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => router.serve_with_incoming_shutdown(nodelay(listener), shutdown).await,
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server stopped");
     }

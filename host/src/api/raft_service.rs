@@ -17,6 +17,27 @@ impl RaftService {
         Self { node }
     }
 
+    /// With TLS on, only nodes may use this service: the connection must
+    /// carry a node certificate of the cluster CA (verified in the
+    /// handshake). Without it a rogue process could vote, append entries,
+    /// pull snapshots or change membership.
+    fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.node.tls().is_none() {
+            return Ok(());
+        }
+        match crate::tls::peer_identity(req) {
+            crate::tls::PeerIdentity::Node => Ok(()),
+            other => {
+                let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+                tracing::warn!(peer = %remote, identity = ?other, "Raft RPC refused: no node certificate");
+                Err(Status::unauthenticated(format!(
+                    "the Raft service needs a node certificate (DNS name {}) signed by the cluster CA",
+                    crate::tls::NODE_NAME
+                )))
+            }
+        }
+    }
+
     /// Drops messages on links the fault filter cuts.
     fn check_link(&self, m: &RaftMessage) -> Result<(), Status> {
         if self.node.link_filter().is_blocked(m.from, self.node.id()) {
@@ -43,6 +64,7 @@ fn bad(e: postcard::Error) -> Status {
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
         let m = req.into_inner();
         let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
@@ -50,6 +72,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
         let m = req.into_inner();
         let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
@@ -57,6 +80,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
         let m = req.into_inner();
         let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
@@ -64,6 +88,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn change_membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
         let m = req.into_inner();
         self.check_link(&m)?;
         let op: MembershipOp = decode(&m.payload).map_err(bad)?;
@@ -71,6 +96,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
         let epoch = header_u64(req.metadata(), EPOCH_HEADER);
         let m = req.into_inner();
         self.check_link(&m)?;

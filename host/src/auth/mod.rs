@@ -173,29 +173,9 @@ pub enum AuthError {
     Denied(Denied),
 }
 
-/// Who is at the other end of a connection, from its TLS client certificate.
-///
-/// AUTH-LOCAL COPY of `crate::tls::PeerIdentity` (security contract item 3):
-/// the TLS module owns the real one; until it is merged this stands in for
-/// it with the same shape, and plaintext connections have no identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerIdentity {
-    None,
-    Node,
-    Client { common_name: String },
-}
-
-/// AUTH-LOCAL COPY of `crate::tls::peer_identity` (see [`PeerIdentity`]).
-/// Without TLS no request carries a certificate.
-pub fn peer_identity<T>(_req: &tonic::Request<T>) -> PeerIdentity {
-    PeerIdentity::None
-}
-
-/// Whether this build serves its ports over TLS. AUTH-LOCAL STAND-IN until
-/// the TLS module is merged: then `serve` checks `NodeConfig::tls` instead.
-pub fn transport_encrypted() -> bool {
-    false
-}
+// Who is at the other end of a connection, from its verified TLS client
+// certificate: owned by the TLS module (security contract item 3).
+pub use crate::tls::{peer_identity, PeerIdentity};
 
 /// Test-only switch: lets `serve` enable auth without TLS so the auth
 /// integration test runs before TLS exists. It is compiled only into builds

@@ -8,6 +8,7 @@ mod bench;
 mod client_cmds;
 mod hook_cmds;
 mod serve;
+mod tls_cmds;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
 pub use hook_cmds::HookCommand;
 pub use serve::{DevCommand, ServeCommand};
+pub use tls_cmds::TlsCommand;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringkv", version, about = "ringkv: a distributed key-value store with user logic next to the data")]
@@ -59,6 +61,9 @@ pub enum Command {
     /// Node configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Certificates for TLS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +94,15 @@ pub struct ClientArgs {
     /// Machine-readable JSON output.
     #[arg(long)]
     pub json: bool,
+    /// PEM certificate of the cluster CA: talk TLS to the nodes.
+    #[arg(long, env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS (needs --tls-key and --tls-ca).
+    #[arg(long, env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Bearer token for clusters with auth on (prefer the environment
     /// variable: a flag shows in the process list).
     #[arg(long, env = "RINGKV_TOKEN", hide_env_values = true)]
@@ -97,8 +111,23 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<ringkv_client::Client> {
-        let opts = ringkv_client::ClientOptions { token: self.token.clone(), ..Default::default() };
-        Ok(ringkv_client::Client::connect_with(&self.endpoints, opts)?)
+        Ok(ringkv_client::Client::connect_with(&self.endpoints, self.options()?)?)
+    }
+
+    /// Client options from the flags: TLS when `--tls-ca` is given.
+    pub fn options(&self) -> anyhow::Result<ringkv_client::ClientOptions> {
+        let mut opts = ringkv_client::ClientOptions { token: self.token.clone(), ..Default::default() };
+        match &self.tls_ca {
+            Some(ca) => {
+                opts.tls =
+                    Some(ringkv_client::TlsOptions::from_files(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())?)
+            }
+            None => anyhow::ensure!(
+                self.tls_cert.is_none() && self.tls_key.is_none(),
+                "--tls-cert and --tls-key need --tls-ca (the CA that signed the nodes' certificates)"
+            ),
+        }
+        Ok(opts)
     }
 }
 
@@ -133,6 +162,7 @@ pub fn main() -> ExitCode {
             Command::Backup(c) => c.execute().await,
             Command::Restore(c) => c.execute().await,
             Command::Config(c) => c.execute(),
+            Command::Tls(c) => c.execute(),
         }
     });
     match result {

@@ -92,6 +92,15 @@ pub struct ServeCommand {
     /// Log format on stderr: text or json (level from RUST_LOG). [default: text]
     #[arg(long, value_enum, env = "RINGKV_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// PEM certificate of this node (TLS on when cert, key and CA are set). [default: TLS off]
+    #[arg(long, env = "RINGKV_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RINGKV_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate of the cluster CA: verifies peers and client certificates.
+    #[arg(long, env = "RINGKV_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Refuse requests without a valid token or client certificate; needs TLS
     /// (docs/security.md). [default: off, for development only]
     #[arg(long, env = "RINGKV_AUTH")]
@@ -226,6 +235,11 @@ impl ServeCommand {
             limits.scan_default,
             limits.scan_max
         );
+        let tls = resolve_tls(
+            self.tls_cert.clone().or(file.tls.cert),
+            self.tls_key.clone().or(file.tls.key),
+            self.tls_ca.clone().or(file.tls.ca),
+        )?;
         let auth = crate::auth::AuthConfig {
             enabled: self.auth || file.auth.enabled.unwrap_or(false),
             principals: file.auth.principals,
@@ -233,7 +247,7 @@ impl ServeCommand {
         };
         auth.validate().map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
         anyhow::ensure!(
-            !auth.enabled || crate::auth::transport_encrypted() || crate::auth::test_auth_without_tls(),
+            !auth.enabled || tls.is_some() || crate::auth::test_auth_without_tls(),
             "auth needs TLS: tokens must not cross the network in plaintext, and the Raft port is protected \
              only by node certificates; configure [tls] (or --tls-cert/--tls-key/--tls-ca) as well"
         );
@@ -244,6 +258,7 @@ impl ServeCommand {
             self.join.clone().or(file.join).unwrap_or_default().into_iter().filter(|seed| seed != own_addr).collect();
         Ok(NodeConfig {
             id,
+            tls,
             listen,
             advertise,
             http,
@@ -293,6 +308,29 @@ impl ServeCommand {
     }
 }
 
+/// TLS settings: all of cert, key and CA, or none of them.
+fn resolve_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<Option<crate::tls::TlsConfig>> {
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsConfig { cert, key, ca })),
+        (None, None, None) => Ok(None),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                (cert.is_none(), "tls.cert (--tls-cert)"),
+                (key.is_none(), "tls.key (--tls-key)"),
+                (ca.is_none(), "tls.ca (--tls-ca)"),
+            ]
+            .into_iter()
+            .filter_map(|(m, name)| m.then_some(name))
+            .collect();
+            anyhow::bail!("TLS needs a certificate, its key and the cluster CA; missing: {}", missing.join(", "))
+        }
+    }
+}
+
 /// Whether `listen` binds only the loopback interface.
 fn is_loopback(listen: &str) -> bool {
     match listen.parse::<std::net::SocketAddr>() {
@@ -323,6 +361,10 @@ pub struct DevCommand {
     /// Parent directory of the nodes' data directories.
     #[arg(long, default_value = "ringkv-dev-data")]
     pub data_dir: PathBuf,
+    /// Generate a throwaway CA, a node certificate and a client certificate
+    /// into <data-dir>/tls and run the nodes with TLS.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 impl DevCommand {
@@ -330,6 +372,11 @@ impl DevCommand {
         anyhow::ensure!((1..=9).contains(&self.nodes), "--nodes must be between 1 and 9");
         let exe = std::env::current_exe().context("locating the ringkv binary")?;
         let seed = format!("127.0.0.1:{}", self.base_port);
+        let tls_dir = self.data_dir.join("tls");
+        if self.tls {
+            crate::tls::gen::generate_dir(&tls_dir, &[], &["dev".to_string()], crate::tls::gen::Validity::days(30))
+                .context("generating the dev certificates")?;
+        }
         let mut children = Vec::new();
         let mut endpoints = Vec::new();
         for i in 1..=self.nodes {
@@ -344,6 +391,11 @@ impl DevCommand {
             if i > 1 {
                 cmd.args(["--join", &seed]);
             }
+            if self.tls {
+                cmd.arg("--tls-cert").arg(tls_dir.join("node.pem"));
+                cmd.arg("--tls-key").arg(tls_dir.join("node.key"));
+                cmd.arg("--tls-ca").arg(tls_dir.join("ca.pem"));
+            }
             let child = cmd.kill_on_drop(true).spawn().with_context(|| format!("starting node {i}"))?;
             children.push(child);
             endpoints.push(listen);
@@ -354,7 +406,17 @@ impl DevCommand {
         }
         println!("ringkv dev cluster with {} nodes", self.nodes);
         println!("endpoints: {}", endpoints.join(","));
-        println!("try: ringkv put hello world && ringkv get hello --endpoints {}", endpoints.join(","));
+        if self.tls {
+            let dir = tls_dir.display();
+            println!("TLS on: certificates in {dir} (CA ca.pem, node node.pem, client client-dev.pem)");
+            println!("point the CLI at it with:");
+            println!("  export RINGKV_ENDPOINTS={}", endpoints.join(","));
+            println!("  export RINGKV_TLS_CA={dir}/ca.pem RINGKV_TLS_CERT={dir}/client-dev.pem RINGKV_TLS_KEY={dir}/client-dev.key");
+            println!("try: ringkv put hello world && ringkv get hello");
+            println!("HTTP: curl --cacert {dir}/ca.pem https://127.0.0.1:{}/readyz", self.base_port + 1);
+        } else {
+            println!("try: ringkv put hello world && ringkv get hello --endpoints {}", endpoints.join(","));
+        }
         println!("press Ctrl-C to stop");
         wait_for_stop_signal().await?;
         println!("stopping nodes...");
@@ -466,6 +528,18 @@ mod tests {
     }
 
     #[test]
+    fn tls_takes_its_files_from_the_table_and_the_flags() {
+        let _env = env_lock();
+        let f = file("[tls]\ncert = \"/etc/n.pem\"\nkey = \"/etc/n.key\"\nca = \"/etc/ca.pem\"\n");
+        let path = f.path().to_str().expect("utf-8 path");
+        let tls = resolve(&["--config", path, "--tls-ca", "/other/ca.pem"]).expect("resolves").tls.expect("TLS on");
+        assert_eq!(tls.cert, PathBuf::from("/etc/n.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/n.key"));
+        assert_eq!(tls.ca, PathBuf::from("/other/ca.pem"), "flag over file");
+        assert!(resolve(&[]).expect("defaults").tls.is_none(), "TLS is off by default");
+    }
+
+    #[test]
     fn auth_settings_are_read_and_need_tls() {
         let _env = env_lock();
         let hash = crate::auth::hash_secret(&crate::auth::new_secret("ci")).expect("hash");
@@ -547,6 +621,8 @@ mod tests {
             ("down_timeout = \"2s\"\n", "down_timeout (--down-timeout, 2s) must be at least 1s"),
             ("id = 1\nid = 2\n", "line 2 (`id = 2`): duplicate key"),
             ("id = \n", "line 1 (`id =`)"),
+            ("[tls]\ncrt = \"a.pem\"\n", "unknown field `crt`"),
+            ("[tls]\ncert = \"a.pem\"\n", "missing: tls.key (--tls-key), tls.ca (--tls-ca)"),
             ("[auth]\nenabled = true\n", "auth needs TLS"),
             ("[auth]\nenable = true\n", "unknown field `enable`"),
             ("[[auth.principals]]\nname = \"x\"\nrole = \"root\"\n", "unknown variant `root`"),

@@ -53,6 +53,16 @@ impl Node {
         if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
             return Err(NodeError::InvalidArgument(format!("node address {addr:?} is not host:port")));
         }
+        if let Some(tls) = self.tls() {
+            // Peers will only talk to a node certificate; refusing here keeps
+            // a node that could never take part out of the membership.
+            crate::tls::probe_node(&tls.current(), &addr).await.map_err(|e| {
+                tracing::warn!(node = id, addr = %addr, error = %e, "refusing to add a node without a valid node certificate");
+                NodeError::Refused(format!(
+                    "node {id} at {addr} does not present a valid node certificate of the cluster CA: {e}"
+                ))
+            })?;
+        }
         let meta = self.group(META_GROUP)?;
         let voters = meta.raft.metrics().borrow().membership_config.membership().voter_ids().count();
         let is_voter = meta.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);

@@ -116,6 +116,8 @@ struct NodeInner {
     grpc_server: Mutex<Option<JoinHandle<()>>>,
     /// The HTTP server (`--http`), stopped on shutdown.
     http: Option<crate::http::HttpServer>,
+    /// The certificates in use when TLS is on.
+    tls: Option<Arc<crate::tls::TlsState>>,
 }
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -132,6 +134,10 @@ impl Node {
             .await
             .map_err(|e| NodeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
         let bound = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::TlsState::load(t.clone()).map_err(|e| NodeError::Startup(e.to_string()))?),
+            None => None,
+        };
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         // Up before the ring settings: a joining node may wait long for its
         // seed, and a liveness probe must not kill it meanwhile.
@@ -140,11 +146,12 @@ impl Node {
                 tokio::net::TcpListener::bind(http)
                     .await
                     .map_err(|e| NodeError::Startup(format!("cannot listen on {http} (http): {e}")))?,
+                tls.clone(),
             )),
             None => None,
         };
         let ring = resolve_ring(&storage, &config).await?;
-        let peers = Peers::new(config.id, Some(bound.ip()), filter);
+        let peers = Peers::new(config.id, Some(bound.ip()), filter, tls.clone());
         let (shutdown, _) = watch::channel(false);
         let (draining, _) = watch::channel(false);
         let hooks = Arc::new(
@@ -169,8 +176,12 @@ impl Node {
                 draining,
                 grpc_server: Mutex::new(None),
                 http,
+                tls,
             }),
         };
+        if let Some(tls) = &node.inner.tls {
+            node.spawn(tls.clone().watch(node.shutdown_signal()));
+        }
         node.ensure_group(META_GROUP).await?;
         node.spawn(node.clone().hook_sync_loop());
         node.spawn(node.clone().token_sync_loop());
@@ -205,6 +216,11 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.inner.config
+    }
+
+    /// The node's certificates, when TLS is on.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::TlsState>> {
+        self.inner.tls.as_ref()
     }
 
     /// The cluster's ring settings.
@@ -424,20 +440,16 @@ impl Node {
             for seed in &seeds {
                 attempt += 1;
                 tracing::info!(node = self.id(), seed = %seed, attempt, "asking the cluster to add this node");
-                let client = match ringkv_client::Client::connect_with(
-                    [seed],
-                    ringkv_client::ClientOptions {
-                        timeout: Duration::from_secs(300),
-                        connect_timeout: Duration::from_secs(2),
-                        ..Default::default()
-                    },
-                ) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(seed = %seed, error = %e, "bad join address");
-                        continue;
-                    }
-                };
+                let client =
+                    match node_client_options(&self.inner.config, Duration::from_secs(300), Duration::from_secs(2))
+                        .and_then(|opts| ringkv_client::Client::connect_with([seed], opts))
+                    {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(seed = %seed, error = %e, "cannot make a client for the seed");
+                            continue;
+                        }
+                    };
                 match client.add_node(self.id(), self.addr()).await {
                     Ok(()) => {
                         if let Err(e) = self.write_node_meta(JOINED_KEY, b"1".to_vec()).await {
@@ -590,20 +602,42 @@ async fn resolve_ring(storage: &Storage, config: &NodeConfig) -> Result<RingConf
         config.ring.validate().map_err(NodeError::InvalidArgument)?;
         config.ring
     } else {
-        fetch_ring(&config.join).await
+        fetch_ring(config).await
     };
     let raw = postcard::to_allocvec(&ring).map_err(|e| NodeError::Internal(e.to_string()))?;
     write_node_meta(storage, RING_KEY, raw).await?;
     Ok(ring)
 }
 
+/// Client options for talking to other nodes through their public API
+/// (joining, fetching the ring): with TLS on, the node certificate is the
+/// client certificate and the other end must present a node certificate.
+fn node_client_options(
+    config: &NodeConfig,
+    timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<ringkv_client::ClientOptions, ringkv_client::Error> {
+    let tls = match &config.tls {
+        Some(t) => Some(
+            ringkv_client::TlsOptions::from_files(&t.ca, Some(&t.cert), Some(&t.key))?
+                .with_domain(crate::tls::NODE_NAME),
+        ),
+        None => None,
+    };
+    let mut opts = ringkv_client::ClientOptions { timeout, connect_timeout, ..Default::default() };
+    opts.tls = tls;
+    Ok(opts)
+}
+
 /// Asks the seeds for the cluster's ring settings until one answers.
-async fn fetch_ring(seeds: &[String]) -> RingConfig {
+async fn fetch_ring(config: &NodeConfig) -> RingConfig {
     let mut attempt = 0u32;
+    let seeds = &config.join;
     loop {
         for seed in seeds {
             attempt += 1;
-            let answer = match ringkv_client::Client::connect([seed]) {
+            let opts = node_client_options(config, Duration::from_secs(10), Duration::from_secs(3));
+            let answer = match opts.and_then(|opts| ringkv_client::Client::connect_with([seed], opts)) {
                 Ok(c) => c.ring().await,
                 Err(e) => Err(e),
             };

@@ -69,20 +69,29 @@ pub struct Peers {
     /// tests' partitions) see each node as itself.
     local_ip: Option<std::net::IpAddr>,
     filter: LinkFilter,
-    /// Peer id → (address the channel was built for, channel).
-    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    /// Peer id → (address the channel was built for, TLS generation, channel).
+    channels: Mutex<HashMap<NodeId, (String, u64, Channel)>>,
+    /// The node's certificates when TLS is on: peers are reached over TLS
+    /// with the node certificate and must present one themselves.
+    tls: Option<Arc<crate::tls::TlsState>>,
     /// Peer id → when a Raft RPC to it last got an answer: the liveness
     /// signal the meta leader uses to declare a node down.
     last_answer: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
-    pub fn new(self_id: NodeId, local_ip: Option<std::net::IpAddr>, filter: LinkFilter) -> Arc<Self> {
+    pub fn new(
+        self_id: NodeId,
+        local_ip: Option<std::net::IpAddr>,
+        filter: LinkFilter,
+        tls: Option<Arc<crate::tls::TlsState>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             self_id,
             local_ip: local_ip.filter(|ip| !ip.is_unspecified()),
             filter,
             channels: Mutex::new(HashMap::new()),
+            tls,
             last_answer: Mutex::new(HashMap::new()),
         })
     }
@@ -95,15 +104,22 @@ impl Peers {
         &self.filter
     }
 
-    /// The channel to `id` at `addr`, rebuilt when the address changes.
+    /// The channel to `id` at `addr`, rebuilt when the address changes or
+    /// the certificates are reloaded.
     pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((a, ch)) = map.get(&id) {
-            if a == addr {
+        if let Some((a, g, ch)) = map.get(&id) {
+            if a == addr && *g == generation {
                 return Ok(ch.clone());
             }
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.current().peer_channel.clone())?;
+        }
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .local_address(self.local_ip)
@@ -113,7 +129,7 @@ impl Peers {
             .initial_connection_window_size(Some(16 * 1024 * 1024))
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .connect_lazy();
-        map.insert(id, (addr.to_string(), ch.clone()));
+        map.insert(id, (addr.to_string(), generation, ch.clone()));
         Ok(ch)
     }
 
