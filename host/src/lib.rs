@@ -15,7 +15,8 @@
 //! - [`http`] serves health, readiness, status and metrics over HTTP;
 //!   [`telemetry`] owns the Prometheus metrics; [`dashboard`] is the web
 //!   page served at `/`.
-//! - [`failpoint`] holds the crash points of the fault-injection tests.
+//! - [`failpoint`] holds the crash points of the fault-injection tests;
+//!   [`fuzzing`] exposes the network-facing decoders to the fuzz harnesses.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
 //!   `ringkv` command line.
 
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod hooks;
 pub mod http;
 pub mod raft;
