@@ -276,6 +276,49 @@ mod tests {
         assert!(!takes_default_deadline("/ringkv.v1.Raft/AppendEntries"));
     }
 
+    /// A handler that never answers.
+    #[derive(Clone)]
+    struct Stuck;
+
+    impl tower::Service<http::Request<()>> for Stuck {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Pending<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    fn request(path: &str, grpc_timeout: Option<&str>) -> http::Request<()> {
+        let mut b = http::Request::builder().uri(format!("http://node{path}"));
+        if let Some(t) = grpc_timeout {
+            b = b.header("grpc-timeout", t);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_deadline_gets_the_default_one() {
+        use tower::{Layer, Service};
+        let mut svc = EdgeLayer { default_deadline: Duration::from_millis(20) }.layer(Stuck);
+        let resp = svc.call(request("/ringkv.v1.Kv/Put", None)).await.expect("a reply");
+        let status = resp.extensions().get::<Status>().expect("a status");
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(resp.headers().get("grpc-status").map(|v| v.as_bytes()), Some(b"4".as_ref()));
+
+        // The client's own deadline (tonic enforces it outside this layer)
+        // and exempt RPCs are left alone: these stay pending.
+        let own = tokio::time::timeout(Duration::from_millis(200), svc.call(request("/ringkv.v1.Kv/Put", Some("1H"))));
+        assert!(own.await.is_err(), "a client deadline is not replaced by the default");
+        let exempt = tokio::time::timeout(Duration::from_millis(200), svc.call(request("/ringkv.v1.Raft/Vote", None)));
+        assert!(exempt.await.is_err(), "peer RPCs get no default deadline");
+    }
+
     #[tokio::test]
     async fn connections_beyond_the_cap_are_refused_until_one_closes() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
