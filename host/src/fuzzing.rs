@@ -97,7 +97,7 @@ pub fn hook_record(data: &[u8]) {
     let _ = rolled.rollback("fuzz");
     if let Some(spec) = record.latest().cloned() {
         let mut deployed = record.clone();
-        deployed.deploy(spec);
+        let _ = deployed.deploy(spec);
     }
 }
 

@@ -396,7 +396,7 @@ impl Applier<'_> {
                 let name = spec.name.clone();
                 self.update_hook(&name, index, |r| {
                     let replaced = r.current.as_ref().map_or(0, |c| c.version);
-                    let version = r.deploy(*spec);
+                    let version = r.deploy(*spec)?;
                     Ok((version, replaced))
                 })?
             }
