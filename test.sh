@@ -22,6 +22,21 @@ if ! command -v chromedriver >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# The container test (tests/tests/t92_container.rs) builds the image with
+# scripts/build-image.sh (which installs g++ if needed) and runs
+# docker-compose.yml on this machine's Docker engine. No engine is a failure,
+# not a reason to skip it.
+if ! docker info >/dev/null 2>&1; then
+    echo "test.sh: the container test needs a running Docker engine (docker info failed)" >&2
+    exit 1
+fi
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
+fi
+
 # Build the binary first: the process-level tests run target/debug/ringkv.
 cargo build --workspace --bins
 cargo test --workspace --all-targets -- --test-threads "${RINGKV_TEST_THREADS:-4}"

@@ -1,7 +1,13 @@
 //! Compiles `proto/ringkv/v1` with protox (pure Rust), so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
-    let files = ["ringkv/v1/kv.proto", "ringkv/v1/cluster.proto", "ringkv/v1/raft.proto", "ringkv/v1/hooks.proto"];
+    let files = [
+        "ringkv/v1/kv.proto",
+        "ringkv/v1/cluster.proto",
+        "ringkv/v1/raft.proto",
+        "ringkv/v1/hooks.proto",
+        "ringkv/v1/backup.proto",
+    ];
     let fds = protox::compile(files, [root])?;
     // The encoded descriptors, for the server's gRPC reflection service.
     let out = std::env::var("OUT_DIR")?;

@@ -1,12 +1,14 @@
-//! gRPC edge: the public `Kv`, `Cluster` and `Hooks` services and the internal `Raft`
+//! gRPC edge: the public `Kv`, `Cluster`, `Hooks` and `Backup` services and the internal `Raft`
 //! transport service. Protobuf types are converted here and nowhere else.
 
+mod backup_service;
 mod cluster_service;
 pub mod edge;
 mod hooks_service;
 mod kv_service;
 mod raft_service;
 
+use ringkv_client::proto::backup_server::BackupServer;
 use ringkv_client::proto::cluster_server::ClusterServer;
 use ringkv_client::proto::hooks_server::HooksServer;
 use ringkv_client::proto::kv_server::KvServer;
@@ -17,6 +19,7 @@ use tonic::Status;
 use crate::cluster::{Node, NodeError};
 use crate::raft::network::MAX_PEER_MESSAGE;
 
+pub use backup_service::{LEADER_HEADER, PARTITIONER_NONE};
 pub use cluster_service::{commit_index, shard_routes, status_json, status_of};
 pub use hooks_service::spec_of as hook_spec_of;
 
@@ -34,6 +37,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     health.set_serving::<KvServer<kv_service::KvService>>().await;
     health.set_serving::<ClusterServer<cluster_service::ClusterService>>().await;
     health.set_serving::<HooksServer<hooks_service::HooksService>>().await;
+    health.set_serving::<BackupServer<backup_service::BackupService>>().await;
     let reflection = match tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ringkv_client::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -67,6 +71,7 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
                 limits.max_hook_source_bytes + 2 * limits.max_value_bytes + limits.max_key_bytes + 64 * 1024,
             ),
         )
+        .add_service(BackupServer::new(backup_service::BackupService::new(node.clone())))
         .add_service(
             RaftServer::new(raft_service::RaftService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)

@@ -1,6 +1,8 @@
 //! The `ringkv` command line: one `XxxCommand` per subcommand, each with an
 //! `execute` method.
 
+mod backup_cmds;
+mod backup_format;
 mod bench;
 mod client_cmds;
 mod hook_cmds;
@@ -10,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use backup_cmds::{BackupCommand, RestoreCommand};
 pub use bench::BenchCommand;
 pub use client_cmds::{ClusterCommand, DeleteCommand, GetCommand, PutCommand, ScanCommand};
 pub use hook_cmds::HookCommand;
@@ -44,6 +47,10 @@ pub enum Command {
     Hook(HookCommand),
     /// Closed-loop load generator.
     Bench(BenchCommand),
+    /// Write a consistent copy of every shard and hook to a directory.
+    Backup(BackupCommand),
+    /// Load a backup into a fresh cluster of any size and shard count.
+    Restore(RestoreCommand),
     /// Node configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -112,6 +119,8 @@ pub fn main() -> ExitCode {
             Command::Cluster(c) => c.execute().await,
             Command::Hook(c) => c.execute().await,
             Command::Bench(c) => c.execute().await,
+            Command::Backup(c) => c.execute().await,
+            Command::Restore(c) => c.execute().await,
             Command::Config(c) => c.execute(),
         }
     });

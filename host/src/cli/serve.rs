@@ -23,6 +23,11 @@ pub struct ServeCommand {
     /// Node id, unique in the cluster and fixed for its data directory. [default: 1]
     #[arg(long, env = "RINGKV_ID")]
     pub id: Option<u64>,
+    /// Take the node id from the host name's `-N` suffix, plus one: the
+    /// Kubernetes StatefulSet pod `ringkv-0` is node 1, `ringkv-2` node 3.
+    /// For images without a shell; cannot be combined with an id.
+    #[arg(long, env = "RINGKV_ID_FROM_HOSTNAME")]
+    pub id_from_hostname: bool,
     /// gRPC address to bind (client API and peer transport). [default: 127.0.0.1:7379]
     #[arg(long, env = "RINGKV_LISTEN")]
     pub listen: Option<String>,
@@ -39,6 +44,8 @@ pub struct ServeCommand {
     #[arg(long, env = "RINGKV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Join the cluster reachable at these addresses instead of bootstrapping.
+    /// A seed equal to this node's own advertised address is skipped, so
+    /// nodes can share one seed list: the seed itself bootstraps.
     #[arg(long, value_delimiter = ',', env = "RINGKV_JOIN")]
     pub join: Option<Vec<String>>,
     /// Number of shards of a new cluster (bootstrap only; fixed afterwards).
@@ -116,6 +123,31 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     usize::try_from(size.as_u64()).map_err(|_| format!("{s} is too large"))
 }
 
+/// This machine's host name (a container's or pod's own), from the kernel.
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("--id-from-hostname: reading the host name from /proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_string())
+}
+
+/// The node id of a host named like a StatefulSet pod, `NAME-ORDINAL`: the ordinal plus one (ids start at 1).
+fn id_from_hostname(hostname: &str) -> anyhow::Result<u64> {
+    let ordinal = hostname
+        .rsplit_once('-')
+        .map(|(_, suffix)| suffix)
+        .filter(|suffix| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--id-from-hostname: host name {hostname:?} does not end in -NUMBER (like the StatefulSet pod ringkv-0)"
+            )
+        })?;
+    ordinal
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| anyhow::anyhow!("--id-from-hostname: the number in host name {hostname:?} is too large"))
+}
+
 /// A size from the config file, as `usize`, naming the field on overflow.
 fn file_size(v: Option<crate::config::Size>, field: &str) -> anyhow::Result<Option<usize>> {
     v.map(|b| usize::try_from(b.0).map_err(|_| anyhow::anyhow!("{field} = {} bytes is too large", b.0))).transpose()
@@ -138,7 +170,13 @@ impl ServeCommand {
         let d = NodeConfig::default();
         let dl = Limits::default();
         let dr = RaftTuning::default();
-        let id = self.id.or(file.id).unwrap_or(d.id);
+        let id = match (self.id_from_hostname, self.id.or(file.id)) {
+            (true, Some(_)) => {
+                anyhow::bail!("--id-from-hostname cannot be combined with an id (--id, RINGKV_ID or the config file)")
+            }
+            (true, None) => id_from_hostname(&hostname()?)?,
+            (false, id) => id.unwrap_or(d.id),
+        };
         let heartbeat = self.heartbeat.or(file.raft.heartbeat.map(|v| v.0)).unwrap_or(DEFAULT_HEARTBEAT);
         let election_timeout =
             self.election_timeout.or(file.raft.election_timeout.map(|v| v.0)).unwrap_or(DEFAULT_ELECTION_TIMEOUT);
@@ -215,13 +253,18 @@ impl ServeCommand {
             limits.max_concurrent_streams >= 1,
             "limits.max_concurrent_streams (--max-concurrent-streams) must be at least 1"
         );
+        let listen = self.listen.clone().or(file.listen).unwrap_or(d.listen);
+        let advertise = self.advertise.clone().or(file.advertise);
+        let own_addr = advertise.as_deref().unwrap_or(&listen);
+        let join: Vec<String> =
+            self.join.clone().or(file.join).unwrap_or_default().into_iter().filter(|seed| seed != own_addr).collect();
         Ok(NodeConfig {
             id,
-            listen: self.listen.clone().or(file.listen).unwrap_or(d.listen),
-            advertise: self.advertise.clone().or(file.advertise),
+            listen,
+            advertise,
             http,
             data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
-            join: self.join.clone().or(file.join).unwrap_or_default(),
+            join,
             ring: RingConfig { shards, ..RingConfig::default() },
             raft: RaftTuning {
                 heartbeat_ms: heartbeat.as_millis() as u64,
@@ -390,7 +433,6 @@ mod tests {
     #[test]
     fn flags_beat_environment_beats_file_beats_defaults() {
         let _env = env_lock();
-        // The only test that sets RINGKV_* variables (they are process-wide).
         let f = file("id = 2\nlisten = \"127.0.0.1:1000\"\nshards = 8\n[raft]\nheartbeat = \"100ms\"\n");
         let path = f.path().to_str().expect("utf-8 path");
         std::env::set_var("RINGKV_LISTEN", "127.0.0.1:2000");
@@ -421,6 +463,49 @@ mod tests {
         let c = resolve(&["--max-value-bytes", "2KiB", "--http", "off"]).expect("resolves");
         assert_eq!(c.limits.max_value_bytes, 2048);
         assert_eq!(c.http, None);
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_its_ordinal_plus_one() {
+        assert_eq!(id_from_hostname("ringkv-0").expect("pod 0"), 1);
+        assert_eq!(id_from_hostname("ringkv-12").expect("pod 12"), 13);
+        assert_eq!(id_from_hostname("my-kv-store-2").expect("dashes in the name"), 3);
+        for bad in ["ringkv", "ringkv-", "ringkv-a1", "ringkv2", "", "ringkv-18446744073709551615", "ringkv-+1"] {
+            let e = format!("{:#}", id_from_hostname(bad).expect_err(bad));
+            assert!(e.contains("--id-from-hostname"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn id_from_hostname_refuses_an_explicit_id() {
+        let _env = env_lock();
+        let e = format!("{:#}", resolve(&["--id-from-hostname", "--id", "2"]).expect_err("both"));
+        assert!(e.contains("cannot be combined with an id"), "{e}");
+        let f = file("id = 2\n");
+        let path = f.path().to_str().expect("utf-8 path");
+        let e = format!("{:#}", resolve(&["--id-from-hostname", "--config", path]).expect_err("file id"));
+        assert!(e.contains("cannot be combined with an id"), "{e}");
+        // The environment variable is read like the flag (Kubernetes may set either).
+        std::env::set_var("RINGKV_ID_FROM_HOSTNAME", "true");
+        let from_env = resolve(&["--id", "2"]);
+        std::env::set_var("RINGKV_ID_FROM_HOSTNAME", "false");
+        let off = resolve(&["--id", "2"]);
+        std::env::remove_var("RINGKV_ID_FROM_HOSTNAME");
+        let e = format!("{:#}", from_env.expect_err("env and flag"));
+        assert!(e.contains("cannot be combined with an id"), "{e}");
+        assert_eq!(off.expect("RINGKV_ID_FROM_HOSTNAME=false is off").id, 2);
+    }
+
+    #[test]
+    fn a_node_skips_itself_in_the_seed_list() {
+        let _env = env_lock();
+        let seeds = "kv-0.kv:7379,kv-1.kv:7379";
+        let c = resolve(&["--advertise", "kv-0.kv:7379", "--join", "kv-0.kv:7379"]).expect("seed itself");
+        assert!(c.join.is_empty(), "the only seed is this node: it bootstraps ({:?})", c.join);
+        let c = resolve(&["--advertise", "kv-1.kv:7379", "--join", seeds]).expect("another seed");
+        assert_eq!(c.join, ["kv-0.kv:7379"]);
+        let c = resolve(&["--listen", "127.0.0.1:7000", "--join", "127.0.0.1:7000,127.0.0.1:7002"]).expect("listen");
+        assert_eq!(c.join, ["127.0.0.1:7002"], "without --advertise the listen address is this node's own");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! currently replicates every group; placing RF replicas per shard and moving
 //! them on membership changes is the rebalancer's job (not built yet).
 
+mod backup;
 mod batching;
 mod hooks;
 mod leadership;
@@ -23,6 +24,7 @@ use openraft::BasicNode;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use membership::{MembershipOp, MembershipReply};
 pub use routing::{ForwardReply, Forwarded, Proposal};
 
