@@ -20,6 +20,14 @@ pub struct Limits {
     pub scan_max: u32,
     /// Largest hook source accepted by a deploy, in bytes. Default 256 KiB.
     pub max_hook_source_bytes: usize,
+    /// Keys and values one scan returns at most, in bytes; a scan stops
+    /// early (after at least one item) rather than exceed it. Default 64 MiB.
+    pub max_scan_bytes: usize,
+    /// Open gRPC connections accepted from one IP address; more are closed
+    /// on accept. Peers share one connection per pair of nodes. Default 1024.
+    pub max_connections_per_ip: usize,
+    /// Concurrent requests (HTTP/2 streams) on one gRPC connection. Default 1024.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -30,6 +38,9 @@ impl Default for Limits {
             scan_default: 1000,
             scan_max: 10_000,
             max_hook_source_bytes: 256 * 1024,
+            max_scan_bytes: 64 * 1024 * 1024,
+            max_connections_per_ip: 1024,
+            max_concurrent_streams: 1024,
         }
     }
 }
@@ -54,7 +65,9 @@ pub struct NodeConfig {
     pub ring: RingConfig,
     pub raft: RaftTuning,
     pub limits: Limits,
-    /// Server-side deadline of a client request. Default 5 s.
+    /// Server-side deadline of a client request. Default 5 s. A request that
+    /// carries no `grpc-timeout` of its own is cut off at
+    /// [`NodeConfig::default_deadline`].
     pub request_timeout: Duration,
     /// How often the leader looks for expired keys to delete. Default 1 s.
     pub ttl_sweep_interval: Duration,
@@ -66,6 +79,18 @@ pub struct NodeConfig {
     pub tls: Option<TlsConfig>,
     /// Authentication and authorization (`[auth]`). Default: off.
     pub auth: crate::auth::AuthConfig,
+}
+
+impl NodeConfig {
+    /// The deadline given to a client request that arrives without one:
+    /// twice `request_timeout`, since a request may first wait (up to
+    /// `request_timeout`) for this node to catch up with the client's routing
+    /// epoch and then (up to `request_timeout` again) for a leader and quorum.
+    /// Membership changes (`AddNode`, `RemoveNode`) and the internal `Raft`
+    /// service are exempt: they bound themselves.
+    pub fn default_deadline(&self) -> Duration {
+        self.request_timeout * 2
+    }
 }
 
 impl Default for NodeConfig {
@@ -170,6 +195,9 @@ pub struct LimitsFile {
     pub scan_default: Option<u32>,
     pub scan_max: Option<u32>,
     pub max_hook_source_bytes: Option<Size>,
+    pub max_scan_bytes: Option<Size>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// A size in bytes written like `4096`, `4KiB` or `1MiB` (KB, MB: powers of 10).
@@ -248,7 +276,8 @@ data_dir = "ringkv-data"
 join = []
 # Shards of a new cluster (bootstrap only; fixed afterwards). (RINGKV_SHARDS, --shards)
 shards = 1
-# Server-side deadline of a client request. (RINGKV_REQUEST_TIMEOUT, --request-timeout)
+# Server-side deadline of a client request. A request without a grpc-timeout of
+# its own is cut off at twice this. (RINGKV_REQUEST_TIMEOUT, --request-timeout)
 request_timeout = "5s"
 # A member unreachable this long is marked down and its replicas are
 # re-created elsewhere. (RINGKV_DOWN_TIMEOUT, --down-timeout)
@@ -279,6 +308,15 @@ scan_default = 1000
 scan_max = 10000
 # Largest hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
 max_hook_source_bytes = "256KiB"
+# Keys and values one scan returns at most; a scan stops early rather than
+# exceed it. (RINGKV_MAX_SCAN_BYTES, --max-scan-bytes)
+max_scan_bytes = "64MiB"
+# Open gRPC connections accepted from one IP address; more are closed.
+# (RINGKV_MAX_CONNECTIONS_PER_IP, --max-connections-per-ip)
+max_connections_per_ip = 1024
+# Concurrent requests (HTTP/2 streams) on one gRPC connection.
+# (RINGKV_MAX_CONCURRENT_STREAMS, --max-concurrent-streams)
+max_concurrent_streams = 1024
 
 # TLS on the gRPC port, the HTTP port and peer connections; off unless all
 # three are set. The node certificate must be signed by the CA and carry the
@@ -309,5 +347,4 @@ enabled = false
 # hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 # role = "write"
 # prefix = "ci/"
-
 "#;

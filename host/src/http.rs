@@ -49,7 +49,7 @@ impl HttpServer {
             };
             let result = match (tls, listener.local_addr()) {
                 (Some(tls), Ok(local)) => {
-                    let incoming = crate::tls::accept(listener, tls, |m| m.http_server.clone());
+                    let incoming = crate::tls::accept(listener, tls, |m| m.http_server.clone(), Some);
                     let listener = crate::tls::HttpsListener { incoming, local };
                     axum::serve(listener, app).with_graceful_shutdown(stopped).await
                 }

@@ -17,7 +17,8 @@
 //!   page served at `/`.
 //! - [`auth`] authenticates requests (tokens, client certificates) and
 //!   checks their roles and key prefixes before any service acts.
-//! - [`failpoint`] holds the crash points of the fault-injection tests.
+//! - [`failpoint`] holds the crash points of the fault-injection tests;
+//!   [`fuzzing`] exposes the network-facing decoders to the fuzz harnesses.
 //! - [`tls`] loads and reloads the node's certificates, accepts TLS
 //!   connections and tells node certificates from client certificates.
 //! - [`config`] holds node settings with their defaults; [`cli`] is the
@@ -32,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod hooks;
 pub mod http;
 pub mod raft;

@@ -25,7 +25,7 @@ impl HooksService {
 }
 
 /// A definition from the wire as a spec (version and digest are set on deploy).
-fn spec_of(def: Option<proto::HookDefinition>) -> Result<HookSpec, Status> {
+pub fn spec_of(def: Option<proto::HookDefinition>) -> Result<HookSpec, Status> {
     let def = def.ok_or_else(|| Status::invalid_argument("missing hook definition"))?;
     let kind = match proto::HookKind::try_from(def.kind) {
         Ok(proto::HookKind::Unspecified | proto::HookKind::Lua) => HookKind::Lua,
@@ -188,8 +188,23 @@ impl Hooks for HooksService {
             def.stage = proto::HookStage::Validate as i32;
         }
         let spec = spec_of(Some(def))?;
-        if spec.source.len() > self.node.config().limits.max_hook_source_bytes {
+        let limits = &self.node.config().limits;
+        if spec.source.len() > limits.max_hook_source_bytes {
             return Err(Status::invalid_argument("hook source is larger than the deploy limit"));
+        }
+        if r.key.len() > limits.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "key is {} bytes; the limit is {} bytes",
+                r.key.len(),
+                limits.max_key_bytes
+            )));
+        }
+        let value_len = r.value.as_ref().map_or(0, |v| v.len()).max(r.old_value.as_ref().map_or(0, |v| v.len()));
+        if value_len > limits.max_value_bytes {
+            return Err(Status::invalid_argument(format!(
+                "value is {value_len} bytes; the limit is {} bytes",
+                limits.max_value_bytes
+            )));
         }
         let old = r.old_value.map(|v| OldValue { value: v.to_vec(), version: r.old_version.max(1) });
         let write = Write {

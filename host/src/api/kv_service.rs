@@ -213,6 +213,41 @@ impl KvService {
             n => n.min(limits.scan_max),
         };
         let linearizable = consistency(r.consistency)?;
-        Ok(self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan", 0)).await?)
+        let items = self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan", 0)).await?;
+        Ok(within_bytes(items, limits.max_scan_bytes))
+    }
+}
+
+/// The first items of a scan whose keys and values fit in `max_bytes`, and
+/// always the first item, so a client paging by the last key makes progress.
+fn within_bytes(mut items: Vec<(Vec<u8>, Envelope)>, max_bytes: usize) -> Vec<(Vec<u8>, Envelope)> {
+    let mut total = 0usize;
+    let fits = items
+        .iter()
+        .take_while(|(k, e)| {
+            total = total.saturating_add(k.len() + e.value.len());
+            total <= max_bytes
+        })
+        .count();
+    items.truncate(fits.max(1));
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, value_len: usize) -> (Vec<u8>, Envelope) {
+        (key.as_bytes().to_vec(), Envelope { value: vec![0u8; value_len].into(), version: 1, expires_at: None })
+    }
+
+    #[test]
+    fn a_scan_stops_at_the_byte_budget_but_returns_at_least_one_item() {
+        let items = vec![item("a", 9), item("b", 9), item("c", 9)];
+        assert_eq!(within_bytes(items.clone(), 20).len(), 2);
+        assert_eq!(within_bytes(items.clone(), 30).len(), 3);
+        assert_eq!(within_bytes(items.clone(), 19).len(), 1);
+        assert_eq!(within_bytes(items, 1).len(), 1, "one oversized item still goes out");
+        assert!(within_bytes(Vec::new(), 1).is_empty());
     }
 }

@@ -4,6 +4,7 @@
 mod auth_service;
 mod backup_service;
 mod cluster_service;
+pub mod edge;
 mod hooks_service;
 mod kv_service;
 mod raft_service;
@@ -22,13 +23,16 @@ use crate::raft::network::MAX_PEER_MESSAGE;
 
 pub use backup_service::{LEADER_HEADER, PARTITIONER_NONE};
 pub use cluster_service::{commit_index, shard_routes, status_json, status_of};
+pub use hooks_service::spec_of as hook_spec_of;
 
 /// Serves every gRPC service on `listener` until the node shuts down.
 pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     let mut stop = node.shutdown_signal();
     let mut drain = node.drain_signal();
+    let limits = &node.config().limits;
     // Client messages are bounded by the value limit plus room for the key and framing.
-    let max_client_message = node.config().limits.max_value_bytes + node.config().limits.max_key_bytes + 64 * 1024;
+    let max_client_message = limits.max_value_bytes + limits.max_key_bytes + 64 * 1024;
+    let connections = edge::ConnectionLimiter::new(limits.max_connections_per_ip);
     // Standard gRPC health checking (grpc.health.v1) and reflection, so
     // tools like grpcurl and grpc-health-probe work without the protos.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -52,17 +56,24 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .tcp_nodelay(true)
         .initial_connection_window_size(Some(16 * 1024 * 1024))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .layer(crate::telemetry::GrpcMetricsLayer)
+        .layer(edge::EdgeLayer { default_deadline: node.config().default_deadline() })
         .add_service(
             KvServer::new(kv_service::KvService::new(node.clone())).max_decoding_message_size(max_client_message),
         )
         .add_service(health_service)
         .add_optional_service(reflection)
-        .add_service(ClusterServer::new(cluster_service::ClusterService::new(node.clone())))
         .add_service(AuthServer::new(auth_service::AuthService::new(node.clone())))
         .add_service(
-            HooksServer::new(hooks_service::HooksService::new(node.clone()))
-                .max_decoding_message_size(node.config().limits.max_hook_source_bytes + 64 * 1024),
+            ClusterServer::new(cluster_service::ClusterService::new(node.clone()))
+                .max_decoding_message_size(MAX_ADMIN_MESSAGE),
+        )
+        .add_service(
+            // A test request carries a source and a write's new and old values.
+            HooksServer::new(hooks_service::HooksService::new(node.clone())).max_decoding_message_size(
+                limits.max_hook_source_bytes + 2 * limits.max_value_bytes + limits.max_key_bytes + 64 * 1024,
+            ),
         )
         .add_service(BackupServer::new(backup_service::BackupService::new(node.clone())))
         .add_service(
@@ -81,29 +92,42 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
     let result = match node.tls() {
         Some(tls) => {
             use futures::StreamExt;
-            let incoming = crate::tls::accept(listener, tls.clone(), |m| m.grpc_server.clone());
+            let incoming =
+                crate::tls::accept(listener, tls.clone(), |m| m.grpc_server.clone(), move |c| connections.admit(c));
             let incoming =
                 tokio_stream::wrappers::ReceiverStream::new(incoming).map(|(conn, _)| Ok::<_, std::io::Error>(conn));
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
-        None => router.serve_with_incoming_shutdown(nodelay(listener), shutdown).await,
+        None => router.serve_with_incoming_shutdown(nodelay(listener, connections), shutdown).await,
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server stopped");
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay`
-/// only applies to listeners it binds itself; without this, small replies
-/// wait for the peer's delayed ACK (about 40 ms).
-fn nodelay(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// Largest `Cluster` request: they carry ids and addresses only.
+const MAX_ADMIN_MESSAGE: usize = 64 * 1024;
+
+/// Accepted connections with Nagle's algorithm off, each admitted by the
+/// per-IP connection cap (refused ones are closed at once). tonic's own
+/// `tcp_nodelay` only applies to listeners it binds itself; without this,
+/// small replies wait for the peer's delayed ACK (about 40 ms).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+    connections: edge::ConnectionLimiter,
+) -> impl futures::Stream<Item = std::io::Result<edge::LimitedConn>> {
     use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        if let Err(e) = conn.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not disable Nagle on an accepted connection");
-        }
-        Ok(conn)
+    TcpListenerStream::new(listener).filter_map(move |conn| {
+        let admitted = match conn {
+            Err(e) => Some(Err(e)),
+            Ok(conn) => {
+                if let Err(e) = conn.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not disable Nagle on an accepted connection");
+                }
+                connections.admit(conn).map(Ok)
+            }
+        };
+        std::future::ready(admitted)
     })
 }
 

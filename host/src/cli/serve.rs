@@ -82,7 +82,17 @@ pub struct ServeCommand {
     /// Largest hook source a deploy accepts. [default: 256KiB]
     #[arg(long, env = "RINGKV_MAX_HOOK_SOURCE_BYTES", value_parser = parse_size)]
     pub max_hook_source_bytes: Option<usize>,
-    /// Server-side deadline of a client request. [default: 5s]
+    /// Keys and values one scan returns at most. [default: 64MiB]
+    #[arg(long, env = "RINGKV_MAX_SCAN_BYTES", value_parser = parse_size)]
+    pub max_scan_bytes: Option<usize>,
+    /// Open gRPC connections accepted from one IP address. [default: 1024]
+    #[arg(long, env = "RINGKV_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Concurrent requests (HTTP/2 streams) on one gRPC connection. [default: 1024]
+    #[arg(long, env = "RINGKV_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Server-side deadline of a client request; one that carries no
+    /// grpc-timeout is cut off at twice this. [default: 5s]
     #[arg(long, env = "RINGKV_REQUEST_TIMEOUT", value_parser = super::parse_duration)]
     pub request_timeout: Option<Duration>,
     /// A member unreachable for this long is declared down and its shard
@@ -210,6 +220,18 @@ impl ServeCommand {
                 .max_hook_source_bytes
                 .or(file_size(file.limits.max_hook_source_bytes, "limits.max_hook_source_bytes")?)
                 .unwrap_or(dl.max_hook_source_bytes),
+            max_scan_bytes: self
+                .max_scan_bytes
+                .or(file_size(file.limits.max_scan_bytes, "limits.max_scan_bytes")?)
+                .unwrap_or(dl.max_scan_bytes),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(file.limits.max_connections_per_ip)
+                .unwrap_or(dl.max_connections_per_ip),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .or(file.limits.max_concurrent_streams)
+                .unwrap_or(dl.max_concurrent_streams),
         };
         let shards = self.shards.or(file.shards).unwrap_or(d.ring.shards);
         anyhow::ensure!(id >= 1, "id must be at least 1 (got {id})");
@@ -234,6 +256,15 @@ impl ServeCommand {
             "limits.scan_default ({}) must be between 1 and limits.scan_max ({})",
             limits.scan_default,
             limits.scan_max
+        );
+        anyhow::ensure!(limits.max_scan_bytes >= 1, "limits.max_scan_bytes must be at least 1 byte");
+        anyhow::ensure!(
+            limits.max_connections_per_ip >= 1,
+            "limits.max_connections_per_ip (--max-connections-per-ip) must be at least 1"
+        );
+        anyhow::ensure!(
+            limits.max_concurrent_streams >= 1,
+            "limits.max_concurrent_streams (--max-concurrent-streams) must be at least 1"
         );
         let tls = resolve_tls(
             self.tls_cert.clone().or(file.tls.cert),

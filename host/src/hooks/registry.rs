@@ -44,18 +44,24 @@ pub struct HookRecord {
 
 impl HookRecord {
     /// Makes `spec` the active version and returns its version. Deploying a
-    /// definition identical to the active one changes nothing.
-    pub fn deploy(&mut self, mut spec: HookSpec) -> u64 {
+    /// definition identical to the active one changes nothing. A record
+    /// whose versions are used up (only a corrupt or forged record can get
+    /// there) refuses the deploy rather than reuse a version.
+    pub fn deploy(&mut self, mut spec: HookSpec) -> Result<u64, String> {
         if let Some(cur) = &self.current {
             if same_definition(cur, &spec) {
-                return cur.version;
+                return Ok(cur.version);
             }
         }
-        self.last_version += 1;
-        spec.version = self.last_version;
+        let version = self
+            .last_version
+            .checked_add(1)
+            .ok_or_else(|| format!("hook {} has no version numbers left", spec.name))?;
+        self.last_version = version;
+        spec.version = version;
         self.previous = self.current.take().or(self.previous.take());
         self.current = Some(spec);
-        self.last_version
+        Ok(version)
     }
 
     /// Deactivates the hook, keeping it for rollback. Returns the removed version.

@@ -54,6 +54,35 @@ struct SnapshotData {
     records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// One record of a received snapshot, checked before anything is written.
+pub struct SnapshotRecord {
+    /// The user key.
+    pub key: Vec<u8>,
+    /// The encoded [`Envelope`], stored as is.
+    pub raw: Vec<u8>,
+    pub expires_at: Option<u64>,
+}
+
+/// Decodes a snapshot payload sent by a leader and checks every record's
+/// envelope. The bytes come off the network, so a malformed payload is an
+/// error, never a panic (fuzzed by `fuzz/fuzz_targets/snapshot.rs`).
+pub fn decode_snapshot(data: &[u8]) -> Result<Vec<SnapshotRecord>, StorageError> {
+    let payload: SnapshotData = decode(data, "snapshot")?;
+    payload
+        .records
+        .into_iter()
+        .map(|(key, raw)| {
+            let expires_at = Envelope::decode(&raw)?.expires_at;
+            Ok(SnapshotRecord { key, raw, expires_at })
+        })
+        .collect()
+}
+
+/// Encodes a snapshot payload from (user key, encoded envelope) records.
+pub fn encode_snapshot(records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+    encode(&SnapshotData { records })
+}
+
 /// State machine of one Raft group.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -384,7 +413,7 @@ impl Applier<'_> {
                 let name = spec.name.clone();
                 self.update_hook(&name, index, |r| {
                     let replaced = r.current.as_ref().map_or(0, |c| c.version);
-                    let version = r.deploy(*spec);
+                    let version = r.deploy(*spec)?;
                     Ok((version, replaced))
                 })?
             }
@@ -530,18 +559,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         self.storage
             .blocking(move |s| {
-                let payload: SnapshotData = decode(&data, "snapshot").map_err(snap_err)?;
+                let records = decode_snapshot(&data).map_err(snap_err)?;
                 let mut batch = s.db().batch();
                 // A key may appear once per batch: only remove what the snapshot does not rewrite.
                 let incoming: std::collections::HashSet<Vec<u8>> =
-                    payload.records.iter().map(|(k, _)| group_key(group, k)).collect();
-                let mut new_expiry = std::collections::HashSet::new();
-                for (key, raw) in &payload.records {
-                    let env = Envelope::decode(raw).map_err(snap_err)?;
-                    if let Some(t) = env.expires_at {
-                        new_expiry.insert(expiry_key(group, t, key));
-                    }
-                }
+                    records.iter().map(|r| group_key(group, &r.key)).collect();
+                let new_expiry: std::collections::HashSet<Vec<u8>> =
+                    records.iter().filter_map(|r| r.expires_at.map(|t| expiry_key(group, t, &r.key))).collect();
                 for g in s.sm_data().prefix(group.to_be_bytes()) {
                     let k = g.key().map_err(sm_err)?;
                     if !incoming.contains(k.as_ref()) {
@@ -557,8 +581,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for k in new_expiry {
                     batch.insert(s.sm_expiry(), k, Vec::new());
                 }
-                for (key, raw) in payload.records {
-                    batch.insert(s.sm_data(), group_key(group, &key), raw);
+                for r in records {
+                    batch.insert(s.sm_data(), group_key(group, &r.key), r.raw);
                 }
                 if let Some(last) = &meta.last_log_id {
                     batch.insert(s.sm_meta(), group_key(group, APPLIED), encode(last));
@@ -611,7 +635,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     let (k, v) = g.into_inner().map_err(snap_err)?;
                     records.push((k[8..].to_vec(), v.to_vec()));
                 }
-                let data = encode(&SnapshotData { records });
+                let data = encode_snapshot(records);
                 let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
                 let snapshot_id = match &applied {
                     Some(l) => format!("{}-{}-{}-{seq}", group, l.leader_id, l.index),

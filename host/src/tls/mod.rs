@@ -316,12 +316,19 @@ impl TlsState {
 /// Accepts TCP connections on `listener` and completes TLS handshakes
 /// concurrently (a slow client cannot hold up others), with the server
 /// settings `pick` chooses from the material current at accept time.
+/// `admit` decides, before the handshake, whether a connection is taken (the
+/// gRPC port's per-IP cap); a refused one is dropped, which closes it.
 /// Ends when the receiver is dropped.
-pub fn accept(
+pub fn accept<C, A>(
     listener: TcpListener,
     state: Arc<TlsState>,
     pick: fn(&Material) -> Arc<ServerConfig>,
-) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    admit: A,
+) -> mpsc::Receiver<(TlsStream<C>, SocketAddr)>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: Fn(TcpStream) -> Option<C> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -340,10 +347,11 @@ pub fn accept(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not disable Nagle on an accepted connection");
             }
+            let Some(conn) = admit(tcp) else { continue };
             let acceptor = tokio_rustls::TlsAcceptor::from(pick(&state.current()));
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send((tls, remote)).await;
                     }
