@@ -44,4 +44,5 @@ cargo test --workspace --all-targets -- --test-threads "${RINGKV_TEST_THREADS:-4
 # The fuzz harnesses (docs/security.md, "Fuzzing"): built with libFuzzer's
 # instrumentation by plain cargo, then each target runs for a short budget.
 # A crash fails the run and leaves its input in target/fuzz/artifacts/.
-fuzz/run.sh "${RINGKV_FUZZ_SECONDS:-20}"
+# The unoptimized "quick" profile keeps that build to a few CPU minutes.
+FUZZ_PROFILE=quick fuzz/run.sh "${RINGKV_FUZZ_SECONDS:-20}"

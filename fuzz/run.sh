@@ -4,6 +4,7 @@
 # cargo-fuzz install needed), then runs each for a time budget.
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     default: 30 s, every target
+#   FUZZ_PROFILE=quick fuzz/run.sh 20                 unoptimized build (test.sh)
 #
 # The working corpus lives in target/fuzz/corpus/<target> (seeded from
 # fuzz/seeds/<target>); a crash stops the run with a nonzero status and leaves
@@ -25,14 +26,15 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
 --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-cargo build --release --target "$triple" --bins
+profile="${FUZZ_PROFILE:-release}"
+cargo build --profile "$profile" --target "$triple" --bins
 
 for t in "${targets[@]}"; do
     corpus="$root/target/fuzz/corpus/$t"
     artifacts="$root/target/fuzz/artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
     echo "fuzzing $t for ${seconds}s"
-    "$CARGO_TARGET_DIR/$triple/release/$t" "$corpus" "$root/fuzz/seeds/$t" \
+    "$CARGO_TARGET_DIR/$triple/$profile/$t" "$corpus" "$root/fuzz/seeds/$t" \
         -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
         -artifact_prefix="$artifacts/" -print_final_stats=1
 done
