@@ -25,6 +25,13 @@ impl Channel {
         Ok(Channel { inner, authorization })
     }
 
+    /// A lazily connected channel to one node (`host:port`) made the way
+    /// [`crate::Client`] makes its own: TLS, timeouts and token from `opts`.
+    /// For tools that call services the client does not wrap (`Backup`).
+    pub fn connect_lazy(addr: &str, opts: &crate::ClientOptions) -> Result<Channel, crate::Error> {
+        crate::connect_lazy(addr, opts)
+    }
+
     pub(crate) fn new(inner: tonic::transport::Channel, authorization: Option<HeaderValue>) -> Channel {
         Channel { inner, authorization }
     }

@@ -323,7 +323,7 @@ fn pool_key(addr: &str) -> &str {
 }
 
 /// A lazily connected channel to `addr` that carries the client's token.
-fn connect_lazy(addr: &str, opts: &ClientOptions) -> Result<Channel> {
+pub(crate) fn connect_lazy(addr: &str, opts: &ClientOptions) -> Result<Channel> {
     let authorization = match &opts.token {
         Some(token) => {
             Some(channel::bearer(token).map_err(|reason| Error::BadEndpoint { endpoint: addr.to_string(), reason })?)

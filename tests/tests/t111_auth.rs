@@ -5,74 +5,107 @@
 //! dashboard asks for a token in headless Chromium (chromium and
 //! chromedriver, as for t94; `./test.sh` installs them).
 //!
-//! Auth requires TLS (docs/security.md). Until the TLS transport is in this
-//! tree the nodes run with `RINGKV_TEST_AUTH_WITHOUT_TLS=1`, a switch that
-//! exists only in builds with the `failpoints` test feature (see
-//! `ringkv::auth::test_auth_without_tls`); once TLS lands, `secure_args`
-//! gives the nodes their certificates instead and the switch goes away.
+//! The cluster is deployed as a user would: three nodes with a node
+//! certificate of a test CA (made with `ringkv::tls::gen`), `--tls-*` and
+//! `--auth` from the first start, so the joining nodes' `AddNode` is
+//! authorized by their node certificates. The harness itself polls cluster
+//! status with an admin client certificate mapped in `[[auth.principals]]`;
+//! every client the test judges presents only the CA (and a token, or not).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringkv_client::{Client, ClientOptions, Consistency, Error, PutOptions};
-use ringkv_tests::{eventually, group_of_key, ringkv_bin, settled, ProcCluster};
+use ringkv::tls::gen::{Authority, Issued, Validity};
+use ringkv_client::{Client, ClientOptions, Consistency, Error, PutOptions, TlsOptions};
+use ringkv_tests::{eventually, group_of_key, ringkv_bin, ProcCluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHARDS: &str = "4";
 
-/// Environment of a node with auth on (see the module comment).
-const AUTH_ENV: &[(&str, &str)] = &[("RINGKV_TEST_AUTH_WITHOUT_TLS", "1")];
+/// Common name of the client certificate the harness polls status with.
+const HARNESS_PRINCIPAL: &str = "harness";
 
-/// A cluster with auth on and the tokens of its config file.
+/// A TLS cluster with auth on, its CA and the tokens of its config file.
 struct AuthCluster {
     c: ProcCluster,
+    /// Holds the certificates and the config file the nodes read.
+    pki: tempfile::TempDir,
+    ca: Issued,
     admin: String,
     reader: String,
 }
 
 impl AuthCluster {
-    /// Starts three nodes, then restarts them with auth on: nodes join before
-    /// auth is on because, without TLS, a joining node has no node
-    /// certificate to authenticate its `AddNode` with.
+    /// Writes the CA, a node certificate and the auth config (two tokens and
+    /// the harness's certificate principal), then starts three nodes with
+    /// TLS and auth on from the start.
     async fn start() -> AuthCluster {
-        let mut c = ProcCluster::start(3, &["--shards", SHARDS]).await;
+        let pki = tempfile::tempdir().expect("tempdir");
+        let authority = Authority::new("t111 cluster CA").expect("CA");
+        authority.ca().write(pki.path(), "ca").expect("write the CA");
+        authority.node(&[], Validity::days(1)).expect("node cert").write(pki.path(), "node").expect("write");
+        let harness = authority.client(HARNESS_PRINCIPAL, Validity::days(1)).expect("harness client cert");
+        let ca = authority.ca().clone();
+
         let admin = ringkv::auth::new_secret("root");
         let reader = ringkv::auth::new_secret("reader");
-        let mut config = String::from("[auth]\nenabled = true\n\n");
+        let mut config = format!("[[auth.principals]]\nname = \"{HARNESS_PRINCIPAL}\"\nrole = \"admin\"\n\n");
         config.push_str(&hash_token_cli(&admin, "admin"));
         config.push('\n');
         config.push_str(&hash_token_cli(&reader, "read"));
-        let path = c.dir.path().join("auth.toml");
-        std::fs::write(&path, config).expect("write the config");
-        let ids: Vec<u64> = c.nodes.keys().copied().collect();
-        for id in &ids {
-            assert!(c.stop(*id).is_some(), "node {id} was running");
-        }
-        for id in &ids {
-            let node = c.nodes.get_mut(id).expect("node");
-            node.args.extend(["--config".to_string(), path.display().to_string()]);
-            c.restart_with_env(*id, AUTH_ENV);
-        }
-        let cluster = AuthCluster { c, admin, reader };
-        for id in &ids {
-            let admin = cluster.pinned(*id, &cluster.admin);
-            eventually(&format!("node {id} to serve with auth on and settle"), || {
-                let admin = admin.clone();
-                async move { settled(&admin.status().await.ok()?, 3).then_some(()) }
-            })
-            .await;
-        }
-        cluster
+        let config_path = pki.path().join("auth.toml");
+        std::fs::write(&config_path, config).expect("write the config");
+
+        let file = |f: &str| pki.path().join(f).display().to_string();
+        let args = [
+            "--tls-cert".to_string(),
+            file("node.pem"),
+            "--tls-key".into(),
+            file("node.key"),
+            "--tls-ca".into(),
+            file("ca.pem"),
+            "--auth".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+            "--shards".into(),
+            SHARDS.into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut harness_opts = tls_options(&ca, None);
+        harness_opts.tls =
+            Some(TlsOptions::new(ca.cert_pem.clone()).with_client_cert(harness.cert_pem, harness.key_pem));
+        let c = ProcCluster::start_with_client_options(3, &args, harness_opts).await;
+        AuthCluster { c, pki, ca, admin, reader }
+    }
+
+    /// Options trusting the cluster CA, presenting no certificate: the
+    /// principal comes from `token` alone (anonymous without one).
+    fn options(&self, token: Option<&str>) -> ClientOptions {
+        tls_options(&self.ca, token)
     }
 
     /// A client with `token` that routes by the ring like any client.
     fn client(&self, token: &str) -> Client {
-        let opts = ClientOptions { token: Some(token.to_string()), ..Default::default() };
-        Client::connect_with(self.c.endpoints(), opts).expect("client")
+        Client::connect_with(self.c.endpoints(), self.options(Some(token))).expect("client")
     }
 
     /// A client with `token` that sends everything to node `id`.
     fn pinned(&self, id: u64, token: &str) -> Client {
-        let opts = ClientOptions { token: Some(token.to_string()), ..Default::default() };
-        Client::connect_with([self.c.nodes[&id].grpc.clone()], opts).expect("client").with_ring_routing(false)
+        Client::connect_with([self.c.nodes[&id].grpc.clone()], self.options(Some(token)))
+            .expect("client")
+            .with_ring_routing(false)
+    }
+
+    /// A client without credentials (TLS only) pinned to node `id`.
+    fn anonymous(&self, id: u64) -> Client {
+        Client::connect_with([self.c.nodes[&id].grpc.clone()], self.options(None))
+            .expect("client")
+            .with_ring_routing(false)
+    }
+
+    /// The cluster CA certificate file, for `RINGKV_TLS_CA`.
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.pki.path().join("ca.pem")
     }
 
     /// The leader of `key`'s shard.
@@ -84,6 +117,18 @@ impl AuthCluster {
         })
         .await
     }
+}
+
+/// Client options trusting `ca`, with an optional bearer token.
+fn tls_options(ca: &Issued, token: Option<&str>) -> ClientOptions {
+    let mut opts = ClientOptions {
+        token: token.map(str::to_string),
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    opts.tls = Some(TlsOptions::new(ca.cert_pem.clone()));
+    opts
 }
 
 /// `ringkv auth hash-token --role ROLE` with the token on stdin: the
@@ -122,20 +167,34 @@ fn assert_denied<T: std::fmt::Debug>(r: Result<T, Error>, missing: &str, token: 
     }
 }
 
-/// `GET path` with an optional bearer token: the status code.
-async fn http_status(addr: String, path: &'static str, token: Option<String>) -> u16 {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect to the HTTP port");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").expect("write");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read the response");
-        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line")
-    })
-    .await
-    .expect("http task")
+/// `GET path` over HTTPS (trusting `ca`, no client certificate) with an
+/// optional bearer token: the status code.
+async fn http_status(addr: String, ca: &Issued, path: &'static str, token: Option<String>) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("PEM CA");
+    roots.add(ca_der).expect("trust the CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect to the HTTP port");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await.expect("response in time");
+    // A server may close without close_notify after `Connection: close`; the response is what counts.
+    if let Err(e) = read {
+        assert!(!out.is_empty(), "read the response: {e}");
+    }
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line")
 }
 
 fn hook(name: &str) -> ringkv_client::proto::HookDefinition {
@@ -165,7 +224,7 @@ async fn auth_end_to_end() {
 }
 
 async fn anonymous_requests_are_unauthenticated(ac: &AuthCluster) {
-    let anon = ac.c.pinned_client(2);
+    let anon = ac.anonymous(2);
     assert_unauthenticated(anon.put("app/x", "v").await, "anonymous put");
     assert_unauthenticated(anon.get("app/seed").await, "anonymous get");
     assert_unauthenticated(anon.scan("", 10, Consistency::Linearizable).await, "anonymous scan");
@@ -217,8 +276,12 @@ async fn a_read_token_cannot_write_or_administer(ac: &AuthCluster) {
 async fn backup_needs_admin(ac: &AuthCluster) {
     use ringkv_client::proto::{backup_client::BackupClient, DescribeRequest, DumpShardRequest};
     let t = &ac.reader;
-    let inner = tonic::transport::Endpoint::from_shared(format!("http://{}", ac.c.nodes[&1].grpc))
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ac.ca.cert_pem));
+    let inner = tonic::transport::Endpoint::from_shared(format!("https://{}", ac.c.nodes[&1].grpc))
         .expect("endpoint")
+        .tls_config(tls)
+        .expect("TLS config")
         .connect_lazy();
     let channel = ringkv_client::Channel::with_token(inner, Some(t)).expect("channel");
     let status = BackupClient::new(channel.clone())
@@ -235,6 +298,7 @@ async fn backup_needs_admin(ac: &AuthCluster) {
             .args(["backup", "--quiet", "--out"])
             .arg(out)
             .env("RINGKV_ENDPOINTS", ac.c.endpoints().join(","))
+            .env("RINGKV_TLS_CA", ac.ca_file())
             .env("RINGKV_TOKEN", token)
             .output()
             .expect("run ringkv backup")
@@ -300,27 +364,30 @@ async fn a_prefix_token_stays_inside_its_prefix(ac: &AuthCluster) {
 
 async fn http_needs_a_token_except_health(ac: &AuthCluster) {
     let http = ac.c.nodes[&1].http.clone();
-    assert_eq!(http_status(http.clone(), "/healthz", None).await, 200);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/healthz", None).await, 200);
     let ready = eventually("node 1 to be ready", || {
         let http = http.clone();
-        async move { (http_status(http, "/readyz", None).await == 200).then_some(()) }
+        async move { (http_status(http, &ac.ca, "/readyz", None).await == 200).then_some(()) }
     });
     ready.await;
-    assert_eq!(http_status(http.clone(), "/", None).await, 200, "the dashboard page holds no data");
-    assert_eq!(http_status(http.clone(), "/status", None).await, 401);
-    assert_eq!(http_status(http.clone(), "/metrics", None).await, 401);
-    assert_eq!(http_status(http.clone(), "/status", Some("rkv_x_y".into())).await, 401);
-    assert_eq!(http_status(http.clone(), "/status", Some(ac.reader.clone())).await, 403);
-    assert_eq!(http_status(http.clone(), "/metrics", Some(ac.reader.clone())).await, 200);
-    assert_eq!(http_status(http.clone(), "/status", Some(ac.admin.clone())).await, 200);
-    assert_eq!(http_status(http, "/metrics", Some(ac.admin.clone())).await, 200);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/", None).await, 200, "the dashboard page holds no data");
+    assert_eq!(http_status(http.clone(), &ac.ca, "/status", None).await, 401);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/metrics", None).await, 401);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/status", Some("rkv_x_y".into())).await, 401);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/status", Some(ac.reader.clone())).await, 403);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/metrics", Some(ac.reader.clone())).await, 200);
+    assert_eq!(http_status(http.clone(), &ac.ca, "/status", Some(ac.admin.clone())).await, 200);
+    assert_eq!(http_status(http, &ac.ca, "/metrics", Some(ac.admin.clone())).await, 200);
 }
 
 async fn cli_takes_the_token_from_the_environment(ac: &AuthCluster) {
     let endpoints = ac.c.endpoints().join(",");
     let run = |token: Option<&str>, args: &[&str]| {
         let mut cmd = std::process::Command::new(ringkv_bin());
-        cmd.args(args).env("RINGKV_ENDPOINTS", &endpoints).env_remove("RINGKV_TOKEN");
+        cmd.args(args)
+            .env("RINGKV_ENDPOINTS", &endpoints)
+            .env("RINGKV_TLS_CA", ac.ca_file())
+            .env_remove("RINGKV_TOKEN");
         if let Some(t) = token {
             cmd.env("RINGKV_TOKEN", t);
         }
@@ -348,6 +415,7 @@ async fn a_revoked_token_is_refused_on_every_node(ac: &AuthCluster) {
     let out = std::process::Command::new(ringkv_bin())
         .args(["auth", "whoami", "--json"])
         .env("RINGKV_ENDPOINTS", ac.c.endpoints().join(","))
+        .env("RINGKV_TLS_CA", ac.ca_file())
         .env("RINGKV_TOKEN", &token)
         .output()
         .expect("whoami");
@@ -407,7 +475,14 @@ impl ChromeDriver {
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage"]}),
+            // The nodes' certificate is signed by the test's own CA, which this
+            // browser does not know; the test is about tokens, not trust.
+            serde_json::json!({"args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--ignore-certificate-errors"
+            ]}),
         );
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
@@ -444,7 +519,7 @@ async fn the_dashboard_asks_for_a_token(ac: &AuthCluster) {
     let http = ac.c.nodes[&1].http.clone();
     let driver = ChromeDriver::start();
     let browser = driver.session().await;
-    browser.goto(&format!("http://{http}/")).await.expect("open the dashboard");
+    browser.goto(&format!("https://{http}/")).await.expect("open the dashboard");
     eventually("the page to ask for a token", || async {
         (count(&browser, "#login:not([hidden])").await == 1 && badge(&browser).await == "token needed").then_some(())
     })
@@ -462,7 +537,7 @@ async fn the_dashboard_asks_for_a_token(ac: &AuthCluster) {
     assert!(!browser.source().await.expect("page source").contains(&ac.admin), "the token is not in the page");
 
     browser.find(Locator::Id("logout")).await.expect("sign-out button").click().await.expect("sign out");
-    browser.goto(&format!("http://{http}/#token={}", ac.reader)).await.expect("open with a fragment");
+    browser.goto(&format!("https://{http}/#token={}", ac.reader)).await.expect("open with a fragment");
     eventually("a read token to be refused /status", || async {
         (badge(&browser).await == "token refused").then_some(())
     })
@@ -470,7 +545,7 @@ async fn the_dashboard_asks_for_a_token(ac: &AuthCluster) {
     let url = browser.current_url().await.expect("url");
     assert!(!url.as_str().contains("token"), "the fragment is removed from the address bar: {url}");
 
-    browser.goto(&format!("http://{http}/#token={}", ac.admin)).await.expect("open with a fragment");
+    browser.goto(&format!("https://{http}/#token={}", ac.admin)).await.expect("open with a fragment");
     eventually("the admin token from the fragment to work", || async {
         (badge(&browser).await == "live" && count(&browser, "#nodes tr[data-node]").await == 3).then_some(())
     })

@@ -177,22 +177,6 @@ pub enum AuthError {
 // certificate: owned by the TLS module (security contract item 3).
 pub use crate::tls::{peer_identity, PeerIdentity};
 
-/// Test-only switch: lets `serve` enable auth without TLS so the auth
-/// integration test runs before TLS exists. It is compiled only into builds
-/// with the `failpoints` feature (the test builds; never a release) and read
-/// from the `RINGKV_TEST_AUTH_WITHOUT_TLS=1` environment of the process, so
-/// neither the network nor a config file can turn it on.
-pub fn test_auth_without_tls() -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        std::env::var("RINGKV_TEST_AUTH_WITHOUT_TLS").is_ok_and(|v| v == "1")
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        false
-    }
-}
-
 /// `[auth]` settings, resolved.
 #[derive(Debug, Clone, Default)]
 pub struct AuthConfig {

@@ -25,7 +25,6 @@ use ringkv_client::proto::{self, backup_client::BackupClient};
 use ringkv_client::Channel;
 use ringkv_client::{Consistency, PutOptions};
 use serde_json::json;
-use tonic::transport::Endpoint;
 
 use super::backup_format::{
     self as format, BackedUpHook, HooksEntry, HooksFile, Manifest, Record, ShardEntry, ShardReader, ShardWriter,
@@ -149,15 +148,11 @@ struct Nodes {
     seeds: Vec<Channel>,
 }
 
-/// A channel to `addr` that carries `token` (auth) on every request.
-fn channel(addr: &str, token: Option<&str>) -> anyhow::Result<Channel> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let inner = Endpoint::from_shared(uri)
-        .with_context(|| format!("bad address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(Channel::with_token(inner, token)?)
+/// A channel to `addr` with the CLI's TLS settings and token. The request
+/// timeout bounds only the wait for a response's headers; a dump's stream
+/// is bounded chunk by chunk ([`CHUNK_WAIT`]).
+fn channel(addr: &str, opts: &ringkv_client::ClientOptions) -> anyhow::Result<Channel> {
+    Channel::connect_lazy(addr, opts).with_context(|| format!("bad address {addr:?}"))
 }
 
 /// What went wrong with one attempt at a leader-only call.
@@ -374,12 +369,13 @@ impl BackupCommand {
     async fn write_into(&self, dir: &Path) -> anyhow::Result<Manifest> {
         let client = self.client.client()?;
         let ring = client.ring().await.context("fetching the cluster's routing table")?;
+        let opts = ringkv_client::ClientOptions { timeout: CHUNK_WAIT, ..self.client.options()? };
         let mut nodes = Nodes { by_id: BTreeMap::new(), seeds: Vec::new() };
         for n in &ring.nodes {
-            nodes.by_id.insert(n.id, channel(&n.addr, self.client.token.as_deref())?);
+            nodes.by_id.insert(n.id, channel(&n.addr, &opts)?);
         }
         for ep in &self.client.endpoints {
-            nodes.seeds.push(channel(ep, self.client.token.as_deref())?);
+            nodes.seeds.push(channel(ep, &opts)?);
         }
         let described = nodes
             .on_leader("reading the hooks from the meta leader", None, |ch| async move {

@@ -278,7 +278,7 @@ impl ServeCommand {
         };
         auth.validate().map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
         anyhow::ensure!(
-            !auth.enabled || tls.is_some() || crate::auth::test_auth_without_tls(),
+            !auth.enabled || tls.is_some(),
             "auth needs TLS: tokens must not cross the network in plaintext, and the Raft port is protected \
              only by node certificates; configure [tls] (or --tls-cert/--tls-key/--tls-ca) as well"
         );
