@@ -223,6 +223,13 @@ async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
         assert!(names.iter().any(|n| n == want), "reflection lists {want}: {names:?}");
     }
 
+    // The gRPC server answers before the node finishes starting (it
+    // bootstraps meanwhile): stop it only once it says it has started.
+    ringkv_tests::eventually("the node to log that it started", || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).ok().filter(|t| t.contains("node started")).map(|_| ()) }
+    })
+    .await;
     node.stop();
     let text = std::fs::read_to_string(&log).expect("read log");
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
