@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Need;
 use crate::cluster::{shard_group, Node, NodeError, META_GROUP};
-use crate::hooks::{FailPolicy, HookKind, HookSpec, Stage};
+use crate::hooks::{FailPolicy, HookSpec};
 use crate::storage::GroupId;
 
 /// Metadata naming the leader a refused backup request should go to.
@@ -48,13 +48,8 @@ impl BackupService {
 fn definition_of(spec: &HookSpec) -> proto::HookDefinition {
     proto::HookDefinition {
         name: spec.name.clone(),
-        kind: match spec.kind {
-            HookKind::Lua => proto::HookKind::Lua as i32,
-        },
-        stage: match spec.stage {
-            Stage::Validate => proto::HookStage::Validate as i32,
-            Stage::Ttl => proto::HookStage::Ttl as i32,
-        },
+        kind: super::hooks_service::kind_of(spec),
+        stage: super::hooks_service::stage_of(spec),
         prefix: spec.prefix.clone().into(),
         source: spec.source.clone().into(),
         fail_open: spec.fail_policy == FailPolicy::Open,

@@ -73,13 +73,8 @@ fn info_of(
 ) -> proto::HookInfo {
     proto::HookInfo {
         name: spec.name.clone(),
-        kind: match spec.kind {
-            HookKind::Lua => proto::HookKind::Lua as i32,
-        },
-        stage: match spec.stage {
-            Stage::Validate => proto::HookStage::Validate as i32,
-            Stage::Ttl => proto::HookStage::Ttl as i32,
-        },
+        kind: kind_of(spec),
+        stage: stage_of(spec),
         prefix: spec.prefix.clone().into(),
         version: spec.version,
         sha256: spec.sha256.clone(),
@@ -239,5 +234,19 @@ impl Hooks for HooksService {
             }
         }
         Ok(Response::new(resp))
+    }
+}
+
+/// The protobuf enum values of a spec's kind and stage.
+pub(super) fn kind_of(spec: &HookSpec) -> i32 {
+    match spec.kind {
+        HookKind::Lua => proto::HookKind::Lua as i32,
+    }
+}
+
+pub(super) fn stage_of(spec: &HookSpec) -> i32 {
+    match spec.stage {
+        Stage::Validate => proto::HookStage::Validate as i32,
+        Stage::Ttl => proto::HookStage::Ttl as i32,
     }
 }
