@@ -437,3 +437,43 @@ impl InProcCluster {
         self.client(id).with_ring_routing(false)
     }
 }
+
+/// Sends `body` as the raw message of the gRPC method `path` on `channel`
+/// and returns the status code: for tests of what a node does with bytes no
+/// well-behaved client would send.
+pub async fn raw_grpc_call(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    body: tonic::codegen::Bytes,
+) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let codec: tonic_prost::ProstCodec<RawBytes, RawBytes> = tonic_prost::ProstCodec::default();
+    match grpc.unary(tonic::Request::new(RawBytes(body)), path.parse().expect("path"), codec).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// A message that encodes as exactly the given bytes and decodes as anything.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawBytes(pub tonic::codegen::Bytes);
+
+impl prost::Message for RawBytes {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn clear(&mut self) {}
+}

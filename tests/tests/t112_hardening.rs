@@ -15,39 +15,7 @@ use tonic::Code;
 
 /// Sends `body` as the raw message of the gRPC method `path`; returns the status code.
 async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Code {
-    let ch = channel(addr).await.expect("connect");
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.expect("ready");
-    let codec: tonic_prost::ProstCodec<raw::RawBytes, raw::RawBytes> = tonic_prost::ProstCodec::default();
-    let r = grpc.unary(tonic::Request::new(raw::RawBytes(Bytes::from(body))), path.parse().expect("path"), codec).await;
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
-}
-
-/// A message that encodes as exactly the given bytes and decodes as anything.
-mod raw {
-    #[derive(Clone, Debug, Default, PartialEq)]
-    pub struct RawBytes(pub tonic::codegen::Bytes);
-    impl prost::Message for RawBytes {
-        fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-            buf.put_slice(&self.0);
-        }
-        fn merge_field(
-            &mut self,
-            tag: u32,
-            wire_type: prost::encoding::WireType,
-            buf: &mut impl prost::bytes::Buf,
-            ctx: prost::encoding::DecodeContext,
-        ) -> Result<(), prost::DecodeError> {
-            prost::encoding::skip_field(wire_type, tag, buf, ctx)
-        }
-        fn encoded_len(&self) -> usize {
-            self.0.len()
-        }
-        fn clear(&mut self) {}
-    }
+    ringkv_tests::raw_grpc_call(channel(addr).await.expect("connect"), path, Bytes::from(body)).await
 }
 
 async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {

@@ -57,42 +57,10 @@ async fn limits_and_malformed_requests_are_rejected_cleanly() {
 
 /// Sends raw bytes as a gRPC message and returns the status code.
 async fn raw_call(addr: &str, path: &'static str, body: tonic::codegen::Bytes) -> Code {
-    use tonic_prost::ProstCodec;
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
         .await
         .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.expect("ready");
-    let codec: ProstCodec<prost_types_free::RawBytes, proto::PutResponse> = ProstCodec::default();
-    let r = grpc.unary(tonic::Request::new(prost_types_free::RawBytes(body)), path.parse().expect("path"), codec).await;
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
-}
-
-/// A message type that encodes as the given raw bytes.
-mod prost_types_free {
-    #[derive(Clone, Debug, Default, PartialEq)]
-    pub struct RawBytes(pub tonic::codegen::Bytes);
-    impl prost::Message for RawBytes {
-        fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-            buf.put_slice(&self.0);
-        }
-        fn merge_field(
-            &mut self,
-            _tag: u32,
-            _wire_type: prost::encoding::WireType,
-            _buf: &mut impl prost::bytes::Buf,
-            _ctx: prost::encoding::DecodeContext,
-        ) -> Result<(), prost::DecodeError> {
-            Ok(())
-        }
-        fn encoded_len(&self) -> usize {
-            self.0.len()
-        }
-        fn clear(&mut self) {}
-    }
+    ringkv_tests::raw_grpc_call(ch, path, body).await
 }
