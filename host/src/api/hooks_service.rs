@@ -29,13 +29,15 @@ pub fn spec_of(def: Option<proto::HookDefinition>) -> Result<HookSpec, Status> {
     let def = def.ok_or_else(|| Status::invalid_argument("missing hook definition"))?;
     let kind = match proto::HookKind::try_from(def.kind) {
         Ok(proto::HookKind::Unspecified | proto::HookKind::Lua) => HookKind::Lua,
+        Ok(proto::HookKind::Wasm) => HookKind::Wasm,
         Err(_) => return Err(Status::invalid_argument(format!("unknown hook kind {}", def.kind))),
     };
     let stage = match proto::HookStage::try_from(def.stage) {
         Ok(proto::HookStage::Validate) => Stage::Validate,
         Ok(proto::HookStage::Ttl) => Stage::Ttl,
+        Ok(proto::HookStage::Partition) => Stage::Partition,
         Ok(proto::HookStage::Unspecified) => {
-            return Err(Status::invalid_argument("hook stage is required: validate or ttl"))
+            return Err(Status::invalid_argument("hook stage is required: validate, ttl or partition"))
         }
         Err(_) => return Err(Status::invalid_argument(format!("unknown hook stage {}", def.stage))),
     };
@@ -241,6 +243,7 @@ impl Hooks for HooksService {
 pub(super) fn kind_of(spec: &HookSpec) -> i32 {
     match spec.kind {
         HookKind::Lua => proto::HookKind::Lua as i32,
+        HookKind::Wasm => proto::HookKind::Wasm as i32,
     }
 }
 
@@ -248,5 +251,6 @@ pub(super) fn stage_of(spec: &HookSpec) -> i32 {
     match spec.stage {
         Stage::Validate => proto::HookStage::Validate as i32,
         Stage::Ttl => proto::HookStage::Ttl as i32,
+        Stage::Partition => proto::HookStage::Partition as i32,
     }
 }

@@ -34,6 +34,7 @@ pub struct LuaRuntime;
 
 impl Runtime for LuaRuntime {
     fn compile(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String> {
+        refuse_partition(spec)?;
         let hook = LuaHook::new(spec.clone())?;
         let mut worker = Worker::new().map_err(|e| format!("hook {}: could not start a Lua VM: {e}", spec.name))?;
         worker.check(&hook)?;
@@ -41,8 +42,19 @@ impl Runtime for LuaRuntime {
     }
 
     fn load(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String> {
+        refuse_partition(spec)?;
         Ok(Arc::new(LuaHook::new(spec.clone())?))
     }
+}
+
+fn refuse_partition(spec: &HookSpec) -> Result<(), String> {
+    if spec.stage == Stage::Partition {
+        return Err(format!(
+            "hook {}: partition functions must be WebAssembly modules (--kind wasm), not Lua",
+            spec.name
+        ));
+    }
+    Ok(())
 }
 
 /// Globals a hook may use. Everything else the VM starts with is removed,
@@ -586,6 +598,7 @@ impl OldValueCell<'_> {
 /// Turns what the stage function returned into a decision.
 fn decision(stage: Stage, returned: &MultiValue) -> Result<Decision, String> {
     match stage {
+        Stage::Partition => Err("Lua hooks cannot be partition functions".into()),
         Stage::Validate => match (returned.front(), returned.get(1)) {
             (Some(Value::Boolean(true)), _) => Ok(Decision::Accept),
             (Some(Value::Boolean(false)), None | Some(Value::Nil)) => {

@@ -2,8 +2,11 @@
 //!
 //! - [`HookSpec`] is a hook as deployed: the meta group stores it, so every
 //!   node runs the same set (see `registry`).
-//! - A [`Runtime`] turns a spec into a [`CompiledHook`]; Lua is the first
-//!   runtime (`lua`), Wasm plugs into the same trait.
+//! - A [`Runtime`] turns a spec into a [`CompiledHook`]: Lua scripts
+//!   (`lua`) and WebAssembly modules (`wasm`, ABI in `guest-sdk/ABI.md`).
+//!   A Wasm module can also be the cluster's partition function
+//!   ([`CompiledPartitioner`]); the cluster keeps at most one active
+//!   (`cluster::partitioning`).
 //! - Hooks run on the shard leader before the write is proposed, on a pool
 //!   of worker threads (`pool`), each call under a memory limit, an
 //!   instruction budget and a wall-clock deadline. What they decide (the
@@ -14,6 +17,7 @@ pub mod logging;
 pub mod lua;
 pub mod pool;
 pub mod registry;
+pub mod wasm;
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +36,8 @@ pub enum Stage {
     Validate,
     /// Decides when a put key expires.
     Ttl,
+    /// Maps a key to its routing key (Wasm only); cluster-wide, at most one.
+    Partition,
 }
 
 impl Stage {
@@ -40,6 +46,7 @@ impl Stage {
         match self {
             Stage::Validate => "validate",
             Stage::Ttl => "ttl",
+            Stage::Partition => "partition",
         }
     }
 }
@@ -54,12 +61,14 @@ impl fmt::Display for Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HookKind {
     Lua,
+    Wasm,
 }
 
 impl fmt::Display for HookKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HookKind::Lua => f.write_str("lua"),
+            HookKind::Wasm => f.write_str("wasm"),
         }
     }
 }
@@ -228,6 +237,25 @@ pub trait Runtime: Send + Sync {
     /// applies a deploy, so activation never depends on how busy the node
     /// is (the top-level check runs under the wall-clock deadline).
     fn load(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String>;
+
+    /// Compiles and checks a partition function (deploy). Only Wasm has them.
+    fn compile_partitioner(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledPartitioner>, String> {
+        Err(format!("hook {}: partition functions must be WebAssembly modules (--kind wasm)", spec.name))
+    }
+
+    /// Prepares a partition function that was checked at deploy (a node
+    /// applying the meta group's change).
+    fn load_partitioner(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledPartitioner>, String> {
+        self.compile_partitioner(spec)
+    }
+}
+
+/// A partition function ready to run. `routing_key` is called inline on the
+/// request path (it costs microseconds), under the spec's limits.
+pub trait CompiledPartitioner: Send + Sync {
+    fn spec(&self) -> &HookSpec;
+    /// The routing key of `key`: `None` means the whole key.
+    fn routing_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HookFailure>;
 }
 
 /// Cuts `s` to at most `max` bytes, on a char boundary (hook messages and
@@ -247,5 +275,6 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 pub fn runtime_for(kind: HookKind) -> &'static dyn Runtime {
     match kind {
         HookKind::Lua => &lua::LuaRuntime,
+        HookKind::Wasm => &wasm::WasmRuntime,
     }
 }

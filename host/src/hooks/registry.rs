@@ -290,7 +290,10 @@ impl HookSet {
     fn matching(&self, op: WriteKind, key: &[u8]) -> Vec<Arc<dyn CompiledHook>> {
         self.hooks
             .iter()
-            .filter(|h| h.spec().applies_to(key) && (op == WriteKind::Put || h.spec().stage == Stage::Validate))
+            .filter(|h| {
+                let stage = h.spec().stage;
+                h.spec().applies_to(key) && (stage == Stage::Validate || (op == WriteKind::Put && stage == Stage::Ttl))
+            })
             .cloned()
             .collect()
     }
