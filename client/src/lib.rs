@@ -510,6 +510,16 @@ impl Client {
         let table = self.table().await;
         let shard = table.as_ref().map_or(0, |t| t.shard_of(key));
         let mut candidates: Vec<(Option<u64>, Channel)> = match &table {
+            Some(t) if t.partitioned => {
+                // Any member forwards the request to the key's shard.
+                let mut ids: Vec<u64> = t.members.keys().copied().collect();
+                ids.sort_unstable();
+                if !ids.is_empty() {
+                    let spread = router.spread.fetch_add(1, Ordering::Relaxed) % ids.len();
+                    ids.rotate_left(spread);
+                }
+                ids.into_iter().filter_map(|id| t.members.get(&id).map(|m| (Some(id), m.channel.clone()))).collect()
+            }
             Some(t) => {
                 let spread = match target {
                     Target::Leader => 0,
@@ -570,7 +580,7 @@ impl Client {
                 stale = true;
             }
         }
-        if let Some(served_by) = header_u64(meta, FORWARDED_HEADER) {
+        if let Some(served_by) = header_u64(meta, FORWARDED_HEADER).filter(|_| !table.partitioned) {
             if target == Target::Leader {
                 table.learn_leader(shard, served_by);
             }
@@ -838,6 +848,13 @@ impl Client {
     /// group the node hosts (a full scan there).
     pub async fn status_with(&self, count_keys: bool) -> Result<proto::StatusResponse> {
         self.idempotent(|ch| async move { ClusterClient::new(ch).status(proto::StatusRequest { count_keys }).await })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The partition function and the progress of its re-shard job.
+    pub async fn reshard_status(&self) -> Result<proto::ReshardStatusResponse> {
+        self.idempotent(|ch| async move { ClusterClient::new(ch).reshard_status(proto::ReshardStatusRequest {}).await })
             .await
             .map(|r| r.into_inner())
     }

@@ -26,6 +26,9 @@ pub const EPOCH_HEADER: &str = "ringkv-epoch";
 /// Response metadata: the id of the node that served a request the receiving
 /// node forwarded (0 when unknown).
 pub const FORWARDED_HEADER: &str = "ringkv-forwarded";
+/// Between nodes: the routing generation (partition view) a forwarded key
+/// request was routed by.
+pub const ROUTING_HEADER: &str = "ringkv-routing-gen";
 
 /// A numeric routing header (`ringkv-epoch`, `ringkv-forwarded`) from gRPC metadata.
 pub fn header_u64(meta: &tonic::metadata::MetadataMap, name: &str) -> Option<u64> {
@@ -74,6 +77,9 @@ pub(crate) struct Table {
     pub(crate) members: HashMap<u64, Member>,
     /// Indexed by shard; shards the answer did not mention have no replicas.
     pub(crate) routes: Vec<Route>,
+    /// A partition function decides keys' shards: the client cannot tell a
+    /// key's shard, so it spreads key requests over the members.
+    pub(crate) partitioned: bool,
 }
 
 impl Table {
@@ -112,7 +118,7 @@ impl Table {
             route.leader = AtomicU64::new(leader);
             route.replicas = r.replicas.clone();
         }
-        Table { epoch: ring.epoch, shards: ring.shards, members, routes }
+        Table { epoch: ring.epoch, shards: ring.shards, members, routes, partitioned: ring.partitioned }
     }
 
     pub(crate) fn shard_of(&self, key: &[u8]) -> u32 {

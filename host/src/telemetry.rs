@@ -55,6 +55,11 @@ pub const SHARDS_UNDER_REPLICATED: &str = "ringkv_shards_under_replicated";
 pub const REBALANCE_MOVES: &str = "ringkv_rebalance_moves_total";
 /// Moves in the rebalancer's current round (0 when in place).
 pub const REBALANCE_PENDING: &str = "ringkv_rebalance_pending_moves";
+/// Re-sharding after a partition function change: keys this node's shard
+/// leaders scanned and moved, and shards it finished, in the running job.
+pub const RESHARD_SCANNED: &str = "ringkv_reshard_keys_scanned_total";
+pub const RESHARD_MOVED: &str = "ringkv_reshard_keys_moved_total";
+pub const RESHARD_SHARDS_DONE: &str = "ringkv_reshard_shards_done_total";
 
 /// Latency buckets from 50µs to 10s: wide enough for a cached eventual read
 /// and for a write that waited out a leader election.
@@ -122,6 +127,19 @@ fn describe() {
     describe_gauge!(SHARDS_UNDER_REPLICATED, "shards with fewer live voters than the replication factor");
     describe_counter!(REBALANCE_MOVES, "replica moves finished by this node's rebalancer, by result");
     describe_gauge!(REBALANCE_PENDING, "replica moves in the rebalancer's current round");
+    describe_counter!(RESHARD_SCANNED, "keys scanned by this node's re-shard passes");
+    describe_counter!(RESHARD_MOVED, "keys moved to their new shard by this node's re-shard passes");
+    describe_counter!(RESHARD_SHARDS_DONE, "shards whose re-shard pass this node finished");
+}
+
+/// Counts one re-shard batch of a shard: `scanned` and `moved` keys more;
+/// `done` when the batch finished the shard.
+pub fn record_reshard_batch(scanned: u64, moved: u64, done: bool) {
+    counter!(RESHARD_SCANNED).increment(scanned);
+    counter!(RESHARD_MOVED).increment(moved);
+    if done {
+        counter!(RESHARD_SHARDS_DONE).increment(1);
+    }
 }
 
 /// The `shard` label of a group.

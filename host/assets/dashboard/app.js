@@ -136,11 +136,14 @@
   }
 
   function partitionerOf(status) {
-    // Partitioners come with a later release; older nodes do not report one.
+    // Older nodes do not report a partitioner.
     const p = status.partitioner;
-    if (typeof p === "string" && p) return p;
-    if (p && typeof p === "object" && p.name) return String(p.name);
-    return "none (whole key)";
+    const name = typeof p === "string" && p ? p : "none (whole key)";
+    const r = status.reshard;
+    if (r && r.running) {
+      return `${name} (re-sharding from ${r.from}: ${r.shards_done}/${r.shards_total} shards, ${r.keys_moved} keys moved)`;
+    }
+    return name;
   }
 
   function renderSummary(status) {

@@ -19,7 +19,7 @@ use crate::storage::GroupId;
 /// Metadata naming the leader a refused backup request should go to.
 pub const LEADER_HEADER: &str = "ringkv-leader";
 
-/// The only partitioner there is until user-defined ones exist.
+/// What `Describe` reports when keys route by their whole key (no partition function, no job).
 pub const PARTITIONER_NONE: &str = "none";
 
 pub struct BackupService {
@@ -134,7 +134,10 @@ impl Backup for BackupService {
             shards: ring.shards,
             replication_factor: ring.replication_factor,
             nodes,
-            partitioner: PARTITIONER_NONE.to_string(),
+            partitioner: match self.node.partition_view().state {
+                ref st if st.active.is_none() && st.job.is_none() => PARTITIONER_NONE.to_string(),
+                ref st => crate::ring::partition::describe(st.active.as_ref()),
+            },
             hooks,
             meta_applied_index: backup.meta_applied_index,
         }))

@@ -127,6 +127,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         draining: draining.into_iter().collect(),
         down: down.into_iter().collect(),
         hooks: super::hooks_service::hook_infos(node).await?,
+        reshard: Some(reshard_of(&node.reshard_status().await?)),
     })
 }
 
@@ -175,7 +176,19 @@ impl Cluster for ClusterService {
             epoch,
             nodes,
             routes,
+            partitioned: {
+                let view = self.node.partition_view();
+                view.state.active.is_some() || view.state.job.is_some()
+            },
         }))
+    }
+
+    async fn reshard_status(
+        &self,
+        req: Request<proto::ReshardStatusRequest>,
+    ) -> Result<Response<proto::ReshardStatusResponse>, Status> {
+        super::authorize(&self.node, &req, "reshard_status", Need::Admin("re-shard status")).await?;
+        Ok(Response::new(reshard_of(&self.node.reshard_status().await?)))
     }
 
     async fn add_node(&self, req: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
@@ -198,6 +211,52 @@ impl Cluster for ClusterService {
         super::authorize(&self.node, &req, "remove_node", Need::Admin("remove a node")).await?;
         self.node.remove_node(req.into_inner().id).await?;
         Ok(Response::new(proto::RemoveNodeResponse {}))
+    }
+}
+
+fn reshard_of(r: &crate::cluster::ReshardStatus) -> proto::ReshardStatusResponse {
+    let last = r.last.clone();
+    proto::ReshardStatusResponse {
+        partitioner: r.partitioner.clone(),
+        epoch: r.epoch,
+        running: r.running,
+        from: r.from.clone().unwrap_or_default(),
+        to: r.to.clone().unwrap_or_default(),
+        started_ms: r.started_ms.unwrap_or(0),
+        shards_total: r.shards_total,
+        shards_done: r.shards_done,
+        keys_scanned: r.keys_scanned,
+        keys_moved: r.keys_moved,
+        last_finished_ms: last.as_ref().map_or(0, |l| l.finished_ms),
+        last_started_ms: last.as_ref().map_or(0, |l| l.started_ms),
+        last_keys_scanned: last.as_ref().map_or(0, |l| l.scanned),
+        last_keys_moved: last.as_ref().map_or(0, |l| l.moved),
+        last_epoch: last.as_ref().map_or(0, |l| l.epoch),
+    }
+}
+
+/// Re-shard status as JSON (`cluster reshard status --json`, and the
+/// `reshard` field of `/status`).
+pub fn reshard_json(r: &proto::ReshardStatusResponse) -> serde_json::Value {
+    serde_json::json!({
+        "partitioner": r.partitioner, "epoch": r.epoch, "running": r.running,
+        "from": r.from, "to": r.to, "started_ms": r.started_ms,
+        "shards_total": r.shards_total, "shards_done": r.shards_done,
+        "keys_scanned": r.keys_scanned, "keys_moved": r.keys_moved,
+        "last": (r.last_epoch > 0).then(|| serde_json::json!({
+            "epoch": r.last_epoch, "started_ms": r.last_started_ms, "finished_ms": r.last_finished_ms,
+            "keys_scanned": r.last_keys_scanned, "keys_moved": r.last_keys_moved,
+            "duration_ms": r.last_finished_ms.saturating_sub(r.last_started_ms),
+        })),
+    })
+}
+
+/// A hook stage's name in JSON output.
+pub fn stage_name(stage: i32) -> &'static str {
+    match proto::HookStage::try_from(stage) {
+        Ok(proto::HookStage::Ttl) => "ttl",
+        Ok(proto::HookStage::Partition) => "partition",
+        _ => "validate",
     }
 }
 
@@ -228,10 +287,13 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
             let st = h.stats.unwrap_or_default();
             serde_json::json!({
                 "name": h.name, "version": h.version, "active": h.active, "prefix": String::from_utf8_lossy(&h.prefix),
-                "stage": if h.stage == proto::HookStage::Ttl as i32 { "ttl" } else { "validate" },
+                "stage": stage_name(h.stage),
+                "kind": if h.kind == proto::HookKind::Wasm as i32 { "wasm" } else { "lua" },
                 "calls": st.calls, "rejects": st.rejects, "errors": st.errors, "limit_hits": st.limit_hits,
                 "fail_open_passes": st.fail_open_passes, "p50_us": st.p50_us, "p99_us": st.p99_us, "max_us": st.max_us,
             })
         }).collect::<Vec<_>>(),
+        "partitioner": s.reshard.as_ref().map(|r| r.partitioner.clone()),
+        "reshard": s.reshard.as_ref().map(reshard_json),
     })
 }

@@ -105,9 +105,13 @@ fn running_version(node: &Node, name: &str) -> u64 {
     node.hooks().current().get(name).map_or(0, |h| h.spec().version)
 }
 
-/// Every hook record as [`proto::HookInfo`] (without sources), with this node's statistics.
+/// Every hook record as [`proto::HookInfo`] (without sources), with this
+/// node's statistics; the partition function first.
 pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Status> {
     let mut hooks = Vec::new();
+    if let Some(p) = node.partitioner() {
+        hooks.push(info_of(&p, true, 0, p.version, StatsSnapshot::default(), false));
+    }
     for record in node.hook_records().await? {
         if let Some(spec) = record.latest() {
             let active = record.current.is_some();
@@ -121,6 +125,9 @@ pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Stat
 
 impl HooksService {
     async fn info(&self, name: &str, with_source: bool) -> Result<proto::HookInfo, Status> {
+        if let Some(p) = self.node.partitioner().filter(|p| p.name == name) {
+            return Ok(info_of(&p, true, 0, p.version, StatsSnapshot::default(), with_source));
+        }
         let record = self.node.hook_record(name).await?;
         let spec = record.latest().ok_or_else(|| Status::not_found(format!("no hook named {name:?}")))?;
         let previous = if record.current.is_some() { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
@@ -202,6 +209,29 @@ impl Hooks for HooksService {
                 "value is {value_len} bytes; the limit is {} bytes",
                 limits.max_value_bytes
             )));
+        }
+        let partition = spec.stage == Stage::Partition
+            || (spec.source.is_empty() && self.node.partitioner().is_some_and(|p| p.name == spec.name));
+        if partition {
+            let (routed, shard, elapsed) = self.node.test_partitioner(spec, r.key.to_vec()).await?;
+            let mut resp =
+                proto::TestHookResponse { elapsed_us: elapsed.as_micros() as u64, ..Default::default() };
+            match routed {
+                Ok(Some(routing)) => {
+                    resp.decision = "route".into();
+                    resp.message =
+                        format!("routing key {:?} -> shard {shard}", String::from_utf8_lossy(&routing));
+                }
+                Ok(None) => {
+                    resp.decision = "route".into();
+                    resp.message = format!("the whole key -> shard {shard}");
+                }
+                Err(e) => {
+                    resp.decision = "error".into();
+                    resp.message = e;
+                }
+            }
+            return Ok(Response::new(resp));
         }
         let old = r.old_value.map(|v| OldValue { value: v.to_vec(), version: r.old_version.max(1) });
         let write = Write {

@@ -44,9 +44,9 @@ impl KvService {
         Ok(())
     }
 
-    /// One span per request, carrying the node and the key's shard group.
-    fn span(&self, rpc: &'static str, group: u64) -> tracing::Span {
-        tracing::info_span!("request", rpc, node = self.node.id(), group)
+    /// One span per request, carrying the node.
+    fn span(&self, rpc: &'static str) -> tracing::Span {
+        tracing::info_span!("request", rpc, node = self.node.id())
     }
 
     /// Waits until this node's meta group has applied the epoch the client
@@ -165,8 +165,7 @@ impl KvService {
             if_version: r.if_version,
             hooks: None,
         };
-        let group = self.node.group_for_key(&r.key);
-        let result = self.node.propose(group, p).instrument(self.span("put", group)).await?;
+        let result = self.node.write_key(&r.key, p).instrument(self.span("put")).await?;
         match result {
             CommandResult::Written { version, hooks } => {
                 Ok(proto::PutResponse { version, hooks: hooks.into_iter().map(hook_version).collect() })
@@ -179,16 +178,14 @@ impl KvService {
     async fn serve_get(&self, r: proto::GetRequest) -> Result<proto::GetResponse, Status> {
         self.check_key(&r.key)?;
         let linearizable = consistency(r.consistency)?;
-        let group = self.node.group_for_key(&r.key);
-        let found = self.node.get(group, r.key.to_vec(), linearizable).instrument(self.span("get", group)).await?;
+        let found = self.node.get_key(&r.key, linearizable).instrument(self.span("get")).await?;
         Ok(found.map(Into::into).unwrap_or_default())
     }
 
     async fn serve_delete(&self, r: proto::DeleteRequest) -> Result<proto::DeleteResponse, Status> {
         self.check_key(&r.key)?;
         let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version, hooks: None };
-        let group = self.node.group_for_key(&r.key);
-        match self.node.propose(group, p).instrument(self.span("delete", group)).await? {
+        match self.node.write_key(&r.key, p).instrument(self.span("delete")).await? {
             CommandResult::Deleted { existed, version, hooks } => Ok(proto::DeleteResponse {
                 deleted: existed,
                 version,
@@ -213,7 +210,7 @@ impl KvService {
             n => n.min(limits.scan_max),
         };
         let linearizable = consistency(r.consistency)?;
-        let items = self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan", 0)).await?;
+        let items = self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan")).await?;
         Ok(within_bytes(items, limits.max_scan_bytes))
     }
 }

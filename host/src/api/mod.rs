@@ -22,7 +22,7 @@ use crate::cluster::{Node, NodeError};
 use crate::raft::network::MAX_PEER_MESSAGE;
 
 pub use backup_service::{LEADER_HEADER, PARTITIONER_NONE};
-pub use cluster_service::{commit_index, shard_routes, status_json, status_of};
+pub use cluster_service::{commit_index, reshard_json, shard_routes, stage_name, status_json, status_of};
 pub use hooks_service::spec_of as hook_spec_of;
 
 /// Serves every gRPC service on `listener` until the node shuts down.
@@ -158,6 +158,7 @@ impl From<NodeError> for Status {
                 Status::aborted(format!("version mismatch: current version is {current}"))
             }
             NodeError::Unavailable(m) => Status::unavailable(m),
+            e @ NodeError::WrongShard { .. } => Status::unavailable(e.to_string()),
             NodeError::Rejected(m) | NodeError::Refused(m) => Status::failed_precondition(m),
             NodeError::NotFound(m) => Status::not_found(m),
             NodeError::Storage(e) if matches!(e, crate::storage::StorageError::Poisoned) => {

@@ -1,7 +1,7 @@
 //! The internal `Raft` service: delivers peer messages to the right group.
 
 use ringkv_client::proto::{raft_server, RaftMessage};
-use ringkv_client::routing::{header_u64, EPOCH_HEADER};
+use ringkv_client::routing::{header_u64, EPOCH_HEADER, ROUTING_HEADER};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
@@ -98,10 +98,11 @@ impl raft_server::Raft for RaftService {
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let epoch = header_u64(req.metadata(), EPOCH_HEADER);
+        let routed = header_u64(req.metadata(), ROUTING_HEADER);
         let m = req.into_inner();
         self.check_link(&m)?;
         let fwd: crate::cluster::Forwarded = decode(&m.payload).map_err(bad)?;
         metrics::counter!(crate::telemetry::FORWARDED_SERVED, "kind" => fwd.kind()).increment(1);
-        reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd, epoch).await)
+        reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd, epoch, routed).await)
     }
 }

@@ -278,6 +278,7 @@ fn hook_of(h: proto::BackedUpHook) -> anyhow::Result<BackedUpHook> {
     };
     let kind = match proto::HookKind::try_from(def.kind) {
         Ok(proto::HookKind::Lua | proto::HookKind::Unspecified) => "lua",
+        Ok(proto::HookKind::Wasm) => "wasm",
         Err(_) => bail!("hook {} has kind {}, which this ringkv does not know", def.name, def.kind),
     };
     Ok(BackedUpHook {
@@ -388,7 +389,11 @@ impl BackupCommand {
             })
             .await?;
         if described.partitioner != PARTITIONER_NONE {
-            bail!("the cluster uses partitioner {:?}, which this ringkv cannot back up", described.partitioner);
+            bail!(
+                "the cluster routes keys by partition function {:?}; backups of partitioned clusters are not supported yet \
+                 (remove the partition function, wait for `ringkv cluster reshard status` to finish, then back up)",
+                described.partitioner
+            );
         }
         let shards = described.shards;
         let leaders: BTreeMap<u32, u64> = ring.routes.iter().map(|r| (r.shard, r.leader_id)).collect();
@@ -479,12 +484,14 @@ fn definition_of(h: &BackedUpHook) -> anyhow::Result<proto::HookDefinition> {
         "ttl" => proto::HookStage::Ttl,
         other => bail!("hook {} has stage {other:?}, which this ringkv does not know", h.name),
     };
-    if h.kind != "lua" {
-        bail!("hook {} has kind {:?}, which this ringkv does not know", h.name, h.kind);
-    }
+    let kind = match h.kind.as_str() {
+        "lua" => proto::HookKind::Lua,
+        "wasm" => proto::HookKind::Wasm,
+        other => bail!("hook {} has kind {other:?}, which this ringkv does not know", h.name),
+    };
     Ok(proto::HookDefinition {
         name: h.name.clone(),
-        kind: proto::HookKind::Lua as i32,
+        kind: kind as i32,
         stage: stage as i32,
         prefix: h.prefix.clone().into(),
         source: h.source.clone().into(),

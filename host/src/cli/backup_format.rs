@@ -105,7 +105,7 @@ pub struct HooksFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackedUpHook {
     pub name: String,
-    /// "lua".
+    /// "lua" or "wasm".
     pub kind: String,
     /// "validate" or "ttl".
     pub stage: String,

@@ -155,11 +155,28 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Online re-sharding after a partition function change.
+    #[command(subcommand)]
+    Reshard(ReshardCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReshardCommand {
+    /// The partition function and the running (or last) re-shard job's progress.
+    Status(ClientArgs),
 }
 
 impl ClusterCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         match self {
+            ClusterCommand::Reshard(ReshardCommand::Status(args)) => {
+                let r = args.client()?.reshard_status().await?;
+                if args.json {
+                    println!("{}", crate::api::reshard_json(&r));
+                } else {
+                    print_reshard(&r);
+                }
+            }
             ClusterCommand::Status(args) => {
                 let s = args.client()?.status().await?;
                 if args.json {
@@ -250,7 +267,7 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
                 "  {} v{} {}{}: {} calls, {} rejects, {} errors, {} limit hits, p99 {} us",
                 h.name,
                 h.version,
-                if h.stage == ringkv_client::proto::HookStage::Ttl as i32 { "ttl" } else { "validate" },
+                crate::api::stage_name(h.stage),
                 if h.active { "" } else { " (removed)" },
                 st.calls,
                 st.rejects,
@@ -260,5 +277,31 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
             );
         }
     }
+    if let Some(r) = &s.reshard {
+        println!();
+        print_reshard(r);
+    }
     println!("(use --json for every shard and group)");
+}
+
+/// The partition function and re-shard progress, for people.
+fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) {
+    println!("partition function: {} (epoch {})", r.partitioner, r.epoch);
+    if r.running {
+        let secs = crate::raft::types::now_ms().saturating_sub(r.started_ms) / 1000;
+        println!(
+            "re-sharding from {} to {}: {}/{} shards done, {} keys scanned, {} moved, running for {secs} s",
+            r.from, r.to, r.shards_done, r.shards_total, r.keys_scanned, r.keys_moved
+        );
+    } else if r.last_epoch > 0 {
+        println!(
+            "last re-shard (epoch {}) finished: {} keys scanned, {} moved in {:.1} s",
+            r.last_epoch,
+            r.last_keys_scanned,
+            r.last_keys_moved,
+            r.last_finished_ms.saturating_sub(r.last_started_ms) as f64 / 1000.0
+        );
+    } else {
+        println!("no re-shard has run");
+    }
 }

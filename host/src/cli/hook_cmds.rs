@@ -14,6 +14,9 @@ use super::ClientArgs;
 pub enum StageArg {
     Validate,
     Ttl,
+    /// The cluster's partition function (Wasm only; deploying, replacing or
+    /// removing it re-shards the data online).
+    Partition,
 }
 
 impl From<StageArg> for proto::HookStage {
@@ -21,6 +24,7 @@ impl From<StageArg> for proto::HookStage {
         match s {
             StageArg::Validate => proto::HookStage::Validate,
             StageArg::Ttl => proto::HookStage::Ttl,
+            StageArg::Partition => proto::HookStage::Partition,
         }
     }
 }
@@ -29,12 +33,14 @@ impl From<StageArg> for proto::HookStage {
 pub enum KindArg {
     #[default]
     Lua,
+    /// A WebAssembly module built with the guest SDK (guest-sdk/).
+    Wasm,
 }
 
 /// The definition flags `deploy` and `test` share.
 #[derive(Args, Debug)]
 pub struct DefinitionArgs {
-    /// The script.
+    /// The Lua script, or the `.wasm` module with `--kind wasm`.
     #[arg(long)]
     pub file: PathBuf,
     #[arg(long, value_enum, default_value_t)]
@@ -58,6 +64,7 @@ impl DefinitionArgs {
             name,
             kind: match self.kind {
                 KindArg::Lua => proto::HookKind::Lua as i32,
+                KindArg::Wasm => proto::HookKind::Wasm as i32,
             },
             stage: proto::HookStage::from(stage) as i32,
             prefix: self.prefix.clone().into_bytes().into(),
@@ -130,6 +137,7 @@ fn stage_name(raw: i32) -> &'static str {
     match proto::HookStage::try_from(raw) {
         Ok(proto::HookStage::Validate) => "validate",
         Ok(proto::HookStage::Ttl) => "ttl",
+        Ok(proto::HookStage::Partition) => "partition",
         _ => "?",
     }
 }
@@ -138,6 +146,7 @@ fn info_json(h: &proto::HookInfo) -> serde_json::Value {
     let stats = h.stats.unwrap_or_default();
     json!({
         "name": h.name,
+        "kind": if h.kind == proto::HookKind::Wasm as i32 { "wasm" } else { "lua" },
         "stage": stage_name(h.stage),
         "prefix": String::from_utf8_lossy(&h.prefix),
         "version": h.version,
@@ -165,6 +174,9 @@ impl HookCommand {
                     println!("{}", json!({ "name": name, "version": r.version, "sha256": r.sha256 }));
                 } else {
                     println!("deployed {name} v{} (sha256 {})", r.version, r.sha256);
+                    if matches!(stage, StageArg::Partition) {
+                        println!("keys are being re-sharded in the background: ringkv cluster reshard status");
+                    }
                 }
             }
             HookCommand::List(client) => {
@@ -202,7 +214,11 @@ impl HookCommand {
                 let h = client.client()?.get_hook(name).await?;
                 if client.json {
                     let mut j = info_json(&h);
-                    j["source"] = json!(String::from_utf8_lossy(&h.source));
+                    if h.kind == proto::HookKind::Wasm as i32 {
+                        j["source_bytes"] = json!(h.source.len());
+                    } else {
+                        j["source"] = json!(String::from_utf8_lossy(&h.source));
+                    }
                     println!("{j}");
                 } else {
                     println!(
@@ -216,7 +232,11 @@ impl HookCommand {
                         if h.fail_open { "fail-open" } else { "fail-closed" },
                         h.sha256
                     );
-                    println!("{}", String::from_utf8_lossy(&h.source));
+                    if h.kind == proto::HookKind::Wasm as i32 {
+                        println!("(a WebAssembly module of {} bytes)", h.source.len());
+                    } else {
+                        println!("{}", String::from_utf8_lossy(&h.source));
+                    }
                 }
             }
             HookCommand::Remove { name, client } => {
@@ -224,7 +244,7 @@ impl HookCommand {
                 if client.json {
                     println!("{}", json!({ "name": name, "removed_version": v }));
                 } else {
-                    println!("removed {name} v{v} (hook rollback {name} restores it)");
+                    println!("removed {name} v{v} (a validate or ttl hook comes back with `hook rollback {name}`; removing the partition function re-shards keys back to whole-key routing)");
                 }
             }
             HookCommand::Rollback { name, client } => {

@@ -101,7 +101,10 @@ fn stopped() -> NodeError {
 fn size_of(p: &Proposal) -> usize {
     match p {
         Proposal::Put { key, value, .. } => key.len() + value.len(),
-        Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => key.len(),
+        Proposal::Delete { key, .. } | Proposal::Expire { key, .. } | Proposal::MoveOut { key, .. } => key.len(),
+        Proposal::MoveIn { key, value, .. } => key.len() + value.len(),
+        Proposal::ReshardProgress { progress, .. } => progress.cursor.as_ref().map_or(0, Vec::len),
+        Proposal::SetPartitioner { spec, .. } => spec.as_ref().map_or(0, |s| s.source.len()),
         Proposal::SetNode { addr, .. } => addr.len(),
         Proposal::SetAssignment { replicas, .. } => replicas.len() * 8,
         Proposal::RemoveNode { .. }
@@ -110,7 +113,8 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::SetLeaderHint { .. }
         | Proposal::RemoveHook { .. }
         | Proposal::RollbackHook { .. }
-        | Proposal::RevokeToken { .. } => 0,
+        | Proposal::RevokeToken { .. }
+        | Proposal::ClearMoveMarkers { .. } => 0,
         Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
         Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
     }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::routing::Attempt;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{
-    runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, TtlChoice, Write,
+    runtime_for, Stage, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, TtlChoice, Write,
     WriteKind,
 };
 use crate::raft::types::{now_ms, CommandResult, HookStamp};
@@ -65,6 +65,21 @@ impl Node {
     /// it can never hold a batch of other writes back. A write whose hook
     /// read a version that changed before it applied is judged again.
     pub(super) async fn write_local(&self, g: Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
+        if let Proposal::MoveOut { epoch, .. } = &p {
+            if !self.knows_job(*epoch) {
+                return Ok(Attempt::Retry);
+            }
+        }
+        // A client write is served only where this node's partition view
+        // puts its key, and the view cannot change until it is done.
+        let _gate = match &p {
+            Proposal::Put { key, .. } | Proposal::Delete { key, .. } if g.id != META_GROUP => {
+                let gate = self.inner.routing_gate.read().await;
+                self.check_placement(g.id, key, true).await?;
+                Some(gate)
+            }
+            _ => None,
+        };
         let Some((op, key)) = hooked_write(&p) else { return g.batchers.write(p, true).await };
         if self.hooks().current().is_empty() {
             return g.batchers.write(p, true).await;
@@ -106,6 +121,15 @@ impl Node {
         spec.sha256 = hex(&Sha256::digest(&spec.source));
         spec.deployed_at_ms = now_ms();
         spec.version = 0;
+        if spec.stage == Stage::Partition {
+            return self.deploy_partitioner(spec).await;
+        }
+        if self.partition_view().state.active.as_ref().is_some_and(|p| p.name == spec.name) {
+            return Err(NodeError::InvalidArgument(format!(
+                "{:?} is the name of the cluster's partition function; pick another name",
+                spec.name
+            )));
+        }
         let checked = spec.clone();
         tokio::task::spawn_blocking(move || runtime_for(checked.kind).compile(&checked).map(|_| ()))
             .await
@@ -123,6 +147,10 @@ impl Node {
 
     /// Deactivates a hook through the meta group. Returns the removed version.
     pub async fn remove_hook(&self, name: &str) -> Result<u64, NodeError> {
+        if let Some(active) = self.partition_view().state.active.clone().filter(|p| p.name == name) {
+            self.set_partitioner(None).await?;
+            return Ok(active.version);
+        }
         self.hook_record(name).await?;
         match self.propose(META_GROUP, Proposal::RemoveHook { name: name.to_string() }).await? {
             CommandResult::HookChanged { replaced, .. } => {
@@ -250,7 +278,7 @@ pub(super) fn judge_error(e: JudgeError) -> NodeError {
     }
 }
 
-fn check_name(name: &str) -> Result<(), NodeError> {
+pub(super) fn check_name(name: &str) -> Result<(), NodeError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_HOOK_NAME
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -263,6 +291,6 @@ fn check_name(name: &str) -> Result<(), NodeError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,11 +1,12 @@
 //! The node: starts its Raft groups, bootstraps or joins a cluster, routes
 //! requests to group leaders, changes membership and expires TTL'd keys.
 //!
-//! Groups: [`META_GROUP`] holds the cluster configuration (members and their
-//! addresses). User data lives in one Raft group per shard of the ring
-//! ([`shard_group`]); a key's shard comes from [`crate::ring`]. Every member
-//! currently replicates every group; placing RF replicas per shard and moving
-//! them on membership changes is the rebalancer's job (not built yet).
+//! Groups: [`META_GROUP`] holds the cluster configuration (members, shard
+//! placement, hooks, tokens, the partition function). User data lives in one
+//! Raft group per shard of the ring ([`shard_group`]); a key's shard comes
+//! from [`crate::ring`] and the partition function (`partitioning`, which
+//! also re-shards when the function changes). `placement` gives each shard
+//! RF replicas and moves them on membership changes.
 
 mod auth;
 mod backup;
@@ -13,6 +14,7 @@ mod batching;
 mod hooks;
 mod leadership;
 mod membership;
+mod partitioning;
 mod placement;
 mod routing;
 
@@ -27,6 +29,7 @@ use tokio::task::JoinHandle;
 
 pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use membership::{MembershipOp, MembershipReply};
+pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
 pub use routing::{ForwardReply, Forwarded, Proposal};
 
 use crate::config::NodeConfig;
@@ -69,6 +72,10 @@ pub enum NodeError {
     Refused(String),
     #[error("{0}")]
     Internal(String),
+    /// The serving replica routes keys by a different partition view
+    /// (`generation`) than the request's router: route again.
+    #[error("the key's shard changed (routing generation {generation}); route it again")]
+    WrongShard { generation: u64 },
 }
 
 /// One Raft group hosted by this node.
@@ -118,6 +125,14 @@ struct NodeInner {
     http: Option<crate::http::HttpServer>,
     /// The certificates in use when TLS is on.
     tls: Option<Arc<crate::tls::TlsState>>,
+    /// The partition function as this node routes by it.
+    partition: ArcSwap<partitioning::PartitionView>,
+    /// The generation of `partition`, for waiting on it.
+    partition_generation: watch::Sender<u64>,
+    /// Key requests hold it shared while they are served; a new partition
+    /// view is swapped in under it exclusively, so no request admitted under
+    /// the old view is still running when the new one is in use.
+    routing_gate: tokio::sync::RwLock<()>,
 }
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -177,6 +192,9 @@ impl Node {
                 grpc_server: Mutex::new(None),
                 http,
                 tls,
+                partition: ArcSwap::from_pointee(partitioning::PartitionView::default()),
+                partition_generation: watch::channel(0).0,
+                routing_gate: tokio::sync::RwLock::new(()),
             }),
         };
         if let Some(tls) = &node.inner.tls {
@@ -185,6 +203,7 @@ impl Node {
         node.ensure_group(META_GROUP).await?;
         node.spawn(node.clone().hook_sync_loop());
         node.spawn(node.clone().token_sync_loop());
+        node.spawn(node.clone().partition_sync_loop());
         // Shards this node hosted before a restart, as its copy of the meta group records them.
         for (shard, replicas) in node.assignments().await? {
             if replicas.contains(&node.id()) {
@@ -201,6 +220,7 @@ impl Node {
         node.spawn(node.clone().reconcile_loop());
         node.spawn(node.clone().rebalance_loop());
         node.spawn(node.clone().leader_balance_loop());
+        node.spawn(node.clone().reshard_loop());
         tracing::info!(node = node.id(), addr = %node.addr(), "node started");
         Ok(node)
     }
@@ -226,11 +246,6 @@ impl Node {
     /// The cluster's ring settings.
     pub fn ring(&self) -> &RingConfig {
         &self.inner.ring
-    }
-
-    /// The Raft group holding `key`.
-    pub fn group_for_key(&self, key: &[u8]) -> GroupId {
-        shard_group(self.inner.ring.shard_of_key(key))
     }
 
     /// Every group id: the meta group, then every shard.

@@ -47,6 +47,15 @@ pub enum Proposal {
     RollbackHook { name: String },
     CreateToken { record: Box<crate::auth::TokenRecord> },
     RevokeToken { name: String },
+    SetPartitioner { spec: Option<Box<HookSpec>>, shards: u32 },
+    ReshardProgress { epoch: u64, shard: u32, progress: crate::ring::partition::ShardProgress, shards: u32 },
+    MoveIn { key: Vec<u8>, value: Vec<u8>, version: u64, expires_at: Option<u64>, epoch: u64 },
+    /// Re-sharding, on the key's old shard: deletes it if it still holds
+    /// `version` (it was copied to its new shard). The leader takes it only
+    /// once it knows re-shard job `epoch`, so it never serves a read that
+    /// would miss the key.
+    MoveOut { key: Vec<u8>, version: u64, epoch: u64 },
+    ClearMoveMarkers { epoch: u64 },
 }
 
 impl Proposal {
@@ -73,13 +82,26 @@ impl Proposal {
             Proposal::RollbackHook { name } => Op::RollbackHook { name },
             Proposal::CreateToken { record } => Op::CreateToken { record },
             Proposal::RevokeToken { name } => Op::RevokeToken { name },
+            Proposal::SetPartitioner { spec, shards } => Op::SetPartitioner { spec, shards },
+            Proposal::ReshardProgress { epoch, shard, progress, shards } => {
+                Op::ReshardProgress { epoch, shard, progress, shards }
+            }
+            Proposal::MoveIn { key, value, version, expires_at, epoch } => {
+                Op::MoveIn { key, value, version, expires_at, epoch }
+            }
+            Proposal::MoveOut { key, version, .. } => Op::Expire { key, version },
+            Proposal::ClearMoveMarkers { epoch } => Op::ClearMoveMarkers { epoch },
         }
     }
 
     /// The user key the proposal writes, if any.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Proposal::Put { key, .. } | Proposal::Delete { key, .. } | Proposal::Expire { key, .. } => Some(key),
+            Proposal::Put { key, .. }
+            | Proposal::Delete { key, .. }
+            | Proposal::Expire { key, .. }
+            | Proposal::MoveIn { key, .. }
+            | Proposal::MoveOut { key, .. } => Some(key),
             Proposal::SetNode { .. }
             | Proposal::RemoveNode { .. }
             | Proposal::SetAssignment { .. }
@@ -90,7 +112,10 @@ impl Proposal {
             | Proposal::RemoveHook { .. }
             | Proposal::RollbackHook { .. }
             | Proposal::CreateToken { .. }
-            | Proposal::RevokeToken { .. } => None,
+            | Proposal::RevokeToken { .. }
+            | Proposal::SetPartitioner { .. }
+            | Proposal::ReshardProgress { .. }
+            | Proposal::ClearMoveMarkers { .. } => None,
         }
     }
 }
@@ -143,6 +168,8 @@ pub enum ForwardReply {
     /// A hook on the leader rejected the write.
     Rejected(String),
     Unavailable(String),
+    /// The receiver routes keys by another partition view: route again.
+    WrongShard { generation: u64 },
 }
 
 /// Shards a scan reads at once.
@@ -277,6 +304,9 @@ impl Node {
         let mut msg = tonic::Request::new(RaftMessage { group_id: group, from: self.id(), payload: encode(&req) });
         // The receiver serves eventual reads only once its meta group is as new as ours.
         msg.metadata_mut().insert(ringkv_client::routing::EPOCH_HEADER, self.meta_epoch().into());
+        if let Some(generation) = super::partitioning::routed_by() {
+            msg.metadata_mut().insert(ringkv_client::routing::ROUTING_HEADER, generation.into());
+        }
         let reply = match client.forward(msg).await {
             Ok(r) => r.into_inner(),
             // Not delivered (connection refused, reset before sending): safe to retry.
@@ -290,6 +320,7 @@ impl Node {
             decode(&reply.payload).map_err(|e| NodeError::Internal(format!("bad reply from leader {leader}: {e}")))?;
         match reply {
             ForwardReply::NotLeader => Ok(Attempt::Retry),
+            ForwardReply::WrongShard { generation } => Err(NodeError::WrongShard { generation }),
             ForwardReply::Unavailable(m) => Err(NodeError::Unavailable(m)),
             ForwardReply::Rejected(m) => {
                 note_served_by(leader);
@@ -402,6 +433,8 @@ impl Node {
     pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
             if let Some(g) = self.local_replica(group).await? {
+                let _gate = self.inner.routing_gate.read().await;
+                self.check_placement(group, &key, false).await?;
                 let v = g.sm.get(key, now_ms()).await?;
                 note_served_by(self.id());
                 return Ok(v);
@@ -416,6 +449,8 @@ impl Node {
                 |g| {
                     let key = key.clone();
                     async move {
+                        let _gate = self.inner.routing_gate.read().await;
+                        self.check_placement(g.id, &key, false).await?;
                         Ok(match read_barrier(&g).await? {
                             Attempt::Done(()) => Attempt::Done(EncodedValue(g.sm.get(key, now_ms()).await?)),
                             Attempt::Retry => Attempt::Retry,
@@ -495,22 +530,33 @@ impl Node {
         let mut parts = futures::stream::iter(shards)
             .map(|g| {
                 let prefix = prefix.clone();
-                async move { self.scan(g, prefix, limit, linearizable).await }
+                async move { (g, self.scan(g, prefix, limit, linearizable).await) }
             })
             .buffer_unordered(SCAN_CONCURRENCY);
         let mut all = Vec::new();
-        while let Some(part) = parts.next().await {
-            all.extend(part?);
+        while let Some((g, part)) = parts.next().await {
+            all.extend(part?.into_iter().map(|(k, e)| (g, k, e)));
         }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.dedupe_moving(&mut all);
+        all.sort_unstable_by(|a, b| a.1.cmp(&b.1));
         all.truncate(limit as usize);
-        Ok(all)
+        Ok(all.into_iter().map(|(_, k, e)| (k, e)).collect())
     }
 
     /// Serves a request another node forwarded here. Never forwards again.
     /// `epoch` is the sender's routing epoch: eventual reads are served only
     /// once this node's meta group has caught up with it.
-    pub async fn handle_forwarded(&self, group: GroupId, req: Forwarded, epoch: Option<u64>) -> ForwardReply {
+    pub async fn handle_forwarded(
+        &self,
+        group: GroupId,
+        req: Forwarded,
+        epoch: Option<u64>,
+        routed: Option<u64>,
+    ) -> ForwardReply {
+        super::partitioning::routed_with(routed, self.serve_forwarded(group, req, epoch)).await
+    }
+
+    async fn serve_forwarded(&self, group: GroupId, req: Forwarded, epoch: Option<u64>) -> ForwardReply {
         // A group not hosted here (moved away, or not started yet): try another replica.
         let Ok(g) = self.group(group) else { return ForwardReply::NotLeader };
         if matches!(req, Forwarded::GetLocal { .. } | Forwarded::ScanLocal { .. }) {
@@ -536,11 +582,19 @@ impl Node {
                     Err(NodeError::Rejected(m)) => ForwardReply::Rejected(m),
                     Err(e) => return Err(e),
                 },
-                Forwarded::Get { key } => match read_barrier(&g).await? {
-                    Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
-                    Attempt::Retry => ForwardReply::NotLeader,
-                },
-                Forwarded::GetLocal { key } => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
+                Forwarded::Get { key } => {
+                    let _gate = self.inner.routing_gate.read().await;
+                    self.check_placement(group, &key, false).await?;
+                    match read_barrier(&g).await? {
+                        Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
+                        Attempt::Retry => ForwardReply::NotLeader,
+                    }
+                }
+                Forwarded::GetLocal { key } => {
+                    let _gate = self.inner.routing_gate.read().await;
+                    self.check_placement(group, &key, false).await?;
+                    ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode()))
+                }
                 Forwarded::ScanLocal { prefix, limit } => ForwardReply::Items(
                     g.sm.scan(prefix, limit as usize, now_ms())
                         .await?
@@ -563,6 +617,8 @@ impl Node {
         };
         match tokio::time::timeout(self.config().request_timeout, work).await {
             Ok(Ok(r)) => r,
+            Ok(Err(NodeError::WrongShard { generation })) => ForwardReply::WrongShard { generation },
+            Ok(Err(NodeError::Rejected(m))) => ForwardReply::Rejected(m),
             Ok(Err(e)) => ForwardReply::Unavailable(e.to_string()),
             Err(_) => ForwardReply::Unavailable(format!(
                 "leader {} could not reach a quorum for group {group} in time",

@@ -20,6 +20,7 @@ use super::types::{
 };
 use crate::auth::TokenRecord;
 use crate::hooks::HookRecord;
+use crate::ring::partition::PartitionState;
 use crate::storage::{expiry_key, group_key, Envelope, GroupId, Storage, StorageError};
 
 const APPLIED: &[u8] = b"applied";
@@ -40,6 +41,15 @@ const LEADER_PREFIX: &[u8] = b"\0leader/";
 const HOOK_PREFIX: &[u8] = b"\0hook/";
 /// Prefix of runtime token records ([`TokenRecord`]) by token name.
 const TOKEN_PREFIX: &[u8] = b"\0token/";
+/// The meta group's [`PartitionState`].
+const PARTITION_KEY: &[u8] = b"\0partition";
+/// Prefix (in `sm_meta`, after the group) of the markers of keys a re-shard
+/// job moved into a shard: `moved/` · job epoch (u64 BE) · user key.
+const MOVED_PREFIX: &[u8] = b"moved/";
+
+fn moved_key(group: GroupId, epoch: u64, key: &[u8]) -> Vec<u8> {
+    group_key(group, &[MOVED_PREFIX, &epoch.to_be_bytes(), key].concat())
+}
 
 /// A snapshot as stored in the `snapshots` keyspace.
 #[derive(Serialize, Deserialize)]
@@ -224,6 +234,46 @@ impl StateMachine {
         self.meta_records(TOKEN_PREFIX).await?.iter().map(|(_, v)| decode::<TokenRecord>(v, "sm_data")).collect()
     }
 
+    /// Meta group: the partition function and the re-shard job.
+    pub async fn partition_state(&self) -> Result<PartitionState, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| match read_envelope(s, group, PARTITION_KEY)? {
+                Some(e) => decode::<PartitionState>(&e.value, "sm_data"),
+                None => Ok(PartitionState::default()),
+            })
+            .await
+    }
+
+    /// Up to `limit` records (live or expired, not yet swept) with keys
+    /// after `after`, in key order: a re-shard pass over the shard.
+    pub async fn records_after(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                use std::ops::Bound;
+                let start = match &after {
+                    Some(k) => Bound::Excluded(group_key(group, k)),
+                    None => Bound::Included(group_key(group, b"")),
+                };
+                let end = match group.checked_add(1) {
+                    Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+                    None => Bound::Unbounded,
+                };
+                let mut out = Vec::new();
+                for g in s.sm_data().range::<Vec<u8>, _>((start, end)).take(limit) {
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("scanning for a re-shard"))?;
+                    out.push((k[8..].to_vec(), Envelope::decode(&v)?));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// Meta group: nodes marked as down.
     pub async fn down(&self) -> Result<BTreeSet<NodeId>, StorageError> {
         self.meta_records(DOWN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
@@ -279,6 +329,10 @@ struct Applier<'a> {
     data: HashMap<Vec<u8>, Option<Envelope>>,
     /// TTL index changes by index key: `true` = insert, `false` = remove.
     expiry: HashMap<Vec<u8>, bool>,
+    /// Re-shard move markers set by this run (`sm_meta` keys).
+    moved: std::collections::HashSet<Vec<u8>>,
+    /// Re-shard jobs whose markers this run clears.
+    cleared: Vec<u64>,
 }
 
 impl Applier<'_> {
@@ -322,7 +376,48 @@ impl Applier<'_> {
                 batch.remove(self.s.sm_expiry(), key);
             }
         }
+        for key in self.moved {
+            batch.insert(self.s.sm_meta(), key, Vec::new());
+        }
+        for epoch in self.cleared {
+            for g in self.s.sm_meta().prefix(moved_key(self.group, epoch, b"")) {
+                match g.key() {
+                    Ok(k) => batch.remove(self.s.sm_meta(), k),
+                    Err(e) => tracing::warn!(group = self.group, error = %e, "listing re-shard markers to clear"),
+                }
+            }
+        }
         batch
+    }
+
+    /// Whether re-shard job `epoch` already moved `key` into this shard.
+    fn was_moved(&self, epoch: u64, key: &[u8]) -> Result<bool, StorageError> {
+        let marker = moved_key(self.group, epoch, key);
+        if self.moved.contains(&marker) {
+            return Ok(true);
+        }
+        Ok(self.s.sm_meta().get(marker).map_err(StorageError::fjall("reading a re-shard marker"))?.is_some())
+    }
+
+    /// Changes the meta group's partition state; `change` returns the
+    /// result to report (nothing is written when the state is unchanged).
+    fn update_partition(
+        &mut self,
+        index: u64,
+        change: impl FnOnce(&mut PartitionState) -> CommandResult,
+    ) -> Result<CommandResult, StorageError> {
+        let old = self.current(PARTITION_KEY)?;
+        let mut state = match &old {
+            Some(e) => decode::<PartitionState>(&e.value, "sm_data")?,
+            None => PartitionState::default(),
+        };
+        let before = state.clone();
+        let result = change(&mut state);
+        if state != before {
+            let value = encode(&state).into();
+            self.set(PARTITION_KEY.to_vec(), old.as_ref(), Some(Envelope { value, version: index, expires_at: None }));
+        }
+        Ok(result)
     }
 
     fn apply(&mut self, index: u64, cmd: Command) -> Result<Vec<CommandResult>, StorageError> {
@@ -440,6 +535,33 @@ impl Applier<'_> {
                 }
                 CommandResult::TokenChanged { existed }
             }
+            Op::SetPartitioner { spec, shards } => {
+                self.update_partition(index, |st| match st.set(spec.map(|s| *s), now, shards) {
+                    Ok(epoch) => CommandResult::PartitionChanged { epoch },
+                    Err(reason) => CommandResult::PartitionRefused { reason },
+                })?
+            }
+            Op::ReshardProgress { epoch, shard, progress, shards } => self.update_partition(index, |st| {
+                st.record_progress(epoch, shard, progress, shards, now);
+                CommandResult::Done
+            })?,
+            Op::MoveIn { key, value, version, expires_at, epoch } => {
+                if self.was_moved(epoch, &key)? {
+                    return Ok(CommandResult::MovedIn { written: false });
+                }
+                self.moved.insert(moved_key(self.group, epoch, &key));
+                let old = self.current(&key)?;
+                if old.is_some() {
+                    // Written here since the job began: newer than the copy.
+                    return Ok(CommandResult::MovedIn { written: false });
+                }
+                self.set(key, None, Some(Envelope { value: value.into(), version, expires_at }));
+                CommandResult::MovedIn { written: true }
+            }
+            Op::ClearMoveMarkers { epoch } => {
+                self.cleared.push(epoch);
+                CommandResult::Done
+            }
         })
     }
 }
@@ -504,7 +626,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let n = entries.len();
         self.storage
             .blocking(move |s| {
-                let mut ap = Applier { s, group, data: HashMap::new(), expiry: HashMap::new() };
+                let mut ap = Applier {
+                    s,
+                    group,
+                    data: HashMap::new(),
+                    expiry: HashMap::new(),
+                    moved: Default::default(),
+                    cleared: Vec::new(),
+                };
                 let mut results = Vec::with_capacity(entries.len());
                 let mut last = None;
                 let mut membership = None;

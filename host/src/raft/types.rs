@@ -85,6 +85,18 @@ pub enum Op {
     CreateToken { record: Box<crate::auth::TokenRecord> },
     /// Meta group: deletes a runtime token.
     RevokeToken { name: String },
+    /// Meta group: makes `spec` the partition function (`None`: the whole
+    /// key) and opens a re-shard job; `shards` is the ring's shard count.
+    SetPartitioner { spec: Option<Box<HookSpec>>, shards: u32 },
+    /// Meta group: a shard leader's progress in re-shard job `epoch`.
+    ReshardProgress { epoch: u64, shard: u32, progress: crate::ring::partition::ShardProgress, shards: u32 },
+    /// Re-sharding, on the key's new shard: writes the key with the value,
+    /// version and expiry it had on its old shard, unless re-shard job
+    /// `epoch` already moved it here or this shard holds a record of it
+    /// (a newer write). Either way the key is marked as moved in the job.
+    MoveIn { key: Vec<u8>, value: Vec<u8>, version: u64, expires_at: Option<u64>, epoch: u64 },
+    /// Re-sharding: forgets which keys job `epoch` moved in (it is over).
+    ClearMoveMarkers { epoch: u64 },
 }
 
 /// What the leader's hooks decided about a write, carried in its log entry.
@@ -102,7 +114,9 @@ impl Op {
     /// The user key this op writes, if it writes one.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } => Some(key),
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } | Op::MoveIn { key, .. } => {
+                Some(key)
+            }
             Op::SetNode { .. }
             | Op::RemoveNode { .. }
             | Op::SetAssignment { .. }
@@ -113,7 +127,10 @@ impl Op {
             | Op::RemoveHook { .. }
             | Op::RollbackHook { .. }
             | Op::CreateToken { .. }
-            | Op::RevokeToken { .. } => None,
+            | Op::RevokeToken { .. }
+            | Op::SetPartitioner { .. }
+            | Op::ReshardProgress { .. }
+            | Op::ClearMoveMarkers { .. } => None,
         }
     }
 }
@@ -140,6 +157,13 @@ pub enum CommandResult {
     TokenChanged { existed: bool },
     /// A token change that could not be made (the name is taken).
     TokenRefused { reason: String },
+    /// The partition function changed (or already was the one asked for):
+    /// the epoch of its re-shard job.
+    PartitionChanged { epoch: u64 },
+    /// A partition function change that could not be made.
+    PartitionRefused { reason: String },
+    /// A [`Op::MoveIn`]: whether it wrote the key (false: already moved, or newer here).
+    MovedIn { written: bool },
 }
 
 /// Milliseconds since the Unix epoch, by this node's clock.

@@ -20,6 +20,8 @@
 //! Placement is a pure function of the member set and the ring settings, so
 //! every node computes the same answer.
 
+pub mod partition;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -61,9 +63,15 @@ impl RingConfig {
         Ok(())
     }
 
-    /// The shard owning `key` (its routing key is the whole key).
+    /// The shard owning `key` when its routing key is the whole key.
     pub fn shard_of_key(&self, key: &[u8]) -> ShardId {
         shard_of(token(key), self.shards)
+    }
+
+    /// The shard owning a key whose routing key is `routing_key` (what the
+    /// partition function returned; `None`: the whole `key`).
+    pub fn shard_of_routed(&self, key: &[u8], routing_key: Option<&[u8]>) -> ShardId {
+        shard_of(token(routing_key.unwrap_or(key)), self.shards)
     }
 }
 
