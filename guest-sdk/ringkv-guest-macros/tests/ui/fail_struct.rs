@@ -1,0 +1,8 @@
+use ringkv_guest::validate;
+
+#[validate]
+struct Validator {
+    strict: bool,
+}
+
+fn main() {}
