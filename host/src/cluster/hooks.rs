@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use super::routing::Attempt;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{
-    runtime_for, Stage, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, TtlChoice, Write,
-    WriteKind,
+    runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, Stage, TtlChoice,
+    Write, WriteKind,
 };
 use crate::raft::types::{now_ms, CommandResult, HookStamp};
 use crate::raft::StateMachine;

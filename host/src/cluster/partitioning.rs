@@ -117,11 +117,7 @@ impl PartitionView {
         self.state.generation
     }
 
-    fn shard_by(
-        f: Option<&Arc<dyn CompiledPartitioner>>,
-        ring: &RingConfig,
-        key: &[u8],
-    ) -> Result<ShardId, NodeError> {
+    fn shard_by(f: Option<&Arc<dyn CompiledPartitioner>>, ring: &RingConfig, key: &[u8]) -> Result<ShardId, NodeError> {
         let Some(f) = f else { return Ok(ring.shard_of_key(key)) };
         match f.routing_key(key) {
             Ok(routing) => Ok(ring.shard_of_routed(key, routing.as_deref())),
@@ -603,13 +599,20 @@ impl Node {
             }
             let report = Proposal::ReshardProgress { epoch, shard, progress: progress.clone(), shards };
             self.propose(META_GROUP, report).await?;
+            crate::failpoint::crash_point("reshard-batch");
             crate::telemetry::record_reshard_batch(
                 progress.scanned - before.0,
                 progress.moved - before.1,
                 progress.done,
             );
             if progress.done {
-                tracing::info!(shard, epoch, scanned = progress.scanned, moved = progress.moved, "re-shard of shard done");
+                tracing::info!(
+                    shard,
+                    epoch,
+                    scanned = progress.scanned,
+                    moved = progress.moved,
+                    "re-shard of shard done"
+                );
                 return Ok(());
             }
         }

@@ -33,29 +33,91 @@ use crate::storage::{Envelope, GroupId};
 /// into a [`Command`], stamping its own clock, so TTLs use one clock per write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Proposal {
-    Put { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
-    Delete { key: Vec<u8>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
-    Expire { key: Vec<u8>, version: u64 },
-    SetNode { id: NodeId, addr: String },
-    RemoveNode { id: NodeId },
-    SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
-    SetDraining { id: NodeId, draining: bool },
-    SetDown { id: NodeId, down: bool },
-    SetLeaderHint { shard: u32, leader: NodeId, term: u64 },
-    DeployHook { spec: Box<HookSpec> },
-    RemoveHook { name: String },
-    RollbackHook { name: String },
-    CreateToken { record: Box<crate::auth::TokenRecord> },
-    RevokeToken { name: String },
-    SetPartitioner { spec: Option<Box<HookSpec>>, shards: u32 },
-    ReshardProgress { epoch: u64, shard: u32, progress: crate::ring::partition::ShardProgress, shards: u32 },
-    MoveIn { key: Vec<u8>, value: Vec<u8>, version: u64, expires_at: Option<u64>, epoch: u64 },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        if_version: Option<u64>,
+        hooks: Option<Box<HookStamp>>,
+    },
+    Delete {
+        key: Vec<u8>,
+        if_version: Option<u64>,
+        hooks: Option<Box<HookStamp>>,
+    },
+    Expire {
+        key: Vec<u8>,
+        version: u64,
+    },
+    SetNode {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    SetAssignment {
+        shard: u32,
+        replicas: Vec<NodeId>,
+        pending: bool,
+    },
+    SetDraining {
+        id: NodeId,
+        draining: bool,
+    },
+    SetDown {
+        id: NodeId,
+        down: bool,
+    },
+    SetLeaderHint {
+        shard: u32,
+        leader: NodeId,
+        term: u64,
+    },
+    DeployHook {
+        spec: Box<HookSpec>,
+    },
+    RemoveHook {
+        name: String,
+    },
+    RollbackHook {
+        name: String,
+    },
+    CreateToken {
+        record: Box<crate::auth::TokenRecord>,
+    },
+    RevokeToken {
+        name: String,
+    },
+    SetPartitioner {
+        spec: Option<Box<HookSpec>>,
+        shards: u32,
+    },
+    ReshardProgress {
+        epoch: u64,
+        shard: u32,
+        progress: crate::ring::partition::ShardProgress,
+        shards: u32,
+    },
+    MoveIn {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        version: u64,
+        expires_at: Option<u64>,
+        epoch: u64,
+    },
     /// Re-sharding, on the key's old shard: deletes it if it still holds
     /// `version` (it was copied to its new shard). The leader takes it only
     /// once it knows re-shard job `epoch`, so it never serves a read that
     /// would miss the key.
-    MoveOut { key: Vec<u8>, version: u64, epoch: u64 },
-    ClearMoveMarkers { epoch: u64 },
+    MoveOut {
+        key: Vec<u8>,
+        version: u64,
+        epoch: u64,
+    },
+    ClearMoveMarkers {
+        epoch: u64,
+    },
 }
 
 impl Proposal {
@@ -169,7 +231,9 @@ pub enum ForwardReply {
     Rejected(String),
     Unavailable(String),
     /// The receiver routes keys by another partition view: route again.
-    WrongShard { generation: u64 },
+    WrongShard {
+        generation: u64,
+    },
 }
 
 /// Shards a scan reads at once.
