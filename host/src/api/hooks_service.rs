@@ -193,7 +193,7 @@ impl Hooks for HooksService {
         }
         let spec = spec_of(Some(def))?;
         let limits = &self.node.config().limits;
-        if spec.source.len() > limits.max_hook_source_bytes {
+        if spec.source.len() > limits.max_hook_bytes(spec.kind) {
             return Err(Status::invalid_argument("hook source is larger than the deploy limit"));
         }
         if r.key.len() > limits.max_key_bytes {

@@ -497,8 +497,7 @@ impl Node {
     pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
             if let Some(g) = self.local_replica(group).await? {
-                let _gate = self.inner.routing_gate.read().await;
-                self.check_placement(group, &key, false).await?;
+                let _gate = self.admit(group, &key, false).await?;
                 let v = g.sm.get(key, now_ms()).await?;
                 note_served_by(self.id());
                 return Ok(v);
@@ -513,8 +512,7 @@ impl Node {
                 |g| {
                     let key = key.clone();
                     async move {
-                        let _gate = self.inner.routing_gate.read().await;
-                        self.check_placement(g.id, &key, false).await?;
+                        let _gate = self.admit(g.id, &key, false).await?;
                         Ok(match read_barrier(&g).await? {
                             Attempt::Done(()) => Attempt::Done(EncodedValue(g.sm.get(key, now_ms()).await?)),
                             Attempt::Retry => Attempt::Retry,
@@ -647,16 +645,14 @@ impl Node {
                     Err(e) => return Err(e),
                 },
                 Forwarded::Get { key } => {
-                    let _gate = self.inner.routing_gate.read().await;
-                    self.check_placement(group, &key, false).await?;
+                    let _gate = self.admit(group, &key, false).await?;
                     match read_barrier(&g).await? {
                         Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
                         Attempt::Retry => ForwardReply::NotLeader,
                     }
                 }
                 Forwarded::GetLocal { key } => {
-                    let _gate = self.inner.routing_gate.read().await;
-                    self.check_placement(group, &key, false).await?;
+                    let _gate = self.admit(group, &key, false).await?;
                     ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode()))
                 }
                 Forwarded::ScanLocal { prefix, limit } => ForwardReply::Items(
