@@ -281,7 +281,7 @@ impl HookCommand {
                     );
                 } else {
                     match r.decision.as_str() {
-                        "reject" | "error" => println!("{}: {} ({took})", r.decision, r.message),
+                        "reject" | "error" | "route" => println!("{}: {} ({took})", r.decision, r.message),
                         "ttl" => println!("ttl: expires {} ms after the write ({took})", r.ttl_ms),
                         d => println!("{d} ({took})"),
                     }

@@ -104,6 +104,19 @@ pub const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// Expected hook run time worth a hand-off to one more worker.
 const CHUNK_WORK: Duration = Duration::from_micros(200);
 
+/// Inline judging: a batch whose hooks are all Wasm, proven fast (at least
+/// [`INLINE_MIN_CALLS`] calls here, averaging under [`INLINE_MAX_AVG`]) and
+/// short-deadlined (at most [`INLINE_MAX_DEADLINE`]) is judged on the
+/// calling async thread when its expected run time is under
+/// [`INLINE_MAX_BATCH`]. The hand-off to a worker thread costs more than
+/// such calls; Wasm's epoch deadline bounds how long one call can hold the
+/// thread (Lua always goes to the workers: a Luau call stuck in a C
+/// function is not interruptible).
+const INLINE_MIN_CALLS: u64 = 16;
+const INLINE_MAX_AVG: Duration = Duration::from_micros(50);
+const INLINE_MAX_DEADLINE: Duration = Duration::from_millis(20);
+const INLINE_MAX_BATCH: Duration = Duration::from_millis(1);
+
 /// How long a write waits for a hook worker to start its hooks.
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
@@ -461,6 +474,15 @@ impl HookRegistry {
             expected_ns += stats.iter().map(|s| s.avg_ns.load(Ordering::Relaxed)).sum::<u64>();
             jobs.push((i, Job { hooks, stats, write }));
         }
+        if expected_ns < INLINE_MAX_BATCH.as_nanos() as u64 && jobs.iter().all(|(_, j)| runs_inline(j)) {
+            for (i, job) in jobs {
+                results[i] = Some(run_hooks(&job.hooks, &job.stats, &job.write));
+            }
+            return results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(JudgeError::Unavailable("a write was not judged".into()))))
+                .collect();
+        }
         let n_chunks = (expected_ns / CHUNK_WORK.as_nanos() as u64 + 1).min(self.pool.threads() as u64) as usize;
         let mut chunks: Vec<(Vec<usize>, Vec<Job>)> = (0..n_chunks).map(|_| Default::default()).collect();
         for (n, (i, job)) in jobs.into_iter().enumerate() {
@@ -522,6 +544,17 @@ impl HookRegistry {
     pub fn stop(&self) {
         self.pool.stop();
     }
+}
+
+/// Whether `job` may be judged on the calling thread (see [`INLINE_MAX_AVG`]).
+fn runs_inline(job: &Job) -> bool {
+    job.hooks.iter().zip(&job.stats).all(|(h, st)| {
+        let spec = h.spec();
+        spec.kind == super::HookKind::Wasm
+            && spec.limits.timeout <= INLINE_MAX_DEADLINE
+            && st.calls.load(Ordering::Relaxed) >= INLINE_MIN_CALLS
+            && st.avg_ns.load(Ordering::Relaxed) < INLINE_MAX_AVG.as_nanos() as u64
+    })
 }
 
 /// One write and the hooks that judge it.
