@@ -113,6 +113,11 @@ impl PartitionView {
         PartitionView { active: active.ok().flatten(), from: from.ok().flatten(), broken, state }
     }
 
+    /// The same compiled functions with newer progress (same generation).
+    fn with_state(&self, state: PartitionState) -> PartitionView {
+        PartitionView { state, active: self.active.clone(), from: self.from.clone(), broken: self.broken.clone() }
+    }
+
     pub fn generation(&self) -> u64 {
         self.state.generation
     }
@@ -208,7 +213,16 @@ impl Node {
             let applied = metrics.borrow_and_update().last_applied;
             if applied != seen_applied {
                 match meta.sm.partition_state().await {
-                    Ok(state) if state != self.partition_view().state => {
+                    Ok(state) if state.generation == self.partition_view().generation() => {
+                        // Only progress changed: routing is the same, so
+                        // no recompiling and no waiting for the gate.
+                        let cur = self.partition_view();
+                        if state != cur.state {
+                            self.inner.partition.store(Arc::new(cur.with_state(state)));
+                        }
+                        seen_applied = applied;
+                    }
+                    Ok(state) => {
                         let view = match tokio::task::spawn_blocking(move || PartitionView::load(state)).await {
                             Ok(v) => v,
                             Err(e) => {
@@ -230,7 +244,6 @@ impl Node {
                         self.inner.partition_generation.send_replace(self.partition_view().generation());
                         seen_applied = applied;
                     }
-                    Ok(_) => seen_applied = applied,
                     Err(e) => tracing::warn!(error = %e, "reading the partition state"),
                 }
             }
