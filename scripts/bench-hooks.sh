@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Put throughput of a 3-node cluster with no hook, a trivial validate hook,
-# and scripts/validate_json.lua, on the same cluster and the same load:
+# Put throughput of a 3-node cluster with no hook, a trivial validate hook
+# and scripts/validate_json.lua in Lua, and their Wasm counterparts
+# (guest-sdk: test-guests/noop_validate, examples/validate_json), on the
+# same cluster and the same load:
 # BENCH_CLIENTS closed-loop clients writing VALUE_SIZE-byte JSON objects.
 # The three configurations take turns, REPEAT rounds, in an order that
 # rotates each round, so drift in the machine hits all three alike. Reports the median ops/s and p99 of each,
@@ -17,7 +19,8 @@
 #   SETTLE_SECS      wait after the cluster formed (default 10)
 #   WARMUP           unrecorded warm-up run first, filling the key space (default 1)
 #   CARGO_TARGET_DIR cargo target dir           (default target/)
-#   SKIP_BUILD=1     use the existing release binary
+#   SKIP_BUILD=1     use the existing release binary and guest modules
+#   CONFIGS          which configurations, in order (default "none trivial json wasm-noop wasm-json")
 #
 # Only 127.0.0.1 is used. Every process started here is stopped on exit.
 set -euo pipefail
@@ -89,16 +92,23 @@ if [[ "${WARMUP:-1}" == 1 ]]; then
 fi
 
 declare -A OPS P99 CALL50 CALL99 CPU
-CONFIGS=(none trivial json)
+read -r -a CONFIGS <<<"${CONFIGS:-none trivial json wasm-noop wasm-json}"
+WASM="$ROOT/guest-sdk/target/wasm32-unknown-unknown/release"
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    (cd guest-sdk && cargo build --target wasm32-unknown-unknown --release -q)
+fi
 for r in $(seq "$REPEAT"); do
     # Rotate the order each round, so no configuration always runs first.
-    order=("${CONFIGS[@]:$(((r - 1) % 3))}" "${CONFIGS[@]:0:$(((r - 1) % 3))}")
+    k=$(((r - 1) % ${#CONFIGS[@]}))
+    order=("${CONFIGS[@]:$k}" "${CONFIGS[@]:0:$k}")
     for cfg in "${order[@]}"; do
         name="bench-$cfg-$r"
         case $cfg in
             none) ;;
             trivial) rk hook deploy --name "$name" --stage validate --file "$WORK/trivial.lua" >/dev/null ;;
             json) rk hook deploy --name "$name" --stage validate --file scripts/validate_json.lua >/dev/null ;;
+            wasm-noop) rk hook deploy --kind wasm --name "$name" --stage validate --file "$WASM/noop_validate.wasm" >/dev/null ;;
+            wasm-json) rk hook deploy --kind wasm --name "$name" --stage validate --file "$WASM/validate_json.wasm" >/dev/null ;;
         esac
         sleep 1 # every node has applied the deploy
         cpu0="$(cluster_cpu)"
@@ -124,7 +134,7 @@ done
 
 base="$(tr ' ' '\n' <<<"${OPS[none]}" | grep . | median)"
 cpu_base="$(tr ' ' '\n' <<<"${CPU[none]}" | grep . | median)"
-printf '%-8s %12s %10s %8s %16s %16s %14s %10s\n' config 'put ops/s' 'p99 ms' ratio 'call p50 us' 'call p99 us' 'CPU us/write' 'CPU ratio'
+printf '%-10s %12s %10s %8s %16s %16s %14s %10s\n' config 'put ops/s' 'p99 ms' ratio 'call p50 us' 'call p99 us' 'CPU us/write' 'CPU ratio'
 for cfg in "${CONFIGS[@]}"; do
     m="$(tr ' ' '\n' <<<"${OPS[$cfg]}" | grep . | median)"
     p="$(tr ' ' '\n' <<<"${P99[$cfg]}" | grep . | median)"
@@ -134,5 +144,5 @@ for cfg in "${CONFIGS[@]}"; do
         c99="$(tr ' ' '\n' <<<"${CALL99[$cfg]}" | grep . | median)"
     fi
     cpu="$(tr ' ' '\n' <<<"${CPU[$cfg]}" | grep . | median)"
-    printf '%-8s %12.0f %10.2f %7.2fx %16s %16s %14.1f %9.2fx\n' "$cfg" "$m" "$p" "$(echo "$m / $base" | bc -l)" "$c50" "$c99" "$cpu" "$(echo "$cpu / $cpu_base" | bc -l)"
+    printf '%-10s %12.0f %10.2f %7.2fx %16s %16s %14.1f %9.2fx\n' "$cfg" "$m" "$p" "$(echo "$m / $base" | bc -l)" "$c50" "$c99" "$cpu" "$(echo "$cpu / $cpu_base" | bc -l)"
 done

@@ -193,6 +193,7 @@ mod tests {
             shards: 4,
             replication_factor: 3,
             vnodes: 64,
+            partitioned: false,
             epoch,
             nodes: (1..=4)
                 .map(|id| NodeStatus { id, addr: format!("127.0.0.1:{}", 7000 + id), role: "voter".into() })

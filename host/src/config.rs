@@ -18,8 +18,10 @@ pub struct Limits {
     pub scan_default: u32,
     /// Largest scan limit honoured. Default 10000.
     pub scan_max: u32,
-    /// Largest hook source accepted by a deploy, in bytes. Default 256 KiB.
+    /// Largest Lua hook source accepted by a deploy, in bytes. Default 256 KiB.
     pub max_hook_source_bytes: usize,
+    /// Largest Wasm module accepted by a deploy, in bytes. Default 8 MiB.
+    pub max_wasm_module_bytes: usize,
     /// Keys and values one scan returns at most, in bytes; a scan stops
     /// early (after at least one item) rather than exceed it. Default 64 MiB.
     pub max_scan_bytes: usize,
@@ -30,6 +32,16 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 }
 
+impl Limits {
+    /// The largest hook source or module a deploy of `kind` accepts.
+    pub fn max_hook_bytes(&self, kind: crate::hooks::HookKind) -> usize {
+        match kind {
+            crate::hooks::HookKind::Lua => self.max_hook_source_bytes,
+            crate::hooks::HookKind::Wasm => self.max_wasm_module_bytes,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -38,6 +50,7 @@ impl Default for Limits {
             scan_default: 1000,
             scan_max: 10_000,
             max_hook_source_bytes: 256 * 1024,
+            max_wasm_module_bytes: 8 * 1024 * 1024,
             max_scan_bytes: 64 * 1024 * 1024,
             max_connections_per_ip: 1024,
             max_concurrent_streams: 1024,
@@ -195,6 +208,7 @@ pub struct LimitsFile {
     pub scan_default: Option<u32>,
     pub scan_max: Option<u32>,
     pub max_hook_source_bytes: Option<Size>,
+    pub max_wasm_module_bytes: Option<Size>,
     pub max_scan_bytes: Option<Size>,
     pub max_connections_per_ip: Option<usize>,
     pub max_concurrent_streams: Option<u32>,
@@ -306,8 +320,10 @@ max_value_bytes = "1MiB"
 scan_default = 1000
 # Largest scan limit honoured. (RINGKV_SCAN_MAX, --scan-max)
 scan_max = 10000
-# Largest hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
+# Largest Lua hook source a deploy accepts. (RINGKV_MAX_HOOK_SOURCE_BYTES, --max-hook-source-bytes)
 max_hook_source_bytes = "256KiB"
+# Largest Wasm module a deploy accepts. (RINGKV_MAX_WASM_MODULE_BYTES, --max-wasm-module-bytes)
+max_wasm_module_bytes = "8MiB"
 # Keys and values one scan returns at most; a scan stops early rather than
 # exceed it. (RINGKV_MAX_SCAN_BYTES, --max-scan-bytes)
 max_scan_bytes = "64MiB"

@@ -12,6 +12,7 @@
 //! | `apply` | applied entries are about to be committed to the state machine |
 //! | `snapshot-install` | a received snapshot is about to replace the state machine |
 //! | `shard-move` | a shard move added its new replicas and is about to remove the old ones |
+//! | `reshard-batch` | a shard leader moved a batch of keys for a re-shard job and reported it |
 //!
 //! Without the feature every crash point compiles to nothing.
 

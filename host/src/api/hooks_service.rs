@@ -193,7 +193,7 @@ impl Hooks for HooksService {
         }
         let spec = spec_of(Some(def))?;
         let limits = &self.node.config().limits;
-        if spec.source.len() > limits.max_hook_source_bytes {
+        if spec.source.len() > limits.max_hook_bytes(spec.kind) {
             return Err(Status::invalid_argument("hook source is larger than the deploy limit"));
         }
         if r.key.len() > limits.max_key_bytes {
@@ -214,13 +214,11 @@ impl Hooks for HooksService {
             || (spec.source.is_empty() && self.node.partitioner().is_some_and(|p| p.name == spec.name));
         if partition {
             let (routed, shard, elapsed) = self.node.test_partitioner(spec, r.key.to_vec()).await?;
-            let mut resp =
-                proto::TestHookResponse { elapsed_us: elapsed.as_micros() as u64, ..Default::default() };
+            let mut resp = proto::TestHookResponse { elapsed_us: elapsed.as_micros() as u64, ..Default::default() };
             match routed {
                 Ok(Some(routing)) => {
                     resp.decision = "route".into();
-                    resp.message =
-                        format!("routing key {:?} -> shard {shard}", String::from_utf8_lossy(&routing));
+                    resp.message = format!("routing key {:?} -> shard {shard}", String::from_utf8_lossy(&routing));
                 }
                 Ok(None) => {
                     resp.decision = "route".into();

@@ -72,7 +72,10 @@ pub async fn serve(node: Node, listener: tokio::net::TcpListener) {
         .add_service(
             // A test request carries a source and a write's new and old values.
             HooksServer::new(hooks_service::HooksService::new(node.clone())).max_decoding_message_size(
-                limits.max_hook_source_bytes + 2 * limits.max_value_bytes + limits.max_key_bytes + 64 * 1024,
+                limits.max_hook_source_bytes.max(limits.max_wasm_module_bytes)
+                    + 2 * limits.max_value_bytes
+                    + limits.max_key_bytes
+                    + 64 * 1024,
             ),
         )
         .add_service(BackupServer::new(backup_service::BackupService::new(node.clone())))

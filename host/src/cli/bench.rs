@@ -51,6 +51,10 @@ pub struct BenchCommand {
     /// Size of the key space; keys are `bench/00000000` ...
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
+    /// Spread the keys over this many tenants, as `t0007/00000042` (the
+    /// tenant is the part a tenant partition function routes by); 0: `bench/...`.
+    #[arg(long, default_value_t = 0)]
+    pub tenants: u64,
     #[arg(long, value_enum, default_value_t)]
     pub consistency: ConsistencyArg,
     /// Write every key once before measuring (default for get and mixed).
@@ -113,8 +117,11 @@ fn json_value(size: usize) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-fn key_name(i: u64) -> String {
-    format!("bench/{i:08}")
+fn key_name(i: u64, tenants: u64) -> String {
+    match tenants {
+        0 => format!("bench/{i:08}"),
+        n => format!("t{:04}/{i:08}", i % n),
+    }
 }
 
 impl BenchCommand {
@@ -145,7 +152,7 @@ impl BenchCommand {
         for _ in 0..self.clients {
             let target = target.clone();
             let value = value.clone();
-            let (op, keys, consistency) = (self.op, self.keys, self.consistency);
+            let (op, keys, consistency, tenants) = (self.op, self.keys, self.consistency, self.tenants);
             tasks.push(tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new(3).context("histogram")?;
                 let mut errors = 0u64;
@@ -162,9 +169,9 @@ impl BenchCommand {
                     };
                     let start = Instant::now();
                     let r = if is_put {
-                        target.put(key_name(k), value.clone()).await
+                        target.put(key_name(k, tenants), value.clone()).await
                     } else {
-                        target.get(key_name(k), consistency).await
+                        target.get(key_name(k, tenants), consistency).await
                     };
                     match r {
                         Ok(()) => hist.record(start.elapsed().as_micros() as u64).context("recording")?,
@@ -222,7 +229,7 @@ impl BenchCommand {
     /// Writes every key once, with the same concurrency, printing progress.
     async fn preload(&self, target: &Target, value: &[u8]) -> anyhow::Result<()> {
         let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let keys = self.keys;
+        let (keys, tenants) = (self.keys, self.tenants);
         let mut tasks = Vec::new();
         for _ in 0..self.clients {
             let (target, value, next) = (target.clone(), value.to_vec(), next.clone());
@@ -232,7 +239,7 @@ impl BenchCommand {
                     if i >= keys {
                         return Ok::<_, anyhow::Error>(());
                     }
-                    target.put(key_name(i), value.clone()).await?;
+                    target.put(key_name(i, tenants), value.clone()).await?;
                     if i > 0 && i % 20_000 == 0 {
                         eprintln!("preload: {i}/{keys} keys");
                     }

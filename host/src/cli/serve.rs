@@ -79,9 +79,12 @@ pub struct ServeCommand {
     /// Largest scan limit honoured. [default: 10000]
     #[arg(long, env = "RINGKV_SCAN_MAX")]
     pub scan_max: Option<u32>,
-    /// Largest hook source a deploy accepts. [default: 256KiB]
+    /// Largest Lua hook source a deploy accepts. [default: 256KiB]
     #[arg(long, env = "RINGKV_MAX_HOOK_SOURCE_BYTES", value_parser = parse_size)]
     pub max_hook_source_bytes: Option<usize>,
+    /// Largest Wasm module a deploy accepts. [default: 8MiB]
+    #[arg(long, env = "RINGKV_MAX_WASM_MODULE_BYTES", value_parser = parse_size)]
+    pub max_wasm_module_bytes: Option<usize>,
     /// Keys and values one scan returns at most. [default: 64MiB]
     #[arg(long, env = "RINGKV_MAX_SCAN_BYTES", value_parser = parse_size)]
     pub max_scan_bytes: Option<usize>,
@@ -220,6 +223,10 @@ impl ServeCommand {
                 .max_hook_source_bytes
                 .or(file_size(file.limits.max_hook_source_bytes, "limits.max_hook_source_bytes")?)
                 .unwrap_or(dl.max_hook_source_bytes),
+            max_wasm_module_bytes: self
+                .max_wasm_module_bytes
+                .or(file_size(file.limits.max_wasm_module_bytes, "limits.max_wasm_module_bytes")?)
+                .unwrap_or(dl.max_wasm_module_bytes),
             max_scan_bytes: self
                 .max_scan_bytes
                 .or(file_size(file.limits.max_scan_bytes, "limits.max_scan_bytes")?)

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use super::routing::Attempt;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{
-    runtime_for, Stage, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, TtlChoice, Write,
-    WriteKind,
+    runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, Stage, TtlChoice,
+    Write, WriteKind,
 };
 use crate::raft::types::{now_ms, CommandResult, HookStamp};
 use crate::raft::StateMachine;
@@ -74,9 +74,7 @@ impl Node {
         // puts its key, and the view cannot change until it is done.
         let _gate = match &p {
             Proposal::Put { key, .. } | Proposal::Delete { key, .. } if g.id != META_GROUP => {
-                let gate = self.inner.routing_gate.read().await;
-                self.check_placement(g.id, key, true).await?;
-                Some(gate)
+                Some(self.admit(g.id, key, true).await?)
             }
             _ => None,
         };
@@ -108,10 +106,11 @@ impl Node {
     /// and waits (bounded by the request timeout) until this node runs it.
     pub async fn deploy_hook(&self, mut spec: HookSpec) -> Result<(u64, String), NodeError> {
         check_name(&spec.name)?;
-        let max = self.config().limits.max_hook_source_bytes;
+        let max = self.config().limits.max_hook_bytes(spec.kind);
         if spec.source.len() > max {
+            let what = if spec.kind == crate::hooks::HookKind::Wasm { "Wasm module" } else { "hook source" };
             return Err(NodeError::InvalidArgument(format!(
-                "hook source is {} bytes; the limit is {max} bytes",
+                "{what} is {} bytes; the limit is {max} bytes",
                 spec.source.len()
             )));
         }

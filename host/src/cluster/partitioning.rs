@@ -117,11 +117,7 @@ impl PartitionView {
         self.state.generation
     }
 
-    fn shard_by(
-        f: Option<&Arc<dyn CompiledPartitioner>>,
-        ring: &RingConfig,
-        key: &[u8],
-    ) -> Result<ShardId, NodeError> {
+    fn shard_by(f: Option<&Arc<dyn CompiledPartitioner>>, ring: &RingConfig, key: &[u8]) -> Result<ShardId, NodeError> {
         let Some(f) = f else { return Ok(ring.shard_of_key(key)) };
         match f.routing_key(key) {
             Ok(routing) => Ok(ring.shard_of_routed(key, routing.as_deref())),
@@ -259,27 +255,33 @@ impl Node {
         }
     }
 
-    /// On the replica serving a key request for `group`: refuses it when it
-    /// was routed by an older view than this node's, waits (briefly) when by
-    /// a newer one, and refuses a key that does not live in `group` by this
-    /// node's view. `write`: a write goes to the key's shard only; a read
-    /// may also go to its old shard while a job runs. The caller holds the
-    /// routing gate while it serves the request.
-    pub(super) async fn check_placement(&self, group: GroupId, key: &[u8], write: bool) -> Result<(), NodeError> {
-        let mut view = self.partition_view();
-        if let Some(routed) = routed_by() {
-            if routed > view.generation() {
-                self.wait_generation(routed, Duration::from_millis(500)).await?;
-                view = self.partition_view();
-            }
-            if routed < view.generation() {
-                return Err(NodeError::WrongShard { generation: view.generation() });
+    /// Admits a key request for `group` on the replica serving it, holding
+    /// the routing gate until the returned guard drops. Refuses a request
+    /// routed by an older view than this node's, waits (briefly, without
+    /// the gate) for a newer one, and refuses a key that does not live in
+    /// `group` by this node's view. `write`: a write goes to the key's shard
+    /// only; a read may also go to its old shard while a job runs.
+    pub(super) async fn admit(
+        &self,
+        group: GroupId,
+        key: &[u8],
+        write: bool,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, NodeError> {
+        let routed = routed_by();
+        if let Some(routed) = routed.filter(|r| *r > self.partition_view().generation()) {
+            if self.wait_generation(routed, Duration::from_millis(500)).await.is_err() {
+                // The router retries until this node catches up.
+                return Err(NodeError::WrongShard { generation: self.partition_view().generation() });
             }
         }
+        let gate = self.inner.routing_gate.read().await;
+        let view = self.partition_view();
+        if routed.is_some_and(|r| r != view.generation()) {
+            return Err(NodeError::WrongShard { generation: view.generation() });
+        }
         let route = view.route(self.ring(), key)?;
-        let here = route.group == group || (!write && route.old == Some(group));
-        if here {
-            Ok(())
+        if route.group == group || (!write && route.old == Some(group)) {
+            Ok(gate)
         } else {
             Err(NodeError::WrongShard { generation: view.generation() })
         }
@@ -603,13 +605,20 @@ impl Node {
             }
             let report = Proposal::ReshardProgress { epoch, shard, progress: progress.clone(), shards };
             self.propose(META_GROUP, report).await?;
+            crate::failpoint::crash_point("reshard-batch");
             crate::telemetry::record_reshard_batch(
                 progress.scanned - before.0,
                 progress.moved - before.1,
                 progress.done,
             );
             if progress.done {
-                tracing::info!(shard, epoch, scanned = progress.scanned, moved = progress.moved, "re-shard of shard done");
+                tracing::info!(
+                    shard,
+                    epoch,
+                    scanned = progress.scanned,
+                    moved = progress.moved,
+                    "re-shard of shard done"
+                );
                 return Ok(());
             }
         }

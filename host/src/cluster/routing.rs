@@ -33,29 +33,91 @@ use crate::storage::{Envelope, GroupId};
 /// into a [`Command`], stamping its own clock, so TTLs use one clock per write.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Proposal {
-    Put { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
-    Delete { key: Vec<u8>, if_version: Option<u64>, hooks: Option<Box<HookStamp>> },
-    Expire { key: Vec<u8>, version: u64 },
-    SetNode { id: NodeId, addr: String },
-    RemoveNode { id: NodeId },
-    SetAssignment { shard: u32, replicas: Vec<NodeId>, pending: bool },
-    SetDraining { id: NodeId, draining: bool },
-    SetDown { id: NodeId, down: bool },
-    SetLeaderHint { shard: u32, leader: NodeId, term: u64 },
-    DeployHook { spec: Box<HookSpec> },
-    RemoveHook { name: String },
-    RollbackHook { name: String },
-    CreateToken { record: Box<crate::auth::TokenRecord> },
-    RevokeToken { name: String },
-    SetPartitioner { spec: Option<Box<HookSpec>>, shards: u32 },
-    ReshardProgress { epoch: u64, shard: u32, progress: crate::ring::partition::ShardProgress, shards: u32 },
-    MoveIn { key: Vec<u8>, value: Vec<u8>, version: u64, expires_at: Option<u64>, epoch: u64 },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        if_version: Option<u64>,
+        hooks: Option<Box<HookStamp>>,
+    },
+    Delete {
+        key: Vec<u8>,
+        if_version: Option<u64>,
+        hooks: Option<Box<HookStamp>>,
+    },
+    Expire {
+        key: Vec<u8>,
+        version: u64,
+    },
+    SetNode {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    SetAssignment {
+        shard: u32,
+        replicas: Vec<NodeId>,
+        pending: bool,
+    },
+    SetDraining {
+        id: NodeId,
+        draining: bool,
+    },
+    SetDown {
+        id: NodeId,
+        down: bool,
+    },
+    SetLeaderHint {
+        shard: u32,
+        leader: NodeId,
+        term: u64,
+    },
+    DeployHook {
+        spec: Box<HookSpec>,
+    },
+    RemoveHook {
+        name: String,
+    },
+    RollbackHook {
+        name: String,
+    },
+    CreateToken {
+        record: Box<crate::auth::TokenRecord>,
+    },
+    RevokeToken {
+        name: String,
+    },
+    SetPartitioner {
+        spec: Option<Box<HookSpec>>,
+        shards: u32,
+    },
+    ReshardProgress {
+        epoch: u64,
+        shard: u32,
+        progress: crate::ring::partition::ShardProgress,
+        shards: u32,
+    },
+    MoveIn {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        version: u64,
+        expires_at: Option<u64>,
+        epoch: u64,
+    },
     /// Re-sharding, on the key's old shard: deletes it if it still holds
     /// `version` (it was copied to its new shard). The leader takes it only
     /// once it knows re-shard job `epoch`, so it never serves a read that
     /// would miss the key.
-    MoveOut { key: Vec<u8>, version: u64, epoch: u64 },
-    ClearMoveMarkers { epoch: u64 },
+    MoveOut {
+        key: Vec<u8>,
+        version: u64,
+        epoch: u64,
+    },
+    ClearMoveMarkers {
+        epoch: u64,
+    },
 }
 
 impl Proposal {
@@ -169,7 +231,9 @@ pub enum ForwardReply {
     Rejected(String),
     Unavailable(String),
     /// The receiver routes keys by another partition view: route again.
-    WrongShard { generation: u64 },
+    WrongShard {
+        generation: u64,
+    },
 }
 
 /// Shards a scan reads at once.
@@ -433,8 +497,7 @@ impl Node {
     pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
             if let Some(g) = self.local_replica(group).await? {
-                let _gate = self.inner.routing_gate.read().await;
-                self.check_placement(group, &key, false).await?;
+                let _gate = self.admit(group, &key, false).await?;
                 let v = g.sm.get(key, now_ms()).await?;
                 note_served_by(self.id());
                 return Ok(v);
@@ -449,8 +512,7 @@ impl Node {
                 |g| {
                     let key = key.clone();
                     async move {
-                        let _gate = self.inner.routing_gate.read().await;
-                        self.check_placement(g.id, &key, false).await?;
+                        let _gate = self.admit(g.id, &key, false).await?;
                         Ok(match read_barrier(&g).await? {
                             Attempt::Done(()) => Attempt::Done(EncodedValue(g.sm.get(key, now_ms()).await?)),
                             Attempt::Retry => Attempt::Retry,
@@ -583,16 +645,14 @@ impl Node {
                     Err(e) => return Err(e),
                 },
                 Forwarded::Get { key } => {
-                    let _gate = self.inner.routing_gate.read().await;
-                    self.check_placement(group, &key, false).await?;
+                    let _gate = self.admit(group, &key, false).await?;
                     match read_barrier(&g).await? {
                         Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
                         Attempt::Retry => ForwardReply::NotLeader,
                     }
                 }
                 Forwarded::GetLocal { key } => {
-                    let _gate = self.inner.routing_gate.read().await;
-                    self.check_placement(group, &key, false).await?;
+                    let _gate = self.admit(group, &key, false).await?;
                     ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode()))
                 }
                 Forwarded::ScanLocal { prefix, limit } => ForwardReply::Items(

@@ -778,3 +778,46 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    /// Applies `ops` as the entry at `index` and returns their results.
+    async fn apply(sm: &mut StateMachine, index: u64, ops: Vec<Op>) -> Vec<CommandResult> {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        let entry = Entry { log_id, payload: EntryPayload::Normal(Command { now_ms: 1000, ops }) };
+        sm.apply([entry]).await.expect("apply").pop().expect("one entry")
+    }
+
+    fn move_in(key: &str, version: u64, epoch: u64) -> Op {
+        Op::MoveIn { key: key.into(), value: b"moved".to_vec(), version, expires_at: None, epoch }
+    }
+
+    #[tokio::test]
+    async fn a_move_lands_once_per_job_and_never_over_a_newer_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("storage");
+        let mut sm = StateMachine::new(1, storage);
+        // The first move writes the key with its old version.
+        assert_eq!(apply(&mut sm, 1, vec![move_in("a", 77, 1)]).await, vec![CommandResult::MovedIn { written: true }]);
+        let got = sm.get(b"a".to_vec(), 0).await.expect("get").expect("moved in");
+        assert_eq!((got.version, got.value.as_ref()), (77, b"moved".as_ref()));
+        // Deleted since: a late copy of the same job does not bring it back.
+        let delete = Op::Delete { key: b"a".to_vec(), if_version: None, hooks: None };
+        apply(&mut sm, 2, vec![delete]).await;
+        assert_eq!(apply(&mut sm, 3, vec![move_in("a", 77, 1)]).await, vec![CommandResult::MovedIn { written: false }]);
+        assert!(sm.get(b"a".to_vec(), 0).await.expect("get").is_none());
+        // A key written here first keeps the newer write.
+        let put =
+            Op::Put { key: b"b".to_vec(), value: b"new".to_vec(), expires_at: None, if_version: None, hooks: None };
+        apply(&mut sm, 4, vec![put]).await;
+        assert_eq!(apply(&mut sm, 5, vec![move_in("b", 2, 1)]).await, vec![CommandResult::MovedIn { written: false }]);
+        assert_eq!(sm.get(b"b".to_vec(), 0).await.expect("get").map(|e| e.value.to_vec()), Some(b"new".to_vec()));
+        // Once the job's markers are cleared, a later job moves the key again.
+        apply(&mut sm, 6, vec![Op::ClearMoveMarkers { epoch: 1 }]).await;
+        assert_eq!(apply(&mut sm, 7, vec![move_in("a", 9, 2)]).await, vec![CommandResult::MovedIn { written: true }]);
+    }
+}

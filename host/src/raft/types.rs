@@ -114,9 +114,7 @@ impl Op {
     /// The user key this op writes, if it writes one.
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } | Op::MoveIn { key, .. } => {
-                Some(key)
-            }
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Expire { key, .. } | Op::MoveIn { key, .. } => Some(key),
             Op::SetNode { .. }
             | Op::RemoveNode { .. }
             | Op::SetAssignment { .. }

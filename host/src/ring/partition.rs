@@ -122,8 +122,7 @@ impl PartitionState {
         }
         let spec = match spec {
             Some(mut s) => {
-                self.last_version =
-                    self.last_version.checked_add(1).ok_or("no partition function versions left")?;
+                self.last_version = self.last_version.checked_add(1).ok_or("no partition function versions left")?;
                 s.version = self.last_version;
                 Some(s)
             }
