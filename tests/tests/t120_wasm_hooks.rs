@@ -174,7 +174,7 @@ fn ttl_class(expires_at_ms: Option<u64>, before_ms: u64) -> String {
     }
 }
 
-/// The ttl_by_prefix cases: a key suffix (prefixed with a per-run tag), the
+/// The ttl_by_prefix cases: a key (suffixed with a per-port tag), the
 /// client's TTL, and the class both ports must give.
 fn ttl_cases() -> Vec<(&'static str, Option<Duration>, &'static str)> {
     let five_min = Some(Duration::from_secs(300));
@@ -197,8 +197,9 @@ fn ttl_cases() -> Vec<(&'static str, Option<Duration>, &'static str)> {
 async fn ttl_decisions(c: &ProcCluster, hook: &str, tag: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, (key, client_ttl, _)) in ttl_cases().into_iter().enumerate() {
-        // The rules look at the key's start, so the tag goes at its end.
-        let key = format!("{key}/{tag}");
+        // The rules look at the key's start, so the tag goes at its end,
+        // after a '-' so that "session" does not become "session/...".
+        let key = format!("{key}-{tag}");
         let nc = c.node_client(NODES[i % NODES.len()]);
         let before = now_ms();
         let r = nc.put_detailed(key.clone(), "v", PutOptions { ttl: client_ttl, if_version: None }).await;
