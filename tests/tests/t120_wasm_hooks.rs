@@ -16,12 +16,12 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringkv_client::proto::{self, HookDefinition, HookStage};
-use ringkv_client::{Client, Error, PutOptions};
+use ringkv_client::{Client, ClientOptions, Error, PutOptions};
 use ringkv_tests::guest::{guest_module, guest_module_path, wasm_hook};
-use ringkv_tests::{eventually, ringkv_bin, ProcCluster};
+use ringkv_tests::{eventually, ringkv_bin, ProcCluster, PATIENCE};
 
 const VALIDATE_JSON_LUA: &str = include_str!("../../scripts/validate_json.lua");
 const TTL_BY_PREFIX_LUA: &str = include_str!("../../scripts/ttl_by_prefix.lua");
@@ -441,9 +441,16 @@ async fn a_wasm_validate_hook_hot_swaps_under_load_without_failed_requests() {
     wait_judged(&judged, first.version, "writes judged by the first version").await;
     for k in 1..=REDEPLOYS {
         let which = modules[k as usize % 2].0;
-        // Each deploy through a different node.
-        let via = c.node_client(NODES[k as usize % NODES.len()]);
+        // Each deploy through a different node. A deploy compiles the module
+        // on a node busy with the writers (and, in debug builds, with an
+        // unoptimized compiler): the admin client waits up to PATIENCE rather
+        // than the default 10 s, since this test is about the writers.
+        let id = NODES[k as usize % NODES.len()];
+        let opts = ClientOptions { timeout: PATIENCE, ..ClientOptions::default() };
+        let via = Client::connect_with([&c.nodes[&id].grpc], opts).expect("client").with_ring_routing(false);
+        let started = Instant::now();
         let r = via.deploy_hook(definition(k as usize)).await.unwrap_or_else(|e| panic!("deploy {k} ({which}): {e}"));
+        println!("deploy {k} ({which}) through node {id} returned v{} after {:?}", r.version, started.elapsed());
         let last = *deployed.keys().last().expect("a version");
         assert_eq!(r.version, last + 1, "each redeploy of another module is a new version");
         deployed.insert(r.version, which);
