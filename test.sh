@@ -37,9 +37,24 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
 fi
 
+# Wasm hooks (guest-sdk/, its own cargo workspace) are built for
+# wasm32-unknown-unknown; the Wasm hook tests (t120, t121) deploy those
+# modules and fail, never skip, without the target. `rustup target add` is
+# quick when it is already installed.
+rustup target add wasm32-unknown-unknown
+# Build the modules once here so the test binaries that need them (each
+# builds them on first use) find them up to date instead of building them
+# concurrently.
+(cd guest-sdk && cargo build --target wasm32-unknown-unknown --release)
+
 # Build the binary first: the process-level tests run target/debug/ringkv.
 cargo build --workspace --bins
 cargo test --workspace --all-targets -- --test-threads "${RINGKV_TEST_THREADS:-4}"
+
+# The guest SDK's own tests (unit tests, the attribute macros' compile-error
+# tests, and a check of every built module against the ABI): not part of the
+# root workspace, so the command above does not run them.
+(cd guest-sdk && cargo test)
 
 # The fuzz harnesses (docs/security.md, "Fuzzing"): built with libFuzzer's
 # instrumentation by plain cargo, then each target runs for a short budget.

@@ -5,6 +5,7 @@
 //!   SIGKILL and restarted with the same command line.
 //! - [`InProcCluster`] runs nodes inside the test process, sharing one
 //!   [`LinkFilter`] so tests can cut links between nodes.
+//! - [`guest`] builds and loads the Wasm hook modules the tests deploy.
 //!
 //! Tests wait for conditions by polling with generous limits; they never
 //! assert on speed.
@@ -21,6 +22,7 @@ use ringkv::raft::{LinkFilter, RaftTuning};
 use ringkv_client::{Client, ClientOptions};
 
 pub mod checker;
+pub mod guest;
 pub mod history;
 pub mod nemesis;
 
