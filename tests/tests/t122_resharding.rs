@@ -1,0 +1,295 @@
+//! Online re-sharding: a 3-node cluster holds 20 000 keys of 50 tenants,
+//! routed by their whole key. `tenant_partitioner` (built from
+//! guest-sdk/examples for wasm32 in this run) is deployed while clients keep
+//! writing new keys and reading acknowledged ones. One node is armed to
+//! crash right after its first re-shard batch, so a shard leader dies in the
+//! middle of the job. Checked:
+//! - no read of an acknowledged key returns not-found or a wrong value, and
+//!   no acknowledged write is lost;
+//! - the job completes with the crashed node still down;
+//! - at the end every tenant's keys live on one shard and no key is stored
+//!   on two shards (per-shard dumps from the shard leaders);
+//! - a second partition function change while the job runs is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ringkv_client::proto::{self, backup_client::BackupClient, HookDefinition, HookKind, HookStage};
+use ringkv_client::Client;
+use ringkv_tests::{eventually, guest::guest_module, ProcCluster};
+
+const TENANTS: usize = 50;
+const KEYS: usize = 20_000;
+const WRITERS: usize = 4;
+const READERS: usize = 4;
+/// A bound on each background task, whatever happens.
+const MAX_OPS_PER_TASK: u64 = 200_000;
+/// The node that crashes after its first re-shard batch.
+const CRASHING: u64 = 2;
+
+fn key(tenant: usize, i: usize) -> String {
+    format!("t{tenant:02}/k{i:05}")
+}
+
+fn partitioner() -> HookDefinition {
+    HookDefinition {
+        name: "tenants".into(),
+        kind: HookKind::Wasm as i32,
+        stage: HookStage::Partition as i32,
+        source: guest_module("tenant_partitioner").into(),
+        // Generous: a stalled 2-core machine must not fail a routing call.
+        timeout_ms: 1000,
+        ..Default::default()
+    }
+}
+
+/// Puts `key`, retrying transient failures (a leader change), a few times.
+async fn put_retrying(client: &Client, key: String, value: String) -> Result<(), ringkv_client::Error> {
+    let mut last = None;
+    for _ in 0..5 {
+        match client.put(key.clone(), value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.unwrap_or_else(|| ringkv_client::Error::Unavailable("no attempt".into())))
+}
+
+/// Every key stored on `shard`, from a dump served by its leader.
+async fn shard_keys(cluster: &ProcCluster, shard: u32) -> Option<Vec<Vec<u8>>> {
+    for addr in cluster.endpoints() {
+        let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{addr}")).ok()?.connect().await else {
+            continue;
+        };
+        let mut client = BackupClient::new(ch).max_decoding_message_size(usize::MAX);
+        let Ok(resp) = client.dump_shard(proto::DumpShardRequest { shard, shards: 0 }).await else { continue };
+        let mut stream = resp.into_inner();
+        let mut keys = Vec::new();
+        let mut complete = true;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => keys.extend(c.records.into_iter().map(|r| r.key.to_vec())),
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        if complete {
+            return Some(keys);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_leader() {
+    let module = partitioner();
+    let mut cluster = ProcCluster::start(3, &[]).await;
+    let client = cluster.client();
+
+    // 1. 20 000 keys of 50 tenants, routed by their whole key.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::with_capacity(KEYS * 2)));
+    let loaded: Vec<Result<(String, String), String>> = futures::stream::iter(0..KEYS)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let (k, v) = (key(i % TENANTS, i), format!("v{i}"));
+                put_retrying(&client, k.clone(), v.clone()).await.map(|_| (k, v)).map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in loaded {
+        acked.lock().expect("lock").push(r.expect("initial load"));
+    }
+
+    // A node armed to crash right after its first re-shard batch.
+    cluster.stop(CRASHING);
+    cluster.restart_with_env(CRASHING, &[("FAILPOINTS", "reshard-batch=1*return")]);
+    cluster.wait_settled(3).await;
+    eventually("the armed node to lead a shard again", || {
+        let client = client.clone();
+        async move { client.status().await.ok()?.shards.iter().any(|s| s.leader_id == CRASHING).then_some(()) }
+    })
+    .await;
+
+    // 2. Clients keep writing new keys and reading acknowledged ones.
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failed_writes: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (client, stop, acked, failed) = (client.clone(), stop.clone(), acked.clone(), failed_writes.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..MAX_OPS_PER_TASK {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (k, v) = (format!("t{:02}/live-{w}-{n}", n as usize % TENANTS), format!("live{n}"));
+                match client.put(k.clone(), v.clone()).await {
+                    Ok(_) => acked.lock().expect("lock").push((k, v)),
+                    // Not acknowledged: allowed to be lost (the crash).
+                    Err(_) => {
+                        failed.lock().expect("lock").insert(k);
+                    }
+                }
+            }
+        }));
+    }
+    for r in 0..READERS {
+        let (client, stop, acked, violations, reads) =
+            (client.clone(), stop.clone(), acked.clone(), violations.clone(), reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ r as u64;
+            for _ in 0..MAX_OPS_PER_TASK {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let picked = {
+                    let a = acked.lock().expect("lock");
+                    a[(x % a.len() as u64) as usize].clone()
+                };
+                match client.get(picked.0.clone()).await {
+                    Ok(Some(v)) if v.value.as_ref() == picked.1.as_bytes() => {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(v)) => violations.lock().expect("lock").push(format!(
+                        "{} read {:?}, acknowledged {:?}",
+                        picked.0,
+                        String::from_utf8_lossy(&v.value),
+                        picked.1
+                    )),
+                    Ok(None) => violations.lock().expect("lock").push(format!("{} not found", picked.0)),
+                    // Unavailable around the crash: not an answer, not a violation.
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+
+    // 3. Deploy the partitioner while they run.
+    let deployed = client.deploy_hook(module.clone()).await.expect("deploy the tenant partitioner");
+    assert_eq!(deployed.version, 1);
+    let refused = client.deploy_hook(HookDefinition { name: "other".into(), ..module.clone() }).await;
+    match refused {
+        Err(e) => assert!(e.to_string().contains("re-shard job is still running"), "{e}"),
+        Ok(_) => {
+            // The job may already be over on a fast machine; then the change
+            // is legal and starts a second job, which is not what this test is about.
+            let s = client.reshard_status().await.expect("status");
+            assert!(!s.running || s.epoch == 2, "a second change while a job ran was accepted: {s:?}");
+        }
+    }
+
+    // 5. The armed node crashes mid-job; the job completes without it.
+    eventually("the armed node to crash after its first re-shard batch", || {
+        let exited = cluster.exited(CRASHING);
+        async move { exited.then_some(()) }
+    })
+    .await;
+    let survivors = Client::connect(
+        cluster.endpoints().into_iter().enumerate().filter(|(i, _)| *i as u64 + 1 != CRASHING).map(|(_, a)| a),
+    )
+    .expect("client of the survivors");
+    let done = eventually("the re-shard job to finish with a node down", || {
+        let c = survivors.clone();
+        async move { c.reshard_status().await.ok().filter(|s| !s.running && s.last_epoch >= 1) }
+    })
+    .await;
+    eprintln!(
+        "re-shard finished: {} keys scanned, {} moved, {} ms",
+        done.last_keys_scanned,
+        done.last_keys_moved,
+        done.last_finished_ms.saturating_sub(done.last_started_ms)
+    );
+    assert!(done.last_keys_moved > 0, "nothing moved: {done:?}");
+    assert_eq!(done.partitioner, "tenants v1");
+
+    // Let the clients run a little past the job, then stop them.
+    let more = reads.load(Ordering::Relaxed) + 200;
+    eventually("readers to keep reading after the job", || {
+        let n = reads.load(Ordering::Relaxed);
+        async move { (n >= more).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let violations = violations.lock().expect("lock").clone();
+    assert!(
+        violations.is_empty(),
+        "{} bad reads, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(10)]
+    );
+
+    cluster.restart(CRASHING);
+    cluster.wait_settled(3).await;
+
+    // No acknowledged write is lost.
+    let acked = acked.lock().expect("lock").clone();
+    let lost: Vec<String> = futures::stream::iter(acked.clone())
+        .map(|(k, v)| {
+            let client = client.clone();
+            async move {
+                match client.get(k.clone()).await {
+                    Ok(Some(got)) if got.value.as_ref() == v.as_bytes() => None,
+                    other => Some(format!("{k}: {other:?}")),
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    assert!(lost.is_empty(), "{} acknowledged writes lost, first: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+
+    // 4. Every tenant on one shard, no key twice.
+    let shards = client.ring().await.expect("ring").shards;
+    let mut where_stored: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
+    for shard in 0..shards {
+        let keys = eventually(&format!("a dump of shard {shard}"), || shard_keys(&cluster, shard)).await;
+        for k in keys {
+            where_stored.entry(k).or_default().push(shard);
+        }
+    }
+    let twice: Vec<_> = where_stored.iter().filter(|(_, s)| s.len() > 1).take(10).collect();
+    assert!(twice.is_empty(), "keys stored on two shards: {twice:?}");
+    let mut tenant_shards: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for (k, s) in &where_stored {
+        let k = String::from_utf8_lossy(k);
+        let tenant = k.split('/').next().unwrap_or_default().to_string();
+        tenant_shards.entry(tenant).or_default().extend(s);
+    }
+    assert_eq!(tenant_shards.len(), TENANTS);
+    for (tenant, s) in &tenant_shards {
+        assert_eq!(s.len(), 1, "tenant {tenant} is spread over shards {s:?}");
+    }
+    // Besides the acknowledged keys, only writes that failed may have landed.
+    let failed = failed_writes.lock().expect("lock").clone();
+    let acked_keys: BTreeSet<&str> = acked.iter().map(|(k, _)| k.as_str()).collect();
+    let unexpected: Vec<String> = where_stored
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| !acked_keys.contains(k.as_str()) && !failed.contains(k))
+        .take(10)
+        .collect();
+    assert!(unexpected.is_empty(), "keys nobody wrote: {unexpected:?}");
+    eprintln!(
+        "{} keys checked, {} reads during the job, {} writes failed (not acknowledged)",
+        acked.len(),
+        reads.load(Ordering::Relaxed),
+        failed.len()
+    );
+}
