@@ -108,8 +108,12 @@ async fn malformed_and_oversized_requests_get_client_error_codes_and_the_node_ke
     let long_source = [b"-- padding\n".repeat(30_000), b"return function(ctx) return true end".to_vec()].concat();
     let r = hooks.deploy(deploy(hook("too-long", validate, long_source))).await;
     assert_eq!(code(r), Code::InvalidArgument, "330 KiB hook source");
-    let r = hooks.deploy(deploy(hook("far-too-long", validate, huge))).await;
-    assert_eq!(code(r), Code::ResourceExhausted, "3 MiB hook source");
+    // The Hooks message cap fits the largest Wasm module (8 MiB) plus a
+    // test's key and values; past it the message is refused undecoded.
+    let r = hooks.deploy(deploy(hook("far-too-long", validate, vec![0u8; 12 * 1024 * 1024]))).await;
+    assert_eq!(code(r), Code::ResourceExhausted, "12 MiB hook source");
+    let r = hooks.deploy(deploy(hook("lua-over-limit", validate, huge))).await;
+    assert_eq!(code(r), Code::InvalidArgument, "3 MiB Lua source: under the message cap, over the Lua limit");
     still_serving(&c, "after-hooks").await;
 
     // Scan limits: a huge limit is capped at scan_max, and the bytes at max_scan_bytes.
