@@ -24,6 +24,7 @@ use ringkv_client::{Client, ClientOptions};
 pub mod checker;
 pub mod guest;
 pub mod history;
+pub mod hooks;
 pub mod nemesis;
 
 /// Upper bound for any condition a test waits for. Generous on purpose: tests

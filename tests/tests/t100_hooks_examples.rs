@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ringkv_client::proto::{self, HookDefinition, HookStage};
 use ringkv_client::{Client, Error, PutOptions};
+use ringkv_tests::hooks::{wait_removed, wait_running};
 use ringkv_tests::{eventually, ringkv_bin, ProcCluster};
 
 const VALIDATE_JSON: &str = include_str!("../../scripts/validate_json.lua");
@@ -48,65 +49,6 @@ fn hook(name: &str, stage: HookStage, prefix: &str, source: &str) -> HookDefinit
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
-}
-
-/// Dry-runs the hook `name` as deployed on the node `client` talks to (what
-/// that node's registry runs, not just what its meta group lists), as
-/// "decision: message", or "failed: error".
-async fn dry_run(client: &Client, name: &str, key: &str, value: Option<&str>) -> String {
-    let req = proto::TestHookRequest {
-        hook: Some(HookDefinition { name: name.into(), ..Default::default() }),
-        key: key.as_bytes().to_vec().into(),
-        value: value.map(|v| v.as_bytes().to_vec().into()),
-        client_ttl_ms: None,
-        old_value: None,
-        old_version: 0,
-    };
-    match client.test_hook(req).await {
-        Ok(r) if r.decision == "ttl" => format!("ttl: {} ms", r.ttl_ms),
-        Ok(r) => format!("{}: {}", r.decision, r.message),
-        Err(e) => format!("failed: {e}"),
-    }
-}
-
-/// Waits until every node lists `name` as active at `version` and runs it:
-/// a dry run of the deployed hook on the probe write answers something
-/// containing `want`.
-async fn wait_running(c: &ProcCluster, name: &str, version: u64, probe: (&str, Option<&str>), want: &str) {
-    for id in NODES {
-        let client = c.node_client(id);
-        eventually(&format!("node {id} to run {name} v{version} ({want:?} for {probe:?})"), || {
-            let client = client.clone();
-            async move {
-                let listed = client.list_hooks().await.ok()?;
-                let h = listed.hooks.iter().find(|h| h.name == name)?;
-                if !(h.active && h.version == version) {
-                    return None;
-                }
-                dry_run(&client, name, probe.0, probe.1).await.contains(want).then_some(())
-            }
-        })
-        .await;
-    }
-}
-
-/// Waits until every node lists `name` as removed and runs no version of it.
-async fn wait_removed(c: &ProcCluster, name: &str) {
-    for id in NODES {
-        let client = c.node_client(id);
-        eventually(&format!("node {id} to stop running {name}"), || {
-            let client = client.clone();
-            async move {
-                let listed = client.list_hooks().await.ok()?;
-                let h = listed.hooks.iter().find(|h| h.name == name)?;
-                if h.active {
-                    return None;
-                }
-                dry_run(&client, name, "probe", Some("v")).await.starts_with("failed:").then_some(())
-            }
-        })
-        .await;
-    }
 }
 
 /// The names and versions of the hooks that judged a put.

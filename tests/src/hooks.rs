@@ -1,0 +1,63 @@
+//! Hook helpers shared by the hook tests: dry runs of deployed hooks and
+//! waiting until every node runs (or stopped running) a version.
+
+use ringkv_client::proto::{self, HookDefinition};
+use ringkv_client::Client;
+
+use crate::{eventually, ProcCluster};
+
+const NODES: [u64; 3] = [1, 2, 3];
+
+/// Dry-runs the hook `name` as deployed on the node `client` talks to (what
+/// that node's registry runs), as "decision: message", or "failed: error".
+pub async fn dry_run(client: &Client, name: &str, key: &str, value: Option<&str>) -> String {
+    let req = proto::TestHookRequest {
+        hook: Some(HookDefinition { name: name.into(), ..Default::default() }),
+        key: key.as_bytes().to_vec().into(),
+        value: value.map(|v| v.as_bytes().to_vec().into()),
+        ..Default::default()
+    };
+    match client.test_hook(req).await {
+        Ok(r) if r.decision == "ttl" => format!("ttl: {} ms", r.ttl_ms),
+        Ok(r) => format!("{}: {}", r.decision, r.message),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// Waits until every node lists `name` as active at `version` and runs it:
+/// a dry run of the deployed hook on `probe` answers something containing `want`.
+pub async fn wait_running(c: &ProcCluster, name: &str, version: u64, probe: (&str, Option<&str>), want: &str) {
+    for id in NODES {
+        let client = c.node_client(id);
+        eventually(&format!("node {id} to run {name} v{version} ({want:?} for {probe:?})"), || {
+            let client = client.clone();
+            async move {
+                let listed = client.list_hooks().await.ok()?;
+                let h = listed.hooks.iter().find(|h| h.name == name)?;
+                if !(h.active && h.version == version) {
+                    return None;
+                }
+                dry_run(&client, name, probe.0, probe.1).await.contains(want).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Waits until every node lists `name` as removed and runs no version of it.
+pub async fn wait_removed(c: &ProcCluster, name: &str) {
+    for id in NODES {
+        let client = c.node_client(id);
+        eventually(&format!("node {id} to stop running {name}"), || {
+            let client = client.clone();
+            async move {
+                let listed = client.list_hooks().await.ok()?;
+                if listed.hooks.iter().find(|h| h.name == name)?.active {
+                    return None;
+                }
+                dry_run(&client, name, "probe", Some("v")).await.starts_with("failed:").then_some(())
+            }
+        })
+        .await;
+    }
+}
