@@ -11,5 +11,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NEMESIS_SECS="${NEMESIS_SECS:-1800}" NEMESIS_NODES="${NEMESIS_NODES:-5}"
-cargo build --release --workspace --bins
-cargo test --release -p ringkv-tests --test t70_nemesis -- --nocapture
+cargo build --release --workspace --all-targets
+cargo test --release --workspace --test it -- t70_nemesis:: --nocapture

@@ -14,12 +14,24 @@
 //! | `shard-move` | a shard move added its new replicas and is about to remove the old ones |
 //! | `reshard-batch` | a shard leader moved a batch of keys for a re-shard job and reported it |
 //!
-//! Without the feature every crash point compiles to nothing.
+//! Without the feature every crash point compiles to nothing, and a process
+//! started with `FAILPOINTS` set refuses to run: a test that arms a crash
+//! point in a binary built without them would otherwise pass without ever
+//! crashing.
 
-/// Starts reading `FAILPOINTS`; call once at process start.
+/// Starts reading `FAILPOINTS`; call once at process start. Exits with
+/// status 2 when `FAILPOINTS` is set but this build has no crash points.
 pub fn setup() {
     #[cfg(feature = "failpoints")]
     std::mem::forget(fail::FailScenario::setup());
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        eprintln!(
+            "error: FAILPOINTS is set, but this ringkv was built without crash points \
+             (build it with `--features failpoints`, as `cargo build --workspace --all-targets` does)"
+        );
+        std::process::exit(2);
+    }
 }
 
 /// Aborts the process if the crash point `name` is armed.

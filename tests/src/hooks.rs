@@ -1,12 +1,36 @@
-//! Hook helpers shared by the hook tests: dry runs of deployed hooks and
-//! waiting until every node runs (or stopped running) a version.
+//! Hook helpers shared by the hook tests: Lua hook definitions, dry runs of
+//! deployed hooks, what judged a put, and waiting until every node runs (or
+//! stopped running) a version.
 
-use ringkv_client::proto::{self, HookDefinition};
+use ringkv_client::proto::{self, HookDefinition, HookStage};
 use ringkv_client::Client;
 
 use crate::{eventually, ProcCluster};
 
 const NODES: [u64; 3] = [1, 2, 3];
+
+/// The deadline of the hooks [`lua_hook`] defines: the longest there is
+/// (1 s). A loaded 2-core machine can stall even a trivial call past the
+/// default 10 ms, and these tests are about what hooks decide, not how fast.
+pub const HOOK_TIMEOUT_MS: u64 = 1000;
+
+/// A fail-closed Lua hook with the [`HOOK_TIMEOUT_MS`] deadline.
+pub fn lua_hook(name: &str, stage: HookStage, prefix: &str, source: &str) -> HookDefinition {
+    HookDefinition {
+        name: name.into(),
+        kind: proto::HookKind::Lua as i32,
+        stage: stage as i32,
+        prefix: prefix.as_bytes().to_vec().into(),
+        source: source.as_bytes().to_vec().into(),
+        fail_open: false,
+        timeout_ms: HOOK_TIMEOUT_MS,
+    }
+}
+
+/// The names and versions of the hooks that judged a put, as "name vN".
+pub fn judged_by(r: &proto::PutResponse) -> Vec<String> {
+    r.hooks.iter().map(|h| format!("{} v{}", h.name, h.version)).collect()
+}
 
 /// Dry-runs the hook `name` as deployed on the node `client` talks to (what
 /// that node's registry runs), as "decision: message", or "failed: error".

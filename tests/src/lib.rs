@@ -6,6 +6,12 @@
 //! - [`InProcCluster`] runs nodes inside the test process, sharing one
 //!   [`LinkFilter`] so tests can cut links between nodes.
 //! - [`guest`] builds and loads the Wasm hook modules the tests deploy.
+//! - [`cli`] runs the `ringkv` binary as a user would; [`browser`] drives
+//!   headless Chromium; [`hooks`] defines and waits for hooks; [`container`]
+//!   builds the container image.
+//! - [`heavy`] lets at most two tests at a time run a cluster that loads the
+//!   machine (many nodes, crash loops, long writes), whatever the number of
+//!   test threads.
 //!
 //! Tests wait for conditions by polling with generous limits; they never
 //! assert on speed.
@@ -21,7 +27,10 @@ use ringkv::config::NodeConfig;
 use ringkv::raft::{LinkFilter, RaftTuning};
 use ringkv_client::{Client, ClientOptions};
 
+pub mod browser;
 pub mod checker;
+pub mod cli;
+pub mod container;
 pub mod guest;
 pub mod history;
 pub mod hooks;
@@ -45,6 +54,16 @@ where
         assert!(start.elapsed() < PATIENCE, "timed out after {PATIENCE:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Held by a test that loads the machine for a long time (six nodes, a
+/// crash loop, tens of thousands of writes): at most two such tests run at
+/// a time in the test binary (`RINGKV_TEST_HEAVY` to change it), the others
+/// wait for a permit. Light tests run beside them on the other test threads.
+pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
+    static HEAVY: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let permits = std::env::var("RINGKV_TEST_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    HEAVY.get_or_init(|| tokio::sync::Semaphore::new(permits)).acquire().await.expect("the semaphore is never closed")
 }
 
 /// A free loopback port (bound and released; good enough for tests).
@@ -73,14 +92,57 @@ pub fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
     panic!("no free port on {ip} in {LOW}..{}", LOW + SPAN)
 }
 
-/// Path of the `ringkv` binary built next to this test executable.
+/// Path of the `ringkv` binary built next to this test executable, checked
+/// once per process: it must be newer than every source it is built from and
+/// have crash points compiled in (the `failpoints` feature this crate turns
+/// on). A stale or feature-less binary fails the test with what to run,
+/// instead of testing old code.
 pub fn ringkv_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
+    static CHECKED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(check_ringkv_bin).clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+const REBUILD: &str = "build it first with `cargo build --workspace --all-targets` (./test.sh does)";
+
+fn check_ringkv_bin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     // target/<profile>/deps/<test> -> target/<profile>/ringkv
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("ringkv");
-    assert!(bin.exists(), "{} is missing: build it first with `cargo build -p ringkv`", bin.display());
-    bin
+    let bin = exe.parent().and_then(Path::parent).ok_or("no target dir above the test binary")?.join("ringkv");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .map_err(|e| format!("{} is missing ({e}): {REBUILD}", bin.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // What the binary is compiled from (not host/tests, whose edits rebuild no binary).
+    let inputs =
+        ["host/src", "host/assets", "host/Cargo.toml", "client/src", "client/build.rs", "client/Cargo.toml", "proto"];
+    if let Some((path, _)) = inputs.iter().filter_map(|i| newest_file(&root.join(i))).find(|(_, t)| *t > built) {
+        return Err(format!("{} is older than {}: {REBUILD}", bin.display(), path.display()));
+    }
+    let probe = Command::new(&bin).arg("--version").env("FAILPOINTS", "").output();
+    match probe {
+        Ok(out) if out.status.success() => Ok(bin),
+        Ok(out) => Err(format!(
+            "{} has no crash points ({}): {REBUILD}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("{} does not run ({e}): {REBUILD}", bin.display())),
+    }
+}
+
+/// The most recently modified file under `path` (or `path` itself), skipping
+/// build output directories.
+fn newest_file(path: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return Some((path.to_path_buf(), meta.modified().ok()?));
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "target")
+        .filter_map(|e| newest_file(&e.path()))
+        .max_by_key(|(_, t)| *t)
 }
 
 /// One node process.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ringkv::tls::gen::{Authority, Issued, Validity};
 use ringkv_client::{Client, ClientOptions, Consistency, Error, PutOptions, TlsOptions};
+use ringkv_tests::browser::{count, ChromeDriver};
 use ringkv_tests::{eventually, group_of_key, ringkv_bin, ProcCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -443,67 +444,6 @@ async fn a_revoked_token_is_refused_on_every_node(ac: &AuthCluster) {
     );
 }
 
-/// chromedriver in a process group of its own, killed with every browser it
-/// started when the test ends (the same as t94's).
-struct ChromeDriver {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl ChromeDriver {
-    fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let port = ringkv_tests::free_port();
-        let child = std::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver is missing: install chromium and chromium-driver (./test.sh does it)");
-        ChromeDriver { child, port }
-    }
-
-    async fn session(&self) -> fantoccini::Client {
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually("chromedriver to listen", || {
-            let addr = addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) }
-        })
-        .await;
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            // The nodes' certificate is signed by the test's own CA, which this
-            // browser does not know; the test is about tokens, not trust.
-            serde_json::json!({"args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--ignore-certificate-errors"
-            ]}),
-        );
-        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://{addr}"))
-            .await
-            .expect("a WebDriver session with headless Chromium")
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-async fn count(browser: &fantoccini::Client, css: &str) -> usize {
-    browser.find_all(fantoccini::Locator::Css(css)).await.map(|v| v.len()).unwrap_or(0)
-}
-
 async fn badge(browser: &fantoccini::Client) -> String {
     match browser.find(fantoccini::Locator::Id("conn")).await {
         Ok(el) => el.text().await.unwrap_or_default(),
@@ -518,7 +458,9 @@ async fn the_dashboard_asks_for_a_token(ac: &AuthCluster) {
     use fantoccini::Locator;
     let http = ac.c.nodes[&1].http.clone();
     let driver = ChromeDriver::start();
-    let browser = driver.session().await;
+    // The nodes' certificate is signed by the test's own CA, which this
+    // browser does not know; the test is about tokens, not trust.
+    let browser = driver.session(&["--ignore-certificate-errors"]).await;
     browser.goto(&format!("https://{http}/")).await.expect("open the dashboard");
     eventually("the page to ask for a token", || async {
         (count(&browser, "#login:not([hidden])").await == 1 && badge(&browser).await == "token needed").then_some(())

@@ -11,49 +11,23 @@
 //! - A ttl hook's short TTL: the keys become invisible and are then removed
 //!   from storage on every replica.
 
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ringkv_client::proto::{self, HookDefinition, HookStage};
+use ringkv_client::proto::HookStage;
 use ringkv_client::{Client, Error, PutOptions};
-use ringkv_tests::hooks::{wait_removed, wait_running};
-use ringkv_tests::{eventually, ringkv_bin, ProcCluster};
+use ringkv_tests::cli::{args, cli, now_ms};
+use ringkv_tests::hooks::{judged_by, lua_hook as hook, wait_removed, wait_running};
+use ringkv_tests::{eventually, ProcCluster};
 
 const VALIDATE_JSON: &str = include_str!("../../scripts/validate_json.lua");
 const TTL_BY_PREFIX: &str = include_str!("../../scripts/ttl_by_prefix.lua");
 const MAX_SIZE: &str = include_str!("../../scripts/max_size.lua");
 const IMMUTABLE_KEYS: &str = include_str!("../../scripts/immutable_keys.lua");
 
-/// The hooks here get the longest deadline there is (1 s): a loaded 2-core
-/// machine can stall even a trivial call past the default 10 ms, and these
-/// tests are about what hooks decide, not how fast.
-const TIMEOUT_MS: u64 = 1000;
-
 const NODES: [u64; 3] = [1, 2, 3];
 
 fn script_path(name: &str) -> String {
     format!("{}/../scripts/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn hook(name: &str, stage: HookStage, prefix: &str, source: &str) -> HookDefinition {
-    HookDefinition {
-        name: name.into(),
-        kind: proto::HookKind::Lua as i32,
-        stage: stage as i32,
-        prefix: prefix.as_bytes().to_vec().into(),
-        source: source.as_bytes().to_vec().into(),
-        fail_open: false,
-        timeout_ms: TIMEOUT_MS,
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
-}
-
-/// The names and versions of the hooks that judged a put.
-fn judged_by(r: &proto::PutResponse) -> Vec<String> {
-    r.hooks.iter().map(|h| format!("{} v{}", h.name, h.version)).collect()
 }
 
 /// Asserts that `result` is a hook rejection whose message is exactly `want`.
@@ -331,24 +305,6 @@ async fn bad_deploys_change_nothing_and_remove_and_rollback_switch_every_node() 
         Err(Error::Other(s)) => assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}"),
         other => panic!("an unknown hook is NOT_FOUND, got {other:?}"),
     }
-}
-
-/// Runs the `ringkv` binary; returns (success, stdout, stderr).
-async fn cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(ringkv_bin()).args(&args).output().expect("run ringkv");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .expect("cli task")
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[tokio::test]

@@ -9,10 +9,6 @@ use ringkv_client::routing::{header_u64, shard_of_key, EPOCH_HEADER};
 use ringkv_client::{Client, ClientOptions, Consistency};
 use ringkv_tests::{eventually, InProcCluster, ProcCluster};
 
-/// Each test runs a 4-5 node cluster; one at a time keeps a 2-core machine
-/// from starving the nodes' heartbeats.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 const KEYS: usize = 300;
 
 fn key(prefix: &str, i: usize) -> String {
@@ -86,7 +82,7 @@ async fn stale_client_after(c: &ProcCluster, stale: &Client, before: Vec<Vec<u64
 
 #[tokio::test]
 async fn a_client_with_a_stale_table_gets_correct_answers_after_a_node_joins() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let mut c = ProcCluster::start(4, &["--shards", "16"]).await;
     write_all(&c.client(), "k", "v").await;
 
@@ -103,7 +99,7 @@ async fn a_client_with_a_stale_table_gets_correct_answers_after_a_node_joins() {
 
 #[tokio::test]
 async fn a_client_with_a_stale_table_gets_correct_answers_after_a_node_leaves() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let c = ProcCluster::start(4, &["--shards", "16"]).await;
     write_all(&c.client(), "k", "v").await;
 
@@ -131,7 +127,7 @@ async fn a_client_with_a_stale_table_gets_correct_answers_after_a_node_leaves() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_the_clients_epoch_does_not_answer_from_its_old_view() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     ringkv_tests::init_logging();
     let c = InProcCluster::start(4).await;
     let admin = Client::connect_with(

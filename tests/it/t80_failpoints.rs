@@ -10,9 +10,6 @@ use std::time::Duration;
 use ringkv_client::{Client, Consistency};
 use ringkv_tests::{eventually, ProcCluster, PATIENCE};
 
-/// One cluster at a time: each test crashes and restarts processes.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Writes `n` keys under `prefix`, retrying each until acknowledged.
 async fn write(client: &Client, prefix: &str, n: usize) -> BTreeMap<String, String> {
     let mut acked = BTreeMap::new();
@@ -111,7 +108,7 @@ fn arm(c: &mut ProcCluster, nodes: &[u64], point: &str) {
 }
 
 async fn crash_and_recover(point: &str) {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
     let mut acked = write(&c.client(), "before/", 100).await;
     arm(&mut c, &[2], point);
@@ -136,7 +133,7 @@ async fn crash_during_apply() {
 
 #[tokio::test]
 async fn crash_during_snapshot_install() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     // Snapshots every 50 entries, 5 kept: a node that misses a few hundred
     // writes catches up by snapshot.
     let mut c = ProcCluster::start(3, &["--shards", "4", "--snapshot-every", "50", "--keep-logs", "5"]).await;
@@ -155,7 +152,7 @@ async fn crash_during_snapshot_install() {
 
 #[tokio::test]
 async fn crash_during_shard_move() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
     let acked = write(&c.client(), "before/", 100).await;
     // Whichever node leads the meta group runs the moves: arm them all.

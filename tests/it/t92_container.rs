@@ -5,13 +5,14 @@
 //! data survives `down` and `up` in the named volumes. `down -v` removes it
 //! all, also when an assertion fails.
 //!
-//! This file holds the only test that drives Docker: cargo runs test files
-//! one after another, so no two container tests share the engine at once.
+//! Its project, ports and image tag are its own, so it can share the Docker
+//! engine with t93_k8s_manifests.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ringkv_client::{Client, Consistency};
+use ringkv_tests::container::{build_image, describe};
 use ringkv_tests::{eventually, settled};
 
 const IMAGE: &str = "ringkv:t92-test";
@@ -19,15 +20,6 @@ const KEYS: usize = 20;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `docker compose` (the plugin) where it exists, else `docker-compose`;
@@ -156,18 +148,9 @@ async fn read_back(client: &Client, key: &str) -> Option<String> {
     .map(|v| String::from_utf8_lossy(&v.value).into_owned())
 }
 
-fn build_image() {
-    let out = Command::new(workspace_root().join("scripts/build-image.sh"))
-        .arg(IMAGE)
-        .current_dir(workspace_root())
-        .output()
-        .expect("run scripts/build-image.sh");
-    assert!(out.status.success(), "scripts/build-image.sh failed: {}", describe(&out));
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_cluster_keeps_data_through_a_stopped_node_and_a_restart() {
-    build_image();
+    build_image(IMAGE);
     let mut project = Project::new();
     project.run(&["up", "--detach"]);
     wait_settled(&project, 1).await;

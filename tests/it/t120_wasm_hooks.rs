@@ -13,47 +13,21 @@
 //!   node keeps serving.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use ringkv_client::proto::{self, HookDefinition, HookStage};
+use ringkv_client::proto::{self, HookStage};
 use ringkv_client::{Client, ClientOptions, Error, PutOptions};
+use ringkv_tests::cli::{args, cli, now_ms};
 use ringkv_tests::guest::{guest_module, guest_module_path, wasm_hook};
-use ringkv_tests::hooks::{wait_removed, wait_running};
-use ringkv_tests::{eventually, ringkv_bin, ProcCluster, PATIENCE};
+use ringkv_tests::hooks::{judged_by, lua_hook, wait_removed, wait_running, HOOK_TIMEOUT_MS as TIMEOUT_MS};
+use ringkv_tests::{eventually, ProcCluster, PATIENCE};
 
 const VALIDATE_JSON_LUA: &str = include_str!("../../scripts/validate_json.lua");
 const TTL_BY_PREFIX_LUA: &str = include_str!("../../scripts/ttl_by_prefix.lua");
 
-/// Every hook here gets the longest deadline there is (1 s): a loaded
-/// 2-core machine can stall even a trivial call past the default 10 ms, and
-/// these tests are about what hooks decide, not how fast.
-const TIMEOUT_MS: u64 = 1000;
-
 const NODES: [u64; 3] = [1, 2, 3];
-
-fn lua_hook(name: &str, stage: HookStage, prefix: &str, source: &str) -> HookDefinition {
-    HookDefinition {
-        name: name.into(),
-        kind: proto::HookKind::Lua as i32,
-        stage: stage as i32,
-        prefix: prefix.as_bytes().to_vec().into(),
-        source: source.as_bytes().to_vec().into(),
-        fail_open: false,
-        timeout_ms: TIMEOUT_MS,
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
-}
-
-/// The names and versions of the hooks that judged a put.
-fn judged_by(r: &proto::PutResponse) -> Vec<String> {
-    r.hooks.iter().map(|h| format!("{} v{}", h.name, h.version)).collect()
-}
 
 /// A write's outcome under the validate hook `hook` (v1): "accept", or
 /// "reject: REASON" with REASON what follows `rejected by hook HOOK v1: `.
@@ -158,24 +132,6 @@ async fn ttl_decisions(c: &ProcCluster, hook: &str, tag: &str) -> Vec<String> {
         out.push(class);
     }
     out
-}
-
-/// Runs the `ringkv` binary; returns (success, stdout, stderr).
-async fn cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(ringkv_bin()).args(&args).output().expect("run ringkv");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .expect("cli task")
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 /// `ringkv hook test` output without its timing: "accept (12 us)" ->

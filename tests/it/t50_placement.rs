@@ -8,11 +8,9 @@ use std::sync::Arc;
 use ringkv_client::{Client, Consistency};
 use ringkv_tests::{eventually, settled, ProcCluster};
 
+/// Every test here runs 5-6 processes with 64 shards each and holds the
+/// [`ringkv_tests::heavy`] permit.
 const SHARDS: &str = "64";
-
-/// These tests run 5-6 processes with 64 shards each; running them one at a
-/// time keeps a 2-core CI machine from starving every node's heartbeats.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn write_keys(client: &Client, prefix: &str, n: usize) {
     let mut tasks = Vec::new();
@@ -51,7 +49,7 @@ async fn keys_per_node(c: &ProcCluster) -> BTreeMap<u64, u64> {
 
 #[tokio::test]
 async fn five_nodes_hold_three_fifths_each_and_serve_every_key_everywhere() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let c = ProcCluster::start(5, &["--shards", SHARDS]).await;
     let client = c.client();
     write_keys(&client, "k", 10_000).await;
@@ -99,7 +97,7 @@ async fn five_nodes_hold_three_fifths_each_and_serve_every_key_everywhere() {
 
 #[tokio::test]
 async fn a_sixth_node_takes_its_share_while_clients_write() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let mut c = ProcCluster::start(5, &["--shards", SHARDS]).await;
     let client = c.client();
     write_keys(&client, "a", 3_000).await;
@@ -153,7 +151,7 @@ async fn a_sixth_node_takes_its_share_while_clients_write() {
 
 #[tokio::test]
 async fn a_removed_node_is_drained_first_and_ends_with_no_shards() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let c = ProcCluster::start(5, &["--shards", "16"]).await;
     let client = c.client();
     write_keys(&client, "d", 1_000).await;
@@ -173,7 +171,7 @@ async fn a_removed_node_is_drained_first_and_ends_with_no_shards() {
 
 #[tokio::test]
 async fn a_node_down_past_the_timeout_has_its_replicas_recreated_and_gets_them_back() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     let mut c = ProcCluster::start(5, &["--shards", "16", "--down-timeout", "3s"]).await;
     let client = c.client();
     write_keys(&client, "z", 1_000).await;
@@ -229,7 +227,7 @@ async fn a_node_down_past_the_timeout_has_its_replicas_recreated_and_gets_them_b
 
 #[tokio::test]
 async fn shard_leaders_spread_over_the_nodes_while_clients_write() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = ringkv_tests::heavy().await;
     // Node 1 bootstraps every shard, so it starts as the leader of all 16.
     let c = ProcCluster::start(3, &["--shards", "16"]).await;
     let client = c.client();

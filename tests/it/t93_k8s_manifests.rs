@@ -7,18 +7,18 @@
 //!
 //! No Kubernetes runs here, so the last test plays the StatefulSet's pods
 //! with `docker run`: the image from scripts/build-image.sh, each pod's host
-//! name and DNS name, and the manifest's own args and environment. Cargo
-//! runs test files one after another, so it never shares the Docker engine
-//! with t92_container.
+//! name and DNS name, and the manifest's own args and environment. Its
+//! containers, network and image tag are its own, so it can share the Docker
+//! engine with t92_container.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Output;
 
 use clap::{CommandFactory, Parser};
 use ringkv::cli::{Cli, Command};
 use ringkv_client::Client;
+use ringkv_tests::container::{build_image, describe};
 use ringkv_tests::{eventually, settled};
 use serde_norway::Value;
 
@@ -190,15 +190,6 @@ fn every_manifest_is_a_known_kind_and_the_kustomization_lists_them_all() {
 
 const IMAGE: &str = "ringkv:t93-test";
 
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn docker(args: &[&str]) -> String {
     let out = std::process::Command::new("docker").args(args).output().expect("run docker");
     assert!(out.status.success(), "docker {args:?} failed: {}", describe(&out));
@@ -245,13 +236,7 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_statefulset_pods_form_a_cluster_when_run_as_containers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(root.join("scripts/build-image.sh"))
-        .arg(IMAGE)
-        .current_dir(&root)
-        .output()
-        .expect("run scripts/build-image.sh");
-    assert!(out.status.success(), "scripts/build-image.sh failed: {}", describe(&out));
+    build_image(IMAGE);
 
     let docs = manifests();
     let sts = &docs[&("StatefulSet".to_string(), "ringkv".to_string())];

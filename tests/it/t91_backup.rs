@@ -14,13 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ringkv_client::proto::{self, HookDefinition, HookStage};
+use ringkv_client::proto::{self, HookStage};
 use ringkv_client::{Client, Consistency, Error, PutOptions};
-use ringkv_tests::{eventually, ringkv_bin, ProcCluster};
+use ringkv_tests::cli::{args, cli, now_ms};
+use ringkv_tests::hooks::lua_hook as hook;
+use ringkv_tests::{eventually, ProcCluster};
 
 const VALIDATE_JSON: &str = include_str!("../../scripts/validate_json.lua");
 const TTL_BY_PREFIX: &str = include_str!("../../scripts/ttl_by_prefix.lua");
@@ -28,24 +29,6 @@ const TTL_BY_PREFIX: &str = include_str!("../../scripts/ttl_by_prefix.lua");
 const KEYS: u32 = 10_000;
 /// Writes in flight while loading the source cluster.
 const LOAD_CONCURRENCY: usize = 64;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
-}
-
-/// Hooks get the longest deadline there is: a loaded 2-core machine can
-/// stall a trivial call past the default 10 ms.
-fn hook(name: &str, stage: HookStage, prefix: &str, source: &str) -> HookDefinition {
-    HookDefinition {
-        name: name.into(),
-        kind: proto::HookKind::Lua as i32,
-        stage: stage as i32,
-        prefix: prefix.as_bytes().to_vec().into(),
-        source: source.as_bytes().to_vec().into(),
-        fail_open: false,
-        timeout_ms: 1000,
-    }
-}
 
 /// Key `i` and its value: users/ keys hold JSON (the validate hook's
 /// prefix), session/ keys get 30 minutes from the ttl hook, every fourth
@@ -57,24 +40,6 @@ fn entry(i: u32) -> (String, String, Option<Duration>) {
         2 => (format!("plain/{i:05}"), format!("with client ttl {i}"), Some(Duration::from_secs(3600))),
         _ => (format!("plain/{i:05}"), format!("forever {i}"), None),
     }
-}
-
-/// Runs the ringkv binary; returns (success, stdout, stderr).
-async fn cli(args: Vec<String>) -> (bool, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(ringkv_bin()).args(&args).output().expect("run ringkv");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .expect("cli task")
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 /// Every live key of the cluster: (value, expiry), read key by key.

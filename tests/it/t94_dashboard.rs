@@ -8,61 +8,11 @@
 //! keep `/tmp/dash-healthy.png` and `/tmp/dash-node3-down.png`.
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use ringkv_tests::{eventually, free_port, ProcCluster, PATIENCE};
+use fantoccini::{Client, Locator};
+use ringkv_tests::browser::{count, ChromeDriver};
+use ringkv_tests::{eventually, ProcCluster, PATIENCE};
 use serde_json::{json, Value};
-
-/// chromedriver in a process group of its own, killed with every browser it
-/// started when the test ends, even by a failed assertion.
-struct ChromeDriver {
-    child: Child,
-    port: u16,
-}
-
-impl ChromeDriver {
-    fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver is missing: install chromium and chromium-driver (./test.sh does it)");
-        ChromeDriver { child, port }
-    }
-
-    async fn session(&self) -> Client {
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually("chromedriver to listen", || {
-            let addr = addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) }
-        })
-        .await;
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500"]}),
-        );
-        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://{addr}"))
-            .await
-            .expect("a WebDriver session with headless Chromium")
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
 
 /// The status code of `GET path` on `addr`, over a bare HTTP/1.0 exchange.
 fn http_status(addr: &str, path: &str) -> u16 {
@@ -72,10 +22,6 @@ fn http_status(addr: &str, path: &str) -> u16 {
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("an HTTP status line")
-}
-
-async fn count(browser: &Client, css: &str) -> usize {
-    browser.find_all(Locator::Css(css)).await.map(|v| v.len()).unwrap_or(0)
 }
 
 async fn screenshot(browser: &Client, name: &str) {
@@ -95,7 +41,7 @@ async fn dashboard_shows_nodes_shards_and_a_killed_node_as_down() {
     let http = c.nodes[&1].http.clone();
 
     let driver = ChromeDriver::start();
-    let browser = driver.session().await;
+    let browser = driver.session(&["--window-size=1280,1500"]).await;
     browser.goto(&format!("http://{http}/")).await.expect("open the dashboard");
 
     let wait = || browser.wait().at_most(PATIENCE);

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use ringkv_tests::cli::cli_blocking;
 use ringkv_tests::{ringkv_bin, ProcCluster};
 
 /// A node process started by a test, killed when the test ends, even by a
@@ -22,15 +23,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ringkv_bin()).args(args).output().expect("run ringkv");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
     let c = ProcCluster::start(3, &[]).await;
@@ -40,7 +32,7 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
 
     let (ok, out, err) = tokio::task::spawn_blocking({
         let all = all.clone();
-        move || cli(&["put", "greeting", "hello world", "--endpoints", &all, "--json"])
+        move || cli_blocking(&["put", "greeting", "hello world", "--endpoints", &all, "--json"])
     })
     .await
     .expect("join");
@@ -49,14 +41,15 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
     let version = put["version"].as_u64().expect("version");
     assert!(version > 0);
 
-    let (ok, out, err) =
-        tokio::task::spawn_blocking(move || cli(&["get", "greeting", "--endpoints", &n3])).await.expect("join");
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli_blocking(&["get", "greeting", "--endpoints", &n3]))
+        .await
+        .expect("join");
     assert!(ok, "get failed: {err}");
     assert_eq!(out.trim(), "hello world");
 
     let (ok, out, err) = tokio::task::spawn_blocking({
         let n2 = n2.clone();
-        move || cli(&["get", "greeting", "--consistency", "eventual", "--json", "--endpoints", &n2])
+        move || cli_blocking(&["get", "greeting", "--consistency", "eventual", "--json", "--endpoints", &n2])
     })
     .await
     .expect("join");
@@ -68,9 +61,10 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
         assert_eq!(got["version"].as_u64(), Some(version));
     }
 
-    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&["cluster", "status", "--json", "--endpoints", &n2]))
-        .await
-        .expect("join");
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || cli_blocking(&["cluster", "status", "--json", "--endpoints", &n2]))
+            .await
+            .expect("join");
     assert!(ok, "status failed: {err}");
     let status: serde_json::Value = serde_json::from_str(out.trim()).expect("status --json is JSON");
     let nodes = status["nodes"].as_array().expect("nodes");
@@ -81,7 +75,7 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
 
     // Errors print one line and exit non-zero.
     let (ok, _, err) =
-        tokio::task::spawn_blocking(move || cli(&["put", "", "x", "--endpoints", &all])).await.expect("join");
+        tokio::task::spawn_blocking(move || cli_blocking(&["put", "", "x", "--endpoints", &all])).await.expect("join");
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
     assert!(err.contains("empty"), "{err}");

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use ringkv_client::proto::{self, HookDefinition, HookStage};
 use ringkv_client::{Client, Error, PutOptions};
+use ringkv_tests::hooks::lua_hook;
 use ringkv_tests::{eventually, ProcCluster};
 
 const NODES: [u64; 3] = [1, 2, 3];
@@ -225,15 +226,7 @@ end
 ];
 
 fn hook(name: &str, prefix: &str, source: &str, timeout_ms: u64) -> HookDefinition {
-    HookDefinition {
-        name: name.into(),
-        kind: proto::HookKind::Lua as i32,
-        stage: HookStage::Validate as i32,
-        prefix: prefix.as_bytes().to_vec().into(),
-        source: source.as_bytes().to_vec().into(),
-        fail_open: false,
-        timeout_ms,
-    }
+    HookDefinition { timeout_ms, ..lua_hook(name, HookStage::Validate, prefix, source) }
 }
 
 /// True once the node `client` talks to runs the hook `name` (its registry,
