@@ -5,6 +5,11 @@
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     default: 30 s, every target
 #   FUZZ_PROFILE=quick fuzz/run.sh 20                 unoptimized build (test.sh)
+#   fuzz/run.sh build                                 build only (test.sh starts it early)
+#
+# Targets run FUZZ_JOBS at a time (default: the number of cores), each for
+# its whole budget; their output goes to target/fuzz/logs/<target>.log and
+# is printed when they finish.
 #
 # The working corpus lives in target/fuzz/corpus/<target> (seeded from
 # fuzz/seeds/<target>); a crash stops the run with a nonzero status and leaves
@@ -16,6 +21,8 @@ cd "$(dirname "$0")"
 root="$(cd .. && pwd)"
 seconds="${1:-30}"
 shift || true
+build_only=false
+[[ "$seconds" == build ]] && build_only=true
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(client_request peer_payload hook_record snapshot)
 
@@ -28,13 +35,41 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 profile="${FUZZ_PROFILE:-release}"
 cargo build --profile "$profile" --target "$triple" --bins
+$build_only && exit 0
 
-for t in "${targets[@]}"; do
-    corpus="$root/target/fuzz/corpus/$t"
-    artifacts="$root/target/fuzz/artifacts/$t"
+logs="$root/target/fuzz/logs"
+mkdir -p "$logs"
+fuzz_one() {
+    local t=$1
+    local corpus="$root/target/fuzz/corpus/$t"
+    local artifacts="$root/target/fuzz/artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
-    echo "fuzzing $t for ${seconds}s"
     "$CARGO_TARGET_DIR/$triple/$profile/$t" "$corpus" "$root/fuzz/seeds/$t" \
         -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
-        -artifact_prefix="$artifacts/" -print_final_stats=1
+        -artifact_prefix="$artifacts/" -print_final_stats=1 >"$logs/$t.log" 2>&1
+}
+jobs_max="${FUZZ_JOBS:-$(nproc)}"
+declare -A pids=()
+failed=()
+finish() {
+    local t=$1
+    if wait "${pids[$t]}"; then
+        echo "fuzzed $t for ${seconds}s: $(grep -h '^stat::number_of_executed_units' "$logs/$t.log" | awk '{print $2}') runs"
+    else
+        cat "$logs/$t.log"
+        echo "fuzz target $t FAILED (input in target/fuzz/artifacts/$t/)" >&2
+        failed+=("$t")
+    fi
+    unset "pids[$t]"
+}
+for t in "${targets[@]}"; do
+    while [[ ${#pids[@]} -ge $jobs_max ]]; do
+        # The oldest running target ends first: every one has the same budget.
+        for running in "${!pids[@]}"; do finish "$running"; break; done
+    done
+    echo "fuzzing $t for ${seconds}s"
+    fuzz_one "$t" &
+    pids[$t]=$!
 done
+for running in "${!pids[@]}"; do finish "$running"; done
+[[ ${#failed[@]} -eq 0 ]]
