@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ringkv_client::proto::{self, HookDefinition, HookStage};
 use ringkv_client::{Client, Error, PutOptions};
+use ringkv_tests::hooks::{wait_judged, Judged};
 use ringkv_tests::{eventually, ProcCluster};
 
 const NODES: [u64; 3] = [1, 2, 3];
@@ -75,20 +76,6 @@ fn parse_rejection(msg: &str) -> Option<(u64, &str)> {
     Some((version.parse().ok()?, reason))
 }
 
-type Judged = Arc<Mutex<BTreeMap<u64, usize>>>;
-
-/// Waits until `version` has judged at least [`PER_VERSION`] writes.
-async fn wait_judged(judged: &Judged, version: u64, what: &str) {
-    eventually(what, || {
-        let judged = judged.clone();
-        async move {
-            let n = judged.lock().expect("judged").get(&version).copied().unwrap_or(0);
-            (n >= PER_VERSION).then_some(())
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeploying_under_load_judges_every_write_by_exactly_one_version() {
     let c = ProcCluster::start(3, &[]).await;
@@ -146,7 +133,7 @@ async fn redeploying_under_load_judges_every_write_by_exactly_one_version() {
     }
 
     // Redeploy, alternating B and A; each version judges some writes before the next.
-    wait_judged(&judged, first.version, "writes judged by the first version").await;
+    wait_judged(&judged, first.version, PER_VERSION, "writes judged by the first version").await;
     for k in 0..REDEPLOYS {
         let which = if k % 2 == 0 { 'B' } else { 'A' };
         // Each deploy through a different node.
@@ -155,7 +142,7 @@ async fn redeploying_under_load_judges_every_write_by_exactly_one_version() {
         let last = *deployed.keys().last().expect("a version");
         assert_eq!(r.version, last + 1, "each redeploy is a new version");
         deployed.insert(r.version, which);
-        wait_judged(&judged, r.version, &format!("writes judged by v{} ({which})", r.version)).await;
+        wait_judged(&judged, r.version, PER_VERSION, &format!("writes judged by v{} ({which})", r.version)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let mut writes = Vec::new();

@@ -14,15 +14,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringkv_client::proto::{self, HookStage};
 use ringkv_client::{Client, ClientOptions, Error, PutOptions};
 use ringkv_tests::cli::{args, cli, now_ms};
 use ringkv_tests::guest::{guest_module, guest_module_path, wasm_hook};
-use ringkv_tests::hooks::{judged_by, lua_hook, wait_removed, wait_running, HOOK_TIMEOUT_MS as TIMEOUT_MS};
-use ringkv_tests::{eventually, ProcCluster, PATIENCE};
+use ringkv_tests::hooks::{
+    judged_by, lua_hook, wait_judged, wait_removed, wait_running, Judged, HOOK_TIMEOUT_MS as TIMEOUT_MS,
+};
+use ringkv_tests::{ProcCluster, PATIENCE};
 
 const VALIDATE_JSON_LUA: &str = include_str!("../../scripts/validate_json.lua");
 const TTL_BY_PREFIX_LUA: &str = include_str!("../../scripts/ttl_by_prefix.lua");
@@ -273,20 +275,6 @@ const PER_VERSION: usize = 5;
 /// A bound on each writer, whatever happens.
 const MAX_WRITES_PER_WRITER: usize = 20_000;
 
-type Judged = Arc<Mutex<BTreeMap<u64, usize>>>;
-
-/// Waits until `version` has judged at least [`PER_VERSION`] writes.
-async fn wait_judged(judged: &Judged, version: u64, what: &str) {
-    eventually(what, || {
-        let judged = judged.clone();
-        async move {
-            let n = judged.lock().expect("judged").get(&version).copied().unwrap_or(0);
-            (n >= PER_VERSION).then_some(())
-        }
-    })
-    .await;
-}
-
 /// Writers put valid JSON records (and now and then delete one) under `hs/`
 /// while the validate hook there is redeployed, alternating the guest SDK's
 /// noop_validate and validate_json: both accept every one of these writes,
@@ -341,7 +329,7 @@ async fn a_wasm_validate_hook_hot_swaps_under_load_without_failed_requests() {
         }));
     }
 
-    wait_judged(&judged, first.version, "writes judged by the first version").await;
+    wait_judged(&judged, first.version, PER_VERSION, "writes judged by the first version").await;
     for k in 1..=REDEPLOYS {
         let which = modules[k as usize % 2].0;
         // Each deploy through a different node. A deploy compiles the module
@@ -357,7 +345,7 @@ async fn a_wasm_validate_hook_hot_swaps_under_load_without_failed_requests() {
         let last = *deployed.keys().last().expect("a version");
         assert_eq!(r.version, last + 1, "each redeploy of another module is a new version");
         deployed.insert(r.version, which);
-        wait_judged(&judged, r.version, &format!("writes judged by v{} ({which})", r.version)).await;
+        wait_judged(&judged, r.version, PER_VERSION, &format!("writes judged by v{} ({which})", r.version)).await;
     }
     stop.store(true, Ordering::Relaxed);
 

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use ringkv_client::proto::{self, HookStage};
 use ringkv_client::{Client, Error, PutOptions};
+use ringkv_tests::cli::http_get;
 use ringkv_tests::guest::{guest_module, hostile, wasm_hook};
 use ringkv_tests::{eventually, ProcCluster};
 
@@ -160,21 +161,6 @@ async fn wait_hooks(c: &ProcCluster, want: &[String], running: &str, gone: &[&st
     }
 }
 
-/// `GET path` on `addr`: the status code, `None` if unreachable.
-async fn http_status(addr: String, path: &'static str) -> Option<u16> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        text.split_whitespace().nth(1)?.parse().ok()
-    })
-    .await
-    .ok()?
-}
-
 /// After `after`: every node is still running and serves puts (judged by
 /// the benign hook on `ok/`, and unjudged on `plain/`), gets, status calls
 /// and `/readyz`.
@@ -202,7 +188,7 @@ async fn every_node_serves(c: &mut ProcCluster, after: &str) {
         let http = c.nodes[&id].http.clone();
         eventually(&format!("node {id} to answer 200 on /readyz after {after}"), || {
             let http = http.clone();
-            async move { (http_status(http, "/readyz").await == Some(200)).then_some(()) }
+            async move { (http_get(http, "/readyz").await.map(|(code, _)| code) == Some(200)).then_some(()) }
         })
         .await;
     }

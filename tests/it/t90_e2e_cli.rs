@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use ringkv_tests::cli::cli_blocking;
+use ringkv_tests::cli::{cli_blocking, http_get};
 use ringkv_tests::{ringkv_bin, ProcCluster};
 
 /// A node process started by a test, killed when the test ends, even by a
@@ -234,23 +234,6 @@ async fn a_node_answers_grpc_health_and_reflection_and_logs_json() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "structured: {line}");
     }
     assert!(lines.iter().any(|l| l.contains("node started")), "{text}");
-}
-
-/// `GET path` on `addr`: the status code and body, `None` if unreachable.
-async fn http_get(addr: String, path: &'static str) -> Option<(u16, String)> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((code, body))
-    })
-    .await
-    .ok()?
 }
 
 async fn wait_readyz(addr: &str, want: u16, what: &str) -> String {

@@ -27,6 +27,21 @@ pub fn lua_hook(name: &str, stage: HookStage, prefix: &str, source: &str) -> Hoo
     }
 }
 
+/// How many writes each version of a hook judged, filled by writer tasks.
+pub type Judged = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, usize>>>;
+
+/// Waits until `version` has judged at least `at_least` writes.
+pub async fn wait_judged(judged: &Judged, version: u64, at_least: usize, what: &str) {
+    eventually(what, || {
+        let judged = judged.clone();
+        async move {
+            let n = judged.lock().expect("judged").get(&version).copied().unwrap_or(0);
+            (n >= at_least).then_some(())
+        }
+    })
+    .await;
+}
+
 /// The names and versions of the hooks that judged a put, as "name vN".
 pub fn judged_by(r: &proto::PutResponse) -> Vec<String> {
     r.hooks.iter().map(|h| format!("{} v{}", h.name, h.version)).collect()
