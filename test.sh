@@ -34,8 +34,17 @@ mkdir -p "$LOGS"
 # --- phase timing ------------------------------------------------------------
 PHASES=()
 SUITE_START=$SECONDS
+BACKGROUND_PIDS=()
+# kill_tree PID: PID and everything it started (cargo, rustc, apt), so that
+# no background job outlives a failed run.
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
 summary() {
-    local status=$?
+    local status=$? pid
+    for pid in "${BACKGROUND_PIDS[@]}"; do kill_tree "$pid"; done
     echo
     echo "== test.sh timing (seconds) =="
     local p
@@ -65,6 +74,7 @@ background() {
     shift
     rm -f "$LOGS/$name.status"
     ( set +e; (set -e; "$@") >"$LOGS/$name.log" 2>&1; echo $? >"$LOGS/$name.status" ) &
+    BACKGROUND_PIDS+=($!)
 }
 await() {
     until [[ -s "$LOGS/$1.status" ]]; do sleep 1; done
