@@ -9,7 +9,7 @@
 //! - [`cli`] runs the `ringkv` binary as a user would; [`browser`] drives
 //!   headless Chromium; [`hooks`] defines and waits for hooks; [`container`]
 //!   builds the container image.
-//! - [`heavy`] lets at most two tests at a time run a cluster that loads the
+//! - [`heavy`] lets one test at a time run a cluster that loads the
 //!   machine (many nodes, crash loops, long writes), whatever the number of
 //!   test threads.
 //!
@@ -57,12 +57,12 @@ where
 }
 
 /// Held by a test that loads the machine for a long time (six nodes, a
-/// crash loop, tens of thousands of writes): at most two such tests run at
-/// a time in the test binary (`RINGKV_TEST_HEAVY` to change it), the others
-/// wait for a permit. Light tests run beside them on the other test threads.
+/// crash loop, tens of thousands of writes): one such test runs at a time
+/// in the test binary (`RINGKV_TEST_HEAVY` to allow more), the others wait
+/// for the permit. Light tests run beside it on the other test threads.
 pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
     static HEAVY: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let permits = std::env::var("RINGKV_TEST_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let permits = std::env::var("RINGKV_TEST_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     HEAVY.get_or_init(|| tokio::sync::Semaphore::new(permits)).acquire().await.expect("the semaphore is never closed")
 }
 
