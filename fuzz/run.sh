@@ -64,7 +64,7 @@ finish() {
 }
 for t in "${targets[@]}"; do
     while [[ ${#pids[@]} -ge $jobs_max ]]; do
-        # The oldest running target ends first: every one has the same budget.
+        # Wait for one of them: every target has the same budget, so they end in about start order.
         for running in "${!pids[@]}"; do finish "$running"; break; done
     done
     echo "fuzzing $t for ${seconds}s"
