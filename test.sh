@@ -107,7 +107,7 @@ apt_packages() {
 background install apt_packages
 
 install_toolchain() {
-    rustup component add rustfmt clippy >/dev/null 2>&1
+    rustup component add rustfmt clippy >/dev/null
     # Wasm hooks (guest-sdk/, its own cargo workspace) are built for
     # wasm32-unknown-unknown; the Wasm hook tests deploy those modules and
     # fail, never skip, without the target.
