@@ -62,8 +62,14 @@ where
 /// for the permit. Light tests run beside it on the other test threads.
 pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
     static HEAVY: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    let permits = std::env::var("RINGKV_TEST_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    HEAVY.get_or_init(|| tokio::sync::Semaphore::new(permits)).acquire().await.expect("the semaphore is never closed")
+    HEAVY
+        .get_or_init(|| {
+            let permits = std::env::var("RINGKV_TEST_HEAVY").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+            tokio::sync::Semaphore::new(permits)
+        })
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
 }
 
 /// A free loopback port (bound and released; good enough for tests).
