@@ -868,9 +868,14 @@ impl Client {
 
     /// Adds node `id` at `addr`; it joins as a learner and is promoted to voter.
     pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
-        let addr = addr.into();
+        self.add_node_with(proto::AddNodeRequest { id, addr: addr.into(), ..Default::default() }).await
+    }
+
+    /// [`Client::add_node`] with every field of the request: a joining node
+    /// also says which cluster it expects and whether its data directory is new.
+    pub async fn add_node_with(&self, req: proto::AddNodeRequest) -> Result<()> {
         self.idempotent(|ch| {
-            let req = proto::AddNodeRequest { id, addr: addr.clone() };
+            let req = req.clone();
             async move { ClusterClient::new(ch).add_node(req).await }
         })
         .await

@@ -194,6 +194,7 @@ mod tests {
             replication_factor: 3,
             vnodes: 64,
             partitioned: false,
+            cluster_id: String::new(),
             epoch,
             nodes: (1..=4)
                 .map(|id| NodeStatus { id, addr: format!("127.0.0.1:{}", 7000 + id), role: "voter".into() })

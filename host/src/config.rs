@@ -71,11 +71,20 @@ pub struct NodeConfig {
     pub http: Option<String>,
     /// Data directory. Default `./ringkv-data`.
     pub data_dir: PathBuf,
-    /// Seeds of an existing cluster to join. Empty: bootstrap a new cluster.
+    /// Seeds of the cluster to join, without this node's own address. Empty
+    /// (and not [`NodeConfig::founder`]): a new data directory bootstraps a
+    /// new single-node cluster.
     pub join: Vec<String>,
+    /// This node's own address was the first of its `--join` list: with a
+    /// new data directory it creates the cluster, once every other seed has
+    /// answered that it has none.
+    pub founder: bool,
     /// Ring settings used when this node bootstraps a cluster; a joining node
     /// takes the cluster's. Default: 1 shard (see `serve --shards`).
     pub ring: RingConfig,
+    /// The shard count was set explicitly (flag, environment or file): on a
+    /// node of an existing cluster it must then equal the cluster's.
+    pub shards_given: bool,
     pub raft: RaftTuning,
     pub limits: Limits,
     /// Server-side deadline of a client request. Default 5 s. A request that
@@ -88,6 +97,10 @@ pub struct NodeConfig {
     /// this long is marked down and its replicas are re-created elsewhere.
     /// Default 30 s.
     pub down_timeout: Duration,
+    /// A shard acknowledges client writes only while its Raft group has at
+    /// least this many voters (capped at the replication factor), so an
+    /// acknowledged write is on a majority of them. Default 1.
+    pub min_replicas: usize,
     /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
     pub tls: Option<TlsConfig>,
     /// Authentication and authorization (`[auth]`). Default: off.
@@ -115,12 +128,15 @@ impl Default for NodeConfig {
             http: Some("127.0.0.1:7380".into()),
             data_dir: PathBuf::from("ringkv-data"),
             join: Vec::new(),
+            founder: false,
             ring: RingConfig { shards: 1, ..RingConfig::default() },
+            shards_given: false,
             raft: RaftTuning::default(),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(5),
             ttl_sweep_interval: Duration::from_secs(1),
             down_timeout: Duration::from_secs(30),
+            min_replicas: 1,
             tls: None,
             auth: crate::auth::AuthConfig::default(),
         }
@@ -144,6 +160,7 @@ pub struct ConfigFile {
     pub shards: Option<u32>,
     pub request_timeout: Option<Dur>,
     pub down_timeout: Option<Dur>,
+    pub min_replicas: Option<usize>,
     /// `"text"` or `"json"`.
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -285,11 +302,20 @@ listen = "127.0.0.1:7379"
 http = "127.0.0.1:7380"
 # Data directory. (RINGKV_DATA_DIR, --data-dir)
 data_dir = "ringkv-data"
-# Seeds of an existing cluster to join; empty: bootstrap a new cluster.
-# (RINGKV_JOIN, comma separated; --join)
+# Seeds of the cluster to join; empty: a new data directory bootstraps a new
+# single-node cluster. Give every node of a multi-node cluster the same list:
+# the node whose own address comes first creates the cluster, once every
+# other seed answers that it has none; the others join. (RINGKV_JOIN, comma
+# separated; --join)
 join = []
-# Shards of a new cluster (bootstrap only; fixed afterwards). (RINGKV_SHARDS, --shards)
+# Shards of a new cluster (fixed afterwards; on a node of an existing cluster
+# it must equal the cluster's). (RINGKV_SHARDS, --shards)
 shards = 1
+# A shard acknowledges writes only while it has at least this many replicas
+# (Raft voters; capped at the replication factor, 3). Set it to 3 for a
+# cluster meant to have three nodes or more, so a write is never acknowledged
+# by one node alone. (RINGKV_MIN_REPLICAS, --min-replicas)
+min_replicas = 1
 # Server-side deadline of a client request. A request without a grpc-timeout of
 # its own is cut off at twice this. (RINGKV_REQUEST_TIMEOUT, --request-timeout)
 request_timeout = "5s"

@@ -141,7 +141,8 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
                 }),
             }
             .encode_to_vec(),
-            proto::RaftMessage { group_id: 1, from: 2, payload: vec![1, 2, 3].into() }.encode_to_vec(),
+            proto::RaftMessage { group_id: 1, from: 2, payload: vec![1, 2, 3].into(), cluster_id: String::new() }
+                .encode_to_vec(),
         ],
         Target::PeerPayload => vec![
             encode(&Forwarded::Scan { prefix: b"user/".to_vec(), limit: 100 }).to_vec(),

@@ -142,11 +142,40 @@ async fn healthz(State(node): State<Node>) -> (StatusCode, &'static str) {
 
 /// 200 once the node has joined and caught up with the shards it hosts
 /// (see [`Node::readiness`]); 503 with what is missing, one item per line.
+/// Either way, a `warning:` line for each shard this node hosts that is
+/// under-replicated, and each shard with no live majority of replicas
+/// anywhere. Those stay warnings: taking every node of a degraded cluster
+/// out of service would turn lost redundancy into an outage.
 async fn readyz(State(node): State<Node>) -> (StatusCode, String) {
+    let warnings = replication_warnings(&node).await;
     match node.readiness().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(missing) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", missing.join("\n"))),
+        Ok(()) => (StatusCode::OK, format!("ready\n{warnings}")),
+        Err(missing) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n{warnings}", missing.join("\n"))),
     }
+}
+
+/// One `warning:` line per under-replicated shard this node hosts, or that
+/// has lost a majority of its replicas.
+async fn replication_warnings(node: &Node) -> String {
+    let Ok(routes) = crate::api::shard_routes(node).await else { return String::new() };
+    let Ok(meta) = node.group(crate::cluster::META_GROUP) else { return String::new() };
+    let mut missing = meta.sm.down().await.unwrap_or_default();
+    missing.extend(meta.sm.unreachable().await.unwrap_or_default());
+    let mut out = String::new();
+    for r in routes.iter().filter(|r| r.under_replicated) {
+        let live: Vec<u64> = r.replicas.iter().copied().filter(|n| !missing.contains(n)).collect();
+        let no_majority = live.len() * 2 <= r.replicas.len();
+        if r.replicas.contains(&node.id()) || no_majority {
+            out.push_str(&format!(
+                "warning: shard {} is under-replicated: {} of its replicas {:?} live{}\n",
+                r.shard,
+                live.len(),
+                r.replicas,
+                if no_majority { ", no majority: its writes wait until a replica returns" } else { "" }
+            ));
+        }
+    }
+    out
 }
 
 async fn status(State(node): State<Node>) -> Result<Json<serde_json::Value>, (StatusCode, String)> {

@@ -149,7 +149,7 @@ async fn raw_vote(addr: &str, ca: &Issued, client_cert: Option<&Issued>) -> Resu
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
-    let msg = RaftMessage { group_id: 0, from: 99, payload: Default::default() };
+    let msg = RaftMessage { group_id: 0, from: 99, payload: Default::default(), cluster_id: String::new() };
     RaftClient::new(channel).vote(msg).await.map(|_| ())
 }
 

@@ -88,7 +88,7 @@ async fn malformed_and_oversized_requests_get_client_error_codes_and_the_node_ke
     // Past the message cap tonic refuses the body before the service sees it.
     let huge = vec![0u8; 3 * 1024 * 1024];
     assert_eq!(code(kv.put(put(b"big".to_vec(), huge.clone())).await), Code::ResourceExhausted, "3 MiB put");
-    let add = proto::AddNodeRequest { id: 9, addr: "x".repeat(100 * 1024) };
+    let add = proto::AddNodeRequest { id: 9, addr: "x".repeat(100 * 1024), ..Default::default() };
     assert_eq!(code(cluster.add_node(add).await), Code::ResourceExhausted, "100 KiB admin request");
     still_serving(&c, "after-oversized").await;
 

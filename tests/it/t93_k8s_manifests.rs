@@ -159,8 +159,10 @@ fn the_statefulset_runs_ringkv_behind_a_headless_service() {
         let advertise = pod_env(ordinal, "RINGKV_ADVERTISE");
         assert_eq!(advertise, format!("{sts_name}-{ordinal}.{service_name}.db.svc:{grpc_port}"));
         assert_eq!(pod_env(ordinal, "RINGKV_JOIN"), seeds.join(","), "every pod gets the same seeds");
-        assert_eq!(seeds.contains(&advertise), ordinal == 0, "only pod 0 skips itself as a seed and bootstraps");
+        assert!(seeds.contains(&advertise), "every pod is a seed, so a pod that lost its volume is refused");
     }
+    assert_eq!(seeds[0], pod_env(0, "RINGKV_ADVERTISE"), "pod 0, first seed, creates the cluster");
+    assert_eq!(pod_env(0, "RINGKV_MIN_REPLICAS"), "3", "no write is acknowledged by one pod alone");
 }
 
 #[test]

@@ -227,19 +227,54 @@ impl ProcCluster {
         Self::start_with(n, extra_args, Some(prefix), ClientOptions::default()).await
     }
 
+    /// Starts `n` nodes `gap` apart with `args` as given (the serve
+    /// defaults otherwise, 1 shard included) and returns at once, without
+    /// waiting for anything: a cluster in its first seconds.
+    pub async fn launch(n: u64, args: &[&str], gap: Duration) -> Self {
+        let mut c = Self::empty(args.iter().map(|s| s.to_string()).collect(), None, ClientOptions::default());
+        for id in 1..=n {
+            if id > 1 {
+                tokio::time::sleep(gap).await;
+            }
+            c.add_process(id);
+        }
+        c
+    }
+
+    /// Starts `n` nodes at once as `ringkv dev` and the deployments do:
+    /// every node gets every node's address in `--join` (node 1 first, so it
+    /// creates the cluster), and `args`. Returns once they are settled.
+    pub async fn start_seeded(n: u64, args: &[&str]) -> Self {
+        let mut c = Self::empty(args.iter().map(|s| s.to_string()).collect(), None, ClientOptions::default());
+        let ip = c.ip_of(1);
+        let planned: Vec<(String, String)> =
+            (1..=n).map(|_| (format!("{ip}:{}", free_port_on(ip)), format!("{ip}:{}", free_port_on(ip)))).collect();
+        let seeds = planned.iter().map(|(grpc, _)| grpc.clone()).collect::<Vec<_>>().join(",");
+        c.extra_args.extend(["--join".to_string(), seeds]);
+        for (id, (grpc, http)) in (1..=n).zip(planned) {
+            c.spawn_node(id, grpc, http, Vec::new());
+        }
+        c.wait_settled(n as usize).await;
+        c
+    }
+
+    fn empty(extra_args: Vec<String>, own_ips: Option<[u8; 3]>, client_opts: ClientOptions) -> Self {
+        ProcCluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: BTreeMap::new(),
+            bin: ringkv_bin(),
+            extra_args,
+            own_ips,
+            client_opts,
+        }
+    }
+
     async fn start_with(n: u64, extra_args: &[&str], own_ips: Option<[u8; 3]>, client_opts: ClientOptions) -> Self {
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         if !extra.iter().any(|a| a == "--shards") {
             extra.extend(["--shards".to_string(), "16".to_string()]);
         }
-        let mut c = ProcCluster {
-            dir: tempfile::tempdir().expect("tempdir"),
-            nodes: BTreeMap::new(),
-            bin: ringkv_bin(),
-            extra_args: extra,
-            own_ips,
-            client_opts,
-        };
+        let mut c = Self::empty(extra, own_ips, client_opts);
         for id in 1..=n {
             c.add_process(id);
             if id == 1 {
@@ -255,6 +290,16 @@ impl ProcCluster {
         let ip = self.ip_of(id);
         let grpc = format!("{ip}:{}", free_port_on(ip));
         let http = format!("{ip}:{}", free_port_on(ip));
+        let join = if id != 1 {
+            let seed = self.nodes.get(&1).map(|n| n.grpc.clone()).expect("node 1 first");
+            vec!["--join".into(), seed]
+        } else {
+            Vec::new()
+        };
+        self.spawn_node(id, grpc, http, join);
+    }
+
+    fn spawn_node(&mut self, id: u64, grpc: String, http: String, join: Vec<String>) {
         let data_dir = self.dir.path().join(format!("node{id}"));
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -267,10 +312,7 @@ impl ProcCluster {
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
-        if id != 1 {
-            let seed = self.nodes.get(&1).map(|n| n.grpc.clone()).expect("node 1 first");
-            args.extend(["--join".into(), seed]);
-        }
+        args.extend(join);
         args.extend(self.extra_args.iter().cloned());
         let log = self.dir.path().join(format!("node{id}.log"));
         let mut node = ProcNode { id, grpc, http, data_dir, log, args, env: Vec::new(), child: None };

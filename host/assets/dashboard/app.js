@@ -131,6 +131,7 @@
 
   function healthOf(status, id) {
     if ((status.down || []).includes(id)) return "down";
+    if ((status.unreachable || []).includes(id)) return "unreachable";
     if ((status.draining || []).includes(id)) return "draining";
     return "up";
   }
@@ -148,7 +149,9 @@
 
   function renderSummary(status) {
     const shards = status.shards || [];
-    const down = (status.down || []).length;
+    // Unreachable members (silent for seconds) count as down here: their
+    // replicas are missing either way.
+    const down = new Set([...(status.down || []), ...(status.unreachable || [])]).size;
     const tile = (kind, label, value, warn) =>
       h("div", { class: "tile", "data-kind": kind, "data-warn": warn ? "" : null }, h("b", {}, value), h("span", {}, label));
     const count = (f) => shards.filter(f).length;
@@ -210,7 +213,7 @@
   }
 
   function renderRing(status) {
-    const down = new Set(status.down || []);
+    const down = new Set([...(status.down || []), ...(status.unreachable || [])]);
     const tiles = (status.shards || []).map((s) => {
       const classes = ["shard", s.moving && "moving", s.under_replicated && "under", !s.leader_id && "leaderless"];
       const reps = (s.replicas || []).map((id) =>

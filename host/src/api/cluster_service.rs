@@ -24,10 +24,14 @@ pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status>
     let meta = node.group(META_GROUP)?;
     let pending = meta.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
     let hints = meta.sm.leader_hints().await.map_err(crate::cluster::NodeError::from)?;
-    let down = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
+    let mut missing = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
+    missing.extend(meta.sm.unreachable().await.map_err(crate::cluster::NodeError::from)?);
     let active = node.active_members().await?;
-    let live_members = active.iter().filter(|n| !down.contains(n)).count();
-    let rf = (node.ring().replication_factor as usize).min(live_members);
+    // The replicas a shard should have: RF, or every member placement may
+    // use when there are fewer. A replica on a down or unreachable node does
+    // not count, so a shard with a replica on a dead node is
+    // under-replicated even when no other node could take its place.
+    let rf = (node.ring().replication_factor as usize).min(active.len());
     let target = crate::ring::place(node.ring(), &active);
     Ok(assignments
         .into_iter()
@@ -41,7 +45,7 @@ pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status>
                 target.get(shard as usize).into_iter().flatten().copied().collect();
             let moving =
                 pending.contains(&shard) || replicas.iter().copied().collect::<std::collections::BTreeSet<_>>() != want;
-            let under_replicated = replicas.iter().filter(|r| !down.contains(r)).count() < rf;
+            let under_replicated = replicas.iter().filter(|r| !missing.contains(r)).count() < rf;
             proto::ShardRoute { shard, leader_id, replicas, moving, under_replicated }
         })
         .collect())
@@ -119,6 +123,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
     let meta = node.group(META_GROUP)?;
     let draining = meta.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
     let down = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
+    let unreachable = meta.sm.unreachable().await.map_err(crate::cluster::NodeError::from)?;
     Ok(proto::StatusResponse {
         node_id: node.id(),
         nodes,
@@ -126,6 +131,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         shards,
         draining: draining.into_iter().collect(),
         down: down.into_iter().collect(),
+        unreachable: unreachable.into_iter().collect(),
         hooks: super::hooks_service::hook_infos(node).await?,
         reshard: Some(reshard_of(&node.reshard_status().await?)),
     })
@@ -180,6 +186,7 @@ impl Cluster for ClusterService {
                 let view = self.node.partition_view();
                 view.state.active.is_some() || view.state.job.is_some()
             },
+            cluster_id: self.node.cluster_id().to_string(),
         }))
     }
 
@@ -200,6 +207,7 @@ impl Cluster for ClusterService {
         if r.addr.is_empty() {
             return Err(Status::invalid_argument("node address must not be empty"));
         }
+        self.node.check_joiner(r.id, &r.cluster_id, r.new_data_dir)?;
         self.node.add_node(r.id, r.addr).await?;
         Ok(Response::new(proto::AddNodeResponse {}))
     }
@@ -283,6 +291,7 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
         "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving, "under_replicated": r.under_replicated})).collect::<Vec<_>>(),
         "draining": s.draining,
         "down": s.down,
+        "unreachable": s.unreachable,
         "hooks": s.hooks.iter().map(|h| {
             let st = h.stats.unwrap_or_default();
             serde_json::json!({

@@ -165,6 +165,7 @@ impl KvService {
             if_version: r.if_version,
             hooks: None,
         };
+        self.node.check_writable()?;
         let result = self.node.write_key(&r.key, p).instrument(self.span("put")).await?;
         match result {
             CommandResult::Written { version, hooks } => {
@@ -185,6 +186,7 @@ impl KvService {
     async fn serve_delete(&self, r: proto::DeleteRequest) -> Result<proto::DeleteResponse, Status> {
         self.check_key(&r.key)?;
         let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version, hooks: None };
+        self.node.check_writable()?;
         match self.node.write_key(&r.key, p).instrument(self.span("delete")).await? {
             CommandResult::Deleted { existed, version, hooks } => Ok(proto::DeleteResponse {
                 deleted: existed,

@@ -38,12 +38,18 @@ impl RaftService {
         }
     }
 
-    /// Drops messages on links the fault filter cuts.
+    /// Drops messages on links the fault filter cuts, and refuses messages
+    /// of another cluster.
     fn check_link(&self, m: &RaftMessage) -> Result<(), Status> {
         if self.node.link_filter().is_blocked(m.from, self.node.id()) {
             return Err(Status::unavailable(format!("link {}->{} is blocked", m.from, self.node.id())));
         }
-        Ok(())
+        self.node.peers().check_incoming(m)
+    }
+
+    /// A reply from this node, stamped with its cluster ID.
+    fn reply<T: Serialize>(&self, group_id: u64, v: &T) -> Result<Response<RaftMessage>, Status> {
+        Ok(Response::new(self.node.peers().message(group_id, encode(v))))
     }
 
     /// Checks the fault filter and finds the addressed group.
@@ -51,10 +57,6 @@ impl RaftService {
         self.check_link(m)?;
         self.node.group(m.group_id).map_err(|_| Status::not_found(format!("no raft group {}", m.group_id)))
     }
-}
-
-fn reply<T: Serialize>(group_id: u64, from: u64, v: &T) -> Result<Response<RaftMessage>, Status> {
-    Ok(Response::new(RaftMessage { group_id, from, payload: encode(v) }))
 }
 
 fn bad(e: postcard::Error) -> Status {
@@ -68,7 +70,7 @@ impl raft_server::Raft for RaftService {
         let m = req.into_inner();
         let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
-        reply(m.group_id, self.node.id(), &g.raft.append_entries(rpc).await)
+        self.reply(m.group_id, &g.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -76,7 +78,7 @@ impl raft_server::Raft for RaftService {
         let m = req.into_inner();
         let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
-        reply(m.group_id, self.node.id(), &g.raft.vote(rpc).await)
+        self.reply(m.group_id, &g.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -84,7 +86,7 @@ impl raft_server::Raft for RaftService {
         let m = req.into_inner();
         let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
-        reply(m.group_id, self.node.id(), &g.raft.install_snapshot(rpc).await)
+        self.reply(m.group_id, &g.raft.install_snapshot(rpc).await)
     }
 
     async fn change_membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -92,7 +94,7 @@ impl raft_server::Raft for RaftService {
         let m = req.into_inner();
         self.check_link(&m)?;
         let op: MembershipOp = decode(&m.payload).map_err(bad)?;
-        reply(m.group_id, self.node.id(), &self.node.run_membership_op(m.group_id, op).await)
+        self.reply(m.group_id, &self.node.run_membership_op(m.group_id, op).await)
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -103,6 +105,6 @@ impl raft_server::Raft for RaftService {
         self.check_link(&m)?;
         let fwd: crate::cluster::Forwarded = decode(&m.payload).map_err(bad)?;
         metrics::counter!(crate::telemetry::FORWARDED_SERVED, "kind" => fwd.kind()).increment(1);
-        reply(m.group_id, self.node.id(), &self.node.handle_forwarded(m.group_id, fwd, epoch, routed).await)
+        self.reply(m.group_id, &self.node.handle_forwarded(m.group_id, fwd, epoch, routed).await)
     }
 }

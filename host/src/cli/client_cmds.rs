@@ -226,6 +226,8 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
     for n in &s.nodes {
         let role = if s.down.contains(&n.id) {
             format!("{} DOWN", n.role)
+        } else if s.unreachable.contains(&n.id) {
+            format!("{} UNREACH", n.role)
         } else if s.draining.contains(&n.id) {
             format!("{}*", n.role)
         } else {

@@ -55,6 +55,13 @@ pub struct ServeCommand {
     /// (docs/performance.md). [default: 1]
     #[arg(long, env = "RINGKV_SHARDS")]
     pub shards: Option<u32>,
+    /// A shard acknowledges writes only while it has at least this many
+    /// replicas (Raft voters, capped at the replication factor, 3): below
+    /// it, writes get UNAVAILABLE. Set 3 for a cluster meant to have three
+    /// nodes or more, so no write is ever acknowledged by one node alone
+    /// (e.g. while the other nodes are still joining). [default: 1]
+    #[arg(long, env = "RINGKV_MIN_REPLICAS")]
+    pub min_replicas: Option<usize>,
     /// Raft heartbeat interval. [default: 250ms]
     #[arg(long, env = "RINGKV_HEARTBEAT", value_parser = super::parse_duration)]
     pub heartbeat: Option<Duration>,
@@ -200,6 +207,11 @@ impl ServeCommand {
         let keep_logs = self.keep_logs.or(file.raft.keep_logs).unwrap_or(dr.keep_logs);
         let request_timeout = self.request_timeout.or(file.request_timeout.map(|v| v.0)).unwrap_or(d.request_timeout);
         let down_timeout = self.down_timeout.or(file.down_timeout.map(|v| v.0)).unwrap_or(d.down_timeout);
+        let min_replicas = self.min_replicas.or(file.min_replicas).unwrap_or(d.min_replicas);
+        anyhow::ensure!(
+            (1..=7).contains(&min_replicas),
+            "min_replicas (--min-replicas) must be between 1 and 7, got {min_replicas}"
+        );
         let http = if self.no_http {
             None
         } else {
@@ -292,8 +304,9 @@ impl ServeCommand {
         let listen = self.listen.clone().or(file.listen).unwrap_or(d.listen);
         let advertise = self.advertise.clone().or(file.advertise);
         let own_addr = advertise.as_deref().unwrap_or(&listen);
-        let join: Vec<String> =
-            self.join.clone().or(file.join).unwrap_or_default().into_iter().filter(|seed| seed != own_addr).collect();
+        let seeds = self.join.clone().or(file.join).unwrap_or_default();
+        let founder = seeds.first().is_some_and(|seed| seed == own_addr);
+        let join: Vec<String> = seeds.into_iter().filter(|seed| seed != own_addr).collect();
         Ok(NodeConfig {
             id,
             tls,
@@ -302,7 +315,9 @@ impl ServeCommand {
             http,
             data_dir: self.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
             join,
+            founder,
             ring: RingConfig { shards, ..RingConfig::default() },
+            shards_given: self.shards.or(file.shards).is_some(),
             raft: RaftTuning {
                 heartbeat_ms: heartbeat.as_millis() as u64,
                 election_min_ms: election_timeout.as_millis() as u64,
@@ -313,6 +328,7 @@ impl ServeCommand {
             limits,
             request_timeout,
             down_timeout,
+            min_replicas,
             auth,
             ..d
         })
@@ -409,7 +425,15 @@ impl DevCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         anyhow::ensure!((1..=9).contains(&self.nodes), "--nodes must be between 1 and 9");
         let exe = std::env::current_exe().context("locating the ringkv binary")?;
-        let seed = format!("127.0.0.1:{}", self.base_port);
+        // Every node gets every address: node 1, first in the list, creates
+        // the cluster once the others answer that they have none, and a node
+        // restarted without its data is refused instead of bootstrapping.
+        let seeds: Vec<String> =
+            (1..=self.nodes).map(|i| format!("127.0.0.1:{}", self.base_port + 2 * (i as u16 - 1))).collect();
+        let seeds = seeds.join(",");
+        // A write is acknowledged only on a majority of three replicas (or
+        // of every node, when there are fewer).
+        let min_replicas = self.nodes.min(3).to_string();
         let tls_dir = self.data_dir.join("tls");
         if self.tls {
             crate::tls::gen::generate_dir(&tls_dir, &[], &["dev".to_string()], crate::tls::gen::Validity::days(30))
@@ -425,10 +449,8 @@ impl DevCommand {
                 .args(["--id", &i.to_string(), "--listen", &listen])
                 .args(["--http", &format!("127.0.0.1:{}", grpc + 1)])
                 .arg("--data-dir")
-                .arg(self.data_dir.join(format!("node{i}")));
-            if i > 1 {
-                cmd.args(["--join", &seed]);
-            }
+                .arg(self.data_dir.join(format!("node{i}")))
+                .args(["--join", &seeds, "--min-replicas", &min_replicas]);
             if self.tls {
                 cmd.arg("--tls-cert").arg(tls_dir.join("node.pem"));
                 cmd.arg("--tls-key").arg(tls_dir.join("node.key"));
@@ -437,10 +459,6 @@ impl DevCommand {
             let child = cmd.kill_on_drop(true).spawn().with_context(|| format!("starting node {i}"))?;
             children.push(child);
             endpoints.push(listen);
-            if i == 1 {
-                // Let node 1 bootstrap before the others ask it to add them.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
         }
         println!("ringkv dev cluster with {} nodes", self.nodes);
         println!("endpoints: {}", endpoints.join(","));
@@ -520,14 +538,33 @@ mod tests {
         let _env = env_lock();
         let f = file(crate::config::EXAMPLE);
         let path = f.path().to_str().expect("utf-8 path");
-        let from_example = resolve(&["--config", path]).expect("example parses");
+        let mut from_example = resolve(&["--config", path]).expect("example parses");
         let from_nothing = resolve(&[]).expect("defaults");
+        // The example spells the default shard count out, which counts as setting it.
+        assert!(from_example.shards_given && !from_nothing.shards_given);
+        from_example.shards_given = false;
         assert_eq!(format!("{from_example:?}"), format!("{from_nothing:?}"));
         assert_eq!(from_nothing.raft.heartbeat_ms, 250);
         assert_eq!(from_nothing.raft.election_min_ms, 1250);
         assert_eq!(from_nothing.limits.max_value_bytes, 1024 * 1024);
         assert_eq!(from_nothing.limits.max_hook_source_bytes, 256 * 1024);
         assert_eq!(from_nothing.down_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_first_seed_is_the_founder_and_a_node_skips_itself() {
+        let _env = env_lock();
+        let seeds = "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3";
+        let first = resolve(&["--listen", "127.0.0.1:1", "--join", seeds]).expect("config");
+        assert!(first.founder);
+        assert_eq!(first.join, ["127.0.0.1:2", "127.0.0.1:3"]);
+        let second = resolve(&["--listen", "127.0.0.1:2", "--join", seeds]).expect("config");
+        assert!(!second.founder);
+        assert_eq!(second.join, ["127.0.0.1:1", "127.0.0.1:3"]);
+        let alone = resolve(&[]).expect("config");
+        assert!(!alone.founder && alone.join.is_empty() && !alone.shards_given);
+        assert!(resolve(&["--min-replicas", "0"]).is_err());
+        assert_eq!(resolve(&["--min-replicas", "3"]).expect("config").min_replicas, 3);
     }
 
     #[test]

@@ -114,7 +114,8 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::RemoveHook { .. }
         | Proposal::RollbackHook { .. }
         | Proposal::RevokeToken { .. }
-        | Proposal::ClearMoveMarkers { .. } => 0,
+        | Proposal::ClearMoveMarkers { .. }
+        | Proposal::SetUnreachable { .. } => 0,
         Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
         Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
     }

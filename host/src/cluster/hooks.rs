@@ -74,7 +74,9 @@ impl Node {
         // puts its key, and the view cannot change until it is done.
         let _gate = match &p {
             Proposal::Put { key, .. } | Proposal::Delete { key, .. } if g.id != META_GROUP => {
-                Some(self.admit(g.id, key, true).await?)
+                let gate = self.admit(g.id, key, true).await?;
+                self.check_min_replicas(&g)?;
+                Some(gate)
             }
             _ => None,
         };

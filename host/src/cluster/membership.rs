@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
-use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
 use super::{Node, NodeError, Proposal, META_GROUP};
@@ -167,10 +166,15 @@ impl Node {
     ) -> MembershipReply {
         let Some(addr) = self.addr_of(leader) else { return MembershipReply::NotLeader };
         let Ok(mut client) = self.peers().raft_client(leader, &addr) else { return MembershipReply::NotLeader };
-        let msg = RaftMessage { group_id: group, from: self.id(), payload: encode(op) };
+        let msg = self.peers().message(group, encode(op));
         match client.change_membership(msg).await {
-            Ok(r) => decode(&r.into_inner().payload)
-                .unwrap_or_else(|e| MembershipReply::Failed(format!("bad reply from leader: {e}"))),
+            Ok(r) => {
+                let r = r.into_inner();
+                if let Err(e) = self.peers().check_reply(leader, &r) {
+                    return MembershipReply::Failed(e.to_string());
+                }
+                decode(&r.payload).unwrap_or_else(|e| MembershipReply::Failed(format!("bad reply from leader: {e}")))
+            }
             Err(s) => {
                 tracing::debug!(leader, error = %s, "membership change not delivered, retrying");
                 MembershipReply::NotLeader

@@ -138,6 +138,13 @@ struct NodeInner {
 const NODE_ID_KEY: &[u8] = b"node_id";
 const JOINED_KEY: &[u8] = b"joined";
 const RING_KEY: &[u8] = b"ring";
+/// The cluster ID, stored with the ring settings when the node first
+/// creates or finds its cluster.
+const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Present when this data directory was set up to create a new cluster
+/// (so a crash before the Raft groups were initialized bootstraps again,
+/// and a node that found an existing cluster never bootstraps one).
+const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
 
 impl Node {
     /// Starts a node: opens storage, starts its groups and servers, then
@@ -165,8 +172,9 @@ impl Node {
             )),
             None => None,
         };
-        let ring = resolve_ring(&storage, &config).await?;
-        let peers = Peers::new(config.id, Some(bound.ip()), filter, tls.clone());
+        let identity = resolve_cluster(&storage, &config).await?;
+        let ring = identity.ring;
+        let peers = Peers::new(config.id, identity.cluster_id, Some(bound.ip()), filter, tls.clone());
         let (shutdown, _) = watch::channel(false);
         let (draining, _) = watch::channel(false);
         let hooks = Arc::new(
@@ -400,13 +408,24 @@ impl Node {
         tracing::info!(node = self.id(), "node stopped");
     }
 
+    /// This node's cluster ID (empty for a cluster created before cluster IDs).
+    pub fn cluster_id(&self) -> &str {
+        self.inner.peers.cluster_id()
+    }
+
     async fn bootstrap_or_join(&self) -> Result<(), NodeError> {
         let meta = self.group(META_GROUP)?;
         let initialized = meta.raft.is_initialized().await.map_err(|e| NodeError::Internal(e.to_string()))?;
         let joined = self.read_node_meta(JOINED_KEY).await?.is_some();
+        let bootstrap = self.read_node_meta(BOOTSTRAP_KEY).await?.is_some();
         let seeds = self.inner.config.join.clone();
-        if !initialized && seeds.is_empty() {
-            tracing::info!(node = self.id(), shards = self.ring().shards, "bootstrapping a new single-node cluster");
+        if !initialized && bootstrap {
+            tracing::info!(
+                node = self.id(),
+                cluster = %self.cluster_id(),
+                shards = self.ring().shards,
+                "bootstrapping a new cluster"
+            );
             let members = BTreeMap::from([(self.id(), BasicNode { addr: self.addr().to_string() })]);
             for gid in self.group_ids() {
                 let g = self.ensure_group(gid).await?;
@@ -465,13 +484,28 @@ impl Node {
                             continue;
                         }
                     };
-                match client.add_node(self.id(), self.addr()).await {
+                let new_data_dir = match self.group(META_GROUP) {
+                    Ok(meta) => !meta.raft.is_initialized().await.unwrap_or(false),
+                    Err(_) => true,
+                };
+                let req = ringkv_client::proto::AddNodeRequest {
+                    id: self.id(),
+                    addr: self.addr().to_string(),
+                    cluster_id: self.cluster_id().to_string(),
+                    new_data_dir,
+                };
+                match client.add_node_with(req).await {
                     Ok(()) => {
                         if let Err(e) = self.write_node_meta(JOINED_KEY, b"1".to_vec()).await {
                             tracing::error!(error = %e, "could not record the join");
                         }
                         tracing::info!(node = self.id(), "joined the cluster as a voter");
                         return;
+                    }
+                    Err(ringkv_client::Error::Rejected(m)) => {
+                        // A refusal of this node's identity: retrying will not help
+                        // until an operator acts, so say it loudly.
+                        tracing::error!(seed = %seed, error = %m, "the cluster refuses this node; will retry");
                     }
                     Err(e) => tracing::warn!(seed = %seed, error = %e, "join attempt failed, will retry"),
                 }
@@ -480,6 +514,60 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// Refuses a joining node (`AddNode` from a node, which says which
+    /// cluster it expects and whether its data directory is new) that
+    /// belongs to another cluster, or that comes back without its data while
+    /// this cluster counts it as a voter: it would vote without the log it
+    /// promised to keep.
+    pub fn check_joiner(&self, id: NodeId, cluster_id: &str, new_data_dir: bool) -> Result<(), NodeError> {
+        if !cluster_id.is_empty() && cluster_id != self.cluster_id() {
+            return Err(NodeError::Rejected(format!(
+                "cluster ID mismatch: node {id} expects cluster {cluster_id}, but this is cluster {}; start it with \
+                 its own cluster's seeds, or with an empty data directory to join this one",
+                crate::raft::network::show_id(self.cluster_id())
+            )));
+        }
+        let voter =
+            self.group(META_GROUP)?.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+        if new_data_dir && voter {
+            return Err(NodeError::Rejected(format!(
+                "node {id} is already a voter of cluster {} but comes back with a new data directory; if it lost \
+                 its data, remove it first (`ringkv cluster remove-node {id}`), then start it again",
+                crate::raft::network::show_id(self.cluster_id())
+            )));
+        }
+        Ok(())
+    }
+
+    /// The other cluster that addressed this node as its member recently,
+    /// if any: this node's address and id belong to a member of that
+    /// cluster, so it must not take writes (they would split one key space
+    /// over two clusters).
+    fn claimed_by_other_cluster(&self) -> Option<String> {
+        let c = self.peers().foreign_contact().filter(|c| c.inbound)?;
+        Some(format!(
+            "cluster {} sends this node (node {}, cluster {}) Raft messages as one of its members ({}): this node was \
+             probably restarted with an empty data directory and no --join, and created a new cluster; stop it and \
+             start it with its data directory (or, if the data is lost, remove node {} from cluster {} and join it \
+             with --join)",
+            crate::raft::network::show_id(&c.cluster_id),
+            self.id(),
+            crate::raft::network::show_id(self.cluster_id()),
+            c.peer,
+            self.id(),
+            crate::raft::network::show_id(&c.cluster_id),
+        ))
+    }
+
+    /// Refuses client writes while another cluster claims this node (see
+    /// [`Node::claimed_by_other_cluster`]).
+    pub fn check_writable(&self) -> Result<(), NodeError> {
+        match self.claimed_by_other_cluster() {
+            Some(why) => Err(NodeError::Unavailable(format!("writes refused: {why}"))),
+            None => Ok(()),
         }
     }
 
@@ -533,6 +621,9 @@ impl Node {
         }
         if self.storage().is_poisoned() {
             missing.push("storage is poisoned after a failed fsync".to_string());
+        }
+        if let Some(why) = self.claimed_by_other_cluster() {
+            missing.push(why);
         }
         match self.read_node_meta(JOINED_KEY).await {
             Ok(Some(_)) => {}
@@ -606,22 +697,186 @@ impl Node {
     }
 }
 
-/// The ring settings: stored in the data directory; or, on first start, the
-/// configured ones (bootstrap) or the cluster's, fetched from a seed (join).
-async fn resolve_ring(storage: &Storage, config: &NodeConfig) -> Result<RingConfig, NodeError> {
+/// What a node knows of its cluster before it starts its Raft groups.
+struct ClusterIdentity {
+    ring: RingConfig,
+    cluster_id: String,
+}
+
+/// The node's cluster: as stored in the data directory; or, in a new data
+/// directory, a new cluster (no `--join`, or the founding seed when no other
+/// seed has a cluster) or the cluster its seeds belong to. Refuses what
+/// would mix two clusters: a data directory of one cluster joined to
+/// another, a node that comes back without its data while its cluster still
+/// counts it as a voter, `--shards` that differ from the cluster's.
+async fn resolve_cluster(storage: &Storage, config: &NodeConfig) -> Result<ClusterIdentity, NodeError> {
     if let Some(raw) = read_node_meta(storage, RING_KEY).await? {
-        return postcard::from_bytes(&raw)
-            .map_err(|e| NodeError::Startup(format!("corrupt ring settings in the data directory: {e}")));
+        let ring: RingConfig = postcard::from_bytes(&raw)
+            .map_err(|e| NodeError::Startup(format!("corrupt ring settings in the data directory: {e}")))?;
+        let cluster_id = match read_node_meta(storage, CLUSTER_ID_KEY).await? {
+            Some(raw) => String::from_utf8(raw)
+                .map_err(|_| NodeError::Startup("corrupt cluster ID in the data directory".into()))?,
+            None => {
+                tracing::warn!("this data directory predates cluster IDs: peers are not checked for belonging to it");
+                String::new()
+            }
+        };
+        check_shards_flag(config, ring.shards)?;
+        if !config.join.is_empty() {
+            check_seeds_cluster(config, &cluster_id).await?;
+        }
+        return Ok(ClusterIdentity { ring, cluster_id });
     }
-    let ring = if config.join.is_empty() {
+    let (ring, cluster_id, bootstrap) = if config.join.is_empty() {
         config.ring.validate().map_err(NodeError::InvalidArgument)?;
-        config.ring
+        (config.ring, new_cluster_id(), true)
     } else {
-        fetch_ring(config).await
+        find_cluster(config).await?
     };
-    let raw = postcard::to_allocvec(&ring).map_err(|e| NodeError::Internal(e.to_string()))?;
-    write_node_meta(storage, RING_KEY, raw).await?;
-    Ok(ring)
+    let mut meta = vec![
+        (RING_KEY, postcard::to_allocvec(&ring).map_err(|e| NodeError::Internal(e.to_string()))?),
+        (CLUSTER_ID_KEY, cluster_id.clone().into_bytes()),
+    ];
+    if bootstrap {
+        meta.push((BOOTSTRAP_KEY, b"1".to_vec()));
+    }
+    write_node_metas(storage, meta).await?;
+    Ok(ClusterIdentity { ring, cluster_id })
+}
+
+/// A new random cluster ID: 16 hex digits.
+fn new_cluster_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// `--shards` names the shard count of a cluster this node creates; given
+/// to a node of an existing cluster it must match, or it is an error rather
+/// than silently ignored.
+fn check_shards_flag(config: &NodeConfig, cluster_shards: u32) -> Result<(), NodeError> {
+    if config.shards_given && config.ring.shards != cluster_shards {
+        return Err(NodeError::InvalidArgument(format!(
+            "--shards {} (or shards in the config file / RINGKV_SHARDS) conflicts with the cluster's {cluster_shards} \
+             shards: the shard count is fixed when a cluster is created, and a joining or restarting node takes \
+             the cluster's; drop the setting",
+            config.ring.shards
+        )));
+    }
+    Ok(())
+}
+
+/// What one seed said when asked for its cluster.
+enum SeedAnswer {
+    /// The seed belongs to a cluster (its routing table).
+    Cluster(Box<ringkv_client::proto::RingResponse>),
+    /// The seed runs but has no cluster yet: it answered without one, or it
+    /// accepted the connection without answering (a new node is not serving
+    /// requests while it waits for its own seeds).
+    NoCluster,
+    /// Nothing listens there (yet), or the name does not resolve.
+    Unreachable(String),
+}
+
+async fn ask_seed(config: &NodeConfig, seed: &str) -> SeedAnswer {
+    const CONNECT: Duration = Duration::from_secs(2);
+    match tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(seed)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return SeedAnswer::Unreachable(e.to_string()),
+        Err(_) => return SeedAnswer::Unreachable(format!("no connection within {CONNECT:?}")),
+    }
+    let answer = match node_client_options(config, Duration::from_secs(3), CONNECT)
+        .and_then(|opts| ringkv_client::Client::connect_with([seed], opts))
+    {
+        Ok(c) => c.ring().await,
+        Err(e) => return SeedAnswer::Unreachable(e.to_string()),
+    };
+    match answer {
+        Ok(r) if !r.cluster_id.is_empty() || !r.nodes.is_empty() => SeedAnswer::Cluster(Box::new(r)),
+        Ok(_) => SeedAnswer::NoCluster,
+        Err(e) => {
+            tracing::debug!(seed, error = %e, "seed accepted the connection but did not answer: taken as a node still starting");
+            SeedAnswer::NoCluster
+        }
+    }
+}
+
+/// A restarting node given `--join`: the first seed that answers must belong
+/// to this data directory's cluster (seeds that cannot be reached are no
+/// reason not to start: they may be restarting too).
+async fn check_seeds_cluster(config: &NodeConfig, cluster_id: &str) -> Result<(), NodeError> {
+    for seed in &config.join {
+        if let SeedAnswer::Cluster(r) = ask_seed(config, seed).await {
+            if !r.cluster_id.is_empty() && !cluster_id.is_empty() && r.cluster_id != cluster_id {
+                return Err(NodeError::InvalidArgument(format!(
+                    "cluster ID mismatch: this data directory ({}) belongs to cluster {cluster_id}, but the --join \
+                     seed {seed} belongs to cluster {}. Start this node with its own cluster's seeds, or, to add it \
+                     to cluster {} as a new node, with an empty data directory",
+                    config.data_dir.display(),
+                    r.cluster_id,
+                    r.cluster_id
+                )));
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A new node given `--join`: asks the seeds until one belongs to a
+/// cluster, and returns that cluster's ring settings and ID. The founding
+/// seed (this node's own address first in `--join`) instead creates the
+/// cluster once every other seed has answered that it has none. Returns
+/// (ring, cluster ID, whether to bootstrap).
+async fn find_cluster(config: &NodeConfig) -> Result<(RingConfig, String, bool), NodeError> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut unreachable = Vec::new();
+        for seed in &config.join {
+            match ask_seed(config, seed).await {
+                SeedAnswer::Cluster(r) => {
+                    return joinable(config, seed, &r).map(|ring| (ring, r.cluster_id.clone(), false))
+                }
+                SeedAnswer::NoCluster => {}
+                SeedAnswer::Unreachable(e) => unreachable.push(format!("{seed} ({e})")),
+            }
+        }
+        if config.founder && unreachable.is_empty() {
+            config.ring.validate().map_err(NodeError::InvalidArgument)?;
+            tracing::info!(seeds = ?config.join, "no other seed has a cluster: this node, the first seed, creates it");
+            return Ok((config.ring, new_cluster_id(), true));
+        }
+        if config.founder {
+            tracing::info!(
+                attempt,
+                waiting_for = %unreachable.join(", "),
+                "first seed of --join: creating the cluster once every other seed answers that it has none"
+            );
+        } else {
+            tracing::info!(attempt, unreachable = %unreachable.join(", "), "no seed has a cluster to join yet; retrying");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The ring of cluster `r` (found through `seed`) if this new node may join
+/// it: not while the cluster counts this node's id as a voter, since this
+/// node has lost that voter's log and votes.
+fn joinable(config: &NodeConfig, seed: &str, r: &ringkv_client::proto::RingResponse) -> Result<RingConfig, NodeError> {
+    if let Some(me) = r.nodes.iter().find(|n| n.id == config.id && n.role == "voter") {
+        return Err(NodeError::Startup(format!(
+            "node {id} is already a voter of cluster {cluster} (at {addr}, as seed {seed} reports), but this node's \
+             data directory {dir} is new: it would come back without the log and votes the cluster counts on. If \
+             this is node {id} restarted with the wrong --data-dir, give it its data directory. If node {id} lost \
+             its data, remove it first (`ringkv cluster remove-node {id}`), then start it again. If this is \
+             another node, give it an id the cluster does not use",
+            id = config.id,
+            cluster = crate::raft::network::show_id(&r.cluster_id),
+            addr = me.addr,
+            dir = config.data_dir.display(),
+        )));
+    }
+    check_shards_flag(config, r.shards)?;
+    Ok(RingConfig { shards: r.shards, replication_factor: r.replication_factor, vnodes: r.vnodes })
 }
 
 /// Client options for talking to other nodes through their public API
@@ -642,29 +897,6 @@ fn node_client_options(
     let mut opts = ringkv_client::ClientOptions { timeout, connect_timeout, ..Default::default() };
     opts.tls = tls;
     Ok(opts)
-}
-
-/// Asks the seeds for the cluster's ring settings until one answers.
-async fn fetch_ring(config: &NodeConfig) -> RingConfig {
-    let mut attempt = 0u32;
-    let seeds = &config.join;
-    loop {
-        for seed in seeds {
-            attempt += 1;
-            let opts = node_client_options(config, Duration::from_secs(10), Duration::from_secs(3));
-            let answer = match opts.and_then(|opts| ringkv_client::Client::connect_with([seed], opts)) {
-                Ok(c) => c.ring().await,
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(r) => {
-                    return RingConfig { shards: r.shards, replication_factor: r.replication_factor, vnodes: r.vnodes }
-                }
-                Err(e) => tracing::warn!(seed = %seed, attempt, error = %e, "cannot fetch the ring from the seed yet"),
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 async fn check_identity(storage: &Storage, id: NodeId) -> Result<(), NodeError> {
@@ -692,9 +924,16 @@ async fn read_node_meta(storage: &Storage, key: &'static [u8]) -> Result<Option<
 }
 
 async fn write_node_meta(storage: &Storage, key: &'static [u8], value: Vec<u8>) -> Result<(), NodeError> {
+    write_node_metas(storage, vec![(key, value)]).await
+}
+
+/// Writes several node metadata keys in one durable batch (all or none).
+async fn write_node_metas(storage: &Storage, entries: Vec<(&'static [u8], Vec<u8>)>) -> Result<(), NodeError> {
     storage
         .write_durable(false, move |s, batch| {
-            batch.insert(s.node_meta(), key, value);
+            for (key, value) in entries {
+                batch.insert(s.node_meta(), key, value);
+            }
             Ok(())
         })
         .await

@@ -33,6 +33,11 @@ const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 pub const MOVE_CONCURRENCY: usize = 4;
 /// A node marked down is marked up again once it has answered this recently.
 const BACK_UP_WITHIN: Duration = Duration::from_secs(2);
+/// A member silent this long is marked unreachable: status counts its
+/// replicas as missing (under-replicated shards) long before the down
+/// timeout re-creates them elsewhere. Longer than [`BACK_UP_WITHIN`], so a
+/// member that just answered is never marked.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
 
 impl Node {
     pub(super) async fn reconcile_loop(self) {
@@ -113,16 +118,30 @@ impl Node {
         }
     }
 
-    /// Marks members down that have not answered the meta leader's Raft
-    /// messages (heartbeats reach every member) for the down timeout, and
-    /// marks them up again once they answer.
+    /// Marks members unreachable, then down, that have not answered the
+    /// meta leader's Raft messages (heartbeats reach every member) for
+    /// [`UNREACHABLE_AFTER`], then the down timeout, and marks them
+    /// reachable and up again once they answer.
     async fn track_liveness(&self, leading_since: Instant) -> Result<(), NodeError> {
-        let down = self.group(META_GROUP)?.sm.down().await?;
+        let meta = self.group(META_GROUP)?;
+        let down = meta.sm.down().await?;
+        let unreachable = meta.sm.unreachable().await?;
         let timeout = self.config().down_timeout;
         for (id, _, _) in self.members()? {
             let last = if id == self.id() { Some(Instant::now()) } else { self.peers().last_answer(id) };
             let silent_for = last.map_or(leading_since, |t| t.max(leading_since)).elapsed();
             let answered_recently = last.is_some_and(|t| t.elapsed() < BACK_UP_WITHIN);
+            if unreachable.contains(&id) && answered_recently {
+                tracing::info!(node = id, "node answers again");
+                self.propose(META_GROUP, Proposal::SetUnreachable { id, unreachable: false }).await?;
+            } else if !unreachable.contains(&id) && silent_for >= UNREACHABLE_AFTER {
+                tracing::warn!(
+                    node = id,
+                    silent_for = ?silent_for,
+                    "node unreachable: its shard replicas count as missing until it answers"
+                );
+                self.propose(META_GROUP, Proposal::SetUnreachable { id, unreachable: true }).await?;
+            }
             if down.contains(&id) && answered_recently {
                 tracing::info!(node = id, "node answers again; marking it up");
                 self.propose(META_GROUP, Proposal::SetDown { id, down: false }).await?;
@@ -197,6 +216,27 @@ impl Node {
         }
         tracing::info!(done, total, "rebalancing round finished");
         Ok(false)
+    }
+
+    /// Refuses a client write to shard group `g` while it has fewer voters
+    /// than `--min-replicas` (capped at the replication factor). The voters
+    /// are the group's latest membership, committed or not: an entry commits
+    /// only on a majority of the latest one, so a write acknowledged here is
+    /// on a majority of at least that many replicas.
+    pub(super) fn check_min_replicas(&self, g: &super::Group) -> Result<(), NodeError> {
+        let want = self.config().min_replicas.min(self.ring().replication_factor as usize);
+        if want <= 1 {
+            return Ok(());
+        }
+        let voters = g.raft.metrics().borrow().membership_config.membership().voter_ids().count();
+        if voters >= want {
+            return Ok(());
+        }
+        Err(NodeError::Unavailable(format!(
+            "shard {} has {voters} of the {want} replicas writes need (--min-replicas); writes are refused until the \
+             cluster places them (are nodes still joining, or too few members?)",
+            g.id - 1
+        )))
     }
 
     /// Moves one shard from `current` to `target` replicas (idempotent).

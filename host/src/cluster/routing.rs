@@ -17,7 +17,6 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ringkv_client::proto::RaftMessage;
 use serde::{Deserialize, Serialize};
 
 use super::{Group, Node, NodeError, NodeInner, META_GROUP};
@@ -118,6 +117,10 @@ pub enum Proposal {
     ClearMoveMarkers {
         epoch: u64,
     },
+    SetUnreachable {
+        id: NodeId,
+        unreachable: bool,
+    },
 }
 
 impl Proposal {
@@ -153,6 +156,7 @@ impl Proposal {
             }
             Proposal::MoveOut { key, version, .. } => Op::Expire { key, version },
             Proposal::ClearMoveMarkers { epoch } => Op::ClearMoveMarkers { epoch },
+            Proposal::SetUnreachable { id, unreachable } => Op::SetUnreachable { id, unreachable },
         }
     }
 
@@ -177,7 +181,8 @@ impl Proposal {
             | Proposal::RevokeToken { .. }
             | Proposal::SetPartitioner { .. }
             | Proposal::ReshardProgress { .. }
-            | Proposal::ClearMoveMarkers { .. } => None,
+            | Proposal::ClearMoveMarkers { .. }
+            | Proposal::SetUnreachable { .. } => None,
         }
     }
 }
@@ -365,7 +370,7 @@ impl Node {
                 return Ok(Attempt::Retry);
             }
         };
-        let mut msg = tonic::Request::new(RaftMessage { group_id: group, from: self.id(), payload: encode(&req) });
+        let mut msg = tonic::Request::new(self.peers().message(group, encode(&req)));
         // The receiver serves eventual reads only once its meta group is as new as ours.
         msg.metadata_mut().insert(ringkv_client::routing::EPOCH_HEADER, self.meta_epoch().into());
         if let Some(generation) = super::partitioning::routed_by() {
@@ -380,6 +385,7 @@ impl Node {
             }
             Err(s) => return Err(NodeError::Unavailable(format!("forwarding to leader {leader} failed: {s}"))),
         };
+        self.peers().check_reply(leader, &reply).map_err(|e| NodeError::Unavailable(e.to_string()))?;
         let reply: ForwardReply =
             decode(&reply.payload).map_err(|e| NodeError::Internal(format!("bad reply from leader {leader}: {e}")))?;
         match reply {

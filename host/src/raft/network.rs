@@ -77,11 +77,37 @@ pub struct Peers {
     /// Peer id → when a Raft RPC to it last got an answer: the liveness
     /// signal the meta leader uses to declare a node down.
     last_answer: Mutex<HashMap<NodeId, Instant>>,
+    /// The cluster this node belongs to, stamped on every message and
+    /// checked on every message and reply (empty: a cluster created before
+    /// cluster IDs).
+    cluster_id: String,
+    /// The last contact refused because it came from another cluster.
+    foreign: Mutex<Option<ForeignContact>>,
 }
+
+/// A peer message or reply of another cluster, refused.
+#[derive(Debug, Clone)]
+pub struct ForeignContact {
+    /// The other cluster's ID.
+    pub cluster_id: String,
+    /// The node of that cluster (its id there), or the address we sent to.
+    pub peer: String,
+    /// The sender addressed this node as a member of its cluster: this
+    /// node's id and address are taken in the other cluster.
+    pub inbound: bool,
+    pub at: Instant,
+    /// When it was last logged (one error line per 10 s, not per heartbeat).
+    logged: Option<Instant>,
+}
+
+/// How long a refused foreign contact keeps showing in readiness and status.
+pub const FOREIGN_CONTACT_SHOWN: Duration = Duration::from_secs(30);
+const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Peers {
     pub fn new(
         self_id: NodeId,
+        cluster_id: String,
         local_ip: Option<std::net::IpAddr>,
         filter: LinkFilter,
         tls: Option<Arc<crate::tls::TlsState>>,
@@ -93,11 +119,85 @@ impl Peers {
             channels: Mutex::new(HashMap::new()),
             tls,
             last_answer: Mutex::new(HashMap::new()),
+            cluster_id,
+            foreign: Mutex::new(None),
         })
     }
 
     pub fn self_id(&self) -> NodeId {
         self.self_id
+    }
+
+    /// This node's cluster ID.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// A message of `group` from this node, stamped with its cluster ID.
+    pub fn message(&self, group: GroupId, payload: Bytes) -> RaftMessage {
+        RaftMessage { group_id: group, from: self.self_id, payload, cluster_id: self.cluster_id.clone() }
+    }
+
+    /// Refuses an incoming message of another cluster (`Err`), recording and
+    /// logging the contact: the status tells the sender what to do.
+    pub fn check_incoming(&self, m: &RaftMessage) -> Result<(), tonic::Status> {
+        if m.cluster_id == self.cluster_id {
+            return Ok(());
+        }
+        self.record_foreign(&m.cluster_id, format!("node {}", m.from), true);
+        let mut status = tonic::Status::failed_precondition(format!(
+            "cluster ID mismatch: this node (node {}) belongs to cluster {}, the message from node {} to cluster {}; \
+             nothing from another cluster is applied. A node of one cluster is configured with an address of the \
+             other: check --join and the data directories (a node restarted with an empty data directory starts \
+             a new cluster unless it is given --join)",
+            self.self_id,
+            show_id(&self.cluster_id),
+            m.from,
+            show_id(&m.cluster_id)
+        ));
+        if let Ok(v) = self.cluster_id.parse() {
+            status.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+        }
+        Err(status)
+    }
+
+    /// Checks a reply's cluster ID: a peer of another cluster at the
+    /// address we sent to must not answer for this one.
+    pub fn check_reply(&self, peer: NodeId, m: &RaftMessage) -> Result<(), PeerError> {
+        if m.cluster_id == self.cluster_id {
+            return Ok(());
+        }
+        self.record_foreign(&m.cluster_id, format!("node {peer}"), false);
+        Err(PeerError::ForeignCluster { ours: show_id(&self.cluster_id), theirs: show_id(&m.cluster_id) })
+    }
+
+    pub(crate) fn record_foreign(&self, cluster_id: &str, peer: String, inbound: bool) {
+        let now = Instant::now();
+        let mut last = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
+        let logged = last.as_ref().and_then(|c| c.logged).filter(|t| now.duration_since(*t) < FOREIGN_LOG_EVERY);
+        if logged.is_none() {
+            tracing::error!(
+                ours = %show_id(&self.cluster_id),
+                theirs = %show_id(cluster_id),
+                peer = %peer,
+                inbound,
+                "refused a peer {} of another cluster: two clusters share node addresses or ids",
+                if inbound { "message" } else { "reply" }
+            );
+        }
+        *last = Some(ForeignContact {
+            cluster_id: cluster_id.to_string(),
+            peer,
+            inbound,
+            at: now,
+            logged: Some(logged.unwrap_or(now)),
+        });
+    }
+
+    /// The last refused contact with another cluster, if recent.
+    pub fn foreign_contact(&self) -> Option<ForeignContact> {
+        let last = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
+        last.clone().filter(|c| c.at.elapsed() < FOREIGN_CONTACT_SHOWN)
     }
 
     pub fn filter(&self) -> &LinkFilter {
@@ -163,6 +263,28 @@ pub enum PeerError {
     Rpc(#[from] tonic::Status),
     #[error("bad payload: {0}")]
     Codec(#[from] postcard::Error),
+    #[error("the peer answered for cluster {theirs}, but this node belongs to cluster {ours}")]
+    ForeignCluster { ours: String, theirs: String },
+}
+
+/// Metadata of a refusal for a cluster ID mismatch: the refusing node's cluster ID.
+const CLUSTER_ID_HEADER: &str = "ringkv-cluster-id";
+
+/// The refusing node's cluster ID, when `s` refused a message for coming from another cluster.
+fn foreign_refusal(s: &tonic::Status) -> Option<String> {
+    if s.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    s.metadata().get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// A cluster ID as messages show it (`(none)` for a cluster created before IDs).
+pub fn show_id(id: &str) -> String {
+    if id.is_empty() {
+        "(none)".to_string()
+    } else {
+        id.to_string()
+    }
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Bytes {
@@ -222,8 +344,7 @@ impl PeerNetwork {
         E: std::error::Error + DeserializeOwned,
     {
         let mut client = self.peers.raft_client(self.target, &self.addr).map_err(|e| unreachable(&e))?;
-        let mut msg =
-            tonic::Request::new(RaftMessage { group_id: self.group, from: self.peers.self_id(), payload: encode(req) });
+        let mut msg = tonic::Request::new(self.peers.message(self.group, encode(req)));
         msg.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::Append => client.append_entries(msg).await,
@@ -231,15 +352,20 @@ impl PeerNetwork {
             Rpc::Snapshot => client.install_snapshot(msg).await,
         };
         let reply = reply.map_err(|s| {
+            if let Some(theirs) = foreign_refusal(&s) {
+                self.peers.record_foreign(&theirs, format!("node {} at {}", self.target, self.addr), false);
+            }
             if s.code() == tonic::Code::Unavailable {
                 unreachable(&PeerError::Rpc(s))
             } else {
                 RPCError::Network(NetworkError::new(&PeerError::Rpc(s)))
             }
         })?;
+        let reply = reply.into_inner();
+        self.peers.check_reply(self.target, &reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.peers.answered(self.target);
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError::Codec(e))))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&PeerError::Codec(e))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -272,5 +398,30 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(cluster: &str) -> Arc<Peers> {
+        Peers::new(1, cluster.to_string(), None, LinkFilter::default(), None)
+    }
+
+    #[test]
+    fn messages_and_replies_of_another_cluster_are_refused_and_remembered() {
+        let ours = peers("aaaa");
+        let theirs = peers("bbbb");
+        assert!(ours.check_incoming(&ours.message(3, Bytes::new())).is_ok());
+        assert!(ours.foreign_contact().is_none());
+        let refused = ours.check_incoming(&theirs.message(3, Bytes::new())).expect_err("another cluster");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("aaaa") && refused.message().contains("bbbb"), "{}", refused.message());
+        assert_eq!(foreign_refusal(&refused).as_deref(), Some("aaaa"), "the refusal names the refusing cluster");
+        let contact = ours.foreign_contact().expect("remembered");
+        assert!(contact.inbound && contact.cluster_id == "bbbb");
+        assert!(theirs.check_reply(1, &ours.message(3, Bytes::new())).is_err());
+        assert!(!theirs.foreign_contact().expect("remembered").inbound);
     }
 }

@@ -35,6 +35,8 @@ const PENDING_PREFIX: &[u8] = b"\0pending/";
 const DRAIN_PREFIX: &[u8] = b"\0drain/";
 /// Prefix of down markers in the meta group's data.
 const DOWN_PREFIX: &[u8] = b"\0down/";
+/// Prefix of unreachable markers in the meta group's data.
+const UNREACHABLE_PREFIX: &[u8] = b"\0unreachable/";
 /// Prefix of shard leader hints: (leader, term) per shard.
 const LEADER_PREFIX: &[u8] = b"\0leader/";
 /// Prefix of hook records ([`HookRecord`]) by hook name.
@@ -277,6 +279,11 @@ impl StateMachine {
     /// Meta group: nodes marked as down.
     pub async fn down(&self) -> Result<BTreeSet<NodeId>, StorageError> {
         self.meta_records(DOWN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
+    }
+
+    /// Meta group: nodes marked as unreachable (silent for a few seconds).
+    pub async fn unreachable(&self) -> Result<BTreeSet<NodeId>, StorageError> {
+        self.meta_records(UNREACHABLE_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
     }
 }
 
@@ -560,6 +567,10 @@ impl Applier<'_> {
             }
             Op::ClearMoveMarkers { epoch } => {
                 self.cleared.push(epoch);
+                CommandResult::Done
+            }
+            Op::SetUnreachable { id, unreachable } => {
+                self.set_marker([UNREACHABLE_PREFIX, &id.to_be_bytes()].concat(), unreachable, index)?;
                 CommandResult::Done
             }
         })

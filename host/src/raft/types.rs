@@ -97,6 +97,10 @@ pub enum Op {
     MoveIn { key: Vec<u8>, value: Vec<u8>, version: u64, expires_at: Option<u64>, epoch: u64 },
     /// Re-sharding: forgets which keys job `epoch` moved in (it is over).
     ClearMoveMarkers { epoch: u64 },
+    /// Meta group: marks a node as unreachable (silent for a few seconds:
+    /// its replicas count as missing in status, long before it is down) or
+    /// as reachable again.
+    SetUnreachable { id: NodeId, unreachable: bool },
 }
 
 /// What the leader's hooks decided about a write, carried in its log entry.
@@ -128,7 +132,8 @@ impl Op {
             | Op::RevokeToken { .. }
             | Op::SetPartitioner { .. }
             | Op::ReshardProgress { .. }
-            | Op::ClearMoveMarkers { .. } => None,
+            | Op::ClearMoveMarkers { .. }
+            | Op::SetUnreachable { .. } => None,
         }
     }
 }
