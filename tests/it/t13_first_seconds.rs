@@ -2,12 +2,14 @@
 //! 0.2 s apart with default flags, written to from the first second through
 //! every node, and the first node SIGKILLed about 5 s after start. Its
 //! shards must have reached three replicas by then, so the other two keep
-//! serving, and no acknowledged write is lost.
+//! serving, no acknowledged write is lost, and the lost replica shows in
+//! status, `/readyz` and the metrics.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringkv_client::Consistency;
+use ringkv_tests::cli::http_get;
 use ringkv_tests::{eventually, heavy, ProcCluster};
 
 /// Puts `key` through `client` until it is acknowledged or `deadline` passes.
@@ -54,6 +56,33 @@ async fn losing_the_first_node_five_seconds_in_loses_nothing() {
     }
     let acked = acked.lock().expect("acked").clone();
     assert!(!acked.is_empty(), "no write was acknowledged in the first four seconds");
+
+    // The lost replica shows everywhere: status (node 1 unreachable, its
+    // shard under-replicated), /readyz's warning, the metric.
+    let n3 = c.node_client(3);
+    eventually("status through node 3 to show node 1 unreachable and shard 0 under-replicated", || {
+        let n3 = n3.clone();
+        async move {
+            let s = n3.status().await.ok()?;
+            (s.unreachable.contains(&1) && s.shards.iter().all(|r| r.under_replicated)).then_some(())
+        }
+    })
+    .await;
+    let http = c.nodes[&3].http.clone();
+    let readyz = eventually("node 3's /readyz to warn about shard 0", || {
+        let http = http.clone();
+        async move { http_get(http, "/readyz").await.filter(|(_, body)| body.contains("warning: shard 0")) }
+    })
+    .await;
+    assert_eq!(readyz.0, 200, "a degraded cluster stays in service: {}", readyz.1);
+    eventually("node 3's metric to count the under-replicated shard", || {
+        let http = http.clone();
+        async move {
+            let (_, body) = http_get(http, "/metrics").await?;
+            body.lines().any(|l| l.starts_with("ringkv_shards_under_replicated 1")).then_some(())
+        }
+    })
+    .await;
 
     // With node 1 gone, the other two serve writes again once a new leader
     // is elected: a shard still on node 1 alone would refuse them for good.
