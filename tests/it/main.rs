@@ -33,6 +33,7 @@ mod t70_nemesis;
 mod t80_failpoints;
 mod t90_e2e_cli;
 mod t91_backup;
+mod t91_cli_faults;
 mod t92_container;
 mod t93_k8s_manifests;
 mod t94_dashboard;

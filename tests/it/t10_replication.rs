@@ -215,8 +215,13 @@ async fn removed_node_leaves_every_group_and_the_rest_keeps_working() {
     }
     client.put("after", "removal").await.expect("put with two nodes");
     assert!(c.node_client(2).get("before").await.expect("get").is_some());
-    // Removing the same node again is a no-op; removing the last voters is refused.
-    client.remove_node(3).await.expect("idempotent remove");
+    // Removing a node that is no longer a member says so; removing the last voter is refused.
+    let again = client.remove_node(3).await;
+    assert!(
+        matches!(&again, Err(Error::Other(s)) if s.code() == tonic::Code::NotFound
+            && s.message() == "node 3 is not a member of the cluster; members: 1, 2"),
+        "{again:?}"
+    );
     client.remove_node(2).await.expect("remove node 2");
     let last = client.remove_node(1).await;
     assert!(matches!(last, Err(Error::InvalidArgument(ref m)) if m.contains("last voter")), "{last:?}");

@@ -129,7 +129,13 @@ impl Nemesis {
             Fault::Join(id) => {
                 // Drains the node (its replicas move away), then removes it.
                 let deadline = std::time::Instant::now() + crate::PATIENCE;
-                while let Err(e) = cluster.client().remove_node(*id).await {
+                loop {
+                    let e = match cluster.client().remove_node(*id).await {
+                        Ok(()) => break,
+                        // An earlier try removed it, but its reply was lost.
+                        Err(ringkv_client::Error::Other(s)) if s.code() == tonic::Code::NotFound => break,
+                        Err(e) => e,
+                    };
                     if std::time::Instant::now() > deadline {
                         return Err(format!("removing node {id}: {e}"));
                     }

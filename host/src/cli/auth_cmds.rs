@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use ringkv_client::proto;
 use serde_json::json;
 
+use super::out::outln;
 use super::ClientArgs;
 use crate::auth::{parse_token, Role};
 
@@ -79,18 +80,18 @@ impl AuthCommand {
                 let token =
                     a.client.client()?.create_token(&a.name, a.role.as_str(), a.prefix.clone().into_bytes()).await?;
                 if a.client.json {
-                    println!("{}", json!({ "name": a.name, "token": token }));
+                    outln!("{}", json!({ "name": a.name, "token": token }))?;
                 } else {
-                    println!("{token}");
+                    outln!("{token}")?;
                     eprintln!("token {:?} created; this is the only time it is shown", a.name);
                 }
             }
             AuthCommand::Token(TokenCommand::Revoke(a)) => {
                 a.client.client()?.revoke_token(&a.name).await?;
                 if a.client.json {
-                    println!("{}", json!({ "revoked": a.name }));
+                    outln!("{}", json!({ "revoked": a.name }))?;
                 } else {
-                    println!("revoked {}", a.name);
+                    outln!("revoked {}", a.name)?;
                 }
             }
             AuthCommand::Token(TokenCommand::List(c)) => {
@@ -104,12 +105,12 @@ impl AuthCommand {
                             json!({ "name": t.name, "role": role, "prefix": prefix, "created_at_ms": t.created_at_ms })
                         })
                         .collect();
-                    println!("{}", serde_json::Value::Array(arr));
+                    outln!("{}", serde_json::Value::Array(arr))?;
                 } else {
-                    println!("{:<24} {:<6} PREFIX", "NAME", "ROLE");
+                    outln!("{:<24} {:<6} PREFIX", "NAME", "ROLE")?;
                     for t in &list.tokens {
                         let (role, prefix) = grant_text(t.grant.as_ref());
-                        println!("{:<24} {:<6} {prefix}", t.name, role);
+                        outln!("{:<24} {:<6} {prefix}", t.name, role)?;
                     }
                 }
             }
@@ -124,17 +125,17 @@ impl AuthCommand {
                     })
                     .collect();
                 if c.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "principal": me.principal, "auth_enabled": me.auth_enabled, "grants": grants })
-                    );
+                    )?;
                 } else if !me.auth_enabled {
-                    println!("auth is off on this cluster: every request is allowed");
+                    outln!("auth is off on this cluster: every request is allowed")?;
                 } else {
-                    println!("{}", me.principal);
+                    outln!("{}", me.principal)?;
                     for g in &me.grants {
                         let (role, prefix) = grant_text(Some(g));
-                        println!("  {role} {}", if prefix.is_empty() { "(every key)".to_string() } else { prefix });
+                        outln!("  {role} {}", if prefix.is_empty() { "(every key)".to_string() } else { prefix })?;
                     }
                 }
             }
@@ -144,12 +145,12 @@ impl AuthCommand {
                 let token = input.trim();
                 let name = parse_token(token).map_err(|e| anyhow::anyhow!("{e}"))?.name.to_string();
                 let hash = crate::auth::hash_secret(token).map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!("[[auth.tokens]]");
-                println!("name = {}", toml_string(&name));
-                println!("hash = {}", toml_string(&hash));
-                println!("role = {}", toml_string(a.role.as_str()));
+                outln!("[[auth.tokens]]")?;
+                outln!("name = {}", toml_string(&name))?;
+                outln!("hash = {}", toml_string(&hash))?;
+                outln!("role = {}", toml_string(a.role.as_str()))?;
                 if !a.prefix.is_empty() {
-                    println!("prefix = {}", toml_string(&a.prefix));
+                    outln!("prefix = {}", toml_string(&a.prefix))?;
                 }
             }
         }

@@ -30,6 +30,7 @@ use super::backup_format::{
     self as format, BackedUpHook, HooksEntry, HooksFile, Manifest, Record, ShardEntry, ShardReader, ShardWriter,
     SourceCluster,
 };
+use super::out::outln;
 use super::ClientArgs;
 use crate::api::{LEADER_HEADER, PARTITIONER_NONE};
 
@@ -342,7 +343,7 @@ impl BackupCommand {
         sync_dir(&parent)?;
         let elapsed = started.elapsed();
         if self.client.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "dir": self.out.display().to_string(),
@@ -352,9 +353,9 @@ impl BackupCommand {
                     "hooks": manifest.hooks.count,
                     "elapsed_ms": elapsed.as_millis() as u64,
                 })
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "backed up {} keys from {} shards and {} hooks to {} ({} bytes) in {:.1?}",
                 manifest.total_keys,
                 manifest.shards.len(),
@@ -362,7 +363,7 @@ impl BackupCommand {
                 self.out.display(),
                 manifest.total_bytes,
                 elapsed
-            );
+            )?;
         }
         Ok(())
     }
@@ -610,7 +611,7 @@ impl RestoreCommand {
         let expired = expired.load(Ordering::Relaxed);
         let elapsed = started.elapsed();
         if self.client.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "keys": manifest.total_keys - expired,
@@ -618,15 +619,15 @@ impl RestoreCommand {
                     "hooks": hooks.len(),
                     "elapsed_ms": elapsed.as_millis() as u64,
                 })
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "restored {} keys ({expired} expired since the backup, skipped) and {} hooks from {} in {:.1?}",
                 manifest.total_keys - expired,
                 hooks.len(),
                 self.from.display(),
                 elapsed
-            );
+            )?;
         }
         Ok(())
     }

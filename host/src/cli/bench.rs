@@ -14,6 +14,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::client_cmds::ConsistencyArg;
+use super::out::outln;
 use super::ClientArgs;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +201,7 @@ impl BenchCommand {
         let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         let target_name = format!("{:?}", self.target).to_lowercase();
         if self.client.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "target": target_name, "op": format!("{:?}", self.op).to_lowercase(),
@@ -209,18 +210,18 @@ impl BenchCommand {
                     "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "errors": errors,
                     "first_error": first_error,
                 })
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "{target_name} {:?} clients={} ops/s={ops:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms errors={errors}",
                 self.op,
                 self.clients,
                 ms(0.5),
                 ms(0.99),
                 ms(0.999)
-            );
+            )?;
             if let Some(e) = first_error {
-                println!("first error: {e}");
+                outln!("first error: {e}")?;
             }
         }
         Ok(())

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use ringkv_client::{Consistency, PutOptions, Value};
 use serde_json::json;
 
+use super::out::outln;
 use super::ClientArgs;
 
 #[derive(ValueEnum, Debug, Clone, Copy, Default)]
@@ -53,11 +54,11 @@ impl PutCommand {
         let r = self.client.client()?.put_detailed(self.key, self.value, opts).await?;
         let hooks: Vec<String> = r.hooks.iter().map(|h| format!("{} v{}", h.name, h.version)).collect();
         if self.client.json {
-            println!("{}", json!({ "version": r.version, "hooks": hooks }));
+            outln!("{}", json!({ "version": r.version, "hooks": hooks }))?;
         } else if hooks.is_empty() {
-            println!("OK version={}", r.version);
+            outln!("OK version={}", r.version)?;
         } else {
-            println!("OK version={} hooks={}", r.version, hooks.join(","));
+            outln!("OK version={} hooks={}", r.version, hooks.join(","))?;
         }
         Ok(())
     }
@@ -79,11 +80,11 @@ impl GetCommand {
             (Some(v), true) => {
                 let mut j = value_json(self.key.as_bytes(), &v);
                 j["found"] = json!(true);
-                println!("{j}");
+                outln!("{j}")?;
             }
-            (None, true) => println!("{}", json!({ "key": self.key, "found": false })),
-            (Some(v), false) => println!("{}", String::from_utf8_lossy(&v.value)),
-            (None, false) => println!("(not found)"),
+            (None, true) => outln!("{}", json!({ "key": self.key, "found": false }))?,
+            (Some(v), false) => outln!("{}", String::from_utf8_lossy(&v.value))?,
+            (None, false) => outln!("(not found)")?,
         }
         Ok(())
     }
@@ -103,9 +104,9 @@ impl DeleteCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         let deleted = self.client.client()?.delete_if(self.key, self.if_version).await?;
         if self.client.json {
-            println!("{}", json!({ "deleted": deleted }));
+            outln!("{}", json!({ "deleted": deleted }))?;
         } else {
-            println!("{}", if deleted { "deleted" } else { "(not found)" });
+            outln!("{}", if deleted { "deleted" } else { "(not found)" })?;
         }
         Ok(())
     }
@@ -128,10 +129,10 @@ impl ScanCommand {
         let items = self.client.client()?.scan(self.prefix, self.limit, self.consistency.into()).await?;
         if self.client.json {
             let arr: Vec<_> = items.iter().map(|i| value_json(&i.key, &i.value)).collect();
-            println!("{}", serde_json::Value::Array(arr));
+            outln!("{}", serde_json::Value::Array(arr))?;
         } else {
             for i in items {
-                println!("{}\t{}", String::from_utf8_lossy(&i.key), String::from_utf8_lossy(&i.value.value));
+                outln!("{}\t{}", String::from_utf8_lossy(&i.key), String::from_utf8_lossy(&i.value.value))?;
             }
         }
         Ok(())
@@ -172,33 +173,33 @@ impl ClusterCommand {
             ClusterCommand::Reshard(ReshardCommand::Status(args)) => {
                 let r = args.client()?.reshard_status().await?;
                 if args.json {
-                    println!("{}", crate::api::reshard_json(&r));
+                    outln!("{}", crate::api::reshard_json(&r))?;
                 } else {
-                    print_reshard(&r);
+                    print_reshard(&r)?;
                 }
             }
             ClusterCommand::Status(args) => {
                 let s = args.client()?.status().await?;
                 if args.json {
-                    println!("{}", crate::api::status_json(&s));
+                    outln!("{}", crate::api::status_json(&s))?;
                 } else {
-                    print_status(&s);
+                    print_status(&s)?;
                 }
             }
             ClusterCommand::AddNode { id, addr, client } => {
                 client.client()?.add_node(id, addr.clone()).await?;
                 if client.json {
-                    println!("{}", json!({ "added": id, "addr": addr }));
+                    outln!("{}", json!({ "added": id, "addr": addr }))?;
                 } else {
-                    println!("node {id} at {addr} is a voter");
+                    outln!("node {id} at {addr} is a voter")?;
                 }
             }
             ClusterCommand::RemoveNode { id, client } => {
                 client.client()?.remove_node(id).await?;
                 if client.json {
-                    println!("{}", json!({ "removed": id }));
+                    outln!("{}", json!({ "removed": id }))?;
                 } else {
-                    println!("node {id} removed");
+                    outln!("node {id} removed")?;
                 }
             }
         }
@@ -208,7 +209,7 @@ impl ClusterCommand {
 
 /// Human-readable status: members with their shard and leader counts, the
 /// meta group, and shards without a leader.
-fn print_status(s: &ringkv_client::proto::StatusResponse) {
+fn print_status(s: &ringkv_client::proto::StatusResponse) -> anyhow::Result<()> {
     use std::collections::BTreeMap;
     let shards = &s.shards;
     let mut replicas: BTreeMap<u64, usize> = BTreeMap::new();
@@ -221,8 +222,8 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
             *leaders.entry(r.leader_id).or_default() += 1;
         }
     }
-    println!("answered by node {}; {} shards", s.node_id, shards.len());
-    println!("{:<6} {:<13} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING");
+    outln!("answered by node {}; {} shards", s.node_id, shards.len())?;
+    outln!("{:<6} {:<13} {:<7} {:<8} ADDR", "NODE", "ROLE", "SHARDS", "LEADING")?;
     for n in &s.nodes {
         let role = if s.down.contains(&n.id) {
             format!("{} DOWN", n.role)
@@ -233,39 +234,43 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
         } else {
             n.role.clone()
         };
-        println!(
+        outln!(
             "{:<6} {:<13} {:<7} {:<8} {}",
             n.id,
             role,
             replicas.get(&n.id).copied().unwrap_or(0),
             leaders.get(&n.id).copied().unwrap_or(0),
             n.addr
-        );
+        )?;
     }
     if let Some(m) = s.groups.iter().find(|g| g.kind == "meta") {
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "meta group: leader {} term {} last_log {} commit {} applied {}",
-            m.leader_id, m.term, m.last_log_index, m.commit_index, m.applied_index
-        );
+            m.leader_id,
+            m.term,
+            m.last_log_index,
+            m.commit_index,
+            m.applied_index
+        )?;
     }
     let moving: Vec<String> = shards.iter().filter(|r| r.moving).map(|r| r.shard.to_string()).collect();
     if !moving.is_empty() {
-        println!("shards moving: {}", moving.join(", "));
+        outln!("shards moving: {}", moving.join(", "))?;
     }
     let under: Vec<String> = shards.iter().filter(|r| r.under_replicated).map(|r| r.shard.to_string()).collect();
     if !under.is_empty() {
-        println!("shards under-replicated: {}", under.join(", "));
+        outln!("shards under-replicated: {}", under.join(", "))?;
     }
     if !s.draining.is_empty() {
-        println!("* draining");
+        outln!("* draining")?;
     }
     if !s.hooks.is_empty() {
-        println!();
-        println!("hooks (calls on node {}):", s.node_id);
+        outln!()?;
+        outln!("hooks (calls on node {}):", s.node_id)?;
         for h in &s.hooks {
             let st = h.stats.unwrap_or_default();
-            println!(
+            outln!(
                 "  {} v{} {}{}: {} calls, {} rejects, {} errors, {} limit hits, p99 {} us",
                 h.name,
                 h.version,
@@ -276,34 +281,40 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) {
                 st.errors,
                 st.limit_hits,
                 st.p99_us
-            );
+            )?;
         }
     }
     if let Some(r) = &s.reshard {
-        println!();
-        print_reshard(r);
+        outln!()?;
+        print_reshard(r)?;
     }
-    println!("(use --json for every shard and group)");
+    outln!("(use --json for every shard and group)")
 }
 
 /// The partition function and re-shard progress, for people.
-fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) {
-    println!("partition function: {} (epoch {})", r.partitioner, r.epoch);
+fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) -> anyhow::Result<()> {
+    outln!("partition function: {} (epoch {})", r.partitioner, r.epoch)?;
     if r.running {
         let secs = crate::raft::types::now_ms().saturating_sub(r.started_ms) / 1000;
-        println!(
+        outln!(
             "re-sharding from {} to {}: {}/{} shards done, {} keys scanned, {} moved, running for {secs} s",
-            r.from, r.to, r.shards_done, r.shards_total, r.keys_scanned, r.keys_moved
-        );
+            r.from,
+            r.to,
+            r.shards_done,
+            r.shards_total,
+            r.keys_scanned,
+            r.keys_moved
+        )?;
     } else if r.last_epoch > 0 {
-        println!(
+        outln!(
             "last re-shard (epoch {}) finished: {} keys scanned, {} moved in {:.1} s",
             r.last_epoch,
             r.last_keys_scanned,
             r.last_keys_moved,
             r.last_finished_ms.saturating_sub(r.last_started_ms) as f64 / 1000.0
-        );
+        )?;
     } else {
-        println!("no re-shard has run");
+        outln!("no re-shard has run")?;
     }
+    Ok(())
 }

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use ringkv_client::proto;
 use serde_json::json;
 
+use super::out::outln;
 use super::ClientArgs;
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -171,11 +172,11 @@ impl HookCommand {
                 let definition = def.definition(name.clone(), stage)?;
                 let r = client.client()?.deploy_hook(definition).await?;
                 if client.json {
-                    println!("{}", json!({ "name": name, "version": r.version, "sha256": r.sha256 }));
+                    outln!("{}", json!({ "name": name, "version": r.version, "sha256": r.sha256 }))?;
                 } else {
-                    println!("deployed {name} v{} (sha256 {})", r.version, r.sha256);
+                    outln!("deployed {name} v{} (sha256 {})", r.version, r.sha256)?;
                     if matches!(stage, StageArg::Partition) {
-                        println!("keys are being re-sharded in the background: ringkv cluster reshard status");
+                        outln!("keys are being re-sharded in the background: ringkv cluster reshard status")?;
                     }
                 }
             }
@@ -183,17 +184,26 @@ impl HookCommand {
                 let r = client.client()?.list_hooks().await?;
                 if client.json {
                     let hooks: Vec<_> = r.hooks.iter().map(info_json).collect();
-                    println!("{}", json!({ "node": r.node_id, "hooks": hooks }));
+                    outln!("{}", json!({ "node": r.node_id, "hooks": hooks }))?;
                 } else if r.hooks.is_empty() {
-                    println!("no hooks deployed");
+                    outln!("no hooks deployed")?;
                 } else {
-                    println!(
+                    outln!(
                         "{:<24} {:<9} {:<16} {:>5} {:<8} {:>9} {:>8} {:>7} {:>7} {:>8}",
-                        "NAME", "STAGE", "PREFIX", "VER", "STATE", "CALLS", "REJECTS", "ERRORS", "LIMITS", "P99(us)"
-                    );
+                        "NAME",
+                        "STAGE",
+                        "PREFIX",
+                        "VER",
+                        "STATE",
+                        "CALLS",
+                        "REJECTS",
+                        "ERRORS",
+                        "LIMITS",
+                        "P99(us)"
+                    )?;
                     for h in &r.hooks {
                         let s = h.stats.unwrap_or_default();
-                        println!(
+                        outln!(
                             "{:<24} {:<9} {:<16} {:>5} {:<8} {:>9} {:>8} {:>7} {:>7} {:>8}",
                             h.name,
                             stage_name(h.stage),
@@ -205,9 +215,9 @@ impl HookCommand {
                             s.errors,
                             s.limit_hits,
                             s.p99_us
-                        );
+                        )?;
                     }
-                    println!("(call statistics are node {}'s)", r.node_id);
+                    outln!("(call statistics are node {}'s)", r.node_id)?;
                 }
             }
             HookCommand::Get { name, client } => {
@@ -219,9 +229,9 @@ impl HookCommand {
                     } else {
                         j["source"] = json!(String::from_utf8_lossy(&h.source));
                     }
-                    println!("{j}");
+                    outln!("{j}")?;
                 } else {
-                    println!(
+                    outln!(
                         "{} v{} {} stage={} prefix={:?} timeout={}ms {} sha256={}",
                         h.name,
                         h.version,
@@ -231,33 +241,33 @@ impl HookCommand {
                         h.timeout_ms,
                         if h.fail_open { "fail-open" } else { "fail-closed" },
                         h.sha256
-                    );
+                    )?;
                     if h.kind == proto::HookKind::Wasm as i32 {
-                        println!("(a WebAssembly module of {} bytes)", h.source.len());
+                        outln!("(a WebAssembly module of {} bytes)", h.source.len())?;
                     } else {
-                        println!("{}", String::from_utf8_lossy(&h.source));
+                        outln!("{}", String::from_utf8_lossy(&h.source))?;
                     }
                 }
             }
             HookCommand::Remove { name, client } => {
                 let v = client.client()?.remove_hook(name.clone()).await?;
                 if client.json {
-                    println!("{}", json!({ "name": name, "removed_version": v }));
+                    outln!("{}", json!({ "name": name, "removed_version": v }))?;
                 } else {
-                    println!("removed {name} v{v} (a validate or ttl hook comes back with `hook rollback {name}`; removing the partition function re-shards keys back to whole-key routing)");
+                    outln!("removed {name} v{v} (a validate or ttl hook comes back with `hook rollback {name}`; removing the partition function re-shards keys back to whole-key routing)")?;
                 }
             }
             HookCommand::Rollback { name, client } => {
                 let r = client.client()?.rollback_hook(name.clone()).await?;
                 if client.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "name": name, "version": r.version, "replaced_version": r.replaced_version })
-                    );
+                    )?;
                 } else {
                     match r.replaced_version {
-                        0 => println!("{name} is now v{} (it had been removed)", r.version),
-                        was => println!("{name} is now v{} (was v{was})", r.version),
+                        0 => outln!("{name} is now v{} (it had been removed)", r.version)?,
+                        was => outln!("{name} is now v{} (was v{was})", r.version)?,
                     }
                 }
             }
@@ -274,16 +284,16 @@ impl HookCommand {
                 let r = client.client()?.test_hook(req).await?;
                 let took = format!("{} us", r.elapsed_us);
                 if client.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "decision": r.decision, "message": r.message, "ttl_ms": r.ttl_ms,
                                 "elapsed_us": r.elapsed_us, "read_old_value": r.read_old_value })
-                    );
+                    )?;
                 } else {
                     match r.decision.as_str() {
-                        "reject" | "error" | "route" => println!("{}: {} ({took})", r.decision, r.message),
-                        "ttl" => println!("ttl: expires {} ms after the write ({took})", r.ttl_ms),
-                        d => println!("{d} ({took})"),
+                        "reject" | "error" | "route" => outln!("{}: {} ({took})", r.decision, r.message)?,
+                        "ttl" => outln!("ttl: expires {} ms after the write ({took})", r.ttl_ms)?,
+                        d => outln!("{d} ({took})")?,
                     }
                 }
             }

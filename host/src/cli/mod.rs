@@ -6,13 +6,17 @@ mod backup_cmds;
 mod backup_format;
 mod bench;
 mod client_cmds;
+mod dev_nodes;
 mod hook_cmds;
+pub(crate) mod out;
 mod serve;
 mod tls_cmds;
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+use out::{out, outln};
 
 pub use auth_cmds::AuthCommand;
 pub use backup_cmds::{BackupCommand, RestoreCommand};
@@ -78,10 +82,9 @@ pub enum ConfigCommand {
 impl ConfigCommand {
     pub fn execute(self) -> anyhow::Result<()> {
         match self {
-            ConfigCommand::Example => print!("{}", crate::config::EXAMPLE),
-            ConfigCommand::Check(serve) => println!("{:#?}", serve.config()?),
+            ConfigCommand::Example => out!("{}", crate::config::EXAMPLE),
+            ConfigCommand::Check(serve) => outln!("{:#?}", serve.config()?),
         }
-        Ok(())
     }
 }
 
@@ -165,8 +168,11 @@ pub fn main() -> ExitCode {
             Command::Tls(c) => c.execute(),
         }
     });
-    match result {
+    match result.and_then(|()| out::flush()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`ringkv scan "" | head -1`): stop
+        // quietly, as a program killed by SIGPIPE would (see `out`).
+        Err(e) if out::is_closed(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE

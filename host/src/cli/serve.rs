@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::out::outln;
 use crate::cluster::Node;
 use crate::config::{ConfigFile, Limits, LogFormat, NodeConfig};
 use crate::raft::{LinkFilter, RaftTuning};
@@ -412,18 +413,65 @@ pub struct DevCommand {
     /// gRPC port of node 1; node i uses base + 2(i-1) for gRPC and the next port for HTTP.
     #[arg(long, default_value_t = 7379)]
     pub base_port: u16,
-    /// Parent directory of the nodes' data directories.
+    /// Parent directory of the nodes' data directories (and their logs, node<i>.log).
     #[arg(long, default_value = "ringkv-dev-data")]
     pub data_dir: PathBuf,
     /// Generate a throwaway CA, a node certificate and a client certificate
     /// into <data-dir>/tls and run the nodes with TLS.
     #[arg(long)]
     pub tls: bool,
+    /// How long every node may take to answer /readyz with 200 before `dev`
+    /// gives up and stops them.
+    #[arg(long, default_value = "2m", value_parser = super::parse_duration)]
+    pub ready_timeout: Duration,
 }
 
 impl DevCommand {
+    /// Starts the nodes, waits until each is ready, prints how to reach
+    /// them, then reports any node's exit until Ctrl-C, and stops the rest
+    /// (see `dev_nodes` for what ends `dev` with an error).
     pub async fn execute(self) -> anyhow::Result<()> {
         anyhow::ensure!((1..=9).contains(&self.nodes), "--nodes must be between 1 and 9");
+        let last_port = u32::from(self.base_port) + 2 * self.nodes as u32 - 1;
+        anyhow::ensure!(
+            last_port <= u32::from(u16::MAX),
+            "--base-port {} leaves no room for {} nodes (ports up to {last_port})",
+            self.base_port,
+            self.nodes
+        );
+        self.check_ports_free()?;
+        let mut stop = super::dev_nodes::StopSignal::install()?;
+        let mut nodes = super::dev_nodes::DevNodes::default();
+        let result = self.run(&mut nodes, &mut stop).await;
+        // Stopped by Ctrl-C, as expected: say so. On an error the error says it.
+        let announce = if result.is_ok() { outln!("stopping nodes...") } else { Ok(()) };
+        nodes.stop().await;
+        result?;
+        announce?;
+        outln!("stopped")
+    }
+
+    /// Every port the nodes will listen on is free now: a taken one would
+    /// only show as a node exiting at start.
+    fn check_ports_free(&self) -> anyhow::Result<()> {
+        for i in 1..=self.nodes {
+            let grpc = self.base_port + 2 * (i as u16 - 1);
+            for (port, what) in [(grpc, "gRPC"), (grpc + 1, "HTTP")] {
+                if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                    anyhow::bail!(
+                        "port {port} (node {i}'s {what} port) is not free: {e}; stop what listens there (another `ringkv dev`?) or pick other ports with --base-port"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        nodes: &mut super::dev_nodes::DevNodes,
+        stop: &mut super::dev_nodes::StopSignal,
+    ) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("locating the ringkv binary")?;
         // Every node gets every address: node 1, first in the list, creates
         // the cluster once the others answer that they have none, and a node
@@ -439,8 +487,8 @@ impl DevCommand {
             crate::tls::gen::generate_dir(&tls_dir, &[], &["dev".to_string()], crate::tls::gen::Validity::days(30))
                 .context("generating the dev certificates")?;
         }
-        let mut children = Vec::new();
         let mut endpoints = Vec::new();
+        let mut started = Vec::new();
         for i in 1..=self.nodes {
             let grpc = self.base_port + 2 * (i as u16 - 1);
             let listen = format!("127.0.0.1:{grpc}");
@@ -456,41 +504,43 @@ impl DevCommand {
                 cmd.arg("--tls-key").arg(tls_dir.join("node.key"));
                 cmd.arg("--tls-ca").arg(tls_dir.join("ca.pem"));
             }
-            let child = cmd.kill_on_drop(true).spawn().with_context(|| format!("starting node {i}"))?;
-            children.push(child);
+            let log = self.data_dir.join(format!("node{i}.log"));
+            let pid = nodes.spawn(i, &mut cmd, format!("127.0.0.1:{}", grpc + 1), log.clone())?;
+            started.push(format!("node {i}: pid {pid}, gRPC {listen}, log {}", log.display()));
             endpoints.push(listen);
         }
-        println!("ringkv dev cluster with {} nodes", self.nodes);
-        println!("endpoints: {}", endpoints.join(","));
+        let probe_tls = if self.tls {
+            let files = crate::tls::TlsConfig {
+                cert: tls_dir.join("node.pem"),
+                key: tls_dir.join("node.key"),
+                ca: tls_dir.join("ca.pem"),
+            };
+            Some(crate::tls::load(&files).context("loading the dev certificates")?.peer_client)
+        } else {
+            None
+        };
+        if !nodes.wait_ready(probe_tls, self.ready_timeout, stop).await? {
+            return Ok(());
+        }
+        outln!("ringkv dev cluster with {} nodes, all ready", self.nodes)?;
+        outln!("endpoints: {}", endpoints.join(","))?;
+        for line in &started {
+            outln!("{line}")?;
+        }
         if self.tls {
             let dir = tls_dir.display();
-            println!("TLS on: certificates in {dir} (CA ca.pem, node node.pem, client client-dev.pem)");
-            println!("point the CLI at it with:");
-            println!("  export RINGKV_ENDPOINTS={}", endpoints.join(","));
-            println!("  export RINGKV_TLS_CA={dir}/ca.pem RINGKV_TLS_CERT={dir}/client-dev.pem RINGKV_TLS_KEY={dir}/client-dev.key");
-            println!("try: ringkv put hello world && ringkv get hello");
-            println!("HTTP: curl --cacert {dir}/ca.pem https://127.0.0.1:{}/readyz", self.base_port + 1);
+            outln!("TLS on: certificates in {dir} (CA ca.pem, node node.pem, client client-dev.pem)")?;
+            outln!("point the CLI at it with:")?;
+            outln!("  export RINGKV_ENDPOINTS={}", endpoints.join(","))?;
+            outln!("  export RINGKV_TLS_CA={dir}/ca.pem RINGKV_TLS_CERT={dir}/client-dev.pem RINGKV_TLS_KEY={dir}/client-dev.key")?;
+            outln!("try: ringkv put hello world && ringkv get hello")?;
+            outln!("HTTP: curl --cacert {dir}/ca.pem https://127.0.0.1:{}/readyz", self.base_port + 1)?;
         } else {
-            println!("try: ringkv put hello world && ringkv get hello --endpoints {}", endpoints.join(","));
+            outln!("try: ringkv put hello world && ringkv get hello --endpoints {}", endpoints.join(","))?;
         }
-        println!("press Ctrl-C to stop");
-        wait_for_stop_signal().await?;
-        println!("stopping nodes...");
-        for c in &children {
-            if let Some(pid) = c.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
-            }
-        }
-        for mut c in children {
-            match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = c.kill().await;
-                }
-            }
-        }
-        println!("stopped");
-        Ok(())
+        outln!("a node that exits is reported here; the others keep running")?;
+        outln!("press Ctrl-C to stop")?;
+        nodes.supervise(stop).await
     }
 }
 

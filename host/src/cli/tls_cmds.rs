@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
+use super::out::outln;
 use crate::tls::gen::{generate_dir, Validity};
 
 #[derive(Subcommand, Debug)]
@@ -34,7 +35,7 @@ impl TlsCommand {
             TlsCommand::Gen { out, node_names, client, days } => {
                 anyhow::ensure!(days >= 1, "--days must be at least 1");
                 for path in generate_dir(&out, &node_names, &client, Validity::days(days))? {
-                    println!("{}", path.display());
+                    outln!("{}", path.display())?;
                 }
             }
         }

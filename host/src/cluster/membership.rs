@@ -79,9 +79,22 @@ impl Node {
 
     /// Removes node `id`: marks it draining, waits until the rebalancer has
     /// moved every replica off it, then removes it from the meta group.
+    ///
+    /// A node that is not a member is `NotFound`, so a typo in the id is not
+    /// reported as a removal. That includes a node whose removal has just
+    /// committed: a client that retries a removal whose reply it lost gets
+    /// `NotFound` for a removal that did happen, which is acceptable since
+    /// the message lists the members. Membership is this node's view of the
+    /// meta group, which has every membership change it has received (not
+    /// only applied); a node added a moment ago may not have reached it yet.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), NodeError> {
-        if !self.members()?.iter().any(|(m, _, _)| *m == id) {
-            return Ok(());
+        let members = self.members()?;
+        if !members.iter().any(|(m, _, _)| *m == id) {
+            let ids: Vec<String> = members.iter().map(|(m, _, _)| m.to_string()).collect();
+            return Err(NodeError::NotFound(format!(
+                "node {id} is not a member of the cluster; members: {}",
+                ids.join(", ")
+            )));
         }
         let active = self.active_members().await?;
         if active.len() == 1 && active.contains(&id) {

@@ -107,7 +107,7 @@ struct Inner {
     /// Keeps the OS-level lock on the data directory for the process lifetime.
     _dir_lock: std::fs::File,
     /// Test hook: makes the next group commit fail as if fsync had.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "failpoints"))]
     fail_next_sync: AtomicBool,
 }
 
@@ -143,7 +143,7 @@ impl Storage {
             poisoned: AtomicBool::new(false),
             journal: std::sync::Mutex::new(journal::JournalSyncer::new(&db_dir)),
             _dir_lock: dir_lock,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "failpoints"))]
             fail_next_sync: AtomicBool::new(false),
         };
         let storage = Storage { inner: Arc::new(inner) };
@@ -188,6 +188,14 @@ impl Storage {
     /// Disk space used by the database (journals and tables).
     pub fn disk_space(&self) -> Result<u64, StorageError> {
         self.inner.db.disk_space().map_err(StorageError::fjall("measuring disk space"))
+    }
+
+    /// Makes this store's next group commit fail as if its fsync had, which
+    /// poisons it: for tests of what a node shows then (the `failpoints`
+    /// feature; per store, where a `FAILPOINTS` point is per process).
+    #[cfg(feature = "failpoints")]
+    pub fn fail_next_fsync(&self) {
+        self.inner.fail_next_sync.store(true, Ordering::Release);
     }
 
     /// True after an fsync failure.
@@ -320,7 +328,7 @@ impl Storage {
             return Err(e);
         }
         batch.commit().map_err(StorageError::fjall("committing a log batch"))?;
-        #[cfg(test)]
+        #[cfg(any(test, feature = "failpoints"))]
         if self.inner.fail_next_sync.swap(false, Ordering::AcqRel) {
             return Err(StorageError::Fjall {
                 context: "fsyncing the journal",
