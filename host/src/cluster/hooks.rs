@@ -74,9 +74,10 @@ impl Node {
         // puts its key, and the view cannot change until it is done.
         let _gate = match &p {
             Proposal::Put { key, .. } | Proposal::Delete { key, .. } if g.id != META_GROUP => {
-                let gate = self.admit(g.id, key, true).await?;
-                self.check_min_replicas(&g)?;
-                Some(gate)
+                // Before the routing gate: waiting for replicas must not
+                // hold back a partition view change.
+                self.await_min_replicas(&g).await?;
+                Some(self.admit(g.id, key, true).await?)
             }
             _ => None,
         };

@@ -218,20 +218,29 @@ impl Node {
         Ok(false)
     }
 
-    /// Refuses a client write to shard group `g` while it has fewer voters
-    /// than `--min-replicas` (capped at the replication factor). The voters
-    /// are the group's latest membership, committed or not: an entry commits
-    /// only on a majority of the latest one, so a write acknowledged here is
-    /// on a majority of at least that many replicas.
-    pub(super) fn check_min_replicas(&self, g: &super::Group) -> Result<(), NodeError> {
+    /// Holds a client write to shard group `g` while it has fewer voters
+    /// than `--min-replicas` (capped at the replication factor), for most of
+    /// the request deadline (a new cluster places its replicas within about
+    /// a second), then refuses it. The voters are the group's latest
+    /// membership, committed or not: an entry commits only on a majority of
+    /// the latest one, so a write acknowledged here is on a majority of at
+    /// least that many replicas.
+    pub(super) async fn await_min_replicas(&self, g: &super::Group) -> Result<(), NodeError> {
         let want = self.config().min_replicas.min(self.ring().replication_factor as usize);
         if want <= 1 {
             return Ok(());
         }
-        let voters = g.raft.metrics().borrow().membership_config.membership().voter_ids().count();
-        if voters >= want {
+        let enough = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+            m.membership_config.membership().voter_ids().count() >= want
+        };
+        if enough(&g.raft.metrics().borrow()) {
             return Ok(());
         }
+        let patience = self.config().request_timeout * 3 / 4;
+        if g.raft.wait(Some(patience)).metrics(enough, "min replicas").await.is_ok() {
+            return Ok(());
+        }
+        let voters = g.raft.metrics().borrow().membership_config.membership().voter_ids().count();
         Err(NodeError::Unavailable(format!(
             "shard {} has {voters} of the {want} replicas writes need (--min-replicas); writes are refused until the \
              cluster places them (are nodes still joining, or too few members?)",
