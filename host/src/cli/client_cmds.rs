@@ -293,6 +293,16 @@ fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) {
             "re-sharding from {} to {}: {}/{} shards done, {} keys scanned, {} moved, running for {secs} s",
             r.from, r.to, r.shards_done, r.shards_total, r.keys_scanned, r.keys_moved
         );
+        for st in &r.stalls {
+            let secs = crate::raft::types::now_ms().saturating_sub(st.since_ms) / 1000;
+            println!("  shard {} is stuck at key \"{}\" for {secs} s: {}", st.shard, st.key, st.error);
+        }
+        if !r.stalls.is_empty() {
+            println!(
+                "  the movers keep retrying; to back out, remove the partition function or deploy a fixed one \
+                 (this aborts the job, and keys already moved go back or on to the new function)"
+            );
+        }
     } else if r.last_epoch > 0 {
         println!(
             "last re-shard (epoch {}) finished: {} keys scanned, {} moved in {:.1} s",

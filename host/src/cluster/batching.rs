@@ -114,7 +114,9 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::RemoveHook { .. }
         | Proposal::RollbackHook { .. }
         | Proposal::RevokeToken { .. }
-        | Proposal::ClearMoveMarkers { .. } => 0,
+        | Proposal::ClearMoveMarkers { .. }
+        | Proposal::ClearMoveMarkersUpTo { .. } => 0,
+        Proposal::ReshardStalled { key, error, .. } => key.len() + error.len(),
         Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
         Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
     }

@@ -118,6 +118,15 @@ pub enum Proposal {
     ClearMoveMarkers {
         epoch: u64,
     },
+    ReshardStalled {
+        epoch: u64,
+        shard: u32,
+        key: Vec<u8>,
+        error: String,
+    },
+    ClearMoveMarkersUpTo {
+        epoch: u64,
+    },
 }
 
 impl Proposal {
@@ -153,6 +162,8 @@ impl Proposal {
             }
             Proposal::MoveOut { key, version, .. } => Op::Expire { key, version },
             Proposal::ClearMoveMarkers { epoch } => Op::ClearMoveMarkers { epoch },
+            Proposal::ReshardStalled { epoch, shard, key, error } => Op::ReshardStalled { epoch, shard, key, error },
+            Proposal::ClearMoveMarkersUpTo { epoch } => Op::ClearMoveMarkersUpTo { epoch },
         }
     }
 
@@ -177,7 +188,9 @@ impl Proposal {
             | Proposal::RevokeToken { .. }
             | Proposal::SetPartitioner { .. }
             | Proposal::ReshardProgress { .. }
-            | Proposal::ClearMoveMarkers { .. } => None,
+            | Proposal::ClearMoveMarkers { .. }
+            | Proposal::ReshardStalled { .. }
+            | Proposal::ClearMoveMarkersUpTo { .. } => None,
         }
     }
 }

@@ -97,6 +97,12 @@ pub enum Op {
     MoveIn { key: Vec<u8>, value: Vec<u8>, version: u64, expires_at: Option<u64>, epoch: u64 },
     /// Re-sharding: forgets which keys job `epoch` moved in (it is over).
     ClearMoveMarkers { epoch: u64 },
+    /// Meta group: the leader of `shard` cannot move `key` in re-shard job
+    /// `epoch`, for `error` (cleared by the shard's next progress).
+    ReshardStalled { epoch: u64, shard: u32, key: Vec<u8>, error: String },
+    /// Re-sharding: forgets which keys every job up to `epoch` moved in
+    /// (they are over: finished or aborted).
+    ClearMoveMarkersUpTo { epoch: u64 },
 }
 
 /// What the leader's hooks decided about a write, carried in its log entry.
@@ -128,7 +134,9 @@ impl Op {
             | Op::RevokeToken { .. }
             | Op::SetPartitioner { .. }
             | Op::ReshardProgress { .. }
-            | Op::ClearMoveMarkers { .. } => None,
+            | Op::ClearMoveMarkers { .. }
+            | Op::ReshardStalled { .. }
+            | Op::ClearMoveMarkersUpTo { .. } => None,
         }
     }
 }
