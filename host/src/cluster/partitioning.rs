@@ -15,7 +15,11 @@
 //!   compare-and-swap sees the key's version, and a delete leaves no old
 //!   copy behind to reappear;
 //! - reads try the new shard, then the old one, then the new one again (the
-//!   key may have moved between the first two reads);
+//!   key may have moved between the first two reads). A key the active
+//!   function fails on cannot be moved in this job except by a call that
+//!   succeeds (deadlines are not deterministic), and then to one shard, copy
+//!   before delete: a read of it tries every shard, twice, and the second
+//!   pass finds what a move hid from the first;
 //! - each shard's leader scans its keys in order and moves every key whose
 //!   shard changed, reporting progress (with a cursor) to the meta group, so
 //!   a new leader resumes where the old one stopped. Moves are idempotent: a
@@ -166,6 +170,11 @@ pub struct KeyRoute {
     /// The epoch of the job of that view, if one runs: moves for this
     /// route belong to it.
     pub job: Option<u64>,
+    /// A read of a key the active function fails on while a job runs: the
+    /// key can only sit where an older function (or an earlier, successful
+    /// call) put it, so the read looks on every shard (`group` and `old`),
+    /// twice.
+    pub unrouted: bool,
 }
 
 impl PartitionView {
@@ -228,7 +237,23 @@ impl PartitionView {
                 (0..ring.shards).map(shard_group).filter(|g| *g != group && !old.contains(g)).collect();
             old.extend(rest);
         }
-        Ok(KeyRoute { group, old, generation: self.generation(), job: self.job_epoch() })
+        Ok(KeyRoute { group, old, generation: self.generation(), job: self.job_epoch(), unrouted: false })
+    }
+
+    /// Where a read of `key` looks: [`Self::route`], except that while a job
+    /// runs, a key the active function fails on is looked for everywhere
+    /// (so a stuck job leaves every stored key readable).
+    pub fn read_route(&self, ring: &RingConfig, key: &[u8]) -> Result<KeyRoute, NodeError> {
+        match self.route(ring, key) {
+            Err(NodeError::Rejected(_)) if self.state.job.is_some() => Ok(KeyRoute {
+                group: shard_group(0),
+                old: (1..ring.shards).map(shard_group).collect(),
+                generation: self.generation(),
+                job: self.job_epoch(),
+                unrouted: true,
+            }),
+            other => other,
+        }
     }
 
     /// The running job's epoch, if a job runs.
@@ -400,7 +425,7 @@ impl Node {
         if routed.is_some_and(|r| r != view.generation()) {
             return Err(NodeError::WrongShard { generation: view.generation() });
         }
-        let route = view.route(self.ring(), key)?;
+        let route = if write { view.route(self.ring(), key)? } else { view.read_route(self.ring(), key)? };
         if route.group == group || (!write && route.old.contains(&group)) {
             Ok(gate)
         } else {
@@ -411,7 +436,7 @@ impl Node {
     /// Serves a key request routed by this node's view, routing again when
     /// the serving replica ran a newer view (after this node caught up with
     /// it), within the request deadline.
-    pub(super) async fn with_route<T, F, Fut>(&self, key: &[u8], serve: F) -> Result<T, NodeError>
+    pub(super) async fn with_route<T, F, Fut>(&self, key: &[u8], write: bool, serve: F) -> Result<T, NodeError>
     where
         F: Fn(KeyRoute) -> Fut,
         Fut: std::future::Future<Output = Result<T, NodeError>>,
@@ -419,7 +444,8 @@ impl Node {
         let timeout = self.config().request_timeout;
         let started = tokio::time::Instant::now();
         loop {
-            let route = self.route(key)?;
+            let view = self.partition_view();
+            let route = if write { view.route(self.ring(), key)? } else { view.read_route(self.ring(), key)? };
             let routed = route.generation;
             match routed_with(Some(routed), serve(route)).await {
                 Err(NodeError::WrongShard { generation }) => {
@@ -443,8 +469,21 @@ impl Node {
 
     /// Reads `key` wherever it lives: while a job moves it, the new shard,
     /// then each old one, then the new one again (it may have moved between).
+    /// A key the active function fails on: every shard, twice (the only
+    /// move it can make in this job goes to one shard, copy before delete,
+    /// so the second pass sees what the first missed).
     pub async fn get_key(&self, key: &[u8], linearizable: bool) -> Result<Option<Envelope>, NodeError> {
-        self.with_route(key, |route| async move {
+        self.with_route(key, false, |route| async move {
+            if route.unrouted {
+                for _ in 0..2 {
+                    for g in std::iter::once(route.group).chain(route.old.iter().copied()) {
+                        if let Some(v) = self.get(g, key.to_vec(), linearizable).await? {
+                            return Ok(Some(v));
+                        }
+                    }
+                }
+                return Ok(None);
+            }
             let first = self.get(route.group, key.to_vec(), linearizable).await?;
             if first.is_some() || route.old.is_empty() {
                 return Ok(first);
@@ -462,7 +501,7 @@ impl Node {
     /// Proposes a client write of `key` to its shard; while a job moves the
     /// key, pulls it to the new shard first from every shard it may sit on.
     pub async fn write_key(&self, key: &[u8], p: Proposal) -> Result<CommandResult, NodeError> {
-        self.with_route(key, |route| {
+        self.with_route(key, true, |route| {
             let p = p.clone();
             async move {
                 if let Some(epoch) = route.job {
