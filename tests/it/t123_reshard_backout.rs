@@ -7,7 +7,8 @@
 //! enough `a/` keys written (they sort first) the `x/` keys lie beyond the
 //! sample on every shard: the function is deployed and its job stalls at the
 //! first `x/` key of every shard. Checked:
-//! - the status of every node names the shard, key and error of the stall;
+//! - the status of every node (API, `cluster reshard status` text and JSON,
+//!   `cluster status`) names the shard, key and error of the stall;
 //!   every key stays readable; writes of new `x` keys are refused naming
 //!   the function;
 //! - removing the function is accepted while the job is stuck, the job it
@@ -107,6 +108,9 @@ async fn stuck_cluster() -> (ProcCluster, Client, Vec<(String, String)>) {
     let stalls = json["stalls"].as_array().expect("stalls");
     assert_eq!(stalls.len(), x_shards.len(), "{out}");
     assert!(stalls.iter().all(|s| s["key"].as_str().is_some_and(|k| k.starts_with("x/"))), "{out}");
+
+    let (ok, out, err) = cli(args(&["cluster", "status", "--endpoints", &endpoint])).await;
+    assert!(ok && out.contains("is stuck at key \"x/"), "cluster status names the stall: {out}{err}");
 
     // Every stored key stays readable while the job is stuck: a key the
     // active function fails on is looked for on every shard.

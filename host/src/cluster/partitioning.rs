@@ -750,7 +750,7 @@ impl Node {
                         continue;
                     };
                     let failures = backoff.get(&shard).map_or(0, |(n, _)| *n).saturating_add(1);
-                    let wait = RESHARD_BACKOFF_MIN.saturating_mul(1 << (failures - 1).min(16)).min(RESHARD_BACKOFF_MAX);
+                    let wait = reshard_backoff(failures);
                     backoff.insert(shard, (failures, tokio::time::Instant::now() + wait));
                     tracing::info!(
                         shard,
@@ -951,6 +951,11 @@ impl Node {
     }
 }
 
+/// How long a shard's mover waits after `failures` failed passes in a row.
+fn reshard_backoff(failures: u32) -> Duration {
+    RESHARD_BACKOFF_MIN.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RESHARD_BACKOFF_MAX)
+}
+
 /// Why a shard's re-shard pass stopped.
 struct Stuck {
     /// The key it stopped at, if one.
@@ -963,5 +968,17 @@ struct Stuck {
 impl Stuck {
     fn other(e: NodeError) -> Stuck {
         Stuck { key: None, error: e.to_string(), function_failed: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_mover_backs_off_exponentially_up_to_a_cap() {
+        let waits: Vec<u64> = (1..=9).map(|n| reshard_backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, vec![200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(reshard_backoff(u32::MAX), RESHARD_BACKOFF_MAX);
     }
 }
