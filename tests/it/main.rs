@@ -22,6 +22,7 @@ mod t112_hardening;
 mod t120_wasm_hooks;
 mod t121_wasm_hostile;
 mod t122_resharding;
+mod t123_reshard_backout;
 mod t13_first_seconds;
 mod t14_cluster_identity;
 mod t20_partition;

@@ -9,7 +9,7 @@
 //! - the job completes with the crashed node still down;
 //! - at the end every tenant's keys live on one shard and no key is stored
 //!   on two shards (per-shard dumps from the shard leaders);
-//! - a second partition function change while the job runs is refused.
+//! - deploying the active function again while the job runs changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,16 +180,12 @@ async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_
     // 3. Deploy the partitioner while they run.
     let deployed = client.deploy_hook(module.clone()).await.expect("deploy the tenant partitioner");
     assert_eq!(deployed.version, 1);
-    let refused = client.deploy_hook(HookDefinition { name: "other".into(), ..module.clone() }).await;
-    match refused {
-        Err(e) => assert!(e.to_string().contains("re-shard job is still running"), "{e}"),
-        Ok(_) => {
-            // The job may already be over on a fast machine; then the change
-            // is legal and starts a second job, which is not what this test is about.
-            let s = client.reshard_status().await.expect("status");
-            assert!(!s.running || s.epoch == 2, "a second change while a job ran was accepted: {s:?}");
-        }
-    }
+    // Deploying the same function again while its job runs changes nothing
+    // (a different one would abort the job: t123).
+    let again = client.deploy_hook(module.clone()).await.expect("deploying the active function again");
+    assert_eq!(again.version, 1);
+    let s = client.reshard_status().await.expect("status");
+    assert_eq!(s.epoch, 1, "redeploying the active function started a job: {s:?}");
 
     // 5. The armed node crashes mid-job; the job completes without it.
     eventually("the armed node to crash after its first re-shard batch", || {

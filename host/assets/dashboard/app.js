@@ -142,7 +142,9 @@
     const name = typeof p === "string" && p ? p : "none (whole key)";
     const r = status.reshard;
     if (r && r.running) {
-      return `${name} (re-sharding from ${r.from}: ${r.shards_done}/${r.shards_total} shards, ${r.keys_moved} keys moved)`;
+      const stuck = (r.stalls || []).length;
+      const why = stuck ? `; ${stuck} shard(s) stuck, e.g. shard ${r.stalls[0].shard} at key "${r.stalls[0].key}": ${r.stalls[0].error}` : "";
+      return `${name} (re-sharding from ${r.from}: ${r.shards_done}/${r.shards_total} shards, ${r.keys_moved} keys moved${why})`;
     }
     return name;
   }

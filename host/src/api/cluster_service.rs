@@ -240,6 +240,16 @@ fn reshard_of(r: &crate::cluster::ReshardStatus) -> proto::ReshardStatusResponse
         last_keys_scanned: last.as_ref().map_or(0, |l| l.scanned),
         last_keys_moved: last.as_ref().map_or(0, |l| l.moved),
         last_epoch: last.as_ref().map_or(0, |l| l.epoch),
+        stalls: r
+            .stalls
+            .iter()
+            .map(|s| proto::ReshardStall {
+                shard: s.shard,
+                key: s.key.clone(),
+                error: s.error.clone(),
+                since_ms: s.since_ms,
+            })
+            .collect(),
     }
 }
 
@@ -251,6 +261,9 @@ pub fn reshard_json(r: &proto::ReshardStatusResponse) -> serde_json::Value {
         "from": r.from, "to": r.to, "started_ms": r.started_ms,
         "shards_total": r.shards_total, "shards_done": r.shards_done,
         "keys_scanned": r.keys_scanned, "keys_moved": r.keys_moved,
+        "stalls": r.stalls.iter().map(|s| serde_json::json!({
+            "shard": s.shard, "key": s.key, "error": s.error, "since_ms": s.since_ms,
+        })).collect::<Vec<_>>(),
         "last": (r.last_epoch > 0).then(|| serde_json::json!({
             "epoch": r.last_epoch, "started_ms": r.last_started_ms, "finished_ms": r.last_finished_ms,
             "keys_scanned": r.last_keys_scanned, "keys_moved": r.last_keys_moved,

@@ -305,6 +305,16 @@ fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) -> anyhow::Res
             r.keys_scanned,
             r.keys_moved
         )?;
+        for st in &r.stalls {
+            let secs = crate::raft::types::now_ms().saturating_sub(st.since_ms) / 1000;
+            outln!("  shard {} is stuck at key \"{}\" for {secs} s: {}", st.shard, st.key, st.error)?;
+        }
+        if !r.stalls.is_empty() {
+            outln!(
+                "  the movers keep retrying; to back out, remove the partition function or deploy a fixed one \
+                 (this aborts the job, and keys already moved go back or on to the new function)"
+            )?;
+        }
     } else if r.last_epoch > 0 {
         outln!(
             "last re-shard (epoch {}) finished: {} keys scanned, {} moved in {:.1} s",

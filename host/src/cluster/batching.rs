@@ -115,7 +115,9 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::RollbackHook { .. }
         | Proposal::RevokeToken { .. }
         | Proposal::ClearMoveMarkers { .. }
-        | Proposal::SetUnreachable { .. } => 0,
+        | Proposal::SetUnreachable { .. }
+        | Proposal::ClearMoveMarkersUpTo { .. } => 0,
+        Proposal::ReshardStalled { key, error, .. } => key.len() + error.len(),
         Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
         Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
     }

@@ -71,7 +71,9 @@ impl Node {
             }
         }
         // A client write is served only where this node's partition view
-        // puts its key, and the view cannot change until it is done.
+        // puts its key, and the view cannot change until it is done. A
+        // key move lands only while this leader runs its job, so no move of
+        // an aborted job lands behind the next job's scan.
         let _gate = match &p {
             Proposal::Put { key, .. } | Proposal::Delete { key, .. } if g.id != META_GROUP => {
                 // Before the routing gate: waiting for replicas must not
@@ -79,6 +81,7 @@ impl Node {
                 self.await_min_replicas(&g).await?;
                 Some(self.admit(g.id, key, true).await?)
             }
+            Proposal::MoveIn { epoch, .. } => Some(self.admit_move(*epoch).await?),
             _ => None,
         };
         let Some((op, key)) = hooked_write(&p) else { return g.batchers.write(p, true).await };

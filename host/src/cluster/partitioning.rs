@@ -15,14 +15,68 @@
 //!   compare-and-swap sees the key's version, and a delete leaves no old
 //!   copy behind to reappear;
 //! - reads try the new shard, then the old one, then the new one again (the
-//!   key may have moved between the first two reads);
+//!   key may have moved between the first two reads). A key the active
+//!   function fails on cannot be moved in this job except by a call that
+//!   succeeds (deadlines are not deterministic), and then to one shard, copy
+//!   before delete: a read of it tries every shard, twice, and the second
+//!   pass finds what a move hid from the first;
 //! - each shard's leader scans its keys in order and moves every key whose
 //!   shard changed, reporting progress (with a cursor) to the meta group, so
 //!   a new leader resumes where the old one stopped. Moves are idempotent: a
 //!   `MoveIn` of a key the job already moved, or that was written on the new
 //!   shard since, changes nothing.
 //! - When every shard reported done, the meta group closes the job and
-//!   drops the old function; leaders then clear the job's move markers.
+//!   drops the old function; leaders then clear the markers of that job and
+//!   of every job it aborted ([`Proposal::ClearMoveMarkersUpTo`]).
+//!
+//! **Aborting a job.** The function can be removed or replaced while a job
+//! runs (an operator must be able to back out of a function that fails on
+//! some keys: the job cannot finish). The change opens a new job `J'` whose
+//! *from side* is every function a key may still sit under: the aborted
+//! job's `to` and `from`, and whatever it had itself inherited
+//! (`PartitionState::from_functions`, newest first). Routing a key then
+//! gives its shard `g` under the new function and the *old* shards: the
+//! distinct shards under the from functions, other than `g`; if one of them
+//! fails on the key (it may have routed it earlier: a deadline is not
+//! deterministic), every other shard. Reads try `g`, each old shard, then `g`
+//! again; writes pull from every old shard first; movers scan every shard
+//! and move each key whose shard under the new function differs (they
+//! never run the from functions, so a function that fails on some keys
+//! cannot stop the job that replaces it). Why no key is missed:
+//! - *No move of the aborted job lands after `J'`'s scan.* A `MoveIn` is
+//!   taken only by a leader whose view runs that very job, holding the
+//!   routing gate until it is applied ([`Node::admit_move`]); the view swap
+//!   to `J'` waits for the gate, so afterwards that leader refuses the old
+//!   job's `MoveIn`s (the mover stops; a write's pull is routed again). A
+//!   `MoveIn` appended by an earlier leader is either in the new leader's
+//!   log, and applied by the read barrier `J'`'s mover passes before it
+//!   scans, or lost. A late `MoveOut` of the aborted job only deletes a copy
+//!   whose `MoveIn` already landed on a shard `J'` reads and scans.
+//! - *Every copy of a key outside its target shard has the same version.*
+//!   While a job runs, only its target shard `g` gains copies (`MoveIn`s and
+//!   writes go there); other shards only lose them (`MoveOut`, expiry). A
+//!   write on `g` first removes the copy from every old shard (the pull),
+//!   and a `MoveIn` copies the one version the old shards share; so when a
+//!   job is aborted, a key's copies (on the old shards and `g`) all have one
+//!   version, except that `g` alone may hold a newer one. This is what the
+//!   single-job argument needed of "the old shard"; `MoveIn`'s rule (write
+//!   only onto no record, once per key and job) keeps it true for `J'`.
+//! - *Reads.* During `J'`, moves only go from an old shard to `g`, copy
+//!   before delete; a linearizable read that finds nothing on `g` and on
+//!   every old shard in turn finds the key on `g` on its last try, as in a
+//!   single job. Routers and replicas agree on the routing generation as
+//!   below, so a read routed by the aborted job's view is refused and routed
+//!   again.
+//! - *Compare-and-swap and deletes* pull from every old shard first, so the
+//!   write on `g` sees the key's version, and no old copy is left behind.
+//!
+//! **A job that cannot progress** (the active function fails on a key, or
+//! moves keep failing) tries again with a backoff doubling from 200 ms to
+//! 10 s, and records the shard, key and error in the meta group
+//! ([`Proposal::ReshardStalled`]); every node's status shows it, and the
+//! shard's next progress clears it. A new function is tried, before it is
+//! deployed, on the first [`DRY_RUN_KEYS`] keys of every shard, so a
+//! function that fails on existing keys is usually refused up front.
 //!
 //! **Agreement on the view.** Nodes apply the meta group at different
 //! moments. Every key request carries the routing generation its router
@@ -43,7 +97,7 @@ use serde::Serialize;
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{runtime_for, CompiledPartitioner, HookSpec};
 use crate::raft::types::{now_ms, CommandResult};
-use crate::ring::partition::{describe, PartitionState, ReshardJob, ShardProgress};
+use crate::ring::partition::{describe, show_key, PartitionState, ReshardJob, ShardProgress};
 use crate::ring::{RingConfig, ShardId};
 use crate::storage::{Envelope, GroupId};
 
@@ -55,6 +109,22 @@ const MOVE_CONCURRENCY: usize = 64;
 
 /// How often a node looks for re-shard work it should do.
 const RESHARD_POLL: Duration = Duration::from_millis(200);
+
+/// The first wait before a shard's mover tries again after failing; it
+/// doubles with each failure in a row, up to [`RESHARD_BACKOFF_MAX`].
+const RESHARD_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const RESHARD_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Failures in a row after which a mover's error that names no key the
+/// function fails on (a move, a report) is recorded as a stall.
+const STALL_AFTER: u32 = 2;
+
+/// Keys from the start of each shard a new partition function is tried on
+/// before it is deployed.
+pub const DRY_RUN_KEYS: u32 = 32;
+
+/// The longest error text a stall records.
+const MAX_STALL_ERROR: usize = 1024;
 
 tokio::task_local! {
     /// The routing generation the current request was routed by.
@@ -79,21 +149,32 @@ pub(super) async fn routed_with<F: std::future::Future>(generation: Option<u64>,
 pub struct PartitionView {
     pub state: PartitionState,
     active: Option<Arc<dyn CompiledPartitioner>>,
-    /// The job's old function (`None` also when the old one is the whole key).
-    from: Option<Arc<dyn CompiledPartitioner>>,
+    /// While a job runs, every function a key may still sit under besides
+    /// the active one, newest first (`None`: the whole key). Empty otherwise.
+    from: Vec<Option<Arc<dyn CompiledPartitioner>>>,
     /// Why this node could not load a function of the state, if it could not.
     broken: Option<String>,
 }
 
 /// Where a key request goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRoute {
     /// The key's shard group under the active function.
     pub group: GroupId,
-    /// While a job runs and the key's shard changes: its old shard group.
-    pub old: Option<GroupId>,
+    /// While a job runs: the other shard groups the key may still sit on
+    /// (one per older function whose shard differs; every other shard if an
+    /// older function fails on the key).
+    pub old: Vec<GroupId>,
     /// The routing generation this was computed under.
     pub generation: u64,
+    /// The epoch of the job of that view, if one runs: moves for this
+    /// route belong to it.
+    pub job: Option<u64>,
+    /// A read of a key the active function fails on while a job runs: the
+    /// key can only sit where an older function (or an earlier, successful
+    /// call) put it, so the read looks on every shard (`group` and `old`),
+    /// twice.
+    pub unrouted: bool,
 }
 
 impl PartitionView {
@@ -108,9 +189,9 @@ impl PartitionView {
             }
         };
         let active = compile(state.active.as_ref());
-        let from = compile(state.job.as_ref().and_then(|j| j.from.as_ref()));
+        let from: Result<Vec<_>, String> = state.from_functions().into_iter().map(compile).collect();
         let broken = active.as_ref().err().or(from.as_ref().err()).cloned();
-        PartitionView { active: active.ok().flatten(), from: from.ok().flatten(), broken, state }
+        PartitionView { active: active.ok().flatten(), from: from.unwrap_or_default(), broken, state }
     }
 
     /// The same compiled functions with newer progress (same generation).
@@ -139,11 +220,40 @@ impl PartitionView {
             return Err(NodeError::Unavailable(why.clone()));
         }
         let shard = Self::shard_by(self.active.as_ref(), ring, key)?;
-        let old = match &self.state.job {
-            Some(_) => Some(Self::shard_by(self.from.as_ref(), ring, key)?).filter(|s| *s != shard),
-            None => None,
-        };
-        Ok(KeyRoute { group: shard_group(shard), old: old.map(shard_group), generation: self.generation() })
+        let group = shard_group(shard);
+        let mut old: Vec<GroupId> = Vec::new();
+        let mut unknown = false;
+        for f in &self.from {
+            match Self::shard_by(f.as_ref(), ring, key) {
+                Ok(s) if shard_group(s) != group && !old.contains(&shard_group(s)) => old.push(shard_group(s)),
+                Ok(_) => {}
+                // It may have routed the key before (a deadline is not
+                // deterministic), so the key may sit on any shard.
+                Err(_) => unknown = true,
+            }
+        }
+        if unknown {
+            let rest: Vec<GroupId> =
+                (0..ring.shards).map(shard_group).filter(|g| *g != group && !old.contains(g)).collect();
+            old.extend(rest);
+        }
+        Ok(KeyRoute { group, old, generation: self.generation(), job: self.job_epoch(), unrouted: false })
+    }
+
+    /// Where a read of `key` looks: [`Self::route`], except that while a job
+    /// runs, a key the active function fails on is looked for everywhere
+    /// (so a stuck job leaves every stored key readable).
+    pub fn read_route(&self, ring: &RingConfig, key: &[u8]) -> Result<KeyRoute, NodeError> {
+        match self.route(ring, key) {
+            Err(NodeError::Rejected(_)) if self.state.job.is_some() => Ok(KeyRoute {
+                group: shard_group(0),
+                old: (1..ring.shards).map(shard_group).collect(),
+                generation: self.generation(),
+                job: self.job_epoch(),
+                unrouted: true,
+            }),
+            other => other,
+        }
     }
 
     /// The running job's epoch, if a job runs.
@@ -159,6 +269,7 @@ pub struct ReshardStatus {
     pub partitioner: String,
     pub epoch: u64,
     pub running: bool,
+    /// Every function keys may still move from, newest first, joined by " + ".
     pub from: Option<String>,
     pub to: Option<String>,
     pub started_ms: Option<u64>,
@@ -168,6 +279,18 @@ pub struct ReshardStatus {
     pub keys_moved: u64,
     /// The last finished job, if any.
     pub last: Option<crate::ring::partition::JobSummary>,
+    /// Shards of the running job whose mover is stuck, and why.
+    pub stalls: Vec<StallStatus>,
+}
+
+/// A shard whose mover cannot progress, as status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StallStatus {
+    pub shard: ShardId,
+    /// The key it stopped at (printable ASCII, other bytes escaped).
+    pub key: String,
+    pub error: String,
+    pub since_ms: u64,
 }
 
 impl ReshardStatus {
@@ -178,7 +301,7 @@ impl ReshardStatus {
             partitioner: describe(state.active.as_ref()),
             epoch: state.epoch,
             running: job.is_some(),
-            from: job.map(|j| describe(j.from.as_ref())),
+            from: state.describe_from(),
             to: job.map(|j| describe(j.to.as_ref())),
             started_ms: job.map(|j| j.started_ms),
             shards_total: shards,
@@ -186,6 +309,16 @@ impl ReshardStatus {
             keys_scanned: scanned,
             keys_moved: moved,
             last: state.last_job.clone(),
+            stalls: state
+                .stalls
+                .iter()
+                .map(|(shard, s)| StallStatus {
+                    shard: *shard,
+                    key: show_key(&s.key),
+                    error: s.error.clone(),
+                    since_ms: s.since_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -292,8 +425,8 @@ impl Node {
         if routed.is_some_and(|r| r != view.generation()) {
             return Err(NodeError::WrongShard { generation: view.generation() });
         }
-        let route = view.route(self.ring(), key)?;
-        if route.group == group || (!write && route.old == Some(group)) {
+        let route = if write { view.route(self.ring(), key)? } else { view.read_route(self.ring(), key)? };
+        if route.group == group || (!write && route.old.contains(&group)) {
             Ok(gate)
         } else {
             Err(NodeError::WrongShard { generation: view.generation() })
@@ -303,7 +436,7 @@ impl Node {
     /// Serves a key request routed by this node's view, routing again when
     /// the serving replica ran a newer view (after this node caught up with
     /// it), within the request deadline.
-    pub(super) async fn with_route<T, F, Fut>(&self, key: &[u8], serve: F) -> Result<T, NodeError>
+    pub(super) async fn with_route<T, F, Fut>(&self, key: &[u8], write: bool, serve: F) -> Result<T, NodeError>
     where
         F: Fn(KeyRoute) -> Fut,
         Fut: std::future::Future<Output = Result<T, NodeError>>,
@@ -311,8 +444,10 @@ impl Node {
         let timeout = self.config().request_timeout;
         let started = tokio::time::Instant::now();
         loop {
-            let route = self.route(key)?;
-            match routed_with(Some(route.generation), serve(route)).await {
+            let view = self.partition_view();
+            let route = if write { view.route(self.ring(), key)? } else { view.read_route(self.ring(), key)? };
+            let routed = route.generation;
+            match routed_with(Some(routed), serve(route)).await {
                 Err(NodeError::WrongShard { generation }) => {
                     let left = timeout.saturating_sub(started.elapsed());
                     if left.is_zero() {
@@ -320,7 +455,7 @@ impl Node {
                             "the key's shard kept changing while routing it (generation {generation})"
                         )));
                     }
-                    if generation > route.generation {
+                    if generation > routed {
                         self.wait_generation(generation, left).await?;
                     } else {
                         // The serving replica has not caught up yet.
@@ -333,16 +468,30 @@ impl Node {
     }
 
     /// Reads `key` wherever it lives: while a job moves it, the new shard,
-    /// then the old one, then the new one again (it may have moved between).
+    /// then each old one, then the new one again (it may have moved between).
+    /// A key the active function fails on: every shard, twice (the only
+    /// move it can make in this job goes to one shard, copy before delete,
+    /// so the second pass sees what the first missed).
     pub async fn get_key(&self, key: &[u8], linearizable: bool) -> Result<Option<Envelope>, NodeError> {
-        self.with_route(key, |route| async move {
+        self.with_route(key, false, |route| async move {
+            if route.unrouted {
+                for _ in 0..2 {
+                    for g in std::iter::once(route.group).chain(route.old.iter().copied()) {
+                        if let Some(v) = self.get(g, key.to_vec(), linearizable).await? {
+                            return Ok(Some(v));
+                        }
+                    }
+                }
+                return Ok(None);
+            }
             let first = self.get(route.group, key.to_vec(), linearizable).await?;
-            let Some(old) = route.old else { return Ok(first) };
-            if first.is_some() {
+            if first.is_some() || route.old.is_empty() {
                 return Ok(first);
             }
-            if let Some(v) = self.get(old, key.to_vec(), linearizable).await? {
-                return Ok(Some(v));
+            for old in &route.old {
+                if let Some(v) = self.get(*old, key.to_vec(), linearizable).await? {
+                    return Ok(Some(v));
+                }
             }
             self.get(route.group, key.to_vec(), linearizable).await
         })
@@ -350,13 +499,15 @@ impl Node {
     }
 
     /// Proposes a client write of `key` to its shard; while a job moves the
-    /// key, pulls it to the new shard first.
+    /// key, pulls it to the new shard first from every shard it may sit on.
     pub async fn write_key(&self, key: &[u8], p: Proposal) -> Result<CommandResult, NodeError> {
-        self.with_route(key, |route| {
+        self.with_route(key, true, |route| {
             let p = p.clone();
             async move {
-                if let Some(old) = route.old {
-                    self.pull(key, old, route.group).await?;
+                if let Some(epoch) = route.job {
+                    for old in &route.old {
+                        self.pull(key, *old, route.group, epoch).await?;
+                    }
                 }
                 self.propose(route.group, p).await
             }
@@ -364,9 +515,9 @@ impl Node {
         .await
     }
 
-    /// Moves `key` from `old` to `new` if `old` still holds it.
-    async fn pull(&self, key: &[u8], old: GroupId, new: GroupId) -> Result<(), NodeError> {
-        let Some(epoch) = self.partition_view().job_epoch() else { return Ok(()) };
+    /// Moves `key` from `old` to `new` for job `epoch` (the one it was
+    /// routed by) if `old` still holds it.
+    async fn pull(&self, key: &[u8], old: GroupId, new: GroupId, epoch: u64) -> Result<(), NodeError> {
         let Some(env) = self.get(old, key.to_vec(), true).await? else { return Ok(()) };
         self.move_key(key.to_vec(), env, old, new, epoch).await.map(|_| ())
     }
@@ -404,6 +555,27 @@ impl Node {
         self.partition_view().state.epoch >= epoch
     }
 
+    /// Admits a [`Proposal::MoveIn`] of job `epoch` on the leader of its
+    /// target shard, holding the routing gate until the returned guard
+    /// drops: only while this node runs that very job. So once this node
+    /// routes by a later job (which swapped its view under the gate), no
+    /// move of the earlier one lands here any more; the later job's mover
+    /// scans after that (see the module comment).
+    pub(super) async fn admit_move(&self, epoch: u64) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, NodeError> {
+        if self.partition_view().state.epoch < epoch {
+            self.wait_partition_epoch(epoch, Duration::from_millis(500)).await;
+        }
+        let gate = self.inner.routing_gate.read().await;
+        let view = self.partition_view();
+        if view.job_epoch() == Some(epoch) {
+            Ok(gate)
+        } else {
+            // A router retries (after catching up if this node is newer);
+            // a mover stops, and the current job's mover takes over.
+            Err(NodeError::WrongShard { generation: view.generation() })
+        }
+    }
+
     /// Deploys a partition function (checked like a hook: it must load and
     /// pass the ABI checks). Returns its version and digest; the re-shard
     /// job it starts runs in the background.
@@ -425,14 +597,46 @@ impl Node {
             )));
         }
         let checked = spec.clone();
-        tokio::task::spawn_blocking(move || runtime_for(checked.kind).compile_partitioner(&checked).map(|_| ()))
+        let f = tokio::task::spawn_blocking(move || runtime_for(checked.kind).compile_partitioner(&checked))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
             .map_err(|e| NodeError::InvalidArgument(format!("partition function {} does not load: {e}", spec.name)))?;
+        self.dry_run_partitioner(f).await?;
         let sha = spec.sha256.clone();
         self.set_partitioner(Some(spec)).await?;
         let version = self.partition_view().state.active.as_ref().map_or(0, |s| s.version);
         Ok((version, sha))
+    }
+
+    /// Runs a new partition function on the first [`DRY_RUN_KEYS`] keys of
+    /// every shard (read from a replica, as an eventual scan) and refuses it
+    /// if it fails on one: a re-shard job would stop at that key. Keys
+    /// further in are not tried; a job that stops at one says so in its
+    /// status, and the function can be removed or replaced while it runs.
+    async fn dry_run_partitioner(&self, f: Arc<dyn CompiledPartitioner>) -> Result<(), NodeError> {
+        let mut sample: Vec<(ShardId, Vec<u8>)> = Vec::new();
+        for shard in 0..self.ring().shards {
+            let keys = self.scan(shard_group(shard), Vec::new(), DRY_RUN_KEYS, false).await.map_err(|e| {
+                NodeError::Unavailable(format!(
+                    "cannot read the first keys of shard {shard} to try the partition function on: {e}; try again"
+                ))
+            })?;
+            sample.extend(keys.into_iter().map(|(k, _)| (shard, k)));
+        }
+        let name = f.spec().name.clone();
+        let failed = tokio::task::spawn_blocking(move || {
+            sample.into_iter().find_map(|(shard, key)| f.routing_key(&key).err().map(|e| (shard, key, e.to_string())))
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        match failed {
+            None => Ok(()),
+            Some((shard, key, e)) => Err(NodeError::InvalidArgument(format!(
+                "the partition function {name} {e} on the existing key \"{}\" (shard {shard}), so re-sharding would stop \
+                 there; nothing was deployed. Fix the function (try it on a key with `ringkv hook test`) and deploy again",
+                show_key(&key)
+            ))),
+        }
     }
 
     /// Runs a partition function on one key without routing anything
@@ -504,10 +708,15 @@ impl Node {
     }
 
     /// Moves keys for the running job on the shards this node leads, and
-    /// clears a finished job's markers.
+    /// clears finished jobs' markers. A shard whose pass fails is tried
+    /// again after a backoff (doubling from [`RESHARD_BACKOFF_MIN`] to
+    /// [`RESHARD_BACKOFF_MAX`]); why it is stuck goes to the meta group.
     pub(super) async fn reshard_loop(self) {
         let mut stop = self.shutdown_signal();
         let mut cleared: BTreeSet<(GroupId, u64)> = BTreeSet::new();
+        // Per shard of job `backoff_epoch`: failures in a row, next attempt.
+        let mut backoff: BTreeMap<ShardId, (u32, tokio::time::Instant)> = BTreeMap::new();
+        let mut backoff_epoch = 0;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -515,32 +724,54 @@ impl Node {
             }
             let view = self.partition_view();
             if let Some(job) = &view.state.job {
+                if job.epoch != backoff_epoch {
+                    backoff.clear();
+                    backoff_epoch = job.epoch;
+                }
+                let now = tokio::time::Instant::now();
                 let todo: Vec<ShardId> = self
                     .led_shards()
                     .await
                     .into_iter()
                     .filter(|s| !job.shards.get(s).is_some_and(|p| p.done))
+                    .filter(|s| backoff.get(s).is_none_or(|(_, next)| *next <= now))
                     .collect();
                 let me = &self;
                 let runs = futures::stream::iter(todo)
                     .map(|shard| {
                         let (view, start) = (view.clone(), job.shards.get(&shard).cloned().unwrap_or_default());
-                        async move {
-                            if let Err(e) = me.reshard_shard(&view, shard, start).await {
-                                tracing::info!(shard, error = %e, "re-shard pass stopped; it resumes from its last report");
-                            }
-                        }
+                        async move { (shard, me.reshard_shard(&view, shard, start).await) }
                     })
                     .buffer_unordered(2);
-                let mut runs = std::pin::pin!(runs);
-                while runs.next().await.is_some() {}
+                let results: Vec<(ShardId, Result<(), Stuck>)> = runs.collect().await;
+                for (shard, result) in results {
+                    let Err(stuck) = result else {
+                        backoff.remove(&shard);
+                        continue;
+                    };
+                    let failures = backoff.get(&shard).map_or(0, |(n, _)| *n).saturating_add(1);
+                    let wait = reshard_backoff(failures);
+                    backoff.insert(shard, (failures, tokio::time::Instant::now() + wait));
+                    tracing::info!(
+                        shard,
+                        epoch = job.epoch,
+                        key = %stuck.key.as_deref().map(show_key).unwrap_or_default(),
+                        error = %stuck.error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "re-shard pass stopped; it resumes from its last report"
+                    );
+                    if stuck.function_failed || failures >= STALL_AFTER {
+                        self.report_stall(&view, job.epoch, shard, stuck).await;
+                    }
+                }
             } else if let Some(last) = &view.state.last_job {
                 for shard in self.led_shards().await {
                     let gid = shard_group(shard);
                     if cleared.contains(&(gid, last.epoch)) {
                         continue;
                     }
-                    match self.propose(gid, Proposal::ClearMoveMarkers { epoch: last.epoch }).await {
+                    // Up to: the markers of the jobs it aborted go too.
+                    match self.propose(gid, Proposal::ClearMoveMarkersUpTo { epoch: last.epoch }).await {
                         Ok(_) => {
                             cleared.insert((gid, last.epoch));
                         }
@@ -548,6 +779,27 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// Records in the meta group why `shard` cannot progress, unless the
+    /// state already says exactly that.
+    async fn report_stall(&self, view: &PartitionView, epoch: u64, shard: ShardId, stuck: Stuck) {
+        let key = stuck.key.unwrap_or_default();
+        let mut error = stuck.error;
+        if error.len() > MAX_STALL_ERROR {
+            let mut cut = MAX_STALL_ERROR;
+            while !error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            error.truncate(cut);
+        }
+        if view.state.stalls.get(&shard).is_some_and(|s| s.epoch == epoch && s.key == key && s.error == error) {
+            return;
+        }
+        let p = Proposal::ReshardStalled { epoch, shard, key, error };
+        if let Err(e) = self.propose(META_GROUP, p).await {
+            tracing::debug!(shard, error = %e, "recording a re-shard stall");
         }
     }
 
@@ -565,65 +817,101 @@ impl Node {
     /// One leader's pass over a shard for the job of `view`, from the
     /// progress last reported: moves every key whose shard changed and
     /// reports progress after each batch. Stops when this node loses the
-    /// lead or the view changes.
+    /// lead or the view changes. A key the active function fails on stops
+    /// the pass after the keys before it are moved and reported.
     async fn reshard_shard(
         &self,
         view: &PartitionView,
         shard: ShardId,
         mut progress: ShardProgress,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), Stuck> {
         let Some(epoch) = view.job_epoch() else { return Ok(()) };
         let gid = shard_group(shard);
-        let g = self.group(gid)?;
+        let g = self.group(gid).map_err(Stuck::other)?;
         // Everything committed before this leader took the shard (writes
-        // routed by the old view included) is applied before the scan.
-        if !matches!(g.batchers.read_barrier().await?, super::routing::Attempt::Done(())) {
+        // routed by the old view, and moves of an aborted job, included) is
+        // applied before the scan.
+        if !matches!(g.batchers.read_barrier().await.map_err(Stuck::other)?, super::routing::Attempt::Done(())) {
             return Ok(());
         }
         let shards = self.ring().shards;
+        let ring = *self.ring();
+        let target = |key: &[u8]| -> Result<GroupId, String> {
+            match view.active.as_ref() {
+                None => Ok(shard_group(ring.shard_of_key(key))),
+                Some(f) => f
+                    .routing_key(key)
+                    .map(|r| shard_group(ring.shard_of_routed(key, r.as_deref())))
+                    .map_err(|e| format!("the partition function {} {e}", describe(Some(f.spec())))),
+            }
+        };
         loop {
             if self.partition_view().generation() != view.generation()
                 || g.raft.current_leader().await != Some(self.id())
             {
                 return Ok(());
             }
-            let batch = g.sm.records_after(progress.cursor.clone(), MOVE_BATCH).await?;
+            let batch =
+                g.sm.records_after(progress.cursor.clone(), MOVE_BATCH).await.map_err(|e| Stuck::other(e.into()))?;
             let now = now_ms();
-            let last = batch.last().map(|(k, _)| k.clone());
+            let end_of_shard = batch.is_empty();
             let before = (progress.scanned, progress.moved);
+            let mut handled: Option<Vec<u8>> = None;
+            let mut failed: Option<Stuck> = None;
             let mut moves = Vec::new();
             for (key, env) in batch {
+                // Expired keys: the TTL sweeper deletes them here.
+                if !env.is_expired(now) {
+                    match target(&key) {
+                        Ok(to) if to != gid => moves.push((key.clone(), env, to)),
+                        Ok(_) => {}
+                        Err(error) => {
+                            failed = Some(Stuck { key: Some(key), error, function_failed: true });
+                            break;
+                        }
+                    }
+                }
                 progress.scanned += 1;
-                if env.is_expired(now) {
-                    continue; // the TTL sweeper deletes it here
-                }
-                let to = shard_group(PartitionView::shard_by(view.active.as_ref(), self.ring(), &key)?);
-                if to != gid {
-                    moves.push((key, env, to));
-                }
+                handled = Some(key);
             }
-            let results: Vec<Result<bool, NodeError>> = futures::stream::iter(moves)
-                .map(|(key, env, to)| self.move_key(key, env, gid, to, epoch))
+            let results: Vec<(Vec<u8>, Result<bool, NodeError>)> = futures::stream::iter(moves)
+                .map(|(key, env, to)| async move {
+                    let r = self.move_key(key.clone(), env, gid, to, epoch).await;
+                    (key, r)
+                })
                 .buffer_unordered(MOVE_CONCURRENCY)
                 .collect()
                 .await;
-            for r in results {
-                if r? {
-                    progress.moved += 1;
+            for (key, r) in results {
+                match r {
+                    Ok(true) => progress.moved += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        return Err(Stuck {
+                            key: Some(key),
+                            error: format!("moving the key failed: {e}"),
+                            function_failed: false,
+                        })
+                    }
                 }
             }
-            progress.done = last.is_none();
-            if last.is_some() {
-                progress.cursor = last;
+            progress.done = end_of_shard;
+            if handled.is_some() {
+                progress.cursor = handled;
             }
-            let report = Proposal::ReshardProgress { epoch, shard, progress: progress.clone(), shards };
-            self.propose(META_GROUP, report).await?;
-            crate::failpoint::crash_point("reshard-batch");
-            crate::telemetry::record_reshard_batch(
-                progress.scanned - before.0,
-                progress.moved - before.1,
-                progress.done,
-            );
+            if progress.done || progress.scanned > before.0 {
+                let report = Proposal::ReshardProgress { epoch, shard, progress: progress.clone(), shards };
+                self.propose(META_GROUP, report).await.map_err(Stuck::other)?;
+                crate::failpoint::crash_point("reshard-batch");
+                crate::telemetry::record_reshard_batch(
+                    progress.scanned - before.0,
+                    progress.moved - before.1,
+                    progress.done,
+                );
+            }
+            if let Some(stuck) = failed {
+                return Err(stuck);
+            }
             if progress.done {
                 tracing::info!(
                     shard,
@@ -660,5 +948,37 @@ impl Node {
         }
         let mut flags = keep.into_iter();
         items.retain(|_| flags.next().unwrap_or(true));
+    }
+}
+
+/// How long a shard's mover waits after `failures` failed passes in a row.
+fn reshard_backoff(failures: u32) -> Duration {
+    RESHARD_BACKOFF_MIN.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RESHARD_BACKOFF_MAX)
+}
+
+/// Why a shard's re-shard pass stopped.
+struct Stuck {
+    /// The key it stopped at, if one.
+    key: Option<Vec<u8>>,
+    error: String,
+    /// The active function fails on `key`: trying again will not help.
+    function_failed: bool,
+}
+
+impl Stuck {
+    fn other(e: NodeError) -> Stuck {
+        Stuck { key: None, error: e.to_string(), function_failed: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_mover_backs_off_exponentially_up_to_a_cap() {
+        let waits: Vec<u64> = (1..=9).map(|n| reshard_backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, vec![200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(reshard_backoff(u32::MAX), RESHARD_BACKOFF_MAX);
     }
 }

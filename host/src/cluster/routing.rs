@@ -121,6 +121,15 @@ pub enum Proposal {
         id: NodeId,
         unreachable: bool,
     },
+    ReshardStalled {
+        epoch: u64,
+        shard: u32,
+        key: Vec<u8>,
+        error: String,
+    },
+    ClearMoveMarkersUpTo {
+        epoch: u64,
+    },
 }
 
 impl Proposal {
@@ -157,6 +166,8 @@ impl Proposal {
             Proposal::MoveOut { key, version, .. } => Op::Expire { key, version },
             Proposal::ClearMoveMarkers { epoch } => Op::ClearMoveMarkers { epoch },
             Proposal::SetUnreachable { id, unreachable } => Op::SetUnreachable { id, unreachable },
+            Proposal::ReshardStalled { epoch, shard, key, error } => Op::ReshardStalled { epoch, shard, key, error },
+            Proposal::ClearMoveMarkersUpTo { epoch } => Op::ClearMoveMarkersUpTo { epoch },
         }
     }
 
@@ -182,7 +193,9 @@ impl Proposal {
             | Proposal::SetPartitioner { .. }
             | Proposal::ReshardProgress { .. }
             | Proposal::ClearMoveMarkers { .. }
-            | Proposal::SetUnreachable { .. } => None,
+            | Proposal::SetUnreachable { .. }
+            | Proposal::ReshardStalled { .. }
+            | Proposal::ClearMoveMarkersUpTo { .. } => None,
         }
     }
 }

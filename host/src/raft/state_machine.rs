@@ -49,6 +49,10 @@ const PARTITION_KEY: &[u8] = b"\0partition";
 /// job moved into a shard: `moved/` · job epoch (u64 BE) · user key.
 const MOVED_PREFIX: &[u8] = b"moved/";
 
+fn decode_partition(raw: &[u8]) -> Result<PartitionState, StorageError> {
+    PartitionState::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
+}
+
 fn moved_key(group: GroupId, epoch: u64, key: &[u8]) -> Vec<u8> {
     group_key(group, &[MOVED_PREFIX, &epoch.to_be_bytes(), key].concat())
 }
@@ -241,7 +245,7 @@ impl StateMachine {
         let group = self.group;
         self.storage
             .blocking(move |s| match read_envelope(s, group, PARTITION_KEY)? {
-                Some(e) => decode::<PartitionState>(&e.value, "sm_data"),
+                Some(e) => decode_partition(&e.value),
                 None => Ok(PartitionState::default()),
             })
             .await
@@ -340,6 +344,8 @@ struct Applier<'a> {
     moved: std::collections::HashSet<Vec<u8>>,
     /// Re-shard jobs whose markers this run clears.
     cleared: Vec<u64>,
+    /// This run clears the markers of every job up to this epoch.
+    cleared_up_to: Option<u64>,
 }
 
 impl Applier<'_> {
@@ -394,6 +400,15 @@ impl Applier<'_> {
                 }
             }
         }
+        if let Some(epoch) = self.cleared_up_to {
+            let (from, to) = (moved_key(self.group, 0, b""), moved_key(self.group, epoch.saturating_add(1), b""));
+            for g in self.s.sm_meta().range(from..to) {
+                match g.key() {
+                    Ok(k) => batch.remove(self.s.sm_meta(), k),
+                    Err(e) => tracing::warn!(group = self.group, error = %e, "listing re-shard markers to clear"),
+                }
+            }
+        }
         batch
     }
 
@@ -415,7 +430,7 @@ impl Applier<'_> {
     ) -> Result<CommandResult, StorageError> {
         let old = self.current(PARTITION_KEY)?;
         let mut state = match &old {
-            Some(e) => decode::<PartitionState>(&e.value, "sm_data")?,
+            Some(e) => decode_partition(&e.value)?,
             None => PartitionState::default(),
         };
         let before = state.clone();
@@ -543,7 +558,8 @@ impl Applier<'_> {
                 CommandResult::TokenChanged { existed }
             }
             Op::SetPartitioner { spec, shards } => {
-                self.update_partition(index, |st| match st.set(spec.map(|s| *s), now, shards) {
+                let _ = shards;
+                self.update_partition(index, |st| match st.set(spec.map(|s| *s), now) {
                     Ok(epoch) => CommandResult::PartitionChanged { epoch },
                     Err(reason) => CommandResult::PartitionRefused { reason },
                 })?
@@ -571,6 +587,14 @@ impl Applier<'_> {
             }
             Op::SetUnreachable { id, unreachable } => {
                 self.set_marker([UNREACHABLE_PREFIX, &id.to_be_bytes()].concat(), unreachable, index)?;
+                CommandResult::Done
+            }
+            Op::ReshardStalled { epoch, shard, key, error } => self.update_partition(index, |st| {
+                st.record_stall(epoch, shard, key, error, now);
+                CommandResult::Done
+            })?,
+            Op::ClearMoveMarkersUpTo { epoch } => {
+                self.cleared_up_to = self.cleared_up_to.max(Some(epoch));
                 CommandResult::Done
             }
         })
@@ -644,6 +668,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     expiry: HashMap::new(),
                     moved: Default::default(),
                     cleared: Vec::new(),
+                    cleared_up_to: None,
                 };
                 let mut results = Vec::with_capacity(entries.len());
                 let mut last = None;
@@ -830,5 +855,20 @@ mod tests {
         // Once the job's markers are cleared, a later job moves the key again.
         apply(&mut sm, 6, vec![Op::ClearMoveMarkers { epoch: 1 }]).await;
         assert_eq!(apply(&mut sm, 7, vec![move_in("a", 9, 2)]).await, vec![CommandResult::MovedIn { written: true }]);
+    }
+
+    #[tokio::test]
+    async fn clearing_up_to_an_epoch_clears_the_markers_of_every_aborted_job_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("storage");
+        let mut sm = StateMachine::new(1, storage);
+        apply(&mut sm, 1, vec![move_in("a", 5, 1), move_in("b", 5, 2), move_in("c", 5, 3)]).await;
+        let delete = |k: &str| Op::Delete { key: k.as_bytes().to_vec(), if_version: None, hooks: None };
+        apply(&mut sm, 2, vec![delete("a"), delete("b"), delete("c")]).await;
+        apply(&mut sm, 3, vec![Op::ClearMoveMarkersUpTo { epoch: 2 }]).await;
+        // Jobs 1 and 2 forgot their moves; job 3 still refuses a late copy.
+        let again = vec![move_in("a", 5, 1), move_in("b", 5, 2), move_in("c", 5, 3)];
+        let written = |w| CommandResult::MovedIn { written: w };
+        assert_eq!(apply(&mut sm, 4, again).await, vec![written(true), written(true), written(false)]);
     }
 }

@@ -101,6 +101,12 @@ pub enum Op {
     /// its replicas count as missing in status, long before it is down) or
     /// as reachable again.
     SetUnreachable { id: NodeId, unreachable: bool },
+    /// Meta group: the leader of `shard` cannot move `key` in re-shard job
+    /// `epoch`, for `error` (cleared by the shard's next progress).
+    ReshardStalled { epoch: u64, shard: u32, key: Vec<u8>, error: String },
+    /// Re-sharding: forgets which keys every job up to `epoch` moved in
+    /// (they are over: finished or aborted).
+    ClearMoveMarkersUpTo { epoch: u64 },
 }
 
 /// What the leader's hooks decided about a write, carried in its log entry.
@@ -133,7 +139,9 @@ impl Op {
             | Op::SetPartitioner { .. }
             | Op::ReshardProgress { .. }
             | Op::ClearMoveMarkers { .. }
-            | Op::SetUnreachable { .. } => None,
+            | Op::SetUnreachable { .. }
+            | Op::ReshardStalled { .. }
+            | Op::ClearMoveMarkersUpTo { .. } => None,
         }
     }
 }
