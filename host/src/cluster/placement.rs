@@ -88,10 +88,16 @@ impl Node {
         let mut leading_since: Option<Instant> = None;
         // Meta epoch of the last round that found every shard in place.
         let mut in_place_at: Option<u64> = None;
+        let Ok(meta) = self.group(META_GROUP) else { return };
+        let mut metrics = meta.raft.metrics();
         loop {
+            // A member joining or leaving starts a round at once, not at the
+            // next tick: until then a new cluster's shards live on one node.
+            let seen = *metrics.borrow_and_update().membership_config.log_id();
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(REBALANCE_EVERY) => {}
+                r = metrics.wait_for(|m| *m.membership_config.log_id() != seen) => if r.is_err() { return },
             }
             let Ok(meta) = self.group(META_GROUP) else { continue };
             if meta.raft.current_leader().await != Some(self.id()) {
