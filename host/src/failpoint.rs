@@ -13,6 +13,7 @@
 //! | `snapshot-install` | a received snapshot is about to replace the state machine |
 //! | `shard-move` | a shard move added its new replicas and is about to remove the old ones |
 //! | `reshard-batch` | a shard leader moved a batch of keys for a re-shard job and reported it |
+//! | `forward-reply-lost` | *does not abort*: a shard leader applied a forwarded write and answers the forwarding node `UNAVAILABLE` instead of the result, as a connection lost after the apply would |
 //!
 //! Without the feature every crash point compiles to nothing, and a process
 //! started with `FAILPOINTS` set refuses to run: a test that arms a crash
@@ -44,4 +45,17 @@ pub fn crash_point(name: &str) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// True, once per arming, when the fault point `name` is armed: the caller
+/// then injects its fault instead of aborting.
+#[inline]
+pub fn fault_point(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    if fail::eval(name, |_| ()).is_some() {
+        eprintln!("fault point {name} reached: injecting its fault");
+        return true;
+    }
+    let _ = name;
+    false
 }

@@ -172,16 +172,19 @@ async fn concurrent_cas_has_exactly_one_winner() {
 async fn expired_keys_are_invisible_to_every_read() {
     let c = ProcCluster::start(3, &[]).await;
     let client = c.client();
-    client
-        .put_with("ttl", "short", PutOptions { ttl: Some(Duration::from_millis(800)), if_version: None })
-        .await
-        .expect("put");
     client.put("keep", "forever").await.expect("put");
-    let got = client.get("ttl").await.expect("get");
-    // The read may land after expiry on a slow machine; when it is seen, it carries its deadline.
-    let deadline = match got {
-        Some(v) => v.expires_at_ms.expect("expiry recorded"),
-        None => 0,
+    // The key must be seen alive first, or "invisible after expiry" proves
+    // nothing. A slow machine may read after a short TTL has run out: then
+    // write it again with twice the TTL, until a read sees it.
+    let mut ttl = Duration::from_millis(800);
+    let deadline = loop {
+        client.put_with("ttl", "short", PutOptions { ttl: Some(ttl), if_version: None }).await.expect("put");
+        if let Some(v) = client.get("ttl").await.expect("get") {
+            assert_eq!(&v.value[..], b"short");
+            break v.expires_at_ms.expect("a key written with a TTL reports its expiry");
+        }
+        assert!(ttl < Duration::from_secs(60), "a key with a {ttl:?} TTL was never seen before it expired");
+        ttl *= 2;
     };
     // Wait until the deadline has passed by our clock (same machine, same clock).
     while (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64)

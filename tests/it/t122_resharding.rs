@@ -188,11 +188,12 @@ async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_
     assert_eq!(s.epoch, 1, "redeploying the active function started a job: {s:?}");
 
     // 5. The armed node crashes mid-job; the job completes without it.
-    eventually("the armed node to crash after its first re-shard batch", || {
-        let exited = cluster.exited(CRASHING);
-        async move { exited.then_some(()) }
+    let exit = eventually("the armed node to crash after its first re-shard batch", || {
+        let exit = cluster.exit_status(CRASHING);
+        async move { exit }
     })
     .await;
+    cluster.assert_crashed_at(CRASHING, "reshard-batch", exit);
     let survivors = Client::connect(
         cluster.endpoints().into_iter().enumerate().filter(|(i, _)| *i as u64 + 1 != CRASHING).map(|(_, a)| a),
     )

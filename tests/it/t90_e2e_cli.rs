@@ -295,12 +295,21 @@ async fn a_node_waiting_for_its_seed_is_alive_but_not_ready() {
 }
 
 /// SIGTERM under load: the node hands its leaderships to the others, exits
-/// 0, no acknowledged write is lost and no client request hangs.
+/// 0, no acknowledged write is lost and no client request hangs. README.md
+/// promises that clients "see a new leader at once instead of after an
+/// election timeout": every writer keeps getting writes acknowledged after
+/// the node is gone. Writes in flight during the stop may fail, but only as
+/// unknown outcomes (unavailable, cancelled, timed out), never as a definite
+/// refusal. Not asserted, because it does not hold yet (see the printed
+/// lines): that no write fails once failover was seen, and that survivors
+/// lead every group the moment the node exits — on a loaded machine the
+/// hand-off leaves groups to an election and writes time out meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_hands_off_leadership_and_loses_no_acknowledged_write() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
+    const WRITERS: usize = 4;
     let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
     let status = c.client().status().await.expect("status");
     let victim = status.groups.iter().find(|g| g.kind == "meta").map(|g| g.leader_id).expect("meta leader");
@@ -311,38 +320,100 @@ async fn sigterm_hands_off_leadership_and_loses_no_acknowledged_write() {
         ..Default::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
+    // A failed assertion must stop the writers too: against a dropped
+    // cluster they would spin on refused connections and the runtime, and
+    // the test, would never end.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    // Acknowledged writes per writer, and how many of them completed after the victim had exited.
+    let acks: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let acks_after: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let failed_after_failover: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let exited = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
-    for w in 0..4 {
+    for w in 0..WRITERS {
         let client = ringkv_client::Client::connect_with(c.endpoints(), opts.clone()).expect("client");
-        let stop = stop.clone();
+        let (stop, acks, acks_after, exited) = (stop.clone(), acks.clone(), acks_after.clone(), exited.clone());
+        let failed_after_failover = failed_after_failover.clone();
         writers.push(tokio::spawn(async move {
-            let (mut acked, mut failed) = (Vec::new(), 0u64);
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let key = format!("term/{w}/{n}");
+                let after = exited.load(Ordering::Relaxed);
                 match client.put(key.clone(), "v").await {
-                    Ok(_) => acked.push(key),
-                    Err(_) => failed += 1,
+                    Ok(_) => {
+                        acked.push(key);
+                        acks[w].fetch_add(1, Ordering::Relaxed);
+                        if after {
+                            acks_after[w].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        let indeterminate = matches!(
+                            e,
+                            ringkv_client::Error::Unavailable(_)
+                                | ringkv_client::Error::DeadlineExceeded(_)
+                                | ringkv_client::Error::Other(_)
+                        );
+                        assert!(indeterminate, "{key}: a write was refused during the stop: {e}");
+                        if acks_after[w].load(Ordering::Relaxed) > 0 {
+                            failed_after_failover.lock().expect("lock").push(format!("{key}: {e}"));
+                        }
+                        failed.push(format!("{key}: {e}"));
+                    }
                 }
             }
             (acked, failed)
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let every_writer = |counts: Arc<Vec<AtomicU64>>, at_least: u64| async move {
+        counts.iter().all(|n| n.load(Ordering::Relaxed) >= at_least).then_some(())
+    };
+    ringkv_tests::eventually("every writer to get writes acknowledged before the stop", || {
+        every_writer(acks.clone(), 20)
+    })
+    .await;
     let started = std::time::Instant::now();
     let exit = tokio::task::block_in_place(|| c.stop(victim)).expect("the node was running");
+    exited.store(true, Ordering::Relaxed);
     println!("node {victim} exited {exit:?} {:?} after SIGTERM", started.elapsed());
     assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Reported, not asserted (see above): whether the survivors already lead
+    // every group the moment the node has exited.
+    let (mut groups, mut led) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for id in c.nodes.keys().filter(|id| **id != victim) {
+        if let Ok(s) = c.node_client(*id).status().await {
+            for g in &s.groups {
+                groups.insert(g.group_id);
+                if g.role == "leader" {
+                    led.insert(g.group_id);
+                }
+            }
+        }
+    }
+    println!("groups led by a survivor the moment node {victim} exited: {led:?} of {groups:?}");
+    ringkv_tests::eventually("every writer to get writes acknowledged after the node is gone", || {
+        every_writer(acks_after.clone(), 20)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
-    let (mut acked, mut failed) = (Vec::new(), 0);
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
     for w in writers {
         let (a, f) = w.await.expect("writer task");
         acked.extend(a);
-        failed += f;
+        failed.extend(f);
     }
-    println!("{} writes acknowledged, {failed} failed around the stop", acked.len());
+    println!("{} writes acknowledged, {} failed around the stop: {failed:?}", acked.len(), failed.len());
+    assert!(!acked.is_empty(), "no write was acknowledged");
+    let failed_after_failover = failed_after_failover.lock().expect("lock").clone();
+    println!("writes failed after the writer had seen the failover: {failed_after_failover:?}");
     let log = c.log_tail(victim);
     assert!(log.contains("leadership handed off; finishing requests in flight"), "{log}");
     assert!(!log.contains("requests still in flight after the drain budget"), "nothing hung: {log}");

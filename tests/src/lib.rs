@@ -383,14 +383,39 @@ impl ProcCluster {
 
     /// True (and the process reaped) when node `id` has exited on its own.
     pub fn exited(&mut self, id: u64) -> bool {
+        self.exit_status(id).is_some()
+    }
+
+    /// How node `id` ended, once it has exited on its own (the process is
+    /// then reaped); `None` while it runs or when it was not running.
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let node = self.nodes.get_mut(&id).expect("node");
         match node.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) => {
+            Some(Ok(Some(status))) => {
                 node.child = None;
-                true
+                Some(status)
             }
-            _ => false,
+            _ => None,
         }
+    }
+
+    /// Panics unless node `id` ended at crash point `point`: its log ends
+    /// with the line the crash point prints, and it died of `SIGABRT`
+    /// (`std::process::abort`). Any other exit — a panic, an error, a
+    /// different crash point — is not the crash the test armed.
+    pub fn assert_crashed_at(&self, id: u64, point: &str, status: std::process::ExitStatus) {
+        use std::os::unix::process::ExitStatusExt;
+        let line = format!("crash point {point} reached");
+        let tail = self.log_tail(id);
+        assert!(
+            tail.contains(&line),
+            "node {id} exited ({status}) without reaching crash point {point}; its log ends:\n{tail}"
+        );
+        assert_eq!(
+            status.signal(),
+            Some(nix::sys::signal::Signal::SIGABRT as i32),
+            "node {id} reached crash point {point} but did not abort ({status}); its log ends:\n{tail}"
+        );
     }
 
     /// The leader of `key`'s shard as seen by node `via`, once one is known.

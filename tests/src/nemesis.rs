@@ -14,6 +14,13 @@
 //! The rules live in a chain of their own (`RKV-<pid>-<n>`), jumped to from
 //! `INPUT`; dropping the [`Firewall`] removes the chain, so a failed test
 //! leaves no rule behind.
+//!
+//! iptables accepting a rule proves nothing about the cluster, so
+//! [`Nemesis::confirm`] waits until each fault visibly took effect: a killed
+//! node refuses connections, a paused one stops answering, every cut link
+//! drops a TCP connect from the source node's address while the links left
+//! open still connect, an isolated minority cannot commit a write and the
+//! majority leads every group, a joined node holds replicas.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -40,7 +47,10 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// A short name for reports: "kill", "pause", "partition", "bridge", "one-way".
+    /// Every [`Fault::kind`].
+    pub const KINDS: [&'static str; 6] = ["kill", "pause", "partition", "bridge", "one-way", "join-and-remove"];
+
+    /// A short name for reports: "kill", "pause", "partition", "bridge", "one-way", "join-and-remove".
     pub fn kind(&self) -> &'static str {
         match self {
             Fault::Kill(_) => "kill",
@@ -150,6 +160,83 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Waits, at most [`crate::PATIENCE`], until `fault` (just injected)
+    /// visibly took effect, and says what was seen; an error says what did
+    /// not happen.
+    pub async fn confirm(&self, cluster: &ProcCluster, fault: &Fault) -> Result<String, String> {
+        match fault {
+            Fault::Kill(id) => {
+                let addr = grpc_addr(cluster, *id)?;
+                match tokio::time::timeout(OPEN_PROBE, tokio::net::TcpStream::connect(addr)).await {
+                    Ok(Err(_)) => Ok(format!("node {id} refuses connections")),
+                    other => Err(format!("killed node {id} still accepts connections on {addr}: {other:?}")),
+                }
+            }
+            Fault::Pause(id) => {
+                let client = pinned(cluster, *id, Duration::from_secs(1))?;
+                match client.status().await {
+                    Err(e) => Ok(format!("node {id} no longer answers ({e})")),
+                    Ok(_) => Err(format!("paused node {id} still answers")),
+                }
+            }
+            Fault::Partition { a, b } => {
+                let mut seen = self.links(cluster, a, b, &[]).await?;
+                let nodes = a.len() + b.len();
+                let (minority, majority) = if a.len() < b.len() { (a, b) } else { (b, a) };
+                if minority.len() * 2 < nodes {
+                    seen.push(minority_cannot_write(cluster, minority).await?);
+                    seen.push(majority_leads(cluster, majority).await?);
+                }
+                Ok(seen.join("; "))
+            }
+            Fault::Bridge { a, bridge, b } => {
+                let open: Vec<(u64, u64)> = a.iter().chain(b).flat_map(|&x| [(x, *bridge), (*bridge, x)]).collect();
+                Ok(self.links(cluster, a, b, &open).await?.join("; "))
+            }
+            Fault::OneWay { from, to } => {
+                // The reverse direction cannot be shown by a TCP connect
+                // (its SYN-ACK travels the cut way); a third node can.
+                let open: Vec<(u64, u64)> =
+                    cluster.nodes.keys().filter(|n| *n != from && *n != to).map(|n| (*from, *n)).take(1).collect();
+                let mut seen = vec![probe(cluster, *from, *to, false).await?];
+                for (x, y) in open {
+                    seen.push(probe(cluster, x, y, true).await?);
+                }
+                Ok(seen.join("; "))
+            }
+            Fault::Join(id) => {
+                let client = cluster.client();
+                let started = std::time::Instant::now();
+                loop {
+                    if let Ok(s) = client.status().await {
+                        let shards = s.shards.iter().filter(|r| r.replicas.contains(id)).count();
+                        if s.nodes.iter().any(|n| n.id == *id) && shards > 0 {
+                            return Ok(format!("node {id} joined and holds replicas of {shards} shards"));
+                        }
+                    }
+                    if started.elapsed() > crate::PATIENCE {
+                        return Err(format!("node {id} never joined and got a replica"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Shows that every link between `a` and `b` is cut, both ways, and that
+    /// each link in `open` still carries a connection.
+    async fn links(
+        &self,
+        cluster: &ProcCluster,
+        a: &[u64],
+        b: &[u64],
+        open: &[(u64, u64)],
+    ) -> Result<Vec<String>, String> {
+        let cut = a.iter().flat_map(|&x| b.iter().flat_map(move |&y| [(x, y), (y, x)]));
+        let probes = cut.map(|(x, y)| (x, y, false)).chain(open.iter().map(|&(x, y)| (x, y, true)));
+        futures::future::join_all(probes.map(|(x, y, want)| probe(cluster, x, y, want))).await.into_iter().collect()
+    }
+
     fn cut_between(&self, cluster: &ProcCluster, a: &[u64], b: &[u64]) -> Result<(), String> {
         for &x in a {
             for &y in b {
@@ -164,6 +251,73 @@ impl Nemesis {
 fn signal(cluster: &ProcCluster, id: u64, sig: nix::sys::signal::Signal) -> Result<(), String> {
     let pid = cluster.nodes[&id].pid().ok_or_else(|| format!("node {id} is not running"))?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).map_err(|e| format!("{sig} to node {id}: {e}"))
+}
+
+/// How long a TCP connect on a link that should be open may take, and how
+/// long a connect on a cut link is given to (wrongly) succeed.
+const OPEN_PROBE: Duration = Duration::from_secs(10);
+const CUT_PROBE: Duration = Duration::from_secs(2);
+
+fn grpc_addr(cluster: &ProcCluster, id: u64) -> Result<std::net::SocketAddr, String> {
+    cluster.nodes[&id].grpc.parse().map_err(|e| format!("node {id}'s address: {e}"))
+}
+
+/// A client that sends everything to node `id`, giving up after `timeout`.
+fn pinned(cluster: &ProcCluster, id: u64, timeout: Duration) -> Result<ringkv_client::Client, String> {
+    let opts = ringkv_client::ClientOptions { timeout, connect_timeout: timeout, ..Default::default() };
+    ringkv_client::Client::connect_with([&cluster.nodes[&id].grpc], opts)
+        .map(|c| c.with_ring_routing(false))
+        .map_err(|e| format!("client of node {id}: {e}"))
+}
+
+/// A TCP connect from node `from`'s address to node `to`'s gRPC port, the
+/// path its peer connections take: `open` says whether it must connect.
+async fn probe(cluster: &ProcCluster, from: u64, to: u64, open: bool) -> Result<String, String> {
+    let addr = grpc_addr(cluster, to)?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.bind((cluster.ip_of(from), 0).into()).map_err(|e| format!("bind to node {from}'s address: {e}"))?;
+    let connected = matches!(
+        tokio::time::timeout(if open { OPEN_PROBE } else { CUT_PROBE }, socket.connect(addr)).await,
+        Ok(Ok(_))
+    );
+    match (open, connected) {
+        (true, true) => Ok(format!("{from}->{to} open")),
+        (false, false) => Ok(format!("{from}->{to} cut")),
+        (true, false) => Err(format!("link {from}->{to} should be open but a connect from {from} to {addr} failed")),
+        (false, true) => {
+            Err(format!("link {from}->{to} should be cut but a connect from {from} to {addr} went through"))
+        }
+    }
+}
+
+/// A write through each node of an isolated minority fails: it can reach no
+/// quorum, whether it leads the key's shard or would forward the write.
+async fn minority_cannot_write(cluster: &ProcCluster, minority: &[u64]) -> Result<String, String> {
+    for &id in minority {
+        let client = pinned(cluster, id, Duration::from_secs(2))?;
+        if let Ok(v) = client.put(format!("probe/isolated/{id}"), "x").await {
+            return Err(format!("node {id}, cut off from a majority, committed a write (version {v})"));
+        }
+    }
+    Ok(format!("writes through {minority:?} fail"))
+}
+
+/// Polls until a node of the majority side sees a leader inside the
+/// majority for every group it hosts: an isolated leader has been replaced.
+async fn majority_leads(cluster: &ProcCluster, majority: &[u64]) -> Result<String, String> {
+    let client = pinned(cluster, majority[0], Duration::from_secs(2))?;
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(s) = client.status().await {
+            if !s.groups.is_empty() && s.groups.iter().all(|g| majority.contains(&g.leader_id)) {
+                return Ok(format!("{majority:?} lead all {} groups", s.groups.len()));
+            }
+        }
+        if started.elapsed() > crate::PATIENCE {
+            return Err(format!("the majority {majority:?} never led every group"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A fault schedule cycling through every kind, on nodes picked by a seeded
@@ -194,11 +348,14 @@ impl Schedule {
         self.nodes[i]
     }
 
+    /// Faults in one cycle of the schedule: after this many, every
+    /// [`Fault::KINDS`] has run (partitions twice: a minority and the leader).
+    pub const CYCLE: usize = 7;
+
     /// The next fault; `leader` is the node to isolate when the schedule
     /// wants to isolate a leader (the caller knows who leads).
     pub fn next_fault(&mut self, leader: Option<u64>) -> Fault {
-        let kinds = 7;
-        let kind = self.step % kinds;
+        let kind = self.step % Self::CYCLE;
         self.step += 1;
         match kind {
             0 => Fault::Kill(self.pick()),

@@ -105,6 +105,16 @@ impl raft_server::Raft for RaftService {
         self.check_link(&m)?;
         let fwd: crate::cluster::Forwarded = decode(&m.payload).map_err(bad)?;
         metrics::counter!(crate::telemetry::FORWARDED_SERVED, "kind" => fwd.kind()).increment(1);
-        self.reply(m.group_id, &self.node.handle_forwarded(m.group_id, fwd, epoch, routed).await)
+        let user_write = matches!(&fwd, crate::cluster::Forwarded::Propose(p) if p.key().is_some());
+        let answer = self.node.handle_forwarded(m.group_id, fwd, epoch, routed).await;
+        if user_write
+            && matches!(answer, crate::cluster::ForwardReply::Written(_))
+            && crate::failpoint::fault_point("forward-reply-lost")
+        {
+            return Err(Status::unavailable(
+                "fault point forward-reply-lost: the write was applied, this reply is lost",
+            ));
+        }
+        self.reply(m.group_id, &answer)
     }
 }

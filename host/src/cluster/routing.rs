@@ -375,6 +375,7 @@ impl Node {
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
         let Some(addr) = self.addr_of(leader) else { return Ok(Attempt::Retry) };
+        let write = matches!(req, Forwarded::Propose(_));
         metrics::counter!(crate::telemetry::FORWARDED, "kind" => req.kind()).increment(1);
         let mut client = match self.peers().raft_client(leader, &addr) {
             Ok(c) => c,
@@ -391,9 +392,36 @@ impl Node {
         }
         let reply = match client.forward(msg).await {
             Ok(r) => r.into_inner(),
-            // Not delivered (connection refused, reset before sending): safe to retry.
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            // Never sent (no connection could be made): safe to retry, even a write.
+            Err(s) if never_sent(&s) => {
                 tracing::debug!(leader, error = %s, "leader unreachable, retrying");
+                return Ok(Attempt::Retry);
+            }
+            // A write that may have reached the leader is not sent again: a
+            // retried compare-and-swap could be applied once and then be
+            // reported as a version mismatch, a retried put applied twice.
+            Err(s)
+                if write
+                    && matches!(
+                        s.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::Internal
+                            | tonic::Code::Cancelled
+                            | tonic::Code::DeadlineExceeded
+                    ) =>
+            {
+                return Err(NodeError::Unavailable(format!(
+                    "the write was sent to leader {leader} but its reply was lost ({}: {}); \
+                     the outcome is unknown: it may or may not have been applied, so read the key \
+                     before writing it again",
+                    s.code(),
+                    s.message()
+                )))
+            }
+            // Reads are idempotent: any unavailable leader is tried again.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::debug!(leader, error = %s, "leader unavailable, retrying the read");
                 return Ok(Attempt::Retry);
             }
             Err(s) => return Err(NodeError::Unavailable(format!("forwarding to leader {leader} failed: {s}"))),
@@ -707,6 +735,24 @@ impl Node {
     }
 }
 
+/// True when `status` proves the request never left this node: the
+/// channel could not connect (refused, timed out, TLS handshake failed).
+/// Anything else — a reset or timeout after sending, a status the peer sent
+/// — may come after the leader served the request.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// ReadIndex: confirms leadership with a quorum and waits until the local
 /// state machine has applied everything committed before the read began.
 async fn read_barrier(g: &Group) -> Result<Attempt<()>, NodeError> {
@@ -752,5 +798,30 @@ impl TryFrom<ForwardReply> for EncodedItems {
 impl From<PeerError> for NodeError {
     fn from(e: PeerError) -> Self {
         NodeError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::never_sent;
+    use ringkv_client::proto::raft_client::RaftClient;
+    use ringkv_client::proto::RaftMessage;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_never_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect_lazy();
+        let status = RaftClient::new(channel).forward(RaftMessage::default()).await.unwrap_err();
+        assert!(never_sent(&status), "{status:?}");
+    }
+
+    #[test]
+    fn a_status_from_the_peer_may_follow_delivery() {
+        // The peer answered: it had the request, whatever the code says.
+        assert!(!never_sent(&tonic::Status::unavailable("reply lost")));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!never_sent(&tonic::Status::from_error(Box::new(reset))));
     }
 }
