@@ -39,12 +39,14 @@ impl RaftService {
     }
 
     /// Drops messages on links the fault filter cuts, and refuses messages
-    /// of another cluster.
-    fn check_link(&self, m: &RaftMessage) -> Result<(), Status> {
+    /// of another cluster. `from_leader`: a well-formed AppendEntries or
+    /// InstallSnapshot, which a leader sends only to its members, so one of
+    /// another cluster means that cluster counts this node as its member.
+    fn check_link(&self, m: &RaftMessage, from_leader: bool) -> Result<(), Status> {
         if self.node.link_filter().is_blocked(m.from, self.node.id()) {
             return Err(Status::unavailable(format!("link {}->{} is blocked", m.from, self.node.id())));
         }
-        self.node.peers().check_incoming(m)
+        self.node.peers().check_incoming(m, from_leader)
     }
 
     /// A reply from this node, stamped with its cluster ID.
@@ -53,8 +55,8 @@ impl RaftService {
     }
 
     /// Checks the fault filter and finds the addressed group.
-    fn accept(&self, m: &RaftMessage) -> Result<std::sync::Arc<Group>, Status> {
-        self.check_link(m)?;
+    fn accept(&self, m: &RaftMessage, from_leader: bool) -> Result<std::sync::Arc<Group>, Status> {
+        self.check_link(m, from_leader)?;
         self.node.group(m.group_id).map_err(|_| Status::not_found(format!("no raft group {}", m.group_id)))
     }
 }
@@ -68,15 +70,15 @@ impl raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let m = req.into_inner();
-        let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
+        let g = self.accept(&m, true)?;
         self.reply(m.group_id, &g.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let m = req.into_inner();
-        let g = self.accept(&m)?;
+        let g = self.accept(&m, false)?;
         let rpc = decode(&m.payload).map_err(bad)?;
         self.reply(m.group_id, &g.raft.vote(rpc).await)
     }
@@ -84,15 +86,15 @@ impl raft_server::Raft for RaftService {
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let m = req.into_inner();
-        let g = self.accept(&m)?;
         let rpc = decode(&m.payload).map_err(bad)?;
+        let g = self.accept(&m, true)?;
         self.reply(m.group_id, &g.raft.install_snapshot(rpc).await)
     }
 
     async fn change_membership(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let m = req.into_inner();
-        self.check_link(&m)?;
+        self.check_link(&m, false)?;
         let op: MembershipOp = decode(&m.payload).map_err(bad)?;
         self.reply(m.group_id, &self.node.run_membership_op(m.group_id, op).await)
     }
@@ -102,7 +104,7 @@ impl raft_server::Raft for RaftService {
         let epoch = header_u64(req.metadata(), EPOCH_HEADER);
         let routed = header_u64(req.metadata(), ROUTING_HEADER);
         let m = req.into_inner();
-        self.check_link(&m)?;
+        self.check_link(&m, false)?;
         let fwd: crate::cluster::Forwarded = decode(&m.payload).map_err(bad)?;
         metrics::counter!(crate::telemetry::FORWARDED_SERVED, "kind" => fwd.kind()).increment(1);
         let user_write = matches!(&fwd, crate::cluster::Forwarded::Propose(p) if p.key().is_some());

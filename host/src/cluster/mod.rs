@@ -783,17 +783,23 @@ async fn ask_seed(config: &NodeConfig, seed: &str) -> SeedAnswer {
         Ok(Err(e)) => return SeedAnswer::Unreachable(e.to_string()),
         Err(_) => return SeedAnswer::Unreachable(format!("no connection within {CONNECT:?}")),
     }
-    let answer = match node_client_options(config, Duration::from_secs(3), CONNECT)
+    // A node still looking for its own cluster has bound its port but serves
+    // nothing yet: it accepts the connection (and a TLS client's hello) and
+    // never answers. That silence, and only silence, means "no cluster yet";
+    // an error (a refused certificate, say) is no answer at all.
+    const SILENCE: Duration = Duration::from_secs(3);
+    let client = match node_client_options(config, SILENCE * 3, SILENCE * 3)
         .and_then(|opts| ringkv_client::Client::connect_with([seed], opts))
     {
-        Ok(c) => c.ring().await,
+        Ok(c) => c,
         Err(e) => return SeedAnswer::Unreachable(e.to_string()),
     };
-    match answer {
-        Ok(r) if !r.cluster_id.is_empty() || !r.nodes.is_empty() => SeedAnswer::Cluster(Box::new(r)),
-        Ok(_) => SeedAnswer::NoCluster,
-        Err(e) => {
-            tracing::debug!(seed, error = %e, "seed accepted the connection but did not answer: taken as a node still starting");
+    match tokio::time::timeout(SILENCE, client.ring()).await {
+        Ok(Ok(r)) if !r.cluster_id.is_empty() || !r.nodes.is_empty() => SeedAnswer::Cluster(Box::new(r)),
+        Ok(Ok(_)) => SeedAnswer::NoCluster,
+        Ok(Err(e)) => SeedAnswer::Unreachable(e.to_string()),
+        Err(_) => {
+            tracing::debug!(seed, "seed accepted the connection but did not answer: taken as a node still starting");
             SeedAnswer::NoCluster
         }
     }
@@ -837,7 +843,10 @@ async fn find_cluster(config: &NodeConfig) -> Result<(RingConfig, String, bool),
                     return joinable(config, seed, &r).map(|ring| (ring, r.cluster_id.clone(), false))
                 }
                 SeedAnswer::NoCluster => {}
-                SeedAnswer::Unreachable(e) => unreachable.push(format!("{seed} ({e})")),
+                SeedAnswer::Unreachable(e) => {
+                    tracing::warn!(seed = %seed, attempt, error = %e, "cannot fetch the ring from the seed yet");
+                    unreachable.push(seed.as_str());
+                }
             }
         }
         if config.founder && unreachable.is_empty() {
@@ -852,7 +861,7 @@ async fn find_cluster(config: &NodeConfig) -> Result<(RingConfig, String, bool),
                 "first seed of --join: creating the cluster once every other seed answers that it has none"
             );
         } else {
-            tracing::info!(attempt, unreachable = %unreachable.join(", "), "no seed has a cluster to join yet; retrying");
+            tracing::info!(attempt, "no seed has a cluster to join yet; retrying");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

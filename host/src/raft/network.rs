@@ -92,8 +92,9 @@ pub struct ForeignContact {
     pub cluster_id: String,
     /// The node of that cluster (its id there), or the address we sent to.
     pub peer: String,
-    /// The sender addressed this node as a member of its cluster: this
-    /// node's id and address are taken in the other cluster.
+    /// A leader of the other cluster sent this node log entries or a
+    /// snapshot: that cluster counts this node's id and address as its
+    /// member.
     pub inbound: bool,
     pub at: Instant,
     /// When it was last logged (one error line per 10 s, not per heartbeat).
@@ -140,11 +141,13 @@ impl Peers {
 
     /// Refuses an incoming message of another cluster (`Err`), recording and
     /// logging the contact: the status tells the sender what to do.
-    pub fn check_incoming(&self, m: &RaftMessage) -> Result<(), tonic::Status> {
+    /// `from_leader`: the message is one a leader sends to its members, so
+    /// the other cluster counts this node as one (see [`ForeignContact::inbound`]).
+    pub fn check_incoming(&self, m: &RaftMessage, from_leader: bool) -> Result<(), tonic::Status> {
         if m.cluster_id == self.cluster_id {
             return Ok(());
         }
-        self.record_foreign(&m.cluster_id, format!("node {}", m.from), true);
+        self.record_foreign(&m.cluster_id, format!("node {}", m.from), from_leader);
         let mut status = tonic::Status::failed_precondition(format!(
             "cluster ID mismatch: this node (node {}) belongs to cluster {}, the message from node {} to cluster {}; \
              nothing from another cluster is applied. A node of one cluster is configured with an address of the \
@@ -180,16 +183,22 @@ impl Peers {
                 ours = %show_id(&self.cluster_id),
                 theirs = %show_id(cluster_id),
                 peer = %peer,
-                inbound,
-                "refused a peer {} of another cluster: two clusters share node addresses or ids",
-                if inbound { "message" } else { "reply" }
+                claims_this_node = inbound,
+                "refused contact with a node of another cluster: two clusters share node addresses or ids"
             );
         }
+        // A recent claim on this node is kept until it expires: other
+        // contacts (a vote, a reply) must not hide it.
+        let claim = last.as_ref().filter(|c| c.inbound && !inbound && now.duration_since(c.at) < FOREIGN_CONTACT_SHOWN);
+        let (cluster_id, peer, at) = match claim {
+            Some(c) => (c.cluster_id.clone(), c.peer.clone(), c.at),
+            None => (cluster_id.to_string(), peer, now),
+        };
         *last = Some(ForeignContact {
-            cluster_id: cluster_id.to_string(),
+            cluster_id,
             peer,
-            inbound,
-            at: now,
+            inbound: inbound || claim.is_some(),
+            at,
             logged: Some(logged.unwrap_or(now)),
         });
     }
@@ -413,9 +422,11 @@ mod tests {
     fn messages_and_replies_of_another_cluster_are_refused_and_remembered() {
         let ours = peers("aaaa");
         let theirs = peers("bbbb");
-        assert!(ours.check_incoming(&ours.message(3, Bytes::new())).is_ok());
+        assert!(ours.check_incoming(&ours.message(3, Bytes::new()), true).is_ok());
         assert!(ours.foreign_contact().is_none());
-        let refused = ours.check_incoming(&theirs.message(3, Bytes::new())).expect_err("another cluster");
+        assert!(ours.check_incoming(&theirs.message(3, Bytes::new()), false).is_err());
+        assert!(!ours.foreign_contact().expect("remembered").inbound, "a vote claims no membership");
+        let refused = ours.check_incoming(&theirs.message(3, Bytes::new()), true).expect_err("another cluster");
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         assert!(refused.message().contains("aaaa") && refused.message().contains("bbbb"), "{}", refused.message());
         assert_eq!(foreign_refusal(&refused).as_deref(), Some("aaaa"), "the refusal names the refusing cluster");
