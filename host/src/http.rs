@@ -157,10 +157,9 @@ async fn readyz(State(node): State<Node>) -> (StatusCode, String) {
 /// One `warning:` line per under-replicated shard this node hosts, or that
 /// has lost a majority of its replicas.
 async fn replication_warnings(node: &Node) -> String {
-    let Ok(routes) = crate::api::shard_routes(node).await else { return String::new() };
-    let Ok(meta) = node.group(crate::cluster::META_GROUP) else { return String::new() };
-    let mut missing = meta.sm.down().await.unwrap_or_default();
-    missing.extend(meta.sm.unreachable().await.unwrap_or_default());
+    let (Ok(routes), Ok(missing)) = (crate::api::shard_routes(node).await, node.missing_members().await) else {
+        return String::new();
+    };
     let mut out = String::new();
     for r in routes.iter().filter(|r| r.under_replicated) {
         let live: Vec<u64> = r.replicas.iter().copied().filter(|n| !missing.contains(n)).collect();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use ringkv_client::proto::{self, backup_client::BackupClient, HookDefinition, HookKind, HookStage};
+use ringkv_client::proto::{HookDefinition, HookKind, HookStage};
 use ringkv_client::Client;
 use ringkv_tests::{eventually, guest::guest_module, ProcCluster};
 
@@ -57,33 +57,6 @@ async fn put_retrying(client: &Client, key: String, value: String) -> Result<(),
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(last.unwrap_or_else(|| ringkv_client::Error::Unavailable("no attempt".into())))
-}
-
-/// Every key stored on `shard`, from a dump served by its leader.
-async fn shard_keys(cluster: &ProcCluster, shard: u32) -> Option<Vec<Vec<u8>>> {
-    for addr in cluster.endpoints() {
-        let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{addr}")).ok()?.connect().await else {
-            continue;
-        };
-        let mut client = BackupClient::new(ch).max_decoding_message_size(usize::MAX);
-        let Ok(resp) = client.dump_shard(proto::DumpShardRequest { shard, shards: 0 }).await else { continue };
-        let mut stream = resp.into_inner();
-        let mut keys = Vec::new();
-        let mut complete = true;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => keys.extend(c.records.into_iter().map(|r| r.key.to_vec())),
-                Err(_) => {
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        if complete {
-            return Some(keys);
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -256,7 +229,7 @@ async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_
     let shards = client.ring().await.expect("ring").shards;
     let mut where_stored: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
     for shard in 0..shards {
-        let keys = eventually(&format!("a dump of shard {shard}"), || shard_keys(&cluster, shard)).await;
+        let keys = eventually(&format!("a dump of shard {shard}"), || cluster.shard_keys(shard)).await;
         for k in keys {
             where_stored.entry(k).or_default().push(shard);
         }

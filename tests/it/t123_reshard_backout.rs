@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ringkv_client::proto::{self, backup_client::BackupClient, HookDefinition, HookStage};
+use ringkv_client::proto::{HookDefinition, HookStage};
 use ringkv_client::Client;
 use ringkv_tests::cli::{args, cli};
 use ringkv_tests::guest::{hostile, wasm_hook};
@@ -242,38 +242,11 @@ fn writer(
     })
 }
 
-/// Every key stored on `shard`, from a dump served by its leader.
-async fn shard_keys(cluster: &ProcCluster, shard: u32) -> Option<Vec<Vec<u8>>> {
-    for addr in cluster.endpoints() {
-        let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{addr}")).ok()?.connect().await else {
-            continue;
-        };
-        let mut client = BackupClient::new(ch).max_decoding_message_size(usize::MAX);
-        let Ok(resp) = client.dump_shard(proto::DumpShardRequest { shard, shards: 0 }).await else { continue };
-        let mut stream = resp.into_inner();
-        let mut keys = Vec::new();
-        let mut complete = true;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => keys.extend(c.records.into_iter().map(|r| r.key.to_vec())),
-                Err(_) => {
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        if complete {
-            return Some(keys);
-        }
-    }
-    None
-}
-
 /// Where every key is stored: key → shards.
 async fn placement(cluster: &ProcCluster) -> BTreeMap<String, Vec<u32>> {
     let mut stored: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for shard in 0..SHARDS {
-        let keys = eventually(&format!("a dump of shard {shard}"), || shard_keys(cluster, shard)).await;
+        let keys = eventually(&format!("a dump of shard {shard}"), || cluster.shard_keys(shard)).await;
         for k in keys {
             stored.entry(String::from_utf8_lossy(&k).into_owned()).or_default().push(shard);
         }

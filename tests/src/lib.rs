@@ -450,6 +450,36 @@ impl ProcCluster {
         }
     }
 
+    /// Every key stored on `shard`, from a dump served by its leader
+    /// (`None` while no node serves a complete one).
+    pub async fn shard_keys(&self, shard: u32) -> Option<Vec<Vec<u8>>> {
+        use futures::StreamExt;
+        use ringkv_client::proto::{backup_client::BackupClient, DumpShardRequest};
+        for addr in self.endpoints() {
+            let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{addr}")).ok()?.connect().await else {
+                continue;
+            };
+            let mut client = BackupClient::new(ch).max_decoding_message_size(usize::MAX);
+            let Ok(resp) = client.dump_shard(DumpShardRequest { shard, shards: 0 }).await else { continue };
+            let mut stream = resp.into_inner();
+            let mut keys = Vec::new();
+            let mut complete = true;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => keys.extend(c.records.into_iter().map(|r| r.key.to_vec())),
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if complete {
+                return Some(keys);
+            }
+        }
+        None
+    }
+
     /// Last lines of a node's log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();

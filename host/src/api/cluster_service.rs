@@ -24,8 +24,7 @@ pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status>
     let meta = node.group(META_GROUP)?;
     let pending = meta.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
     let hints = meta.sm.leader_hints().await.map_err(crate::cluster::NodeError::from)?;
-    let mut missing = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
-    missing.extend(meta.sm.unreachable().await.map_err(crate::cluster::NodeError::from)?);
+    let missing = node.missing_members().await?;
     let active = node.active_members().await?;
     // The replicas a shard should have: RF, or every member placement may
     // use when there are fewer. A replica on a down or unreachable node does

@@ -130,37 +130,48 @@ impl Node {
     /// reachable and up again once they answer.
     async fn track_liveness(&self, leading_since: Instant) -> Result<(), NodeError> {
         let meta = self.group(META_GROUP)?;
-        let down = meta.sm.down().await?;
-        let unreachable = meta.sm.unreachable().await?;
-        let timeout = self.config().down_timeout;
+        // Each marker: who carries it, the silence that sets it, its proposal,
+        // and what is logged when it is set and cleared.
+        type Mark = fn(NodeId, bool) -> Proposal;
+        let markers: [(BTreeSet<NodeId>, Duration, Mark, &str, &str); 2] = [
+            (
+                meta.sm.unreachable().await?,
+                UNREACHABLE_AFTER,
+                |id, unreachable| Proposal::SetUnreachable { id, unreachable },
+                "node unreachable: its shard replicas count as missing until it answers",
+                "node answers again",
+            ),
+            (
+                meta.sm.down().await?,
+                self.config().down_timeout,
+                |id, down| Proposal::SetDown { id, down },
+                "node unreachable past the down timeout; marking it down so its replicas are re-created elsewhere",
+                "node answers again; marking it up",
+            ),
+        ];
         for (id, _, _) in self.members()? {
             let last = if id == self.id() { Some(Instant::now()) } else { self.peers().last_answer(id) };
             let silent_for = last.map_or(leading_since, |t| t.max(leading_since)).elapsed();
             let answered_recently = last.is_some_and(|t| t.elapsed() < BACK_UP_WITHIN);
-            if unreachable.contains(&id) && answered_recently {
-                tracing::info!(node = id, "node answers again");
-                self.propose(META_GROUP, Proposal::SetUnreachable { id, unreachable: false }).await?;
-            } else if !unreachable.contains(&id) && silent_for >= UNREACHABLE_AFTER {
-                tracing::warn!(
-                    node = id,
-                    silent_for = ?silent_for,
-                    "node unreachable: its shard replicas count as missing until it answers"
-                );
-                self.propose(META_GROUP, Proposal::SetUnreachable { id, unreachable: true }).await?;
-            }
-            if down.contains(&id) && answered_recently {
-                tracing::info!(node = id, "node answers again; marking it up");
-                self.propose(META_GROUP, Proposal::SetDown { id, down: false }).await?;
-            } else if !down.contains(&id) && silent_for >= timeout {
-                tracing::warn!(
-                    node = id,
-                    silent_for = ?silent_for,
-                    "node unreachable past the down timeout; marking it down so its replicas are re-created elsewhere"
-                );
-                self.propose(META_GROUP, Proposal::SetDown { id, down: true }).await?;
+            for (marked, after, mark, on_set, on_clear) in &markers {
+                if marked.contains(&id) && answered_recently {
+                    tracing::info!(node = id, "{on_clear}");
+                    self.propose(META_GROUP, mark(id, false)).await?;
+                } else if !marked.contains(&id) && silent_for >= *after {
+                    tracing::warn!(node = id, silent_for = ?silent_for, "{on_set}");
+                    self.propose(META_GROUP, mark(id, true)).await?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Members whose replicas count as missing: marked down or unreachable.
+    pub async fn missing_members(&self) -> Result<BTreeSet<NodeId>, NodeError> {
+        let meta = self.group(META_GROUP)?;
+        let mut missing = meta.sm.down().await?;
+        missing.extend(meta.sm.unreachable().await?);
+        Ok(missing)
     }
 
     /// The members placement may use: meta members that are not draining

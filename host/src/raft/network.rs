@@ -98,7 +98,7 @@ pub struct ForeignContact {
     pub inbound: bool,
     pub at: Instant,
     /// When it was last logged (one error line per 10 s, not per heartbeat).
-    logged: Option<Instant>,
+    logged: Instant,
 }
 
 /// How long a refused foreign contact keeps showing in readiness and status.
@@ -177,7 +177,7 @@ impl Peers {
     pub(crate) fn record_foreign(&self, cluster_id: &str, peer: String, inbound: bool) {
         let now = Instant::now();
         let mut last = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
-        let logged = last.as_ref().and_then(|c| c.logged).filter(|t| now.duration_since(*t) < FOREIGN_LOG_EVERY);
+        let logged = last.as_ref().map(|c| c.logged).filter(|t| now.duration_since(*t) < FOREIGN_LOG_EVERY);
         if logged.is_none() {
             tracing::error!(
                 ours = %show_id(&self.cluster_id),
@@ -199,7 +199,7 @@ impl Peers {
             peer,
             inbound: inbound || claim.is_some(),
             at,
-            logged: Some(logged.unwrap_or(now)),
+            logged: logged.unwrap_or(now),
         });
     }
 
