@@ -207,10 +207,16 @@ fn even_out(
     }
 }
 
-/// The replica that should lead each shard, spreading leaders evenly:
-/// shards in order each take, among their replicas that are not `down`, the
-/// one leading the fewest shards so far (ties: the earliest listed). A pure
-/// function of the recorded replicas, so every node computes the same answer.
+/// The replica that should lead each shard, spreading leaders evenly.
+///
+/// Shards in order first each take, among their replicas that are not
+/// `down`, the one leading the fewest shards so far (ties: the earliest
+/// listed). Greedy order alone can leave a node two or more above the even
+/// share, so augmenting paths then move leadership off the busiest node
+/// along a chain of shards until no chain ends at a node with room. That is
+/// the optimal bottleneck assignment: with a balanced placement no node
+/// leads more than `⌈S/N⌉`. A pure function of the recorded replicas, so
+/// every node computes the same answer.
 pub fn preferred_leaders(
     replicas: &BTreeMap<ShardId, Vec<NodeId>>,
     down: &BTreeSet<NodeId>,
@@ -229,7 +235,54 @@ pub fn preferred_leaders(
             out.insert(shard, n);
         }
     }
+    while shift_one_leader(replicas, down, &mut out, &mut leading) {}
     out
+}
+
+/// Moves one unit of leadership off the busiest node along the shortest
+/// chain `busiest -s1-> a -s2-> b …` that ends at a node leading at least
+/// two fewer shards. Returns false when no such chain exists.
+fn shift_one_leader(
+    replicas: &BTreeMap<ShardId, Vec<NodeId>>,
+    down: &BTreeSet<NodeId>,
+    out: &mut BTreeMap<ShardId, NodeId>,
+    leading: &mut BTreeMap<NodeId, usize>,
+) -> bool {
+    // The busiest node, lowest id on ties, so the result is deterministic.
+    let Some((&busiest, &max)) = leading.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n))) else {
+        return false;
+    };
+    // Breadth-first over nodes; `via[n]` is the shard whose leadership
+    // would move to `n`, taken from the node that currently leads it.
+    let mut via: BTreeMap<NodeId, ShardId> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([busiest]);
+    let mut end = None;
+    'search: while let Some(from) = queue.pop_front() {
+        for (&shard, _) in out.iter().filter(|(_, l)| **l == from) {
+            for &to in &replicas[&shard] {
+                if to == busiest || down.contains(&to) || via.contains_key(&to) {
+                    continue;
+                }
+                via.insert(to, shard);
+                if leading.get(&to).copied().unwrap_or(0) + 2 <= max {
+                    end = Some(to);
+                    break 'search;
+                }
+                queue.push_back(to);
+            }
+        }
+    }
+    let Some(mut to) = end else { return false };
+    *leading.entry(to).or_default() += 1;
+    loop {
+        let shard = via[&to];
+        let from = out.insert(shard, to).expect("every shard on the chain has a leader");
+        if from == busiest {
+            *leading.entry(busiest).or_default() -= 1;
+            return true;
+        }
+        to = from;
+    }
 }
 
 /// Replicas per node in a placement.
