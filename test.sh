@@ -15,7 +15,7 @@
 #                build, with the feature set the tests use, so ringkv
 #                compiles once (docs/testing.md)
 #   unit         unit tests and openraft's storage conformance suite
-#   packages     waits for the apt packages
+#   packages     waits for the apt packages and the Python client's venv
 #   cluster      tests/it: real clusters, faults, the binary end to end,
 #                containers, the dashboard in Chromium
 #   fuzz         each fuzz target for RINGKV_FUZZ_SECONDS, two at a time (its
@@ -106,6 +106,10 @@ apt_packages() {
 }
 background install apt_packages
 
+# The Python client example (docs/clients.md; t111 runs it): a venv in
+# target/python-client with grpcio, grpcio-tools and xxhash from PyPI.
+background python-client client/python/setup.sh
+
 install_toolchain() {
     rustup component add rustfmt clippy >/dev/null
     # Wasm hooks (guest-sdk/, its own cargo workspace) are built for
@@ -165,7 +169,11 @@ phase build host_cargo build --workspace --all-targets
 background fuzz-build env FUZZ_PROFILE=quick chrt --idle 0 nice -n 19 fuzz/run.sh build
 phase unit host_cargo test --workspace --lib --bins --test storage_conformance
 
-phase packages await install
+await_packages() {
+    await install
+    await python-client
+}
+phase packages await_packages
 phase cluster host_cargo test --workspace --test it -- --test-threads "${RINGKV_TEST_THREADS:-8}"
 
 # Each fuzz target runs for its budget; a crash fails the run and leaves its

@@ -3,7 +3,9 @@
 //! a prefix-scoped token stays inside its prefix through every path (get,
 //! scan, CAS, forwarding), a revoked token is refused on every node, and the
 //! dashboard asks for a token in headless Chromium (chromium and
-//! chromedriver, as for t94; `./test.sh` installs them).
+//! chromedriver, as for t94; `./test.sh` installs them), and the Python
+//! client example of docs/clients.md works against it (its venv is made by
+//! `client/python/setup.sh`, which `./test.sh` runs).
 //!
 //! The cluster is deployed as a user would: three nodes with a node
 //! certificate of a test CA (made with `ringkv::tls::gen`), `--tls-*` and
@@ -221,6 +223,7 @@ async fn auth_end_to_end() {
     http_needs_a_token_except_health(&ac).await;
     cli_takes_the_token_from_the_environment(&ac).await;
     the_dashboard_asks_for_a_token(&ac).await;
+    a_python_client_speaks_tls_and_tokens(&ac).await;
     a_revoked_token_is_refused_on_every_node(&ac).await;
 }
 
@@ -442,6 +445,47 @@ async fn a_revoked_token_is_refused_on_every_node(ac: &AuthCluster) {
     assert!(
         matches!(admin.revoke_token("short-lived").await, Err(Error::Other(s)) if s.code() == tonic::Code::NotFound)
     );
+}
+
+/// docs/clients.md's Python example (grpcio, stubs generated from `proto/`)
+/// against this TLS + token cluster: every call it makes succeeds, a stale
+/// CAS is ABORTED, its ring-aware routing picks the same shard as the Rust
+/// client for every key, its writes are visible to the Rust client, and
+/// without a token it is refused.
+async fn a_python_client_speaks_tls_and_tokens(ac: &AuthCluster) {
+    let stubs = tempfile::tempdir().expect("tempdir");
+    ringkv_tests::python::generate_stubs(stubs.path());
+    let endpoint = ac.c.nodes[&2].grpc.clone();
+    let ca = ac.ca_file().display().to_string();
+    let env = [
+        ("RINGKV_ENDPOINTS", endpoint.as_str()),
+        ("RINGKV_TLS_CA", ca.as_str()),
+        ("RINGKV_TOKEN", ac.admin.as_str()),
+        ("RINGKV_EXAMPLE_PREFIX", "py/"),
+    ];
+    let out = tokio::task::block_in_place(|| ringkv_tests::python::run_example(stubs.path(), &env));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the Python example failed: {out:?}");
+    assert_eq!(stdout.lines().last(), Some("ok"), "{stdout}");
+    assert!(stdout.contains("stale cas refused: ABORTED"), "{stdout}");
+    let shards: u32 = SHARDS.parse().expect("shard count");
+    let routed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("routed ")).collect();
+    assert_eq!(routed.len(), 20, "{stdout}");
+    for line in routed {
+        // routed py/k07 shard=3 leader=2 version=41
+        let fields: Vec<&str> = line.split(' ').collect();
+        let key = fields[1];
+        let shard = ringkv_client::routing::shard_of_key(key.as_bytes(), shards);
+        assert_eq!(fields[2], format!("shard={shard}"), "Python and Rust route {key} differently: {line}");
+        assert_ne!(fields[3], "leader=None", "no shard leader known for {key}: {line}");
+    }
+    let admin = ac.client(&ac.admin);
+    assert_eq!(admin.get("py/k07").await.expect("get").map(|v| v.value), Some("7".into()));
+    assert!(admin.get("py/greeting").await.expect("get").is_none(), "the example deletes its greeting");
+
+    let anonymous = tokio::task::block_in_place(|| ringkv_tests::python::run_example(stubs.path(), &env[..2]));
+    assert!(!anonymous.status.success(), "{anonymous:?}");
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("UNAUTHENTICATED"), "{anonymous:?}");
 }
 
 async fn badge(browser: &fantoccini::Client) -> String {

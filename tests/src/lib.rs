@@ -8,7 +8,7 @@
 //! - [`guest`] builds and loads the Wasm hook modules the tests deploy.
 //! - [`cli`] runs the `ringkv` binary as a user would; [`browser`] drives
 //!   headless Chromium; [`hooks`] defines and waits for hooks; [`container`]
-//!   builds the container image.
+//!   builds the container image; [`python`] runs the Python client example.
 //! - [`heavy`] lets one test at a time run a cluster that loads the
 //!   machine (many nodes, crash loops, long writes), whatever the number of
 //!   test threads.
@@ -35,6 +35,7 @@ pub mod guest;
 pub mod history;
 pub mod hooks;
 pub mod nemesis;
+pub mod python;
 
 /// Upper bound for any condition a test waits for. Generous on purpose: tests
 /// must pass on a loaded 2-core CI machine.
