@@ -39,6 +39,9 @@ pub const RAFT_IS_LEADER: &str = "ringkv_raft_is_leader";
 pub const RAFT_LEADER_CHANGES: &str = "ringkv_raft_leader_changes_total";
 pub const RAFT_PROPOSAL_DURATION: &str = "ringkv_raft_proposal_duration_seconds";
 pub const RAFT_GROUPS: &str = "ringkv_raft_groups_hosted";
+/// Raft messages this node refused without handling them, by `reason`
+/// (`no_group`: for a group it does not host; `foreign_cluster`).
+pub const RAFT_MESSAGES_DROPPED: &str = "ringkv_raft_messages_dropped_total";
 pub const STORAGE_SIZE: &str = "ringkv_storage_size_bytes";
 pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
 pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
@@ -115,6 +118,7 @@ fn describe() {
     describe_counter!(RAFT_LEADER_CHANGES, "times this node saw the group's leader change");
     describe_histogram!(RAFT_PROPOSAL_DURATION, Unit::Seconds, "time from proposal to applied result, at the leader");
     describe_gauge!(RAFT_GROUPS, "Raft groups hosted by this node, meta group included");
+    describe_counter!(RAFT_MESSAGES_DROPPED, "Raft messages refused unhandled, by reason (no_group, foreign_cluster)");
     describe_gauge!(STORAGE_SIZE, Unit::Bytes, "disk space used by the node's data directory");
     describe_histogram!(STORAGE_FSYNC_DURATION, Unit::Seconds, "group commit: writing the batch and fsyncing the log");
     describe_histogram!(STORAGE_GROUP_COMMIT_OPS, "log and state-machine ops per group commit");
