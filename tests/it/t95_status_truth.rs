@@ -1,8 +1,11 @@
 //! What `cluster status --json` and `/status` report, against what
-//! happened: keys written, a node killed. No timing assertions: each claim
-//! is polled for up to [`ringkv_tests::PATIENCE`].
+//! happened: keys written, a node killed, a partition function called. No
+//! timing assertions: each claim is polled for up to
+//! [`ringkv_tests::PATIENCE`].
 
+use ringkv_client::proto::HookStage;
 use ringkv_tests::cli::{args, cli, http_get};
+use ringkv_tests::guest::{hostile, wasm_hook};
 use ringkv_tests::{eventually, heavy, ProcCluster};
 use serde_json::Value;
 
@@ -70,4 +73,23 @@ async fn status_counts_keys_and_shows_a_killed_node_unreachable_and_its_shards_u
     assert_eq!(health(&s, 3).as_deref(), Some("unreachable"), "the CLI's JSON says it too: {s}");
     assert_eq!(health(&s, 1).as_deref(), Some("up"), "{s}");
     assert!(s["down"].as_array().is_some_and(|d| d.is_empty()), "not down before the down timeout: {s}");
+}
+
+#[tokio::test]
+async fn partition_function_calls_are_counted() {
+    let _permit = heavy().await;
+    let c = ProcCluster::start(3, &["--shards", "4"]).await;
+    let client = c.node_client(1);
+    let hook = wasm_hook("byprefix", HookStage::Partition, "", hostile("partition_prefix"), 1000);
+    client.deploy_hook(hook).await.expect("deploy the partition function");
+    for i in 0..20 {
+        client.put(format!("t{}/k{i}", i % 3), "v").await.expect("put");
+    }
+    let calls = |s: &Value| {
+        s["hooks"].as_array()?.iter().find(|h| h["name"] == "byprefix" && h["stage"] == "partition")?["calls"].as_u64()
+    };
+    eventually("node 1 to count the partition function's calls for the keys it routed", || async {
+        (calls(&http_json(&c, 1, "/status").await?)? >= 20).then_some(())
+    })
+    .await;
 }
