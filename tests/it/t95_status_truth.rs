@@ -1,7 +1,7 @@
-//! What `cluster status --json` and `/status` report, against what
-//! happened: keys written, a node killed, a partition function called. No
-//! timing assertions: each claim is polled for up to
-//! [`ringkv_tests::PATIENCE`].
+//! What `cluster status --json`, `/status` and `/cluster/load` report,
+//! against what happened: keys written, a node killed, requests served by
+//! another node, a partition function called. No timing assertions: each
+//! claim is polled for up to [`ringkv_tests::PATIENCE`].
 
 use ringkv_client::proto::HookStage;
 use ringkv_tests::cli::{args, cli, http_get};
@@ -40,6 +40,10 @@ fn health(s: &Value, id: u64) -> Option<String> {
     s["nodes"].as_array()?.iter().find(|n| n["id"] == id)?["health"].as_str().map(str::to_string)
 }
 
+fn load_of(load: &Value, id: u64) -> Option<&Value> {
+    load["nodes"].as_array()?.iter().find(|n| n["id"] == id)
+}
+
 #[tokio::test]
 async fn status_counts_keys_and_shows_a_killed_node_unreachable_and_its_shards_under_replicated() {
     let _permit = heavy().await;
@@ -73,6 +77,38 @@ async fn status_counts_keys_and_shows_a_killed_node_unreachable_and_its_shards_u
     assert_eq!(health(&s, 3).as_deref(), Some("unreachable"), "the CLI's JSON says it too: {s}");
     assert_eq!(health(&s, 1).as_deref(), Some("up"), "{s}");
     assert!(s["down"].as_array().is_some_and(|d| d.is_empty()), "not down before the down timeout: {s}");
+}
+
+#[tokio::test]
+async fn cluster_load_gathers_every_node_and_marks_a_silent_one_missing() {
+    let _permit = heavy().await;
+    let mut c = ProcCluster::start(3, &[]).await;
+    // Requests served by node 2 only; the dashboard's node 1 must see them.
+    let via2 = c.node_client(2);
+    for i in 0..50 {
+        via2.put(format!("load-{i}"), "v").await.expect("put via node 2");
+    }
+    eventually("node 1's /cluster/load to report node 2's 50 requests", || async {
+        let load = http_json(&c, 1, "/cluster/load").await?;
+        let n2 = load_of(&load, 2)?;
+        let all_ok = (1..=3).all(|id| load_of(&load, id).is_some_and(|n| n["ok"] == true));
+        (all_ok && n2["requests"].as_u64()? >= 50).then_some(())
+    })
+    .await;
+    let load = http_json(&c, 1, "/cluster/load").await.expect("load");
+    let n2 = load_of(&load, 2).expect("node 2");
+    let buckets = n2["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.last().and_then(|b| b[0].as_str()), Some("+Inf"), "{n2}");
+    assert_eq!(buckets.last().and_then(|b| b[1].as_u64()), n2["requests"].as_u64(), "every request under +Inf: {n2}");
+
+    c.kill(3);
+    eventually("node 3 to be listed as missing, not as idle", || async {
+        let load = http_json(&c, 1, "/cluster/load").await?;
+        let n3 = load_of(&load, 3)?;
+        (n3["ok"] == false && n3.get("requests").is_none() && n3["error"].as_str().is_some_and(|e| !e.is_empty()))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -196,6 +196,12 @@ impl Cluster for ClusterService {
         Ok(Response::new(reshard_of(&self.node.reshard_status().await?)))
     }
 
+    async fn load(&self, req: Request<proto::LoadRequest>) -> Result<Response<proto::LoadResponse>, Status> {
+        // The same figures as `/metrics`, so the same grants.
+        super::authorize(&self.node, &req, "cluster_load", Need::ClusterRead("metrics")).await?;
+        Ok(Response::new(crate::telemetry::load(self.node.id())))
+    }
+
     async fn add_node(&self, req: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
         super::authorize(&self.node, &req, "add_node", Need::Admin("add a node")).await?;
         let r = req.into_inner();
