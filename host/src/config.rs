@@ -323,7 +323,8 @@ request_timeout = "5s"
 # re-created elsewhere. (RINGKV_DOWN_TIMEOUT, --down-timeout)
 down_timeout = "30s"
 # Log lines as human-readable "text" or one JSON object per event, "json".
-# The level comes from RUST_LOG (default info). (RINGKV_LOG_FORMAT, --log-format)
+# Levels come from RUST_LOG (default: ringkv's events at info, other crates'
+# at warn, openraft's at error). (RINGKV_LOG_FORMAT, --log-format)
 log_format = "text"
 
 [raft]

@@ -1,9 +1,11 @@
 //! HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness), `/status`
-//! (JSON cluster view) and `/metrics` (Prometheus text). With auth on,
-//! `/status` and `/metrics` need a bearer token; health, readiness and the
-//! dashboard's static files (which hold no data) stay open.
+//! (JSON cluster view), `/metrics` (Prometheus text) and `/cluster/load`
+//! (every member's client request figures, JSON, for the dashboard). With
+//! auth on, all but health, readiness and the dashboard's static files
+//! (which hold no data) need a bearer token.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::extract::State;
@@ -101,6 +103,7 @@ fn router(node: Node) -> Router {
             Router::new()
                 .route("/status", get(status))
                 .route("/metrics", get(metrics))
+                .route("/cluster/load", get(cluster_load))
                 .route_layer(axum::middleware::from_fn_with_state(node.clone(), require_token)),
         )
         .merge(crate::dashboard::routes())
@@ -117,7 +120,10 @@ async fn require_token(
 ) -> axum::response::Response {
     use crate::auth::{AuthError, Need, PeerIdentity};
     let path = req.uri().path().to_string();
-    let need = if path == "/metrics" { Need::ClusterRead("metrics") } else { Need::Admin("cluster status") };
+    let need = match path.as_str() {
+        "/metrics" | "/cluster/load" => Need::ClusterRead("metrics"),
+        _ => Need::Admin("cluster status"),
+    };
     let header = req.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
     match node.auth().authorize(header.as_deref(), PeerIdentity::None, need).await {
         Ok(_) => next.run(req).await,
@@ -189,4 +195,70 @@ async fn metrics(State(node): State<Node>) -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         crate::telemetry::render(&node).await,
     )
+}
+
+/// How long `/cluster/load` waits for a peer's figures: the page polls once a second.
+const PEER_LOAD_WAIT: Duration = Duration::from_millis(800);
+
+/// Every member's client key requests so far (`Cluster/Load`), this node's
+/// own included, for the dashboard's cluster-wide charts: per node `requests`
+/// and `buckets`, a cumulative latency histogram as `[upper bound in
+/// seconds, count]` pairs (the last bound `"+Inf"`). A member that does not
+/// answer within [`PEER_LOAD_WAIT`] is listed with `ok: false` and why, so
+/// the page can show it as missing rather than idle. The caller's bearer
+/// token goes on to the peers, which check it as this node did.
+async fn cluster_load(
+    State(node): State<Node>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    let members = node.members().map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>().ok());
+    let asks = members.into_iter().map(|(id, addr, _)| {
+        let (node, token) = (node.clone(), token.clone());
+        async move {
+            let answer =
+                if id == node.id() { Ok(crate::telemetry::load(id)) } else { peer_load(&node, id, &addr, token).await };
+            match answer {
+                Ok(l) => {
+                    let buckets: Vec<serde_json::Value> = l
+                        .bucket_le
+                        .iter()
+                        .zip(&l.bucket_count)
+                        .map(|(le, n)| {
+                            let le = if le.is_finite() { le.to_string() } else { "+Inf".to_string() };
+                            serde_json::json!([le, n])
+                        })
+                        .collect();
+                    serde_json::json!({"id": id, "addr": addr, "ok": true, "requests": l.requests, "buckets": buckets})
+                }
+                Err(error) => serde_json::json!({"id": id, "addr": addr, "ok": false, "error": error}),
+            }
+        }
+    });
+    let nodes = futures::future::join_all(asks).await;
+    Ok(Json(serde_json::json!({"node_id": node.id(), "nodes": nodes})))
+}
+
+/// A peer's `Cluster/Load` answer, or why there is none.
+async fn peer_load(
+    node: &Node,
+    id: u64,
+    addr: &str,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Result<ringkv_client::proto::LoadResponse, String> {
+    use ringkv_client::proto::{cluster_client::ClusterClient, LoadRequest};
+    let channel = node.peers().channel(id, addr).map_err(|e| e.to_string())?;
+    let mut req = tonic::Request::new(LoadRequest {});
+    req.set_timeout(PEER_LOAD_WAIT);
+    if let Some(token) = token {
+        req.metadata_mut().insert(crate::auth::AUTHORIZATION, token);
+    }
+    match tokio::time::timeout(PEER_LOAD_WAIT, ClusterClient::new(channel).load(req)).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Err(_) => Err(format!("no answer within {PEER_LOAD_WAIT:?}")),
+    }
 }

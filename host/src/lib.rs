@@ -36,6 +36,7 @@ pub mod failpoint;
 pub mod fuzzing;
 pub mod hooks;
 pub mod http;
+pub mod log_limit;
 pub mod raft;
 pub mod ring;
 pub mod storage;

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ pub const RAFT_IS_LEADER: &str = "ringkv_raft_is_leader";
 pub const RAFT_LEADER_CHANGES: &str = "ringkv_raft_leader_changes_total";
 pub const RAFT_PROPOSAL_DURATION: &str = "ringkv_raft_proposal_duration_seconds";
 pub const RAFT_GROUPS: &str = "ringkv_raft_groups_hosted";
+/// Raft messages this node refused without handling them, by `reason`
+/// (`no_group`: for a group it does not host; `foreign_cluster`).
+pub const RAFT_MESSAGES_DROPPED: &str = "ringkv_raft_messages_dropped_total";
 pub const STORAGE_SIZE: &str = "ringkv_storage_size_bytes";
 pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
 pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
@@ -68,6 +71,47 @@ const LATENCY_BUCKETS: &[f64] =
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The client key requests (Kv RPCs) this process served, for
+/// `Cluster/Load`: a count and a latency histogram over [`LATENCY_BUCKETS`].
+/// Kept apart from the `metrics` recorder, whose histograms are summaries
+/// drained on every scrape. Process-wide like that recorder: one node per
+/// process, except in tests that run several in one.
+struct Load {
+    requests: AtomicU64,
+    /// Requests per bucket (not cumulative); the last one is past every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+}
+
+static LOAD: Load =
+    Load { requests: AtomicU64::new(0), buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1] };
+
+fn record_load(seconds: f64) {
+    LOAD.requests.fetch_add(1, Ordering::Relaxed);
+    let i = LATENCY_BUCKETS.iter().position(|le| seconds <= *le).unwrap_or(LATENCY_BUCKETS.len());
+    LOAD.buckets[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// This process's client key requests so far, as `Cluster/Load` answers.
+pub fn load(node_id: u64) -> ringkv_client::proto::LoadResponse {
+    let mut bucket_le = LATENCY_BUCKETS.to_vec();
+    bucket_le.push(f64::INFINITY);
+    let mut below = 0;
+    let bucket_count = LOAD
+        .buckets
+        .iter()
+        .map(|b| {
+            below += b.load(Ordering::Relaxed);
+            below
+        })
+        .collect();
+    ringkv_client::proto::LoadResponse {
+        node_id,
+        requests: LOAD.requests.load(Ordering::Relaxed),
+        bucket_le,
+        bucket_count,
+    }
+}
 
 /// Installs the process-wide recorder (once) and returns its handle. Metrics
 /// recorded before this call are dropped, so `serve` calls it first thing.
@@ -115,6 +159,7 @@ fn describe() {
     describe_counter!(RAFT_LEADER_CHANGES, "times this node saw the group's leader change");
     describe_histogram!(RAFT_PROPOSAL_DURATION, Unit::Seconds, "time from proposal to applied result, at the leader");
     describe_gauge!(RAFT_GROUPS, "Raft groups hosted by this node, meta group included");
+    describe_counter!(RAFT_MESSAGES_DROPPED, "Raft messages refused unhandled, by reason (no_group, foreign_cluster)");
     describe_gauge!(STORAGE_SIZE, Unit::Bytes, "disk space used by the node's data directory");
     describe_histogram!(STORAGE_FSYNC_DURATION, Unit::Seconds, "group commit: writing the batch and fsyncing the log");
     describe_histogram!(STORAGE_GROUP_COMMIT_OPS, "log and state-machine ops per group commit");
@@ -279,8 +324,11 @@ where
             if code != tonic::Code::Ok {
                 counter!(REQUEST_ERRORS, "rpc" => rpc, "consistency" => consistency, "code" => code_label).increment(1);
             }
-            histogram!(REQUEST_DURATION, "rpc" => rpc, "consistency" => consistency)
-                .record(started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            histogram!(REQUEST_DURATION, "rpc" => rpc, "consistency" => consistency).record(seconds);
+            if rpc.starts_with("Kv/") {
+                record_load(seconds);
+            }
             result
         })
     }
@@ -311,6 +359,7 @@ fn rpc_label(path: &str) -> &'static str {
         "/ringkv.v1.Cluster/AddNode",
         "/ringkv.v1.Cluster/RemoveNode",
         "/ringkv.v1.Cluster/Ring",
+        "/ringkv.v1.Cluster/Load",
         "/ringkv.v1.Hooks/Deploy",
         "/ringkv.v1.Hooks/List",
         "/ringkv.v1.Hooks/Get",
@@ -376,6 +425,28 @@ mod tests {
         let mut hdr = http::Response::new(());
         hdr.headers_mut().insert("grpc-status", http::HeaderValue::from_static("5"));
         assert_eq!(status_code(&hdr), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn load_histograms_are_cumulative_and_end_at_infinity() {
+        let before = load(7);
+        record_load(0.003);
+        record_load(60.0);
+        let after = load(7);
+        assert_eq!(after.node_id, 7);
+        assert_eq!(after.bucket_le.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(after.bucket_le.last(), Some(&f64::INFINITY));
+        assert!(after.bucket_count.windows(2).all(|w| w[0] <= w[1]), "cumulative: {:?}", after.bucket_count);
+        // Other tests may serve requests meanwhile: compare what grew at least.
+        assert!(after.requests >= before.requests + 2);
+        let at = |l: &ringkv_client::proto::LoadResponse, le: f64| {
+            l.bucket_count[l.bucket_le.iter().position(|b| *b == le).expect("a bound")]
+        };
+        assert!(at(&after, 0.005) > at(&before, 0.005), "3 ms is under the 5 ms bound");
+        assert!(
+            after.bucket_count.last() > after.bucket_count.get(LATENCY_BUCKETS.len() - 1),
+            "60 s is past the last finite bound"
+        );
     }
 
     #[test]

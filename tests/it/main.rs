@@ -38,3 +38,4 @@ mod t91_cli_faults;
 mod t92_container;
 mod t93_k8s_manifests;
 mod t94_dashboard;
+mod t95_status_truth;

@@ -1,6 +1,7 @@
-// ringkv dashboard: polls this node's /status and /metrics once a second and
-// renders nodes, the ring, hooks and request charts. Plain DOM, no framework:
-// it is embedded in the binary and must work without any build step.
+// ringkv dashboard: polls this node's /status and /cluster/load once a second
+// and renders nodes, the ring, hooks and the cluster's request charts (every
+// member's figures, gathered by this node). Plain DOM, no framework: it is
+// embedded in the binary and must work without any build step.
 // With auth on, /status and /metrics need a token: the page asks for one (or
 // takes it from a `#token=...` URL fragment, which never reaches the server),
 // keeps it in sessionStorage and sends it as a Bearer header.
@@ -84,10 +85,49 @@
   function rates(prev, cur, seconds) {
     if (!prev || !cur || !(seconds > 0)) return { ops: null, p99: null };
     const ops = cur.requests >= prev.requests ? (cur.requests - prev.requests) / seconds : null;
+    const diff = bucketDiff(prev, cur);
+    return { ops, p99: diff ? quantile(0.99, diff) : null };
+  }
+
+  /** The requests per bucket between two summaries, or null when the counters went back (a restart). */
+  function bucketDiff(prev, cur) {
     const before = new Map(prev.buckets);
     const diff = cur.buckets.map(([le, count]) => [le, count - (before.get(le) || 0)]);
-    const reset = diff.some(([, d]) => d < 0);
-    return { ops, p99: reset ? null : quantile(0.99, diff) };
+    return diff.some(([, d]) => d < 0) ? null : diff;
+  }
+
+  /** A node's entry of /cluster/load as a summary, or null when it did not answer. */
+  function loadSummary(n) {
+    if (!n || !n.ok) return null;
+    return { requests: Number(n.requests), buckets: (n.buckets || []).map(([le, c]) => [toNumber(String(le)), Number(c)]) };
+  }
+
+  /**
+   * The cluster's ops/s and p99 between two polls `seconds` apart, from each
+   * node's summaries (Maps of node id to summary; null: the node did not
+   * answer). ops/s is the sum over the nodes that answered both times; p99
+   * comes from their histograms merged (summed bucket by bucket), not from
+   * the nodes' p99s. `nodes`: each node's own figures, `missing` when it did
+   * not answer now (never zero for a node we know nothing about).
+   */
+  function clusterRates(prev, cur, seconds) {
+    const nodes = [];
+    const merged = new Map();
+    let ops = null;
+    for (const [id, summary] of cur) {
+      if (!summary) {
+        nodes.push({ id, missing: true, ops: null, p99: null });
+        continue;
+      }
+      const before = prev.get(id);
+      const r = rates(before, summary, seconds);
+      nodes.push({ id, missing: false, ops: r.ops, p99: r.p99 });
+      if (r.ops !== null) ops = (ops || 0) + r.ops;
+      const diff = before && seconds > 0 ? bucketDiff(before, summary) : null;
+      for (const [le, d] of diff || []) merged.set(le, (merged.get(le) || 0) + d);
+    }
+    const p99 = quantile(0.99, [...merged].sort((a, b) => a[0] - b[0]));
+    return { ops, p99, nodes };
   }
 
   // ---- formatting ----
@@ -163,7 +203,8 @@
       tile("moving", "moving", count((s) => s.moving), count((s) => s.moving) > 0),
       tile("under", "under-replicated", count((s) => s.under_replicated), count((s) => s.under_replicated) > 0),
       tile("leaderless", "without leader", count((s) => !s.leader_id), count((s) => !s.leader_id) > 0),
-      tile("hooks", "hooks", (status.hooks || []).filter((x) => x.active).length, false),
+      // Removed hooks stay listed (their statistics) but are not counted.
+      tile("hooks", "hooks", (status.hooks || []).filter((x) => x.active === true).length, false),
     );
   }
 
@@ -175,7 +216,7 @@
       if (s.leader_id) leading.set(s.leader_id, (leading.get(s.leader_id) || 0) + 1);
     }
     const rows = (status.nodes || []).map((n) => {
-      const health = healthOf(status, n.id);
+      const health = n.health || healthOf(status, n.id);
       return h(
         "tr",
         { id: `node-${n.id}`, "data-node": n.id, "data-health": health },
@@ -249,15 +290,17 @@
         { "data-hook": k.name, class: k.active ? null : "inactive" },
         h("td", {}, k.name, k.active ? null : h("span", { class: "muted" }, " (removed)")),
         h("td", {}, `v${k.version}`),
+        h("td", {}, k.kind === "wasm" ? "Wasm" : "Lua"),
         h("td", {}, k.stage),
         h("td", { class: "mono" }, k.prefix === "" ? h("span", { class: "muted" }, "all keys") : k.prefix),
         h("td", { class: "num" }, Number(k.calls || 0).toLocaleString("en-US")),
         h("td", { class: "num" }, Number(k.rejects || 0).toLocaleString("en-US")),
         h("td", { class: "num" }, Number(k.errors || 0).toLocaleString("en-US")),
+        h("td", { class: "num", "data-col": "limit-hits", title: "calls stopped by the hook's deadline, memory or fuel limit" }, Number(k.limit_hits || 0).toLocaleString("en-US")),
         h("td", { class: "num" }, fmtSeconds((k.p99_us || 0) / 1e6)),
       ),
     );
-    $("hooks").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no hooks deployed"))]));
+    $("hooks").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 10, class: "muted" }, "no hooks deployed"))]));
     $("partitioner").textContent = partitionerOf(status);
   }
 
@@ -315,12 +358,27 @@
     }
     $("ops-now").textContent = "";
     $("p99-now").textContent = "";
+    $("load-nodes").replaceChildren();
+  }
+
+  function renderLoadNodes(nodes) {
+    const rows = nodes.map((n) =>
+      h(
+        "tr",
+        { "data-node": n.id, "data-state": n.missing ? "missing" : "ok" },
+        h("td", {}, h("i", { class: `dot c${(n.id - 1) % PALETTE.length}` }), n.id, n.id === nodeId ? h("span", { class: "muted" }, " (this)") : null),
+        h("td", { class: "num", "data-col": "ops" }, n.missing ? h("span", { class: "badge", "data-state": "unreachable", title: n.error || "" }, "missing") : fmtOps(n.ops)),
+        h("td", { class: "num", "data-col": "p99" }, n.missing ? "–" : fmtSeconds(n.p99)),
+      ),
+    );
+    $("load-nodes").replaceChildren(...rows);
   }
 
   // ---- polling ----
 
   const history = { ops: [], p99: [] };
-  let lastMetrics = null; // { summary, at }
+  let lastMetrics = null; // { summary, at }: fallback to this node's /metrics
+  let lastLoad = null; // { summaries: Map id -> summary, at }
   let nodeId = null;
 
   function push(series, v) {
@@ -393,6 +451,41 @@
     }
   }
 
+  /** The cluster's figures from /cluster/load; a node without it (an older version) falls back to its own /metrics. */
+  async function pollLoad() {
+    let load = null;
+    try {
+      const r = await fetch("/cluster/load", authorized());
+      if (r.status === 404) return pollMetrics();
+      if (!r.ok) {
+        lastLoad = null;
+        return showNoMetrics(`no request figures (HTTP ${r.status})`);
+      }
+      load = await r.json();
+    } catch (e) {
+      push(history.ops, null);
+      push(history.p99, null);
+      return;
+    }
+    const at = performance.now();
+    const cur = new Map((load.nodes || []).map((n) => [n.id, loadSummary(n)]));
+    const point = lastLoad ? clusterRates(lastLoad.summaries, cur, (at - lastLoad.at) / 1000) : clusterRates(new Map(), cur, 0);
+    const errors = new Map((load.nodes || []).map((n) => [n.id, n.error]));
+    // A node that missed a poll starts afresh: its next rate would span two polls.
+    lastLoad = { summaries: new Map([...cur].filter(([, v]) => v)), at };
+    push(history.ops, point.ops);
+    push(history.p99, point.p99);
+    drawChart($("chart-ops"), history.ops, fmtOps);
+    drawChart($("chart-p99"), history.p99, fmtSeconds);
+    $("ops-now").textContent = fmtOps(point.ops);
+    $("p99-now").textContent = fmtSeconds(point.p99);
+    renderLoadNodes(point.nodes.map((n) => ({ ...n, error: errors.get(n.id) })));
+    const missing = point.nodes.filter((n) => n.missing).map((n) => n.id);
+    $("charts-note").textContent =
+      `Client key requests (Kv) of the whole cluster: ops/s summed over the nodes, p99 from their latency histograms merged; a point per poll.` +
+      (missing.length ? ` Missing (no answer, not counted): node ${missing.join(", ")}.` : "");
+  }
+
   async function pollMetrics() {
     let summary = null;
     try {
@@ -416,7 +509,8 @@
     drawChart($("chart-p99"), history.p99, fmtSeconds);
     $("ops-now").textContent = fmtOps(point.ops);
     $("p99-now").textContent = fmtSeconds(point.p99);
-    $("charts-note").textContent = `Requests served by node ${nodeId ?? "?"}, all RPCs; a point per poll.`;
+    $("load-nodes").replaceChildren();
+    $("charts-note").textContent = `Requests served by node ${nodeId ?? "?"} only (it does not gather its peers' figures), all RPCs; a point per poll.`;
   }
 
   function setConn(state, text) {
@@ -426,11 +520,11 @@
   }
 
   async function tick() {
-    await Promise.all([pollStatus(), pollMetrics()]);
+    await Promise.all([pollStatus(), pollLoad()]);
     setTimeout(tick, POLL_MS);
   }
 
-  window.ringkvDashboard = { parseMetrics, summarize, quantile, rates, partitionerOf };
+  window.ringkvDashboard = { parseMetrics, summarize, quantile, rates, clusterRates, loadSummary, partitionerOf };
   document.addEventListener("DOMContentLoaded", () => {
     takeTokenFromFragment();
     // A link with a token opened on the page already loaded.

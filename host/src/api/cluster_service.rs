@@ -111,11 +111,10 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         })
         .collect::<Vec<_>>();
     let mut groups = groups;
-    if count_keys {
-        for g in &mut groups {
-            if let Ok(hosted) = node.group(g.group_id) {
-                g.keys = hosted.sm.count().await.map_err(crate::cluster::NodeError::from)?;
-            }
+    for g in &mut groups {
+        if let Ok(hosted) = node.group(g.group_id) {
+            let keys = if count_keys { hosted.count_keys().await } else { hosted.approximate_keys().await };
+            g.keys = keys.map_err(crate::cluster::NodeError::from)?;
         }
     }
     let shards = shard_routes(node).await?;
@@ -195,6 +194,12 @@ impl Cluster for ClusterService {
     ) -> Result<Response<proto::ReshardStatusResponse>, Status> {
         super::authorize(&self.node, &req, "reshard_status", Need::Admin("re-shard status")).await?;
         Ok(Response::new(reshard_of(&self.node.reshard_status().await?)))
+    }
+
+    async fn load(&self, req: Request<proto::LoadRequest>) -> Result<Response<proto::LoadResponse>, Status> {
+        // The same figures as `/metrics`, so the same grants.
+        super::authorize(&self.node, &req, "cluster_load", Need::ClusterRead("metrics")).await?;
+        Ok(Response::new(crate::telemetry::load(self.node.id())))
     }
 
     async fn add_node(&self, req: Request<proto::AddNodeRequest>) -> Result<Response<proto::AddNodeResponse>, Status> {
@@ -280,11 +285,27 @@ pub fn stage_name(stage: i32) -> &'static str {
     }
 }
 
+/// A member's health as the meta group records it: `down` (unreachable
+/// past the down timeout, its replicas being re-created elsewhere),
+/// `unreachable` (silent for a few seconds: its replicas count as missing),
+/// `draining`, or `up`.
+pub fn health_of(s: &proto::StatusResponse, id: u64) -> &'static str {
+    if s.down.contains(&id) {
+        "down"
+    } else if s.unreachable.contains(&id) {
+        "unreachable"
+    } else if s.draining.contains(&id) {
+        "draining"
+    } else {
+        "up"
+    }
+}
+
 /// A status response as JSON, shared by `cluster status --json` and HTTP `/status`.
 pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
     serde_json::json!({
         "node_id": s.node_id,
-        "nodes": s.nodes.iter().map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "role": n.role})).collect::<Vec<_>>(),
+        "nodes": s.nodes.iter().map(|n| serde_json::json!({"id": n.id, "addr": n.addr, "role": n.role, "health": health_of(s, n.id)})).collect::<Vec<_>>(),
         "groups": s.groups.iter().map(|g| serde_json::json!({
             "group_id": g.group_id,
             "kind": g.kind,

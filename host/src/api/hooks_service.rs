@@ -110,7 +110,7 @@ fn running_version(node: &Node, name: &str) -> u64 {
 pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Status> {
     let mut hooks = Vec::new();
     if let Some(p) = node.partitioner() {
-        hooks.push(info_of(&p, true, 0, p.version, StatsSnapshot::default(), false));
+        hooks.push(info_of(&p, true, 0, p.version, node.hooks().stats(&p.name), false));
     }
     for record in node.hook_records().await? {
         if let Some(spec) = record.latest() {
@@ -126,7 +126,7 @@ pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Stat
 impl HooksService {
     async fn info(&self, name: &str, with_source: bool) -> Result<proto::HookInfo, Status> {
         if let Some(p) = self.node.partitioner().filter(|p| p.name == name) {
-            return Ok(info_of(&p, true, 0, p.version, StatsSnapshot::default(), with_source));
+            return Ok(info_of(&p, true, 0, p.version, self.node.hooks().stats(&p.name), with_source));
         }
         let record = self.node.hook_record(name).await?;
         let spec = record.latest().ok_or_else(|| Status::not_found(format!("no hook named {name:?}")))?;

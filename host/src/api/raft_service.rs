@@ -57,7 +57,14 @@ impl RaftService {
     /// Checks the fault filter and finds the addressed group.
     fn accept(&self, m: &RaftMessage, from_leader: bool) -> Result<std::sync::Arc<Group>, Status> {
         self.check_link(m, from_leader)?;
-        self.node.group(m.group_id).map_err(|_| Status::not_found(format!("no raft group {}", m.group_id)))
+        self.node.group(m.group_id).map_err(|_| {
+            // A joining node gets messages for its groups before it starts
+            // them, and a moved replica until its leader learns of the move:
+            // routine, so counted and logged at DEBUG, not per message at ERROR.
+            metrics::counter!(crate::telemetry::RAFT_MESSAGES_DROPPED, "reason" => "no_group").increment(1);
+            tracing::debug!(group = m.group_id, from = m.from, "message for a group this node does not host; dropped");
+            Status::not_found(format!("{} {}", crate::raft::network::NO_GROUP, m.group_id))
+        })
     }
 }
 

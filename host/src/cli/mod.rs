@@ -185,15 +185,37 @@ fn one_line(e: &anyhow::Error) -> String {
     e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
 }
 
-/// Logs to stderr: servers at `info` (text or JSON), client commands at `warn`.
+/// Logs to stderr. Without `RUST_LOG`, servers log ringkv's own events at
+/// `info` and other crates' at `warn`, openraft's at `error` (it logs routine
+/// elections and retries at `warn`), minus openraft's line for every failed
+/// RPC to a peer: the transport logs those itself, rate-limited. Client
+/// commands log at `warn`. `RUST_LOG` replaces all of that (e.g.
+/// `RUST_LOG=ringkv=debug,openraft=info`); docs/operations.md.
 fn init_tracing(server: Option<crate::config::LogFormat>) {
-    let default = if server.is_some() { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    const SERVER_DEFAULT: &str = "warn,ringkv=info,openraft=error";
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let defaulted = from_env.is_none();
+    let filter = from_env
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(if server.is_some() { SERVER_DEFAULT } else { "warn" }));
+    // openraft 0.9 logs `error!(err, "RPCError")` in its replication loop for
+    // every failed message (hundreds a second to a dead peer). Its other
+    // errors there (storage) name the field `error`, so they still show.
+    let quiet = defaulted.then(|| {
+        tracing_subscriber::filter::filter_fn(|m| {
+            !(m.is_event()
+                && *m.level() == tracing::Level::ERROR
+                && m.target() == "openraft::replication"
+                && m.fields().field("err").is_some())
+        })
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match server {
-        Some(crate::config::LogFormat::Json) => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        _ => builder.try_init(),
+        Some(crate::config::LogFormat::Json) => {
+            builder.json().with_current_span(true).with_span_list(false).finish().with(quiet).try_init()
+        }
+        _ => builder.finish().with(quiet).try_init(),
     };
 }
 

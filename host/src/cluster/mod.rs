@@ -87,6 +87,46 @@ pub struct Group {
     batchers: batching::Batchers,
     /// The batcher tasks, aborted when the group leaves this node.
     tasks: Vec<JoinHandle<()>>,
+    /// The last count of this replica's keys, for status.
+    key_count: KeyCount,
+}
+
+/// How old a key count status shows may be before it is counted again.
+pub const KEY_COUNT_EVERY: Duration = Duration::from_secs(10);
+
+/// A replica's key count, kept for [`Group::approximate_keys`].
+#[derive(Default)]
+struct KeyCount {
+    last: Mutex<Option<(u64, std::time::Instant)>>,
+    counting: std::sync::atomic::AtomicBool,
+}
+
+impl Group {
+    /// This replica's live keys: a full scan, remembered for
+    /// [`Group::approximate_keys`].
+    pub async fn count_keys(&self) -> Result<u64, StorageError> {
+        let n = self.sm.count().await?;
+        *self.key_count.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((n, std::time::Instant::now()));
+        Ok(n)
+    }
+
+    /// This replica's live keys as of at most [`KEY_COUNT_EVERY`] ago (plus
+    /// one count's duration): an older count is returned at once and
+    /// recounted in the background, so status stays cheap to poll.
+    pub async fn approximate_keys(self: &Arc<Self>) -> Result<u64, StorageError> {
+        let last = *self.key_count.last.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((n, at)) = last else { return self.count_keys().await };
+        if at.elapsed() >= KEY_COUNT_EVERY && !self.key_count.counting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let g = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = g.count_keys().await {
+                    tracing::debug!(group = g.id, error = %e, "counting keys for status");
+                }
+                g.key_count.counting.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        Ok(n)
+    }
 }
 
 /// A running node. Cheap to clone; clones share the node.
@@ -303,7 +343,8 @@ impl Node {
                 .await
                 .map_err(Box::new)?;
         let (batchers, tasks) = batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone());
-        let group = Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into() });
+        let group =
+            Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), key_count: KeyCount::default() });
         self.inner.groups.rcu(|m| {
             let mut m = BTreeMap::clone(m);
             m.insert(gid, group.clone());

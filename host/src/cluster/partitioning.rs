@@ -178,12 +178,13 @@ pub struct KeyRoute {
 }
 
 impl PartitionView {
-    fn load(state: PartitionState) -> PartitionView {
+    /// Compiles the state's functions, their calls counted in `hooks`.
+    fn load(state: PartitionState, hooks: &crate::hooks::HookRegistry) -> PartitionView {
         let compile = |spec: Option<&HookSpec>| -> Result<Option<Arc<dyn CompiledPartitioner>>, String> {
             match spec {
                 Some(s) => runtime_for(s.kind)
                     .load_partitioner(s)
-                    .map(Some)
+                    .map(|f| Some(hooks.counting_partitioner(f)))
                     .map_err(|e| format!("cannot load partition function {}: {e}", describe(Some(s)))),
                 None => Ok(None),
             }
@@ -356,7 +357,9 @@ impl Node {
                         seen_applied = applied;
                     }
                     Ok(state) => {
-                        let view = match tokio::task::spawn_blocking(move || PartitionView::load(state)).await {
+                        let node = self.clone();
+                        let load = move || PartitionView::load(state, node.hooks());
+                        let view = match tokio::task::spawn_blocking(load).await {
                             Ok(v) => v,
                             Err(e) => {
                                 tracing::error!(error = %e, "loading the partition view panicked");

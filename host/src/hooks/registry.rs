@@ -26,8 +26,8 @@ use tokio::sync::watch;
 
 use super::pool::{HookPool, PoolError};
 use super::{
-    runtime_for, CallReport, CompiledHook, Decision, FailPolicy, HookFailure, HookInput, HookSpec, OldValue, Stage,
-    WriteKind,
+    runtime_for, CallReport, CompiledHook, CompiledPartitioner, Decision, FailPolicy, HookFailure, HookInput, HookSpec,
+    OldValue, Stage, WriteKind,
 };
 use crate::raft::types::now_ms;
 
@@ -184,6 +184,29 @@ pub struct HookStats {
     latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// The same run times, exported on `/metrics`.
     exported_latency: metrics::Histogram,
+}
+
+/// A partition function whose calls are recorded like a hook's.
+struct CountedPartitioner {
+    inner: Arc<dyn CompiledPartitioner>,
+    stats: Arc<HookStats>,
+}
+
+impl CompiledPartitioner for CountedPartitioner {
+    fn spec(&self) -> &HookSpec {
+        self.inner.spec()
+    }
+
+    fn routing_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HookFailure> {
+        let started = std::time::Instant::now();
+        let routed = self.inner.routing_key(key);
+        let result = match &routed {
+            Ok(_) => Ok(Decision::Accept),
+            Err(e) => Err(e.clone()),
+        };
+        self.stats.record(&CallReport { result, old_version_read: None, elapsed: started.elapsed() });
+        routed
+    }
 }
 
 /// A copy of [`HookStats`] at one moment.
@@ -400,6 +423,14 @@ impl HookRegistry {
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(HookStats::new(name, self.last_limit_ms.clone())))
             .clone()
+    }
+
+    /// `f`, counting its calls in this node's statistics under its name:
+    /// partition functions run inline on the request path, not through the
+    /// registry's workers, so they are counted here.
+    pub fn counting_partitioner(&self, f: Arc<dyn CompiledPartitioner>) -> Arc<dyn CompiledPartitioner> {
+        let stats = self.stats_for(&f.spec().name);
+        Arc::new(CountedPartitioner { inner: f, stats })
     }
 
     /// This node's statistics for the hook called `name`.

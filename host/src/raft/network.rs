@@ -27,6 +27,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::types::{NodeId, TypeConfig};
+use crate::log_limit::{more_since_last, RateLimit, LOG_EVERY};
 use crate::storage::GroupId;
 
 /// Largest message the peer transport accepts (AppendEntries batches of large values).
@@ -83,7 +84,23 @@ pub struct Peers {
     cluster_id: String,
     /// The last contact refused because it came from another cluster.
     foreign: Mutex<Option<ForeignContact>>,
+    /// Which repeated transport problems get a log line now.
+    log_limit: RateLimit<LogKey>,
 }
+
+/// What a rate-limited transport log line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LogKey {
+    /// Contacts with nodes of another cluster, whichever node.
+    Foreign,
+    /// Raft RPCs to a peer failing, by kind of failure.
+    PeerFailing(NodeId, &'static str),
+}
+
+/// How a node refuses a message for a group it does not host (a joining
+/// node that has not started the group yet, or a replica that moved away):
+/// routine, so the sender backs off and logs it at DEBUG only.
+pub const NO_GROUP: &str = "no raft group";
 
 /// A peer message or reply of another cluster, refused.
 #[derive(Debug, Clone)]
@@ -97,13 +114,10 @@ pub struct ForeignContact {
     /// member.
     pub inbound: bool,
     pub at: Instant,
-    /// When it was last logged (one error line per 10 s, not per heartbeat).
-    logged: Instant,
 }
 
 /// How long a refused foreign contact keeps showing in readiness and status.
 pub const FOREIGN_CONTACT_SHOWN: Duration = Duration::from_secs(30);
-const FOREIGN_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Peers {
     pub fn new(
@@ -122,6 +136,7 @@ impl Peers {
             last_answer: Mutex::new(HashMap::new()),
             cluster_id,
             foreign: Mutex::new(None),
+            log_limit: RateLimit::new(LOG_EVERY),
         })
     }
 
@@ -176,17 +191,18 @@ impl Peers {
 
     pub(crate) fn record_foreign(&self, cluster_id: &str, peer: String, inbound: bool) {
         let now = Instant::now();
-        let mut last = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
-        let logged = last.as_ref().map(|c| c.logged).filter(|t| now.duration_since(*t) < FOREIGN_LOG_EVERY);
-        if logged.is_none() {
+        metrics::counter!(crate::telemetry::RAFT_MESSAGES_DROPPED, "reason" => "foreign_cluster").increment(1);
+        if let Some(more) = self.log_limit.check(LogKey::Foreign) {
             tracing::error!(
                 ours = %show_id(&self.cluster_id),
                 theirs = %show_id(cluster_id),
                 peer = %peer,
                 claims_this_node = inbound,
-                "refused contact with a node of another cluster: two clusters share node addresses or ids"
+                "refused contact with a node of another cluster: two clusters share node addresses or ids{}",
+                more_since_last(more)
             );
         }
+        let mut last = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
         // A recent claim on this node is kept until it expires: other
         // contacts (a vote, a reply) must not hide it.
         let claim = last.as_ref().filter(|c| c.inbound && !inbound && now.duration_since(c.at) < FOREIGN_CONTACT_SHOWN);
@@ -194,13 +210,7 @@ impl Peers {
             Some(c) => (c.cluster_id.clone(), c.peer.clone(), c.at),
             None => (cluster_id.to_string(), peer, now),
         };
-        *last = Some(ForeignContact {
-            cluster_id,
-            peer,
-            inbound: inbound || claim.is_some(),
-            at,
-            logged: logged.unwrap_or(now),
-        });
+        *last = Some(ForeignContact { cluster_id, peer, inbound: inbound || claim.is_some(), at });
     }
 
     /// The last refused contact with another cluster, if recent.
@@ -245,6 +255,16 @@ impl Peers {
     /// When a Raft RPC to `id` last got an answer (any answer, even a refusal).
     pub fn last_answer(&self, id: NodeId) -> Option<Instant> {
         self.last_answer.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+    }
+
+    /// Logs a failed Raft RPC to `peer`: one line per peer and kind of
+    /// failure every [`LOG_EVERY`], however many groups and heartbeats fail.
+    /// (openraft's own line for each failed RPC is off by default; see
+    /// `init_tracing`.)
+    fn peer_failed(&self, peer: NodeId, addr: &str, kind: &'static str, error: &dyn std::fmt::Display) {
+        if let Some(more) = self.log_limit.check(LogKey::PeerFailing(peer, kind)) {
+            tracing::warn!(peer, addr, error = %error, "Raft messages to a peer fail{}", more_since_last(more));
+        }
     }
 
     fn answered(&self, id: NodeId) {
@@ -352,7 +372,12 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut client = self.peers.raft_client(self.target, &self.addr).map_err(|e| unreachable(&e))?;
+        let mut client = self.peers.raft_client(self.target, &self.addr).map_err(|e| {
+            if let PeerError::Connect(why) = &e {
+                self.peers.peer_failed(self.target, &self.addr, "connect", why);
+            }
+            unreachable(&e)
+        })?;
         let mut msg = tonic::Request::new(self.peers.message(self.group, encode(req)));
         msg.set_timeout(option.hard_ttl());
         let reply = match rpc {
@@ -363,10 +388,19 @@ impl PeerNetwork {
         let reply = reply.map_err(|s| {
             if let Some(theirs) = foreign_refusal(&s) {
                 self.peers.record_foreign(&theirs, format!("node {} at {}", self.target, self.addr), false);
+                return RPCError::Network(NetworkError::new(&PeerError::Rpc(s)));
+            }
+            if s.code() == tonic::Code::NotFound && s.message().starts_with(NO_GROUP) {
+                // Not delivered, and not worth retrying at once: the peer
+                // starts the group when the meta group tells it to.
+                tracing::debug!(peer = self.target, group = self.group, "the peer does not host the group yet");
+                return unreachable(&PeerError::Rpc(s));
             }
             if s.code() == tonic::Code::Unavailable {
+                self.peers.peer_failed(self.target, &self.addr, "unavailable", &s.message());
                 unreachable(&PeerError::Rpc(s))
             } else {
+                self.peers.peer_failed(self.target, &self.addr, "rpc", &s);
                 RPCError::Network(NetworkError::new(&PeerError::Rpc(s)))
             }
         })?;
