@@ -25,6 +25,7 @@ mod t122_resharding;
 mod t123_reshard_backout;
 mod t13_first_seconds;
 mod t14_cluster_identity;
+mod t15_readme_tour;
 mod t20_partition;
 mod t30_bad_input;
 mod t40_ttl_sweep;

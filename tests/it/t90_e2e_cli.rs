@@ -87,7 +87,7 @@ async fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
     // Three consecutive port pairs; collisions are unlikely in this range.
     let base = 30_000 + (std::process::id() % 2_000) as u16 * 8;
     let mut dev = Command::new(ringkv_bin())
-        .args(["dev", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
+        .args(["dev", "--nodes", "3", "--shards", "4", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -106,11 +106,23 @@ async fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
     })
     .await;
     assert_eq!(status.nodes.len(), 3);
+    assert_eq!(status.shards.len(), 4, "--shards reaches every node: {status:?}");
     client.put("dev", "works").await.expect("put");
+    // Each node's pid is in <data-dir>/node<i>.pid, and names a running ringkv node.
+    for i in 1..=3 {
+        let pid_file = dir.path().join(format!("node{i}.pid"));
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("the pid file names a process");
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(cmdline.contains(&format!("serve --id {i} ")), "node{i}.pid names {cmdline:?}");
+    }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(dev.id() as i32), nix::sys::signal::SIGINT).expect("signal");
     let exit = tokio::task::spawn_blocking(move || dev.wait()).await.expect("join").expect("wait");
     assert!(exit.success(), "dev exits cleanly on Ctrl-C: {exit:?}");
     assert!(std::net::TcpStream::connect(&endpoints[1]).is_err(), "nodes are stopped");
+    for i in 1..=3 {
+        assert!(!dir.path().join(format!("node{i}.pid")).exists(), "node{i}.pid is removed once the node has exited");
+    }
 }
 
 /// `serve --config`: a bad file stops the node at start naming the line and

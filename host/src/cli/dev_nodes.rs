@@ -1,5 +1,5 @@
 //! `ringkv dev`'s node processes: each started with its output in a log
-//! file, waited on until its `/readyz` answers 200, watched so that an exit
+//! file and its pid in a pid file (removed once it exits), waited on until its `/readyz` answers 200, watched so that an exit
 //! is reported (and the process reaped) as it happens, and stopped with
 //! SIGTERM on Ctrl-C.
 //!
@@ -82,14 +82,20 @@ impl Default for DevNodes {
 
 impl DevNodes {
     /// Starts node `id` with `cmd`, its stdout and stderr going to `log`
-    /// (truncated), and watches it. `http` is its HTTP address, for
-    /// readiness. Returns its pid.
+    /// (truncated), writes its pid to `pid_file` and watches it. `http` is
+    /// its HTTP address, for readiness. Returns its pid.
+    ///
+    /// The pid file lets a user signal exactly this node (`kill -9 $(cat
+    /// ringkv-dev-data/node1.pid)`) rather than whatever matches a pattern;
+    /// it is removed as soon as the node is reaped, so it never names a pid
+    /// the system may have given to another process since.
     pub fn spawn(
         &mut self,
         id: u64,
         cmd: &mut tokio::process::Command,
         http: String,
         log: PathBuf,
+        pid_file: PathBuf,
     ) -> anyhow::Result<u32> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -105,6 +111,8 @@ impl DevNodes {
             .spawn()
             .with_context(|| format!("starting node {id}"))?;
         let pid = child.id().unwrap_or(0);
+        std::fs::write(&pid_file, format!("{pid}\n"))
+            .with_context(|| format!("writing node {id}'s pid file {}", pid_file.display()))?;
         let mut stop = self.stop.subscribe();
         let tx = self.exits_tx.clone();
         tokio::spawn(async move {
@@ -113,6 +121,7 @@ impl DevNodes {
                 // The only change is to true; an error means `DevNodes` is gone.
                 _ = stop.changed() => terminate(&mut child).await,
             };
+            let _ = std::fs::remove_file(&pid_file);
             let _ = tx.send(Exit { id, status });
         });
         self.running.insert(id, Running { http, log: log.clone() });

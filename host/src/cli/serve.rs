@@ -413,9 +413,14 @@ pub struct DevCommand {
     /// gRPC port of node 1; node i uses base + 2(i-1) for gRPC and the next port for HTTP.
     #[arg(long, default_value_t = 7379)]
     pub base_port: u16,
-    /// Parent directory of the nodes' data directories (and their logs, node<i>.log).
+    /// Parent directory of the nodes' data directories (and their logs,
+    /// node<i>.log, and pid files, node<i>.pid).
     #[arg(long, default_value = "ringkv-dev-data")]
     pub data_dir: PathBuf,
+    /// Shard count of the cluster, passed to every node's `serve --shards`
+    /// (fixed when the cluster is created; default: serve's, 1 shard).
+    #[arg(long)]
+    pub shards: Option<u32>,
     /// Generate a throwaway CA, a node certificate and a client certificate
     /// into <data-dir>/tls and run the nodes with TLS.
     #[arg(long)]
@@ -499,14 +504,22 @@ impl DevCommand {
                 .arg("--data-dir")
                 .arg(self.data_dir.join(format!("node{i}")))
                 .args(["--join", &seeds, "--min-replicas", &min_replicas]);
+            if let Some(shards) = self.shards {
+                cmd.args(["--shards", &shards.to_string()]);
+            }
             if self.tls {
                 cmd.arg("--tls-cert").arg(tls_dir.join("node.pem"));
                 cmd.arg("--tls-key").arg(tls_dir.join("node.key"));
                 cmd.arg("--tls-ca").arg(tls_dir.join("ca.pem"));
             }
             let log = self.data_dir.join(format!("node{i}.log"));
-            let pid = nodes.spawn(i, &mut cmd, format!("127.0.0.1:{}", grpc + 1), log.clone())?;
-            started.push(format!("node {i}: pid {pid}, gRPC {listen}, log {}", log.display()));
+            let pid_file = self.data_dir.join(format!("node{i}.pid"));
+            let pid = nodes.spawn(i, &mut cmd, format!("127.0.0.1:{}", grpc + 1), log.clone(), pid_file.clone())?;
+            started.push(format!(
+                "node {i}: pid {pid} (in {}), gRPC {listen}, log {}",
+                pid_file.display(),
+                log.display()
+            ));
             endpoints.push(listen);
         }
         let probe_tls = if self.tls {
