@@ -17,7 +17,7 @@
 //! - `# text` (no `=>`) is prose: not checked, but the command must exit 0,
 //!   as must a line without a comment.
 //!
-//! What the test does instead of a line, each printed as it goes:
+//! What the test does instead of a line, or after it, each printed as it goes:
 //! - Setup that takes minutes, from a fixed list ([`SETUP`]), is skipped:
 //!   the suite has built `ringkv` and the toolchain is installed; the guest
 //!   SDK's modules are built by the harness (`ringkv_tests::guest`).

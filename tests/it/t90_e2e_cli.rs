@@ -95,18 +95,32 @@ async fn dev_starts_a_local_cluster_and_stops_it_on_ctrl_c() {
         .spawn()
         .expect("spawn dev");
     let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + 2 * i)).collect();
-    let client = ringkv_client::Client::connect(&endpoints).expect("client");
-    let status = ringkv_tests::eventually("the dev cluster to have 3 voters and a leader", || {
-        let client = client.clone();
-        async move {
-            let s = client.status().await.ok()?;
-            (s.nodes.iter().filter(|n| n.role == "voter").count() == 3 && s.groups.iter().all(|g| g.leader_id != 0))
-                .then_some(s)
+    // dev says "all ready" once every node is ready and every shard is on 3 nodes.
+    let stdout = dev.stdout.take().expect("dev stdout");
+    let banner = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("dev stdout");
+            let ready = line.contains(", all ready");
+            seen.push(line);
+            if ready {
+                break;
+            }
         }
+        // Keep reading: dev exits 141 when its output is cut off.
+        std::thread::spawn(move || lines.for_each(drop));
+        seen.join("\n")
     })
-    .await;
-    assert_eq!(status.nodes.len(), 3);
+    .await
+    .expect("join");
+    assert!(banner.contains("ringkv dev cluster with 3 nodes, all ready"), "dev ended before ready: {banner}");
+    let client = ringkv_client::Client::connect(&endpoints).expect("client");
+    let status = client.status().await.expect("status once dev is ready");
+    assert_eq!(status.nodes.iter().filter(|n| n.role == "voter").count(), 3, "{status:?}");
     assert_eq!(status.shards.len(), 4, "--shards reaches every node: {status:?}");
+    assert!(status.shards.iter().all(|s| s.replicas.len() == 3 && !s.moving), "every shard placed: {status:?}");
     client.put("dev", "works").await.expect("put");
     // Each node's pid is in <data-dir>/node<i>.pid, and names a running ringkv node.
     for i in 1..=3 {

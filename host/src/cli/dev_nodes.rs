@@ -1,7 +1,8 @@
 //! `ringkv dev`'s node processes: each started with its output in a log
-//! file and its pid in a pid file (removed once it exits), waited on until its `/readyz` answers 200, watched so that an exit
-//! is reported (and the process reaped) as it happens, and stopped with
-//! SIGTERM on Ctrl-C.
+//! file and its pid in a pid file (removed once it exits), waited on until
+//! its `/readyz` answers 200 and every shard has its replicas, watched so
+//! that an exit is reported (and the process reaped) as it happens, and
+//! stopped with SIGTERM on Ctrl-C.
 //!
 //! A node that exits before the cluster is ready fails `dev` as a whole (the
 //! others are stopped): there is no cluster to try things on. A node that
@@ -130,12 +131,17 @@ impl DevNodes {
     }
 
     /// Waits until every node answers `/readyz` with 200 (`tls`: over HTTPS
-    /// with this client configuration). Fails, naming the node, its log and
-    /// what it last said, if one exits first or is not ready by `timeout`.
+    /// with this client configuration) and `/status` shows every shard with
+    /// `replicas` replicas, none moving. A node is ready as soon as the
+    /// replicas it hosts are, while shards may still be on fewer nodes:
+    /// killing one then (the README's tour) would leave those shards
+    /// without a quorum. Fails, naming the node, its log and what it last
+    /// said, if one exits first or is not ready by `timeout`.
     /// `Ok(false)`: stopped by a signal first.
     pub async fn wait_ready(
         &mut self,
         tls: Option<Arc<rustls::ClientConfig>>,
+        replicas: usize,
         timeout: Duration,
         stop: &mut StopSignal,
     ) -> anyhow::Result<bool> {
@@ -157,7 +163,17 @@ impl DevNodes {
                 }
             }
             if pending.is_empty() {
-                return Ok(true);
+                let first = self.running.iter().next().map(|(id, r)| (*id, r.http.clone()));
+                match first {
+                    Some((id, http)) => match placed(&http, tls.as_ref(), replicas).await {
+                        Ok(()) => return Ok(true),
+                        Err(e) => {
+                            pending.insert(id);
+                            why.insert(id, e);
+                        }
+                    },
+                    None => return Ok(true),
+                }
             }
             if Instant::now() > deadline {
                 let detail: Vec<String> = pending
@@ -290,6 +306,35 @@ fn last_line(log: &Path) -> Option<String> {
 /// `GET /readyz` on `addr`: `Ok` on 200, else what the node said (or why
 /// it could not be asked), on one line.
 async fn readyz(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<(), String> {
+    match get(addr, "/readyz", tls).await? {
+        (200, _) => Ok(()),
+        (code, body) => Err(format!("/readyz {code}: {}", body.trim().replace('\n', " "))),
+    }
+}
+
+/// `Ok` once `/status` on `addr` shows shards, each with `replicas`
+/// replicas and not moving; else which shards are still being placed.
+async fn placed(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>, replicas: usize) -> Result<(), String> {
+    let (code, body) = get(addr, "/status", tls).await?;
+    if code != 200 {
+        return Err(format!("/status {code}"));
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/status: {e}"))?;
+    let shards = status["shards"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let waiting: Vec<String> = shards
+        .iter()
+        .filter(|s| s["moving"] != serde_json::json!(false) || s["replicas"].as_array().map_or(0, Vec::len) != replicas)
+        .map(|s| s["shard"].to_string())
+        .collect();
+    if shards.is_empty() || !waiting.is_empty() {
+        return Err(format!("shards not yet on {replicas} nodes: {}", waiting.join(", ")));
+    }
+    Ok(())
+}
+
+/// `GET path` on `addr`: the status code and body, or why it could not be
+/// asked, on one line.
+async fn get(addr: &str, path: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<(u16, String), String> {
     let ask = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| format!("HTTP port {addr}: {e}"))?;
         let reply = match tls {
@@ -299,14 +344,13 @@ async fn readyz(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<(
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("HTTPS {addr}: {e}"))?;
-                exchange(stream, addr).await
+                exchange(stream, addr, path).await
             }
-            None => exchange(tcp, addr).await,
+            None => exchange(tcp, addr, path).await,
         };
         let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
-        match head.split_whitespace().nth(1) {
-            Some("200") => Ok(()),
-            Some(code) => Err(format!("/readyz {code}: {}", body.trim().replace('\n', " "))),
+        match head.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()) {
+            Some(code) => Ok((code, body.to_string())),
             None => Err(format!("HTTP port {addr}: no HTTP reply")),
         }
     };
@@ -315,8 +359,8 @@ async fn readyz(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<(
 
 /// Sends the request and reads the reply; a connection closed without a
 /// TLS close_notify still yields what was read.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, addr: &str) -> String {
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, addr: &str, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(request.as_bytes()).await.is_err() {
         return String::new();
     }

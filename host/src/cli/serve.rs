@@ -516,9 +516,9 @@ impl DevCommand {
             let pid_file = self.data_dir.join(format!("node{i}.pid"));
             let pid = nodes.spawn(i, &mut cmd, format!("127.0.0.1:{}", grpc + 1), log.clone(), pid_file.clone())?;
             started.push(format!(
-                "node {i}: pid {pid} (in {}), gRPC {listen}, log {}",
-                pid_file.display(),
-                log.display()
+                "node {i}: pid {pid}, gRPC {listen}, log {}, pid file {}",
+                log.display(),
+                pid_file.display()
             ));
             endpoints.push(listen);
         }
@@ -532,7 +532,8 @@ impl DevCommand {
         } else {
             None
         };
-        if !nodes.wait_ready(probe_tls, self.ready_timeout, stop).await? {
+        let replicas = self.nodes.min(3) as usize;
+        if !nodes.wait_ready(probe_tls, replicas, self.ready_timeout, stop).await? {
             return Ok(());
         }
         outln!("ringkv dev cluster with {} nodes, all ready", self.nodes)?;
