@@ -13,6 +13,9 @@ pub struct Channel {
     inner: tonic::transport::Channel,
     /// `Bearer <token>`, marked sensitive so it is never printed.
     authorization: Option<HeaderValue>,
+    /// The address the channel connects to (`host:port`), for error
+    /// messages; empty for a channel made from a tonic channel.
+    addr: std::sync::Arc<str>,
 }
 
 impl Channel {
@@ -22,7 +25,7 @@ impl Channel {
         let authorization = token
             .map(|t| bearer(t).map_err(|reason| crate::Error::BadEndpoint { endpoint: String::new(), reason }))
             .transpose()?;
-        Ok(Channel { inner, authorization })
+        Ok(Channel { inner, authorization, addr: "".into() })
     }
 
     /// A lazily connected channel to one node (`host:port`) made the way
@@ -32,8 +35,13 @@ impl Channel {
         crate::connect_lazy(addr, opts)
     }
 
-    pub(crate) fn new(inner: tonic::transport::Channel, authorization: Option<HeaderValue>) -> Channel {
-        Channel { inner, authorization }
+    pub(crate) fn new(inner: tonic::transport::Channel, authorization: Option<HeaderValue>, addr: &str) -> Channel {
+        Channel { inner, authorization, addr: addr.into() }
+    }
+
+    /// The address this channel connects to, as given (empty if unknown).
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 }
 

@@ -63,22 +63,29 @@ pub use proto::Consistency;
 use proto::RingResponse;
 
 /// Errors returned by [`Client`], one variant per gRPC code the server uses.
+///
+/// `Display` gives the server's message in plain words, without gRPC's code
+/// names: a hook rejection reads `rejected by hook json v1: <reason>`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request was malformed or exceeded a limit (`INVALID_ARGUMENT`).
-    #[error("invalid argument: {0}")]
+    #[error("invalid request: {0}")]
     InvalidArgument(String),
-    /// A hook rejected the write (`FAILED_PRECONDITION`).
-    #[error("rejected: {0}")]
+    /// A hook rejected the write, or the cluster refused a change it cannot
+    /// make in its current state (`FAILED_PRECONDITION`). The message says
+    /// which (`rejected by hook json v1: …`).
+    #[error("{0}")]
     Rejected(String),
     /// A compare-and-swap did not match the current version (`ABORTED`).
     #[error("{0}")]
     VersionMismatch(String),
-    /// No quorum or leader was reachable in time (`UNAVAILABLE`).
-    #[error("unavailable: {0}")]
+    /// No quorum or leader was reachable in time, or no endpoint accepted a
+    /// connection (`UNAVAILABLE`; then the message starts with
+    /// `cannot connect to` and names the addresses tried).
+    #[error("{}", unavailable_text(.0))]
     Unavailable(String),
     /// The request deadline passed (`DEADLINE_EXCEEDED`).
-    #[error("deadline exceeded: {0}")]
+    #[error("timed out: {0}")]
     DeadlineExceeded(String),
     /// No credentials, or a token the cluster does not accept (`UNAUTHENTICATED`).
     #[error("unauthenticated: {0}")]
@@ -86,15 +93,47 @@ pub enum Error {
     /// The principal lacks the grant the request needs (`PERMISSION_DENIED`).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// An endpoint could not be parsed.
-    #[error("bad endpoint {endpoint:?}: {reason}")]
+    /// An endpoint could not be parsed, or is not a ringkv gRPC port.
+    #[error("bad endpoint {endpoint}: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
     /// A TLS file could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
-    /// Any other status from the server.
-    #[error("{}: {}", .0.code(), .0.message())]
+    /// Any other status from the server (`NOT_FOUND`, `ALREADY_EXISTS`, ...).
+    #[error("{}", other_text(.0))]
     Other(tonic::Status),
+}
+
+/// What an `Unavailable` error's message starts with when no connection
+/// could be made at all.
+const CANNOT_CONNECT: &str = "cannot connect to ";
+
+fn unavailable_text(msg: &str) -> String {
+    if msg.starts_with(CANNOT_CONNECT) {
+        msg.to_string()
+    } else {
+        format!("cluster unavailable: {msg}")
+    }
+}
+
+/// The server's message, with a plain word in front where the code adds
+/// meaning the message may not carry.
+fn other_text(s: &tonic::Status) -> String {
+    let msg = s.message();
+    let lead = match s.code() {
+        Code::Unimplemented => "not supported by this server",
+        Code::Internal => "internal error on the server",
+        Code::ResourceExhausted => "over a limit",
+        Code::Cancelled => "cancelled",
+        Code::DataLoss => "data loss",
+        // NOT_FOUND, ALREADY_EXISTS, OUT_OF_RANGE, UNKNOWN: the message says it.
+        _ if !msg.is_empty() => return msg.to_string(),
+        _ => "failed",
+    };
+    match msg {
+        "" => lead.to_string(),
+        m => format!("{lead}: {m}"),
+    }
 }
 
 impl From<tonic::Status> for Error {
@@ -118,6 +157,80 @@ impl Error {
     fn is_retryable(&self) -> bool {
         matches!(self, Error::Unavailable(_))
     }
+
+    /// True when no endpoint tried accepted a connection: nothing listens
+    /// there, or it is not reachable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unavailable(m) if m.starts_with(CANNOT_CONNECT))
+    }
+
+    /// The error for `status`, got from the node at `addr`: a failed
+    /// connection names the address, and an answer in plain HTTP (a web
+    /// server, such as a node's HTTP port) says that it is not a gRPC port.
+    fn from_node(status: tonic::Status, addr: &str) -> Error {
+        if let Some(cause) = connect_failure(&status) {
+            return Error::Unavailable(format!("{CANNOT_CONNECT}{addr} ({cause})"));
+        }
+        if status.message().contains("grpc-status header missing") {
+            let http = status.message().rsplit(' ').next().unwrap_or("?").to_string();
+            let mut reason = format!(
+                "it answers plain HTTP (status {http}), not gRPC; this looks like ringkv's HTTP port, not its gRPC port"
+            );
+            if let Some(grpc) = grpc_port_guess(addr) {
+                reason.push_str(&format!(" (a node's gRPC port is usually its HTTP port minus 1: try {grpc})"));
+            }
+            return Error::BadEndpoint { endpoint: addr.to_string(), reason };
+        }
+        Error::from(status)
+    }
+}
+
+/// `addr` with its port one lower: where a node whose HTTP port is `addr`
+/// usually serves gRPC (`serve` puts HTTP on the gRPC port plus 1).
+fn grpc_port_guess(addr: &str) -> Option<String> {
+    let (scheme, rest) = addr.split_once("://").map_or(("", addr), |(s, r)| (s, r));
+    let (host, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.trim_end_matches('/').parse().ok()?;
+    let guess = format!("{host}:{}", port.checked_sub(1)?);
+    Some(if scheme.is_empty() { guess } else { format!("{scheme}://{guess}") })
+}
+
+/// The innermost cause when `status` comes from a connection that could not
+/// be made (refused, timed out, TLS handshake failed): the request was never
+/// sent. `None` for anything else.
+fn connect_failure(status: &tonic::Status) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    let mut connect = false;
+    let mut innermost = None;
+    while let Some(e) = source {
+        connect |= e.is::<tonic::ConnectError>()
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+        innermost = Some(e.to_string());
+        source = e.source();
+    }
+    connect.then(|| innermost.unwrap_or_else(|| status.message().to_string()))
+}
+
+/// The final error of a request tried on several nodes: when none of them
+/// accepted a connection, one message naming every address tried.
+fn give_up(last: Option<Error>, unreachable: &[String]) -> Error {
+    let mut addrs: Vec<&str> = Vec::new();
+    for a in unreachable {
+        if !addrs.contains(&a.as_str()) {
+            addrs.push(a);
+        }
+    }
+    match (last, unreachable.last()) {
+        (Some(Error::Unavailable(m)), Some(addr)) if addrs.len() > 1 && m.starts_with(CANNOT_CONNECT) => {
+            let cause = m
+                .strip_prefix(&format!("{CANNOT_CONNECT}{addr} ("))
+                .and_then(|c| c.strip_suffix(')'))
+                .unwrap_or("no connection");
+            Error::Unavailable(format!("{CANNOT_CONNECT}any of {} ({cause})", addrs.join(", ")))
+        }
+        (Some(e), _) => e,
+        (None, _) => Error::Unavailable("no node answered".into()),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -137,6 +250,22 @@ pub struct Value {
 pub struct Item {
     pub key: Bytes,
     pub value: Value,
+}
+
+/// One page of a scan ([`Client::scan_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The page's items, in key order.
+    pub items: Vec<Item>,
+    /// More keys under the prefix follow the last item.
+    pub more: bool,
+}
+
+impl ScanPage {
+    /// The key to pass as `after` for the next page; `None` on the last page.
+    pub fn next_after(&self) -> Option<Bytes> {
+        self.items.last().filter(|_| self.more).map(|i| i.key.clone())
+    }
 }
 
 /// Options for [`Client::put_with`].
@@ -330,7 +459,7 @@ pub(crate) fn connect_lazy(addr: &str, opts: &ClientOptions) -> Result<Channel> 
         }
         None => None,
     };
-    Ok(Channel::new(endpoint(addr, opts)?.connect_lazy(), authorization))
+    Ok(Channel::new(endpoint(addr, opts)?.connect_lazy(), authorization, addr))
 }
 
 fn endpoint(addr: &str, opts: &ClientOptions) -> Result<Endpoint> {
@@ -482,18 +611,27 @@ impl Client {
     {
         let n = self.inner.channels.len();
         let mut last = None;
+        let mut unreachable = Vec::new();
+        // The endpoints in turn from where the last request left off; read
+        // once, since a failure below moves the shared cursor.
+        let start = self.inner.next.load(Ordering::Relaxed);
         for attempt in 0..n.max(2) {
-            match f(self.channel(attempt)).await.map_err(Error::from) {
+            let channel = self.inner.channels[(start + attempt) % n].clone();
+            let addr = channel.addr().to_string();
+            match f(channel).await.map_err(|s| Error::from_node(s, &addr)) {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     // Start from the next endpoint next time too, so a dead node is skipped.
                     self.inner.next.fetch_add(1, Ordering::Relaxed);
+                    if e.is_unreachable() {
+                        unreachable.push(addr);
+                    }
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no endpoint answered".into())))
+        Err(give_up(last, &unreachable))
     }
 
     /// Sends a request about `key` to the node the routing table picks for
@@ -541,7 +679,9 @@ impl Client {
         let tries = unrouted + routed.saturating_sub(1);
         let epoch = table.as_ref().map(|t| t.epoch);
         let mut last = None;
+        let mut unreachable = Vec::new();
         for (node, channel) in candidates.into_iter().take(tries) {
+            let addr = channel.addr().to_string();
             match f(channel, epoch).await {
                 Ok(resp) => {
                     if let Some(t) = &table {
@@ -554,9 +694,12 @@ impl Client {
                     if let Some(t) = &table {
                         self.observe_error(t, node, &status, refused);
                     }
-                    let e = Error::from(status);
+                    let e = Error::from_node(status, &addr);
                     if !(refused || (retry && e.is_retryable())) {
                         return Err(e);
+                    }
+                    if e.is_unreachable() {
+                        unreachable.push(addr);
                     }
                     if node.is_none() {
                         // Start from the next seed next time too, so a dead node is skipped.
@@ -566,7 +709,7 @@ impl Client {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no node answered".into())))
+        Err(give_up(last, &unreachable))
     }
 
     /// Learns from a reply: a newer epoch or a forwarded request marks the
@@ -816,24 +959,49 @@ impl Client {
         Ok(resp.deleted)
     }
 
-    /// Returns up to `limit` live keys starting with `prefix`, in key order.
+    /// Returns up to `limit` live keys starting with `prefix`, in key order
+    /// (0: the server's default, 1000; the server caps `limit` at its
+    /// maximum, 10 000). Whether more keys match is lost here: use
+    /// [`Client::scan_page`] to page through them.
     /// The receiving node reads every shard and merges, so this goes to any endpoint.
     pub async fn scan(&self, prefix: impl Into<Bytes>, limit: u32, consistency: Consistency) -> Result<Vec<Item>> {
-        let prefix = prefix.into();
+        Ok(self.scan_page(prefix, Bytes::new(), limit, consistency).await?.items)
+    }
+
+    /// One page of a scan: up to `limit` live keys starting with `prefix`
+    /// and after `after` (exclusive; empty: from the first), in key order,
+    /// and whether more follow. Pass the page's [`ScanPage::next_after`] as
+    /// `after` for the next page; pages are sorted and complete across
+    /// shards. A server without paging ignores `after` and never says more
+    /// follow.
+    pub async fn scan_page(
+        &self,
+        prefix: impl Into<Bytes>,
+        after: impl Into<Bytes>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<ScanPage> {
+        let (prefix, after) = (prefix.into(), after.into());
         let epoch = self.current_epoch();
         self.idempotent(|ch| {
-            let req =
-                request(proto::ScanRequest { prefix: prefix.clone(), limit, consistency: consistency as i32 }, epoch);
+            let msg = proto::ScanRequest {
+                prefix: prefix.clone(),
+                limit,
+                consistency: consistency as i32,
+                start_after: after.clone(),
+            };
+            let req = request(msg, epoch);
             async move {
                 let mut stream = KvClient::new(ch).scan(req).await?.into_inner();
-                let mut items = Vec::new();
+                let mut page = ScanPage::default();
                 while let Some(it) = stream.message().await? {
-                    items.push(Item {
+                    page.more = it.more;
+                    page.items.push(Item {
                         key: it.key,
                         value: Value { value: it.value, version: it.version, expires_at_ms: it.expires_at_ms },
                     });
                 }
-                Ok(items)
+                Ok(page)
             }
         })
         .await
@@ -1029,9 +1197,53 @@ mod tests {
             .map(|a| a.port())
             .expect("free port");
         let client = Client::connect([format!("127.0.0.1:{port}")]).expect("client");
-        assert!(matches!(client.put("k", "v").await, Err(Error::Unavailable(_))));
-        assert!(matches!(client.get("k").await, Err(Error::Unavailable(_))));
+        let addr = format!("127.0.0.1:{port}");
+        for e in [client.put("k", "v").await.expect_err("put"), client.get("k").await.expect_err("get")] {
+            assert!(matches!(e, Error::Unavailable(_)) && e.is_unreachable(), "{e:?}");
+            assert!(e.to_string().starts_with(&format!("cannot connect to {addr} (")), "{e}");
+        }
         assert_eq!(client.routing_epoch(), None);
         assert!(client.refresh_routing().await.is_err());
+    }
+
+    #[test]
+    fn errors_read_in_plain_words_without_grpc_code_names() {
+        let shown = |s: tonic::Status| Error::from(s).to_string();
+        assert_eq!(
+            shown(tonic::Status::failed_precondition("rejected by hook json v1: not JSON")),
+            "rejected by hook json v1: not JSON"
+        );
+        assert_eq!(shown(tonic::Status::not_found("no hook named \"x\"")), "no hook named \"x\"");
+        assert_eq!(
+            shown(tonic::Status::unavailable("no leader for shard 3")),
+            "cluster unavailable: no leader for shard 3"
+        );
+        assert_eq!(shown(tonic::Status::deadline_exceeded("after 10s")), "timed out: after 10s");
+        assert_eq!(shown(tonic::Status::invalid_argument("key is empty")), "invalid request: key is empty");
+        assert_eq!(shown(tonic::Status::internal("boom")), "internal error on the server: boom");
+        assert_eq!(shown(tonic::Status::already_exists("")), "failed");
+    }
+
+    #[test]
+    fn an_http_answer_names_the_endpoint_and_the_likely_grpc_port() {
+        let s = tonic::Status::unimplemented("grpc-status header missing, mapped from HTTP status code 404");
+        assert_eq!(
+            Error::from_node(s, "127.0.0.1:7380").to_string(),
+            "bad endpoint 127.0.0.1:7380: it answers plain HTTP (status 404), not gRPC; this looks like ringkv's \
+             HTTP port, not its gRPC port (a node's gRPC port is usually its HTTP port minus 1: try 127.0.0.1:7379)"
+        );
+        assert_eq!(grpc_port_guess("http://node-1:8001").as_deref(), Some("http://node-1:8000"));
+        assert_eq!(grpc_port_guess("node-1:0"), None);
+        assert_eq!(grpc_port_guess("no-port"), None);
+    }
+
+    #[test]
+    fn giving_up_on_several_unreachable_nodes_names_each_once() {
+        let last = Error::Unavailable(format!("{CANNOT_CONNECT}b:2 (Connection refused (os error 111))"));
+        let e = give_up(Some(last), &["a:1".into(), "b:2".into(), "a:1".into(), "b:2".into()]);
+        assert_eq!(e.to_string(), "cannot connect to any of a:1, b:2 (Connection refused (os error 111))");
+        let one = Error::Unavailable(format!("{CANNOT_CONNECT}a:1 (refused)"));
+        assert_eq!(give_up(Some(one), &["a:1".into(), "a:1".into()]).to_string(), "cannot connect to a:1 (refused)");
+        assert!(!give_up(Some(Error::Unavailable("no quorum".into())), &[]).is_unreachable());
     }
 }

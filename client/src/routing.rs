@@ -185,7 +185,7 @@ mod tests {
     fn lazy(addr: &str) -> Option<Channel> {
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .ok()
-            .map(|e| Channel::new(e.connect_lazy(), None))
+            .map(|e| Channel::new(e.connect_lazy(), None, addr))
     }
 
     fn ring(epoch: u64, routes: &[(u32, u64, &[u64])]) -> RingResponse {

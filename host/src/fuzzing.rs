@@ -128,7 +128,8 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
         Target::ClientRequest => vec![
             proto::PutRequest { key: "user/1".into(), value: "v".into(), ttl_ms: Some(1000), if_version: Some(0) }
                 .encode_to_vec(),
-            proto::ScanRequest { prefix: "user/".into(), limit: 10, consistency: 1 }.encode_to_vec(),
+            proto::ScanRequest { prefix: "user/".into(), limit: 10, consistency: 1, ..Default::default() }
+                .encode_to_vec(),
             proto::DeployHookRequest {
                 hook: Some(proto::HookDefinition {
                     name: "h".into(),

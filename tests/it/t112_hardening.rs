@@ -124,7 +124,8 @@ async fn malformed_and_oversized_requests_get_client_error_codes_and_the_node_ke
     for i in 0..3 {
         client.put(format!("wide/{i}"), vec![b'w'; 30 * 1024]).await.expect("put wide");
     }
-    let scan = |prefix: &'static str| proto::ScanRequest { prefix: prefix.into(), limit: u32::MAX, consistency: 0 };
+    let scan =
+        |prefix: &'static str| proto::ScanRequest { prefix: prefix.into(), limit: u32::MAX, ..Default::default() };
     let mut stream = kv.scan(scan("row/")).await.expect("scan").into_inner();
     let mut rows = 0;
     while stream.message().await.expect("scan item").is_some() {

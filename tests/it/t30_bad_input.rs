@@ -40,7 +40,7 @@ async fn limits_and_malformed_requests_are_rejected_cleanly() {
         .expect_err("unknown consistency must fail");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = raw
-        .scan(proto::ScanRequest { prefix: vec![b'p'; 5000].into(), limit: 1, consistency: 0 })
+        .scan(proto::ScanRequest { prefix: vec![b'p'; 5000].into(), limit: 1, ..Default::default() })
         .await
         .expect_err("over-long prefix must fail");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

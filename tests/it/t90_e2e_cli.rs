@@ -1,5 +1,6 @@
 //! End to end with the built binary only: three `ringkv serve` processes
-//! joined with `--join`, driven by the `ringkv` CLI.
+//! joined with `--join`, driven by the `ringkv` CLI; what the CLI prints for
+//! hooks, scans and bench.
 
 use std::process::Command;
 
@@ -544,4 +545,209 @@ async fn metrics_parse_as_prometheus_text_and_cover_the_documented_families() {
         })
         .sum();
     assert!(rejects >= 3.0, "each node's leader rejected a big value, {rejects} rejects counted");
+}
+
+/// Runs `ringkv ARGS`; returns (exit status, stdout, stderr).
+async fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(ringkv_bin()).args(&args).output().expect("run ringkv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+/// Keys of a `scan` output, one `key\tvalue` line each.
+fn scanned_keys(out: &str) -> Vec<String> {
+    out.lines().map(|l| l.split('\t').next().unwrap_or_default().to_string()).collect()
+}
+
+/// `scan` says when it shows only part of the keys and how to go on, and
+/// pages through more keys than the server returns at once (`--scan-max 5`)
+/// sorted and complete across 16 shards spread over three nodes; `bench`
+/// says what it preloads.
+#[tokio::test]
+async fn scan_pages_through_every_key_and_bench_reports_its_preload() {
+    let c = ProcCluster::start(3, &["--scan-default", "3", "--scan-max", "5"]).await;
+    let ep = c.nodes[&2].grpc.clone();
+    let client = c.client();
+    let want: Vec<String> = (0..23).map(|i| format!("p/{i:02}")).collect();
+    for k in &want {
+        client.put(k.clone(), format!("v{k}")).await.expect("put");
+    }
+    client.put("q/outside", "x").await.expect("put");
+
+    let (code, out, err) = run(&["scan", "p/", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(scanned_keys(&out), want[..3], "the server's default page: {out}");
+    assert_eq!(
+        err.trim(),
+        "showing 3 keys; more exist: continue with --after p/02, or use --all to list every key",
+        "{err}"
+    );
+
+    let (code, out, err) = run(&["scan", "p/", "--after", "p/02", "--limit", "1000", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(scanned_keys(&out), want[3..8], "--limit is capped at --scan-max: {out}");
+    assert!(err.contains("continue with --after p/07"), "{err}");
+
+    // A page that ends exactly at the last key says nothing more exists.
+    let (code, out, err) = run(&["scan", "p/", "--after", "p/19", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(scanned_keys(&out), want[20..], "{out}");
+    assert!(err.is_empty(), "no hint on the last page: {err}");
+
+    for consistency in ["linearizable", "eventual"] {
+        let (code, out, err) = run(&["scan", "p/", "--all", "--consistency", consistency, "--endpoints", &ep]).await;
+        assert_eq!(code, Some(0), "{err}");
+        if consistency == "linearizable" {
+            assert_eq!(scanned_keys(&out), want, "every key once, in order: {out}");
+        } else {
+            let got = scanned_keys(&out);
+            let mut sorted = got.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(got, sorted, "eventual pages are sorted and repeat nothing: {out}");
+        }
+        assert!(err.is_empty(), "{err}");
+    }
+    let (code, out, err) = run(&["scan", "p/", "--all", "--limit", "4", "--json", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let items: serde_json::Value = serde_json::from_str(out.trim()).expect("scan --json is JSON");
+    let keys: Vec<&str> = items.as_array().expect("array").iter().filter_map(|i| i["key"].as_str()).collect();
+    assert_eq!(keys, want, "{out}");
+
+    // The client library pages the same way.
+    let mut after: Vec<u8> = Vec::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = client.scan_page("p/", after, 0, ringkv_client::Consistency::Linearizable).await.expect("page");
+        assert!(page.items.len() <= 3, "{page:?}");
+        paged.extend(page.items.iter().map(|i| String::from_utf8_lossy(&i.key).into_owned()));
+        match page.next_after() {
+            Some(next) => after = next.to_vec(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, want);
+
+    let (code, out, err) =
+        run(&["bench", "--op", "get", "--keys", "300", "--clients", "4", "--duration", "1s", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ops/s="), "{out}");
+    assert!(
+        err.contains("preloading 300 keys (bench/00000000 to bench/00000299) before the 1s get run"),
+        "says what it does before the run: {err}"
+    );
+    assert!(err.contains("preloaded 300 keys in"), "{err}");
+}
+
+/// Hook commands in plain words: a rejection names the hook, a missing hook
+/// is "no hook named", `hook test` exits 0 accept, 1 reject, 2 hook error
+/// and 3 when it cannot run, a `.wasm` file needs no `--kind`, and a removed
+/// validate hook comes back with `rollback` while a removed partition
+/// function says it is not kept.
+#[tokio::test]
+async fn hook_commands_speak_plain_words_and_hook_test_exits_by_verdict() {
+    let c = ProcCluster::start(1, &[]).await;
+    let ep = c.nodes[&1].grpc.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, body: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let small = file(
+        "small.lua",
+        b"function validate(key, value, ctx)\n  if value ~= nil and #value > 3 then return false, 'too long' end\n  return true\nend\n",
+    );
+    let spin = file("spin.lua", b"function validate(key, value, ctx)\n  while true do end\nend\n");
+    let broken = file("broken.lua", b"function validate(key, value, ctx\n");
+    let noop = file("noop.wasm", &ringkv_tests::guest::hostile("noop_validate"));
+    let reject = file("reject.wasm", &ringkv_tests::guest::hostile("reject_validate"));
+    let wasm_spin = file("spin.wasm", &ringkv_tests::guest::hostile("infinite_loop"));
+    let partition = file("tenants.wasm", &ringkv_tests::guest::hostile("partition_prefix"));
+
+    let test = |f: &str, value: &str| {
+        let (f, value, ep) = (f.to_string(), value.to_string(), ep.clone());
+        async move {
+            run(&[
+                "hook",
+                "test",
+                "--file",
+                &f,
+                "--key",
+                "k",
+                "--value",
+                &value,
+                "--timeout",
+                "10ms",
+                "--endpoints",
+                &ep,
+            ])
+            .await
+        }
+    };
+    let (code, out, err) = test(&small, "abc").await;
+    assert_eq!(code, Some(0), "accept: {out} {err}");
+    let (code, out, err) = test(&small, "abcdef").await;
+    assert_eq!(code, Some(1), "reject: {out} {err}");
+    assert!(out.starts_with("reject: too long"), "{out}");
+    let (code, out, err) = test(&spin, "x").await;
+    assert_eq!(code, Some(2), "a broken deadline is a hook error: {out} {err}");
+    assert!(out.starts_with("error: ") && out.contains("deadline"), "{out}");
+    let (code, out, err) = test(&broken, "x").await;
+    assert_eq!(code, Some(2), "a script that does not load is a hook error: {out} {err}");
+    assert!(err.starts_with("error: hook does not load"), "{err}");
+    // Wasm modules are recognised without --kind.
+    let (code, out, err) = test(&noop, "x").await;
+    assert_eq!(code, Some(0), "a wasm module without --kind: {out} {err}");
+    let (code, out, err) = test(&reject, "").await;
+    assert_eq!(code, Some(1), "{out} {err}");
+    let (code, out, err) = test(&wasm_spin, "x").await;
+    assert_eq!(code, Some(2), "{out} {err}");
+    let (code, _, err) =
+        run(&["hook", "test", "--kind", "lua", "--file", &noop, "--key", "k", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(3), "the test cannot run: {err}");
+    assert!(err.contains("is a WebAssembly module") && err.contains("drop --kind lua"), "{err}");
+    let (code, _, err) = run(&["hook", "test", "--file", &small, "--endpoints", &ep]).await;
+    assert_eq!(code, Some(3), "a missing --key: {err}");
+    assert!(err.contains("Usage: ringkv hook test [OPTIONS]"), "{err}");
+
+    let (code, out, err) =
+        run(&["hook", "deploy", "--name", "small", "--stage", "validate", "--file", &small, "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    let (code, _, err) = run(&["put", "a", "too long", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim(), "error: rejected by hook small v1: too long");
+    let (code, _, err) = run(&["hook", "get", "nosuch", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim(), "error: no hook named \"nosuch\"");
+
+    let (code, out, err) = run(&["hook", "remove", "small", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    let (code, _, err) = run(&["put", "a", "too long", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "no hook once removed: {err}");
+    let (code, out, err) = run(&["hook", "rollback", "small", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert_eq!(out.trim(), "small is now v1 (it had been removed)");
+    let (_, _, err) = run(&["put", "a", "too long", "--endpoints", &ep]).await;
+    assert_eq!(err.trim(), "error: rejected by hook small v1: too long", "the rolled-back hook judges again");
+
+    let (code, out, err) =
+        run(&["hook", "deploy", "--name", "tenants", "--stage", "partition", "--file", &partition, "--endpoints", &ep])
+            .await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    let (code, out, err) = run(&["hook", "remove", "tenants", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(0), "{out} {err}");
+    let (code, _, err) = run(&["hook", "rollback", "tenants", "--endpoints", &ep]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no hook named \"tenants\"") && err.contains("not kept for rollback"), "{err}");
+    let (_, help, _) = run(&["hook", "remove", "--help"]).await;
+    assert!(help.contains("The partition function is not kept"), "{help}");
 }

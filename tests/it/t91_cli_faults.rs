@@ -1,5 +1,6 @@
 //! What a user sees when things go wrong around the binary: a CLI whose
-//! stdout reader has gone (`ringkv scan "" | head -1`), removing a node that
+//! stdout reader has gone (`ringkv scan "" | head -1`), endpoints where no
+//! node listens or that are a node's HTTP port, removing a node that
 //! is not a member, `ringkv dev` whose nodes cannot start or die while it
 //! runs, and `/healthz` over HTTP after a failed fsync.
 
@@ -342,4 +343,52 @@ async fn healthz_answers_503_over_http_after_a_failed_fsync() {
     assert_eq!(code, 503);
     assert!(body.contains("storage is poisoned after a failed fsync"), "{body}");
     node.shutdown().await;
+}
+
+/// A loopback address nobody listens on.
+fn dead_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    format!("127.0.0.1:{port}")
+}
+
+/// A client command that reaches no node names the addresses it tried and
+/// how to give others; one pointed at a node's HTTP port says that it is
+/// not the gRPC port and which one probably is.
+#[tokio::test]
+async fn dead_and_wrong_endpoints_are_named_with_what_to_do() {
+    let (a, b) = (dead_endpoint(), dead_endpoint());
+    let hint = "; is a ringkv node running there? Give the nodes' gRPC addresses with --endpoints or RINGKV_ENDPOINTS";
+    for cmd in ["get", "put"] {
+        let mut argv = vec![cmd, "k"];
+        if cmd == "put" {
+            argv.push("v");
+        }
+        argv.extend(["--endpoints", &a]);
+        let (ok, _, err) = cli(ringkv_tests::cli::args(&argv)).await;
+        assert!(!ok, "{cmd}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+        assert!(err.starts_with(&format!("error: cannot connect to {a} (")), "{cmd}: {err}");
+        assert!(err.trim_end().ends_with(hint), "{cmd}: {err}");
+    }
+    let both = format!("{a},{b}");
+    let (ok, _, err) = cli(ringkv_tests::cli::args(&["scan", "", "--endpoints", &both])).await;
+    assert!(!ok);
+    assert!(err.starts_with(&format!("error: cannot connect to any of {a}, {b} (")), "{err}");
+
+    let c = ProcCluster::start(1, &[]).await;
+    let (http, grpc) = (c.nodes[&1].http.clone(), c.nodes[&1].grpc.clone());
+    let (ok, _, err) = cli(ringkv_tests::cli::args(&["get", "k", "--endpoints", &http])).await;
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: bad endpoint {http}: it answers plain HTTP (status 404), not gRPC; this looks like ringkv's \
+             HTTP port, not its gRPC port"
+        )),
+        "{err}"
+    );
+    let port = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).expect("port");
+    if port(&http) == port(&grpc) + 1 {
+        assert!(err.contains(&format!("try {grpc})")), "names the gRPC port: {err}");
+    }
 }

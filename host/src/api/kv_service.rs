@@ -137,9 +137,16 @@ impl Kv for KvService {
             s
         };
         self.catch_up(req.metadata()).await.map_err(epoch_status)?;
-        let items = self.serve_scan(req.into_inner()).await.map_err(epoch_status)?;
-        let stream = futures::stream::iter(items.into_iter().map(|(key, e)| {
-            Ok(proto::ScanItem { key: key.into(), value: e.value, version: e.version, expires_at_ms: e.expires_at })
+        let (items, more) = self.serve_scan(req.into_inner()).await.map_err(epoch_status)?;
+        let last = items.len().saturating_sub(1);
+        let stream = futures::stream::iter(items.into_iter().enumerate().map(move |(i, (key, e))| {
+            Ok(proto::ScanItem {
+                key: key.into(),
+                value: e.value,
+                version: e.version,
+                expires_at_ms: e.expires_at,
+                more: more && i == last,
+            })
         }));
         let mut resp = Response::new(Box::pin(stream) as ScanStream);
         resp.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
@@ -198,7 +205,8 @@ impl KvService {
         }
     }
 
-    async fn serve_scan(&self, r: proto::ScanRequest) -> Result<Vec<(Vec<u8>, Envelope)>, Status> {
+    /// The page of a scan, and whether more keys under the prefix follow it.
+    async fn serve_scan(&self, r: proto::ScanRequest) -> Result<(Vec<(Vec<u8>, Envelope)>, bool), Status> {
         let limits = &self.node.config().limits;
         if r.prefix.len() > limits.max_key_bytes {
             return Err(Status::invalid_argument(format!(
@@ -207,13 +215,30 @@ impl KvService {
                 limits.max_key_bytes
             )));
         }
+        if r.start_after.len() > limits.max_key_bytes {
+            return Err(Status::invalid_argument(format!(
+                "start_after is {} bytes; the key limit is {} bytes",
+                r.start_after.len(),
+                limits.max_key_bytes
+            )));
+        }
         let limit = match r.limit {
             0 => limits.scan_default,
             n => n.min(limits.scan_max),
         };
         let linearizable = consistency(r.consistency)?;
-        let items = self.node.scan_all(r.prefix.to_vec(), limit, linearizable).instrument(self.span("scan")).await?;
-        Ok(within_bytes(items, limits.max_scan_bytes))
+        // One key past the page tells whether more follow.
+        let mut items = self
+            .node
+            .scan_all(r.prefix.to_vec(), r.start_after.to_vec(), limit.saturating_add(1), linearizable)
+            .instrument(self.span("scan"))
+            .await?;
+        let mut more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let n = items.len();
+        let items = within_bytes(items, limits.max_scan_bytes);
+        more |= items.len() < n;
+        Ok((items, more))
     }
 }
 

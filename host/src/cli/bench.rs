@@ -58,7 +58,9 @@ pub struct BenchCommand {
     pub tenants: u64,
     #[arg(long, value_enum, default_value_t)]
     pub consistency: ConsistencyArg,
-    /// Write every key once before measuring (default for get and mixed).
+    /// Skip writing every key once before measuring. Without this flag,
+    /// get and mixed runs first write all --keys keys (progress on stderr);
+    /// put runs never preload.
     #[arg(long)]
     pub no_preload: bool,
     /// Which system to drive.
@@ -227,30 +229,75 @@ impl BenchCommand {
         Ok(())
     }
 
-    /// Writes every key once, with the same concurrency, printing progress.
+    /// Writes every key once, with the same concurrency, printing progress
+    /// on stderr every second.
     async fn preload(&self, target: &Target, value: &[u8]) -> anyhow::Result<()> {
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        use std::sync::atomic::{AtomicU64, Ordering};
         let (keys, tenants) = (self.keys, self.tenants);
+        eprintln!(
+            "preloading {keys} keys ({} to {}) before the {} {} run; --no-preload skips this",
+            key_name(0, tenants),
+            key_name(keys - 1, tenants),
+            humantime::format_duration(self.duration),
+            format!("{:?}", self.op).to_lowercase()
+        );
+        let next = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let progress = tokio::spawn({
+            let written = written.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    eprintln!("{}", preload_progress(written.load(Ordering::Relaxed), keys));
+                }
+            }
+        });
         let mut tasks = Vec::new();
         for _ in 0..self.clients {
-            let (target, value, next) = (target.clone(), value.to_vec(), next.clone());
+            let (target, value, next, written) = (target.clone(), value.to_vec(), next.clone(), written.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= keys {
                         return Ok::<_, anyhow::Error>(());
                     }
                     target.put(key_name(i, tenants), value.clone()).await?;
-                    if i > 0 && i % 20_000 == 0 {
-                        eprintln!("preload: {i}/{keys} keys");
-                    }
+                    written.fetch_add(1, Ordering::Relaxed);
                 }
             }));
         }
+        let mut result = Ok(());
         for t in tasks {
-            t.await.context("preload task panicked")??;
+            if let Err(e) = t.await.context("preload task panicked").and_then(|r| r.context("preloading")) {
+                result = result.and(Err(e));
+            }
         }
-        eprintln!("preload: {keys}/{keys} keys");
+        progress.abort();
+        result?;
+        eprintln!(
+            "preloaded {keys} keys in {:.1} s; measuring for {}",
+            started.elapsed().as_secs_f64(),
+            humantime::format_duration(self.duration)
+        );
         Ok(())
+    }
+}
+
+/// One line of preload progress: `preloading 34000/100000 keys (34%)`.
+fn preload_progress(done: u64, keys: u64) -> String {
+    format!("preloading {done}/{keys} keys ({}%)", done * 100 / keys.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preload_progress_counts_keys_and_percent() {
+        assert_eq!(preload_progress(34_000, 100_000), "preloading 34000/100000 keys (34%)");
+        assert_eq!(preload_progress(0, 7), "preloading 0/7 keys (0%)");
     }
 }

@@ -114,10 +114,19 @@ impl DeleteCommand {
 
 #[derive(Args, Debug)]
 pub struct ScanCommand {
+    /// Only keys starting with this ("" for every key).
     pub prefix: String,
-    /// Maximum number of keys (0: server default).
+    /// Keys per request (0: the server's default, 1000; the server caps it
+    /// at its maximum, 10 000 by default). When more keys match, stderr
+    /// says so and names the key to continue after.
     #[arg(long, default_value_t = 0)]
     pub limit: u32,
+    /// Only keys after this one (exclusive): the last key of the previous page.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Every key under the prefix, fetched page by page (--limit keys a page).
+    #[arg(long)]
+    pub all: bool,
     #[arg(long, value_enum, default_value_t)]
     pub consistency: ConsistencyArg,
     #[command(flatten)]
@@ -126,16 +135,52 @@ pub struct ScanCommand {
 
 impl ScanCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
-        let items = self.client.client()?.scan(self.prefix, self.limit, self.consistency.into()).await?;
-        if self.client.json {
-            let arr: Vec<_> = items.iter().map(|i| value_json(&i.key, &i.value)).collect();
-            outln!("{}", serde_json::Value::Array(arr))?;
-        } else {
-            for i in items {
-                outln!("{}\t{}", String::from_utf8_lossy(&i.key), String::from_utf8_lossy(&i.value.value))?;
+        let client = self.client.client()?;
+        let mut after = bytes::Bytes::from(self.after.clone().unwrap_or_default());
+        let mut json_items = Vec::new();
+        let mut shown = 0usize;
+        loop {
+            let page = client.scan_page(self.prefix.clone(), after, self.limit, self.consistency.into()).await?;
+            shown += page.items.len();
+            for i in &page.items {
+                if self.client.json {
+                    json_items.push(value_json(&i.key, &i.value));
+                } else {
+                    outln!("{}\t{}", String::from_utf8_lossy(&i.key), String::from_utf8_lossy(&i.value.value))?;
+                }
+            }
+            match page.next_after() {
+                Some(next) if self.all => after = next,
+                Some(next) => {
+                    eprintln!("{}", more_hint(shown, &next));
+                    break;
+                }
+                None => break,
             }
         }
+        if self.client.json {
+            outln!("{}", serde_json::Value::Array(json_items))?;
+        }
         Ok(())
+    }
+}
+
+/// The stderr line after a page that is not the last: how many keys were
+/// shown and how to go on.
+fn more_hint(shown: usize, last_key: &[u8]) -> String {
+    format!(
+        "showing {shown} keys; more exist: continue with --after {}, or use --all to list every key",
+        shell_word(&String::from_utf8_lossy(last_key))
+    )
+}
+
+/// `s` as one shell word: as is when it needs no quoting, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/_.:,=+@%-".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -143,7 +188,14 @@ impl ScanCommand {
 pub enum ClusterCommand {
     /// Members, and per Raft group the leader, term and log indexes.
     Status(ClientArgs),
-    /// Add a node that is already running (it becomes a learner, then a voter).
+    /// Add a node that is already running.
+    ///
+    /// While the meta group (which holds membership, hooks and the shard
+    /// map) has fewer than five voters, the node joins it as a learner,
+    /// catches up and is promoted to voter; once there are five voters it
+    /// joins as a learner and stays one (it is not promoted later, even when
+    /// a voter is removed). Voter or learner, the node stores data: the
+    /// rebalancer then moves shard replicas onto it.
     AddNode {
         id: u64,
         addr: String,
@@ -187,11 +239,22 @@ impl ClusterCommand {
                 }
             }
             ClusterCommand::AddNode { id, addr, client } => {
-                client.client()?.add_node(id, addr.clone()).await?;
+                let c = client.client()?;
+                c.add_node(id, addr.clone()).await?;
+                // The role the meta group gave it; the node answering the
+                // status may not have heard of it yet.
+                let role = c.status().await.ok().and_then(|s| s.nodes.into_iter().find(|n| n.id == id)).map(|n| n.role);
                 if client.json {
-                    outln!("{}", json!({ "added": id, "addr": addr }))?;
+                    outln!("{}", json!({ "added": id, "addr": addr, "role": role }))?;
                 } else {
-                    outln!("node {id} at {addr} is a voter")?;
+                    match role.as_deref() {
+                        Some("voter") => outln!("node {id} at {addr} joined as a voter")?,
+                        Some("learner") => outln!(
+                            "node {id} at {addr} joined as a learner of the meta group (it has five voters); \
+                             it stores data all the same"
+                        )?,
+                        _ => outln!("node {id} at {addr} added")?,
+                    }
                 }
             }
             ClusterCommand::RemoveNode { id, client } => {
@@ -327,4 +390,20 @@ fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) -> anyhow::Res
         outln!("no re-shard has run")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_more_hint_names_a_key_the_shell_passes_back_unchanged() {
+        assert_eq!(
+            more_hint(1000, b"user/0999"),
+            "showing 1000 keys; more exist: continue with --after user/0999, or use --all to list every key"
+        );
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

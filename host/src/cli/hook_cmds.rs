@@ -30,22 +30,46 @@ impl From<StageArg> for proto::HookStage {
     }
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, Default)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KindArg {
-    #[default]
     Lua,
     /// A WebAssembly module built with the guest SDK (guest-sdk/).
     Wasm,
 }
 
+/// The first bytes of every WebAssembly module.
+const WASM_MAGIC: &[u8] = b"\0asm";
+
+/// The kind of hook `source` is: `asked` if given and it fits the file,
+/// else a WebAssembly module when it starts with the Wasm magic bytes and a
+/// Lua script otherwise.
+fn hook_kind(source: &[u8], asked: Option<KindArg>, file: &std::path::Path) -> anyhow::Result<KindArg> {
+    let wasm = source.starts_with(WASM_MAGIC);
+    match (asked, wasm) {
+        (None, true) | (Some(KindArg::Wasm), true) => Ok(KindArg::Wasm),
+        (None, false) | (Some(KindArg::Lua), false) => Ok(KindArg::Lua),
+        (Some(KindArg::Lua), true) => anyhow::bail!(
+            "{} is a WebAssembly module (it starts with \\0asm), not a Lua script: drop --kind lua (the kind is \
+             detected from the file) or pass --kind wasm",
+            file.display()
+        ),
+        (Some(KindArg::Wasm), false) => anyhow::bail!(
+            "{} is not a WebAssembly module (a module starts with \\0asm): drop --kind wasm to use it as a Lua script",
+            file.display()
+        ),
+    }
+}
+
 /// The definition flags `deploy` and `test` share.
 #[derive(Args, Debug)]
 pub struct DefinitionArgs {
-    /// The Lua script, or the `.wasm` module with `--kind wasm`.
+    /// The Lua script or WebAssembly module (`.wasm`).
     #[arg(long)]
     pub file: PathBuf,
-    #[arg(long, value_enum, default_value_t)]
-    pub kind: KindArg,
+    /// What the file is; by default detected from its contents (a
+    /// WebAssembly module starts with the bytes \0asm, anything else is Lua).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
     /// Only keys starting with this run the hook (default: every key).
     #[arg(long, default_value = "")]
     pub prefix: String,
@@ -61,9 +85,10 @@ pub struct DefinitionArgs {
 impl DefinitionArgs {
     fn definition(&self, name: String, stage: StageArg) -> anyhow::Result<proto::HookDefinition> {
         let source = std::fs::read(&self.file).with_context(|| format!("reading {}", self.file.display()))?;
+        let kind = hook_kind(&source, self.kind, &self.file)?;
         Ok(proto::HookDefinition {
             name,
-            kind: match self.kind {
+            kind: match kind {
                 KindArg::Lua => proto::HookKind::Lua as i32,
                 KindArg::Wasm => proto::HookKind::Wasm as i32,
             },
@@ -97,19 +122,30 @@ pub enum HookCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Deactivate a hook (kept, so `rollback` can restore it).
+    /// Deactivate a hook. A validate or TTL hook is kept, and `hook rollback
+    /// NAME` makes it active again. The partition function is not kept:
+    /// removing it re-shards keys back to whole-key routing, and only
+    /// deploying it again brings it back.
     Remove {
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Make a hook's previous version active again.
+    /// Make a validate or TTL hook's previous version active again (or a
+    /// removed one active again). The partition function has no rollback:
+    /// deploy the version you want.
     Rollback {
         name: String,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Dry-run a script on one write in the server's sandbox; nothing is written.
+    /// Dry-run a hook on one write in the server's sandbox; nothing is written.
+    ///
+    /// Exit status: 0 the hook accepts the write (or sets its TTL, or routes
+    /// the key), 1 it rejects the write, 2 the hook fails (it does not load
+    /// or compile, errors at run time, or breaks its deadline or memory
+    /// limit), 3 the test could not run (bad flags, unreadable file, no
+    /// cluster).
     Test {
         #[arg(long, value_enum, default_value = "validate")]
         stage: StageArg,
@@ -258,7 +294,14 @@ impl HookCommand {
                 }
             }
             HookCommand::Rollback { name, client } => {
-                let r = client.client()?.rollback_hook(name.clone()).await?;
+                let r = client.client()?.rollback_hook(name.clone()).await.map_err(|e| match e {
+                    ringkv_client::Error::Other(s) if s.code() == tonic::Code::NotFound => anyhow::anyhow!(
+                        "{} (if that was the partition function: a removed partition function is not kept for \
+                         rollback; deploy it again with `ringkv hook deploy --stage partition`)",
+                        ringkv_client::Error::Other(s)
+                    ),
+                    e => e.into(),
+                })?;
                 if client.json {
                     outln!(
                         "{}",
@@ -272,32 +315,107 @@ impl HookCommand {
                 }
             }
             HookCommand::Test { stage, def, key, value, ttl, old_value, old_version, client } => {
-                let definition = def.definition("test".into(), stage)?;
-                let req = proto::TestHookRequest {
-                    hook: Some(definition),
-                    key: key.into_bytes().into(),
-                    value: value.map(|v| v.into_bytes().into()),
-                    client_ttl_ms: ttl.map(|d| d.as_millis() as u64),
-                    old_value: old_value.map(|v| v.into_bytes().into()),
-                    old_version,
-                };
-                let r = client.client()?.test_hook(req).await?;
-                let took = format!("{} us", r.elapsed_us);
-                if client.json {
-                    outln!(
-                        "{}",
-                        json!({ "decision": r.decision, "message": r.message, "ttl_ms": r.ttl_ms,
-                                "elapsed_us": r.elapsed_us, "read_old_value": r.read_old_value })
-                    )?;
-                } else {
-                    match r.decision.as_str() {
-                        "reject" | "error" | "route" => outln!("{}: {} ({took})", r.decision, r.message)?,
-                        "ttl" => outln!("ttl: expires {} ms after the write ({took})", r.ttl_ms)?,
-                        d => outln!("{d} ({took})")?,
-                    }
+                let code = test_hook(stage, def, key, value, ttl, old_value, old_version, client)
+                    .await
+                    .map_err(|e| super::Exit::error(super::EXIT_TEST_FAILED, e))?;
+                if code != 0 {
+                    return Err(super::Exit::quiet(code).into());
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Exit status of `hook test` when the hook rejects the write.
+const EXIT_REJECT: u8 = 1;
+/// Exit status of `hook test` when the hook fails (load, compile, run time, limits).
+const EXIT_HOOK_ERROR: u8 = 2;
+
+/// The exit status for a dry run's decision: 0 accept (or a TTL or route),
+/// 1 reject, 2 error.
+fn decision_exit_code(decision: &str) -> u8 {
+    match decision {
+        "reject" => EXIT_REJECT,
+        "error" => EXIT_HOOK_ERROR,
+        _ => 0,
+    }
+}
+
+/// Runs `hook test`, prints the decision and returns its exit status; a
+/// hook that does not load is an error with exit status 2.
+#[allow(clippy::too_many_arguments)]
+async fn test_hook(
+    stage: StageArg,
+    def: DefinitionArgs,
+    key: String,
+    value: Option<String>,
+    ttl: Option<Duration>,
+    old_value: Option<String>,
+    old_version: u64,
+    client: ClientArgs,
+) -> anyhow::Result<u8> {
+    let definition = def.definition("test".into(), stage)?;
+    let req = proto::TestHookRequest {
+        hook: Some(definition),
+        key: key.into_bytes().into(),
+        value: value.map(|v| v.into_bytes().into()),
+        client_ttl_ms: ttl.map(|d| d.as_millis() as u64),
+        old_value: old_value.map(|v| v.into_bytes().into()),
+        old_version,
+    };
+    let r = match client.client()?.test_hook(req).await {
+        Ok(r) => r,
+        Err(ringkv_client::Error::InvalidArgument(m)) if m.starts_with(LOAD_FAILED) => {
+            return Err(super::Exit::error(EXIT_HOOK_ERROR, anyhow::anyhow!(m)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let took = format!("{} us", r.elapsed_us);
+    if client.json {
+        outln!(
+            "{}",
+            json!({ "decision": r.decision, "message": r.message, "ttl_ms": r.ttl_ms,
+                    "elapsed_us": r.elapsed_us, "read_old_value": r.read_old_value })
+        )?;
+    } else {
+        match r.decision.as_str() {
+            "reject" | "error" | "route" => outln!("{}: {} ({took})", r.decision, r.message)?,
+            "ttl" => outln!("ttl: expires {} ms after the write ({took})", r.ttl_ms)?,
+            d => outln!("{d} ({took})")?,
+        }
+    }
+    Ok(decision_exit_code(&r.decision))
+}
+
+/// How the server's message starts when a hook under test does not load.
+const LOAD_FAILED: &str = "hook does not load";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_comes_from_the_file_and_a_wrong_kind_flag_is_refused() {
+        let file = std::path::Path::new("h.wasm");
+        let wasm = b"\0asm\x01\0\0\0";
+        let lua = b"function validate(k, v, ctx) return true end";
+        assert_eq!(hook_kind(wasm, None, file).expect("a kind"), KindArg::Wasm);
+        assert_eq!(hook_kind(lua, None, file).expect("a kind"), KindArg::Lua);
+        assert_eq!(hook_kind(wasm, Some(KindArg::Wasm), file).expect("a kind"), KindArg::Wasm);
+        assert_eq!(hook_kind(lua, Some(KindArg::Lua), file).expect("a kind"), KindArg::Lua);
+        let e = hook_kind(wasm, Some(KindArg::Lua), file).expect_err("refused").to_string();
+        assert!(e.starts_with("h.wasm is a WebAssembly module") && e.contains("drop --kind lua"), "{e}");
+        let e = hook_kind(lua, Some(KindArg::Wasm), file).expect_err("refused").to_string();
+        assert!(e.contains("is not a WebAssembly module"), "{e}");
+    }
+
+    #[test]
+    fn hook_test_exits_0_accept_1_reject_2_error() {
+        for (decision, code) in
+            [("accept", 0), ("ttl", 0), ("keep-ttl", 0), ("no-expiry", 0), ("route", 0), ("reject", 1), ("error", 2)]
+        {
+            assert_eq!(decision_exit_code(decision), code, "{decision}");
+        }
     }
 }

@@ -14,7 +14,7 @@ mod tls_cmds;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use out::{out, outln};
 
@@ -50,7 +50,8 @@ pub enum Command {
     /// Inspect and change cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Deploy and manage validation and TTL hooks.
+    /// Deploy and manage hooks: validate and TTL hooks (Lua or Wasm) and the
+    /// partition function (Wasm).
     #[command(subcommand)]
     Hook(HookCommand),
     /// Closed-loop load generator.
@@ -91,7 +92,8 @@ impl ConfigCommand {
 /// Flags every client subcommand takes.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Nodes to contact, comma separated.
+    /// Nodes to contact: their gRPC addresses (host:port, comma separated;
+    /// not the HTTP port of the dashboard and /metrics).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7379", env = "RINGKV_ENDPOINTS")]
     pub endpoints: Vec<String>,
     /// Machine-readable JSON output.
@@ -134,9 +136,78 @@ impl ClientArgs {
     }
 }
 
+/// The command line definition, with every (sub)command's usage line as
+/// `--help` shows it (`ringkv put [OPTIONS] <KEY> <VALUE>`). Without this,
+/// clap's error messages print a usage built from the flags just given
+/// (`ringkv put --ttl <TTL> <KEY> <VALUE>`), which reads as if they were
+/// required.
+pub fn command() -> clap::Command {
+    fn plain(mut cmd: clap::Command) -> clap::Command {
+        let usage = cmd.render_usage().to_string();
+        let usage = usage.trim_end().strip_prefix("Usage: ").unwrap_or(usage.trim_end()).to_string();
+        let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        for name in names {
+            cmd = cmd.mut_subcommand(name, plain);
+        }
+        cmd.override_usage(usage)
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    plain(cmd)
+}
+
+/// Ends the command with a given exit status: quietly (what the command
+/// printed says it all) or after printing `error: <message>`.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    code: u8,
+    error: Option<anyhow::Error>,
+}
+
+impl Exit {
+    pub(crate) fn quiet(code: u8) -> Exit {
+        Exit { code, error: None }
+    }
+
+    /// `error` with exit status `code`, unless it already carries an [`Exit`].
+    pub(crate) fn error(code: u8, error: anyhow::Error) -> anyhow::Error {
+        match error.downcast::<Exit>() {
+            Ok(exit) => exit.into(),
+            Err(error) => Exit { code, error: Some(error) }.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(e) => write!(f, "{}", one_line(e)),
+            None => write!(f, "exit status {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Exit status of `hook test` when the test could not run at all.
+pub(crate) const EXIT_TEST_FAILED: u8 = 3;
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let parsed = command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `hook test` keeps 1 and 2 for its hook's verdict (see its help).
+            let args: Vec<String> = std::env::args().skip(1).take(2).collect();
+            if e.use_stderr() && args == ["hook", "test"] {
+                let _ = e.print();
+                return ExitCode::from(EXIT_TEST_FAILED);
+            }
+            e.exit()
+        }
+    };
+    let client_command = !matches!(cli.command, Command::Serve(_) | Command::Dev(_));
     let format = match &cli.command {
         Command::Serve(c) => Some(c.log_format()),
         Command::Dev(_) => Some(crate::config::LogFormat::Text),
@@ -173,10 +244,29 @@ pub fn main() -> ExitCode {
         // The reader of stdout has gone (`ringkv scan "" | head -1`): stop
         // quietly, as a program killed by SIGPIPE would (see `out`).
         Err(e) if out::is_closed(&e) => ExitCode::from(141),
-        Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast::<Exit>() {
+            Ok(Exit { code, error }) => {
+                if let Some(e) = error {
+                    eprintln!("error: {}{}", one_line(&e), hint(&e, client_command));
+                }
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("error: {}{}", one_line(&e), hint(&e, client_command));
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// What to do about a client command that reached no node.
+fn hint(e: &anyhow::Error, client_command: bool) -> &'static str {
+    let unreachable =
+        e.chain().any(|c| c.downcast_ref::<ringkv_client::Error>().is_some_and(ringkv_client::Error::is_unreachable));
+    if client_command && unreachable {
+        "; is a ringkv node running there? Give the nodes' gRPC addresses with --endpoints or RINGKV_ENDPOINTS"
+    } else {
+        ""
     }
 }
 
@@ -222,4 +312,29 @@ fn init_tracing(server: Option<crate::config::LogFormat>) {
 /// Parses `500ms`, `10s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected a duration like 500ms, 10s or 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = command().try_get_matches_from(args).expect_err("a missing argument");
+        e.render().to_string()
+    }
+
+    #[test]
+    fn usage_lines_show_optional_flags_as_options_even_after_an_error() {
+        let e = usage_error(&["ringkv", "put", "--ttl", "5s", "k"]);
+        assert!(e.contains("Usage: ringkv put [OPTIONS] <KEY> <VALUE>"), "{e}");
+        let e = usage_error(&["ringkv", "hook", "test", "--key", "k"]);
+        assert!(e.contains("Usage: ringkv hook test [OPTIONS] --file <FILE> --key <KEY>"), "{e}");
+        let e = usage_error(&["ringkv", "scan", "--all"]);
+        assert!(e.contains("Usage: ringkv scan [OPTIONS] <PREFIX>"), "{e}");
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        command().debug_assert();
+    }
 }

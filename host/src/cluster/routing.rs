@@ -220,6 +220,19 @@ pub enum Forwarded {
         prefix: Vec<u8>,
         limit: u32,
     },
+    /// [`Forwarded::Scan`] from a key on (a page after the first). Variants
+    /// of their own, so nodes without paging keep decoding the others.
+    ScanAfter {
+        prefix: Vec<u8>,
+        after: Vec<u8>,
+        limit: u32,
+    },
+    /// [`Forwarded::ScanLocal`] from a key on.
+    ScanLocalAfter {
+        prefix: Vec<u8>,
+        after: Vec<u8>,
+        limit: u32,
+    },
 }
 
 impl Forwarded {
@@ -228,9 +241,9 @@ impl Forwarded {
         match self {
             Forwarded::Propose(_) => "propose",
             Forwarded::Get { .. } => "get",
-            Forwarded::Scan { .. } => "scan",
+            Forwarded::Scan { .. } | Forwarded::ScanAfter { .. } => "scan",
             Forwarded::GetLocal { .. } => "get_eventual",
-            Forwarded::ScanLocal { .. } => "scan_eventual",
+            Forwarded::ScanLocal { .. } | Forwarded::ScanLocalAfter { .. } => "scan_eventual",
         }
     }
 }
@@ -579,25 +592,45 @@ impl Node {
         limit: u32,
         linearizable: bool,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
+        self.scan_after(group, prefix, Vec::new(), limit, linearizable).await
+    }
+
+    /// Lists live keys under `prefix` after `after` (empty: from the first),
+    /// at most `limit`, in key order.
+    pub async fn scan_after(
+        &self,
+        group: GroupId,
+        prefix: Vec<u8>,
+        after: Vec<u8>,
+        limit: u32,
+        linearizable: bool,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
         if !linearizable {
             if let Some(g) = self.local_replica(group).await? {
-                return Ok(g.sm.scan(prefix, limit as usize, now_ms()).await?);
+                return Ok(g.sm.scan_after(prefix, after, limit as usize, now_ms()).await?);
             }
-            let items: EncodedItems =
-                self.any_replica(group, || Forwarded::ScanLocal { prefix: prefix.clone(), limit }).await?;
+            let items: EncodedItems = self
+                .any_replica(group, || match after.is_empty() {
+                    true => Forwarded::ScanLocal { prefix: prefix.clone(), limit },
+                    false => Forwarded::ScanLocalAfter { prefix: prefix.clone(), after: after.clone(), limit },
+                })
+                .await?;
             return Ok(items.0);
         }
         let items: EncodedItems = self
             .at_leader(
                 group,
-                || Forwarded::Scan { prefix: prefix.clone(), limit },
+                || match after.is_empty() {
+                    true => Forwarded::Scan { prefix: prefix.clone(), limit },
+                    false => Forwarded::ScanAfter { prefix: prefix.clone(), after: after.clone(), limit },
+                },
                 |g| {
-                    let prefix = prefix.clone();
+                    let (prefix, after) = (prefix.clone(), after.clone());
                     async move {
                         Ok(match read_barrier(&g).await? {
-                            Attempt::Done(()) => {
-                                Attempt::Done(EncodedItems(g.sm.scan(prefix, limit as usize, now_ms()).await?))
-                            }
+                            Attempt::Done(()) => Attempt::Done(EncodedItems(
+                                g.sm.scan_after(prefix, after, limit as usize, now_ms()).await?,
+                            )),
                             Attempt::Retry => Attempt::Retry,
                         })
                     }
@@ -626,11 +659,16 @@ impl Node {
             .unwrap_or_else(|_| Err(NodeError::Unavailable(format!("no replica of group {group} answered in time"))))
     }
 
-    /// Scans every shard (concurrently) and merges the results in key order,
-    /// keeping the first `limit`.
+    /// Scans every shard (concurrently) for keys under `prefix` after `after`
+    /// (empty: from the first) and merges the results in key order, keeping
+    /// the first `limit`. Each shard returns its own first `limit` such keys,
+    /// so the merge holds exactly the first `limit` of the whole key space:
+    /// paging by the last key returned loses and repeats nothing across
+    /// shard boundaries.
     pub async fn scan_all(
         &self,
         prefix: Vec<u8>,
+        after: Vec<u8>,
         limit: u32,
         linearizable: bool,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, NodeError> {
@@ -638,8 +676,8 @@ impl Node {
         let shards: Vec<GroupId> = self.group_ids().into_iter().filter(|g| *g != META_GROUP).collect();
         let mut parts = futures::stream::iter(shards)
             .map(|g| {
-                let prefix = prefix.clone();
-                async move { (g, self.scan(g, prefix, limit, linearizable).await) }
+                let (prefix, after) = (prefix.clone(), after.clone());
+                async move { (g, self.scan_after(g, prefix, after, limit, linearizable).await) }
             })
             .buffer_unordered(SCAN_CONCURRENCY);
         let mut all = Vec::new();
@@ -668,7 +706,7 @@ impl Node {
     async fn serve_forwarded(&self, group: GroupId, req: Forwarded, epoch: Option<u64>) -> ForwardReply {
         // A group not hosted here (moved away, or not started yet): try another replica.
         let Ok(g) = self.group(group) else { return ForwardReply::NotLeader };
-        if matches!(req, Forwarded::GetLocal { .. } | Forwarded::ScanLocal { .. }) {
+        if matches!(req, Forwarded::GetLocal { .. } | Forwarded::ScanLocal { .. } | Forwarded::ScanLocalAfter { .. }) {
             // Eventual reads only from a replica this node's meta group, at
             // least as new as the sender's, still assigns here. A node that
             // cannot catch up quickly lets the sender try another replica.
@@ -702,21 +740,14 @@ impl Node {
                     let _gate = self.admit(group, &key, false).await?;
                     ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode()))
                 }
-                Forwarded::ScanLocal { prefix, limit } => ForwardReply::Items(
-                    g.sm.scan(prefix, limit as usize, now_ms())
-                        .await?
-                        .into_iter()
-                        .map(|(k, e)| (k, e.encode()))
-                        .collect(),
-                ),
+                Forwarded::ScanLocal { prefix, limit } => scan_reply(&g, prefix, Vec::new(), limit).await?,
+                Forwarded::ScanLocalAfter { prefix, after, limit } => scan_reply(&g, prefix, after, limit).await?,
                 Forwarded::Scan { prefix, limit } => match read_barrier(&g).await? {
-                    Attempt::Done(()) => ForwardReply::Items(
-                        g.sm.scan(prefix, limit as usize, now_ms())
-                            .await?
-                            .into_iter()
-                            .map(|(k, e)| (k, e.encode()))
-                            .collect(),
-                    ),
+                    Attempt::Done(()) => scan_reply(&g, prefix, Vec::new(), limit).await?,
+                    Attempt::Retry => ForwardReply::NotLeader,
+                },
+                Forwarded::ScanAfter { prefix, after, limit } => match read_barrier(&g).await? {
+                    Attempt::Done(()) => scan_reply(&g, prefix, after, limit).await?,
                     Attempt::Retry => ForwardReply::NotLeader,
                 },
             };
@@ -733,6 +764,12 @@ impl Node {
             )),
         }
     }
+}
+
+/// A forwarded scan's answer: the group's keys under `prefix` after `after`.
+async fn scan_reply(g: &Group, prefix: Vec<u8>, after: Vec<u8>, limit: u32) -> Result<ForwardReply, NodeError> {
+    let items = g.sm.scan_after(prefix, after, limit as usize, now_ms()).await?;
+    Ok(ForwardReply::Items(items.into_iter().map(|(k, e)| (k, e.encode())).collect()))
 }
 
 /// True when `status` proves the request never left this node: the

@@ -143,15 +143,40 @@ impl StateMachine {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, StorageError> {
+        self.scan_after(prefix, Vec::new(), limit, now_ms).await
+    }
+
+    /// Like [`StateMachine::scan`], only keys after `after` (exclusive; empty:
+    /// from the first key under `prefix`). Starts reading at `after`, so
+    /// paging through a large prefix costs each page only its own keys.
+    pub async fn scan_after(
+        &self,
+        prefix: Vec<u8>,
+        after: Vec<u8>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<(Vec<u8>, Envelope)>, StorageError> {
+        use std::ops::Bound;
         let group = self.group;
         self.storage
             .blocking(move |s| {
                 let mut out = Vec::new();
-                for g in s.sm_data().prefix(group_key(group, &prefix)) {
+                let under = group_key(group, &prefix);
+                // A key after `after` that is under the prefix is at least the
+                // prefix itself, so the range starts at whichever is later.
+                let start = match !after.is_empty() && after >= prefix {
+                    true => Bound::Excluded(group_key(group, &after)),
+                    false => Bound::Included(under.clone()),
+                };
+                let range = s.sm_data().range::<Vec<u8>, _>((start, Bound::Unbounded));
+                for g in range {
                     if out.len() >= limit {
                         break;
                     }
                     let (k, v) = g.into_inner().map_err(StorageError::fjall("scanning"))?;
+                    if !k.starts_with(&under) {
+                        break;
+                    }
                     let env = Envelope::decode(&v)?;
                     if !env.is_expired(now_ms) {
                         out.push((k[8..].to_vec(), env));
