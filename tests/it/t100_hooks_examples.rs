@@ -366,7 +366,8 @@ async fn the_cli_deploys_tests_lists_and_removes_hooks() {
         let mut a = args(&["hook", "test", "--timeout", "1s", "--endpoints", &all]);
         a.extend(args(extra));
         let (ok, out, err) = cli(a.clone()).await;
-        assert!(ok, "{a:?} failed: {err}");
+        // `hook test` exits 0 on accept and 1 on reject (docs/cli.md).
+        assert_eq!(ok, !want.starts_with("reject"), "{a:?}: exit status does not match {want:?}: {out} {err}");
         assert!(
             out.trim().starts_with(want) && out.trim().ends_with(" us)"),
             "{a:?}: {out:?} should start with {want:?}"
@@ -389,7 +390,7 @@ async fn the_cli_deploys_tests_lists_and_removes_hooks() {
         "[]",
     ]))
     .await;
-    assert!(ok, "{err}");
+    assert!(!ok, "a rejection exits 1: {out} {err}");
     let j: serde_json::Value = serde_json::from_str(out.trim()).expect("hook test --json is JSON");
     assert_eq!(j["decision"], "reject", "{j}");
     assert_eq!(j["message"], "value is not a JSON object (it is an array)", "{j}");

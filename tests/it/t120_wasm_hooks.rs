@@ -213,7 +213,9 @@ async fn wasm_examples_match_their_lua_counterparts() {
             a.extend(args(&["--value", v]));
         }
         let (ok, out, err) = cli(a).await;
-        assert!(ok, "hook test {what}: {err}");
+        // `hook test` exits 0 on accept and 1 on reject (docs/cli.md).
+        let rejects = wasm_decisions[what].starts_with("reject");
+        assert_eq!(ok, !rejects, "hook test {what}: exit status does not match the decision: {out} {err}");
         assert_eq!(without_timing(&out), wasm_decisions[what], "hook test {what} ({value:?}): {out}");
     }
     let ttl_path = guest_module_path("ttl_by_prefix").display().to_string();

@@ -230,11 +230,16 @@ async fn check_hooks(browser: &Client, c: &ProcCluster) {
     })
     .await;
     assert_eq!(tile(browser, "hooks").await, Some(1), "the removed hook is not counted");
-    let cells = browser.find_all(Locator::Css("#hooks tr[data-hook='kept'] td")).await.expect("cells");
-    let mut texts = Vec::new();
-    for cell in cells {
-        texts.push(cell.text().await.expect("text"));
-    }
+    // The table is redrawn every second, so a row read cell by cell can go
+    // stale between two reads: read it again until one read is whole.
+    let texts = eventually("one whole read of the kept hook's row", || async {
+        let mut texts = Vec::new();
+        for cell in browser.find_all(Locator::Css("#hooks tr[data-hook='kept'] td")).await.ok()? {
+            texts.push(cell.text().await.ok()?);
+        }
+        (!texts.is_empty()).then_some(texts)
+    })
+    .await;
     assert_eq!(texts.get(2).map(String::as_str), Some("Lua"), "the kind column: {texts:?}");
     assert_eq!(
         text_of(browser, "#hooks tr[data-hook='kept'] td[data-col='limit-hits']").await.as_deref(),
