@@ -473,17 +473,22 @@
     const errors = new Map((load.nodes || []).map((n) => [n.id, n.error]));
     // A node that missed a poll starts afresh: its next rate would span two polls.
     lastLoad = { summaries: new Map([...cur].filter(([, v]) => v)), at };
+    showPoint(point);
+    renderLoadNodes(point.nodes.map((n) => ({ ...n, error: errors.get(n.id) })));
+    const missing = point.nodes.filter((n) => n.missing).map((n) => n.id);
+    $("charts-note").textContent =
+      `Client key requests (Kv) of the whole cluster: ops/s summed over the nodes, p99 from their latency histograms merged; a point per poll.` +
+      (missing.length ? ` Missing (no answer, not counted): node ${missing.join(", ")}.` : "");
+  }
+
+  // Appends one poll's ops/s and p99 to the charts and the current figures.
+  function showPoint(point) {
     push(history.ops, point.ops);
     push(history.p99, point.p99);
     drawChart($("chart-ops"), history.ops, fmtOps);
     drawChart($("chart-p99"), history.p99, fmtSeconds);
     $("ops-now").textContent = fmtOps(point.ops);
     $("p99-now").textContent = fmtSeconds(point.p99);
-    renderLoadNodes(point.nodes.map((n) => ({ ...n, error: errors.get(n.id) })));
-    const missing = point.nodes.filter((n) => n.missing).map((n) => n.id);
-    $("charts-note").textContent =
-      `Client key requests (Kv) of the whole cluster: ops/s summed over the nodes, p99 from their latency histograms merged; a point per poll.` +
-      (missing.length ? ` Missing (no answer, not counted): node ${missing.join(", ")}.` : "");
   }
 
   async function pollMetrics() {
@@ -503,12 +508,7 @@
     const at = performance.now();
     const point = lastMetrics ? rates(lastMetrics.summary, summary, (at - lastMetrics.at) / 1000) : { ops: null, p99: null };
     lastMetrics = { summary, at };
-    push(history.ops, point.ops);
-    push(history.p99, point.p99);
-    drawChart($("chart-ops"), history.ops, fmtOps);
-    drawChart($("chart-p99"), history.p99, fmtSeconds);
-    $("ops-now").textContent = fmtOps(point.ops);
-    $("p99-now").textContent = fmtSeconds(point.p99);
+    showPoint(point);
     $("load-nodes").replaceChildren();
     $("charts-note").textContent = `Requests served by node ${nodeId ?? "?"} only (it does not gather its peers' figures), all RPCs; a point per poll.`;
   }
