@@ -149,6 +149,34 @@ async fn a_sixth_node_takes_its_share_while_clients_write() {
     assert!(keys >= total / 4, "node 6 stores {keys} of {total} keys");
 }
 
+/// A node that joins after the meta leader has led for longer than the down
+/// timeout is silent only since it joined: it is never marked down before
+/// its first answer (that kept it out of placement and logged it as dead).
+#[tokio::test]
+async fn a_node_joining_a_long_led_cluster_is_not_marked_down() {
+    let mut c = ProcCluster::start(3, &["--shards", "4", "--down-timeout", "3s"]).await;
+    // Not a wait for a condition: it puts the leader past the down timeout,
+    // which is what the bug needed.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    c.add_process(4);
+    let n1 = c.node_client(1);
+    let seen_down = Arc::new(std::sync::Mutex::new(Vec::new()));
+    eventually("node 4 to join and hold its 3 of 12 replicas", || {
+        let (n1, seen_down) = (n1.clone(), seen_down.clone());
+        async move {
+            let s = n1.status().await.ok()?;
+            if s.down.contains(&4) {
+                seen_down.lock().expect("lock").push(s.down.clone());
+            }
+            let hosted = s.shards.iter().filter(|r| r.replicas.contains(&4)).count();
+            (settled(&s, 4) && hosted == 3).then_some(())
+        }
+    })
+    .await;
+    let seen_down = seen_down.lock().expect("lock");
+    assert!(seen_down.is_empty(), "node 4 was marked down while joining: {seen_down:?}");
+}
+
 #[tokio::test]
 async fn a_removed_node_is_drained_first_and_ends_with_no_shards() {
     let _heavy = ringkv_tests::heavy().await;

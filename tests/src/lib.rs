@@ -559,10 +559,14 @@ impl InProcCluster {
     }
 }
 
-/// True when the status shows `n` members, no shard moving, every shard with
-/// min(3, n) replicas, and a leader in every group the node hosts.
+/// True when the status shows `n` members, none of them down or unreachable
+/// (a member marked so is left out of the placement target, so "no shard
+/// moving" would not mean it holds its share), no shard moving, every shard
+/// with min(3, n) replicas, and a leader in every group the node hosts.
 pub fn settled(s: &ringkv_client::proto::StatusResponse, n: usize) -> bool {
     s.nodes.len() == n
+        && s.down.is_empty()
+        && s.unreachable.is_empty()
         && !s.shards.is_empty()
         && s.shards.iter().all(|r| !r.moving && r.replicas.len() == n.min(3))
         && s.groups.iter().all(|g| g.leader_id != 0)

@@ -15,7 +15,7 @@
 //!   a move interrupted by a crash or a leader change is finished by the next
 //!   round. Membership changes are serialized through the meta leader.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -83,9 +83,11 @@ impl Node {
 
     pub(super) async fn rebalance_loop(self) {
         let mut stop = self.shutdown_signal();
-        // When this node became meta leader: a member it has never heard
-        // from is silent since then, not since forever.
-        let mut leading_since: Option<Instant> = None;
+        // When this node, as meta leader, first saw each member: a member it
+        // has never heard from is silent since then, not since forever. A
+        // node that joins while this leader has led for longer than the down
+        // timeout is therefore not marked down before its first answer.
+        let mut watching_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
         // Meta epoch of the last round that found every shard in place.
         let mut in_place_at: Option<u64> = None;
         let Ok(meta) = self.group(META_GROUP) else { return };
@@ -101,12 +103,11 @@ impl Node {
             }
             let Ok(meta) = self.group(META_GROUP) else { continue };
             if meta.raft.current_leader().await != Some(self.id()) {
-                leading_since = None;
+                watching_since.clear();
                 in_place_at = None;
                 continue;
             }
-            let since = *leading_since.get_or_insert_with(Instant::now);
-            if let Err(e) = self.track_liveness(since).await {
+            if let Err(e) = self.track_liveness(&mut watching_since).await {
                 tracing::warn!(error = %e, "tracking member liveness");
             }
             let epoch = self.meta_epoch();
@@ -127,8 +128,10 @@ impl Node {
     /// Marks members unreachable, then down, that have not answered the
     /// meta leader's Raft messages (heartbeats reach every member) for
     /// [`UNREACHABLE_AFTER`], then the down timeout, and marks them
-    /// reachable and up again once they answer.
-    async fn track_liveness(&self, leading_since: Instant) -> Result<(), NodeError> {
+    /// reachable and up again once they answer. `watching_since` holds when
+    /// this leader first saw each member; silence counts from then at the
+    /// earliest.
+    async fn track_liveness(&self, watching_since: &mut BTreeMap<NodeId, Instant>) -> Result<(), NodeError> {
         let meta = self.group(META_GROUP)?;
         // Each marker: who carries it, the silence that sets it, its proposal,
         // and what is logged when it is set and cleared.
@@ -149,9 +152,12 @@ impl Node {
                 "node answers again; marking it up",
             ),
         ];
-        for (id, _, _) in self.members()? {
+        let members = self.members()?;
+        watching_since.retain(|id, _| members.iter().any(|(m, _, _)| m == id));
+        for (id, _, _) in members {
+            let since = *watching_since.entry(id).or_insert_with(Instant::now);
             let last = if id == self.id() { Some(Instant::now()) } else { self.peers().last_answer(id) };
-            let silent_for = last.map_or(leading_since, |t| t.max(leading_since)).elapsed();
+            let silent_for = last.map_or(since, |t| t.max(since)).elapsed();
             let answered_recently = last.is_some_and(|t| t.elapsed() < BACK_UP_WITHIN);
             for (marked, after, mark, on_set, on_clear) in &markers {
                 if marked.contains(&id) && answered_recently {
