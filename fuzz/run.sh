@@ -29,10 +29,20 @@ targets=("$@")
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 export CARGO_TARGET_DIR="$root/target/fuzz/build"
 # --target keeps these flags off build scripts and proc macros.
-export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+export RUSTFLAGS="--cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+# libFuzzer's coverage instrumentation goes on ringkv's own crates (the
+# decoders, the prost- and serde-generated code, the harnesses) and not on
+# the dependencies: instrumenting wasmtime, tokio and the rest cost most of
+# the build and fed back coverage of code the targets do not aim at.
+# FUZZ_INSTRUMENT_ALL=1 instruments everything, as cargo-fuzz does.
+export RINGKV_FUZZ_INSTRUMENT="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
--Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
---cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+-Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth"
+if [[ "${FUZZ_INSTRUMENT_ALL:-0}" == 1 ]]; then
+    RUSTFLAGS="$RUSTFLAGS $RINGKV_FUZZ_INSTRUMENT"
+else
+    export RUSTC_WRAPPER="$root/fuzz/instrument-ours.sh"
+fi
 profile="${FUZZ_PROFILE:-release}"
 cargo build --profile "$profile" --target "$triple" --bins
 $build_only && exit 0
