@@ -42,6 +42,10 @@ pub const RAFT_GROUPS: &str = "ringkv_raft_groups_hosted";
 /// Raft messages this node refused without handling them, by `reason`
 /// (`no_group`: for a group it does not host; `foreign_cluster`).
 pub const RAFT_MESSAGES_DROPPED: &str = "ringkv_raft_messages_dropped_total";
+/// Batches written on the peer streams, and the messages they carried: the
+/// ratio is the mean batch size (`raft::peer_stream`).
+pub const RAFT_BATCHES_SENT: &str = "ringkv_raft_batches_sent_total";
+pub const RAFT_BATCHED_MESSAGES: &str = "ringkv_raft_batched_messages_total";
 pub const STORAGE_SIZE: &str = "ringkv_storage_size_bytes";
 pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
 pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
@@ -160,6 +164,11 @@ fn describe() {
     describe_histogram!(RAFT_PROPOSAL_DURATION, Unit::Seconds, "time from proposal to applied result, at the leader");
     describe_gauge!(RAFT_GROUPS, "Raft groups hosted by this node, meta group included");
     describe_counter!(RAFT_MESSAGES_DROPPED, "Raft messages refused unhandled, by reason (no_group, foreign_cluster)");
+    describe_counter!(RAFT_BATCHES_SENT, "batches of Raft messages written on the peer streams");
+    describe_counter!(
+        RAFT_BATCHED_MESSAGES,
+        "Raft messages sent in those batches (AppendEntries and Vote of every group)"
+    );
     describe_gauge!(STORAGE_SIZE, Unit::Bytes, "disk space used by the node's data directory");
     describe_histogram!(STORAGE_FSYNC_DURATION, Unit::Seconds, "group commit: writing the batch and fsyncing the log");
     describe_histogram!(STORAGE_GROUP_COMMIT_OPS, "log and state-machine ops per group commit");

@@ -17,11 +17,13 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ringkv_client::proto::{RaftEnvelope, RaftKind};
 use serde::{Deserialize, Serialize};
 
 use super::{Group, Node, NodeError, NodeInner, META_GROUP};
 use crate::hooks::HookSpec;
 use crate::raft::network::{decode, encode, PeerError};
+use crate::raft::peer_stream::Unsent;
 use crate::raft::types::{now_ms, CommandResult, HookStamp, Op};
 use crate::raft::NodeId;
 use crate::ring::ShardId;
@@ -397,14 +399,35 @@ impl Node {
                 return Ok(Attempt::Retry);
             }
         };
-        let mut msg = tonic::Request::new(self.peers().message(group, encode(&req)));
         // The receiver serves eventual reads only once its meta group is as new as ours.
-        msg.metadata_mut().insert(ringkv_client::routing::EPOCH_HEADER, self.meta_epoch().into());
-        if let Some(generation) = super::partitioning::routed_by() {
-            msg.metadata_mut().insert(ringkv_client::routing::ROUTING_HEADER, generation.into());
-        }
-        let reply = match client.forward(msg).await {
-            Ok(r) => r.into_inner(),
+        let (epoch, routed) = (self.meta_epoch(), super::partitioning::routed_by());
+        let request = RaftEnvelope {
+            kind: RaftKind::Forward as i32,
+            message: Some(self.peers().message(group, encode(&req))),
+            epoch: Some(epoch),
+            routed,
+            ..Default::default()
+        };
+        let timeout = self.config().request_timeout;
+        let sent = match self.peers().call_on_stream(leader, &addr, &client, request, timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(Unsent::NotSent(s)) => {
+                tracing::debug!(leader, error = %s, "leader unreachable, retrying");
+                return Ok(Attempt::Retry);
+            }
+            Err(Unsent::Failed(s)) => Err(s),
+            // A peer of an older version: the unary call.
+            Err(Unsent::Unimplemented(m)) => {
+                let mut msg = tonic::Request::new(m);
+                msg.metadata_mut().insert(ringkv_client::routing::EPOCH_HEADER, epoch.into());
+                if let Some(generation) = routed {
+                    msg.metadata_mut().insert(ringkv_client::routing::ROUTING_HEADER, generation.into());
+                }
+                client.forward(msg).await.map(tonic::Response::into_inner)
+            }
+        };
+        let reply = match sent {
+            Ok(r) => r,
             // Never sent (no connection could be made): safe to retry, even a write.
             Err(s) if never_sent(&s) => {
                 tracing::debug!(leader, error = %s, "leader unreachable, retrying");

@@ -4,6 +4,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod peer_stream;
 pub mod state_machine;
 pub mod types;
 

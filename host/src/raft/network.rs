@@ -2,7 +2,9 @@
 //!
 //! Every group on a node shares one lazily connected HTTP/2 channel per peer:
 //! a message carries its `group_id` instead of using a connection per group.
-//! Payloads are openraft's own message types, serialized with postcard.
+//! AppendEntries and Vote of every group go batched over one stream per peer
+//! ([`super::peer_stream`]); InstallSnapshot is a unary call. Payloads are
+//! openraft's own message types, serialized with postcard.
 //!
 //! [`LinkFilter`] drops messages on chosen links, in both the sending and the
 //! receiving direction, so tests can partition nodes without touching the OS
@@ -21,11 +23,12 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use ringkv_client::proto::raft_client::RaftClient;
-use ringkv_client::proto::RaftMessage;
+use ringkv_client::proto::{RaftEnvelope, RaftKind, RaftMessage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::peer_stream::{PeerStreams, Unsent, CLUSTER_ID_HEADER};
 use super::types::{NodeId, TypeConfig};
 use crate::log_limit::{more_since_last, RateLimit, LOG_EVERY};
 use crate::storage::GroupId;
@@ -86,6 +89,8 @@ pub struct Peers {
     foreign: Mutex<Option<ForeignContact>>,
     /// Which repeated transport problems get a log line now.
     log_limit: RateLimit<LogKey>,
+    /// The batched stream to each peer.
+    streams: PeerStreams,
 }
 
 /// What a rate-limited transport log line is about.
@@ -137,6 +142,7 @@ impl Peers {
             cluster_id,
             foreign: Mutex::new(None),
             log_limit: RateLimit::new(LOG_EVERY),
+            streams: PeerStreams::default(),
         })
     }
 
@@ -226,7 +232,7 @@ impl Peers {
     /// The channel to `id` at `addr`, rebuilt when the address changes or
     /// the certificates are reloaded.
     pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
+        let generation = self.tls_generation();
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((a, g, ch)) = map.get(&id) {
             if a == addr && *g == generation {
@@ -250,6 +256,30 @@ impl Peers {
             .connect_lazy();
         map.insert(id, (addr.to_string(), generation, ch.clone()));
         Ok(ch)
+    }
+
+    /// Sends `request` to `id` on the batched stream to it and waits up to
+    /// `timeout` for the reply; `client` opens the stream when there is none.
+    /// A peer that does not know the stream hands the message back
+    /// ([`Unsent::Unimplemented`]) for a unary call.
+    pub async fn call_on_stream(
+        &self,
+        id: NodeId,
+        addr: &str,
+        client: &RaftClient<Channel>,
+        request: RaftEnvelope,
+        timeout: Duration,
+    ) -> Result<RaftMessage, Unsent> {
+        if !self.streams.use_stream(id) {
+            return Err(Unsent::Unimplemented(request.message.unwrap_or_default()));
+        }
+        self.streams.call(id, (addr, self.tls_generation()), || Ok(client.clone()), request, timeout).await
+    }
+
+    /// Bumped when the certificates are reloaded: channels and streams opened
+    /// before use the old ones.
+    fn tls_generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.generation())
     }
 
     /// When a Raft RPC to `id` last got an answer (any answer, even a refusal).
@@ -295,9 +325,6 @@ pub enum PeerError {
     #[error("the peer answered for cluster {theirs}, but this node belongs to cluster {ours}")]
     ForeignCluster { ours: String, theirs: String },
 }
-
-/// Metadata of a refusal for a cluster ID mismatch: the refusing node's cluster ID.
-const CLUSTER_ID_HEADER: &str = "ringkv-cluster-id";
 
 /// The refusing node's cluster ID, when `s` refused a message for coming from another cluster.
 fn foreign_refusal(s: &tonic::Status) -> Option<String> {
@@ -378,12 +405,36 @@ impl PeerNetwork {
             }
             unreachable(&e)
         })?;
-        let mut msg = tonic::Request::new(self.peers.message(self.group, encode(req)));
-        msg.set_timeout(option.hard_ttl());
-        let reply = match rpc {
-            Rpc::Append => client.append_entries(msg).await,
-            Rpc::Vote => client.vote(msg).await,
-            Rpc::Snapshot => client.install_snapshot(msg).await,
+        let msg = self.peers.message(self.group, encode(req));
+        let ttl = option.hard_ttl();
+        let batched = match rpc {
+            Rpc::Append => Some(RaftKind::AppendEntries),
+            Rpc::Vote => Some(RaftKind::Vote),
+            Rpc::Snapshot => None,
+        };
+        let unary = match batched {
+            Some(kind) => {
+                let request = RaftEnvelope { kind: kind as i32, message: Some(msg), ..Default::default() };
+                match self.peers.call_on_stream(self.target, &self.addr, &client, request, ttl).await {
+                    Ok(reply) => Ok(Ok(reply)),
+                    Err(Unsent::Failed(status) | Unsent::NotSent(status)) => Ok(Err(status)),
+                    Err(Unsent::Unimplemented(msg)) => Err(msg),
+                }
+            }
+            None => Err(msg),
+        };
+        let reply = match unary {
+            Ok(reply) => reply,
+            Err(msg) => {
+                let mut msg = tonic::Request::new(msg);
+                msg.set_timeout(ttl);
+                match rpc {
+                    Rpc::Append => client.append_entries(msg).await,
+                    Rpc::Vote => client.vote(msg).await,
+                    Rpc::Snapshot => client.install_snapshot(msg).await,
+                }
+                .map(tonic::Response::into_inner)
+            }
         };
         let reply = reply.map_err(|s| {
             if let Some(theirs) = foreign_refusal(&s) {
@@ -404,7 +455,6 @@ impl PeerNetwork {
                 RPCError::Network(NetworkError::new(&PeerError::Rpc(s)))
             }
         })?;
-        let reply = reply.into_inner();
         self.peers.check_reply(self.target, &reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.peers.answered(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> =
