@@ -8,7 +8,7 @@
 #                (apt packages the tests drive install in the background)
 #   fmt          cargo fmt --check, host workspace and guest SDK
 #   guest-sdk    its clippy (host and wasm32), the Wasm modules the tests
-#                deploy, its own tests
+#                deploy, its own tests; run beside the build, awaited after it
 #   build        cargo build --workspace --all-targets with clippy's lints
 #                (-D warnings) run on every workspace crate as it compiles:
 #                one compile is both `cargo clippy --all-targets` and the
@@ -136,15 +136,26 @@ phase fmt fmt_all
 # wasm target its modules are built for (code behind cfg(target_arch =
 # "wasm32") is only checked there); the modules the Wasm hook tests deploy;
 # and its own tests (unit tests, the attribute macros' compile-error tests,
-# and a check of every built module against the ABI).
+# and a check of every built module against the ABI). Clippy and the
+# compile are one, as for the host workspace below (the tests then rebuild
+# the SDK's own crates without clippy). It runs beside the host
+# build, which leaves a core idle in its serial stretches (linking, the
+# last crates); the cluster tests need its modules, so it is awaited first.
+CLIPPY_DRIVER="$(rustc --print sysroot)/bin/clippy-driver"
+[[ -x "$CLIPPY_DRIVER" ]] || { echo "test.sh: $CLIPPY_DRIVER is missing (rustup component add clippy)" >&2; exit 1; }
+with_clippy() {
+    RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" "$@"
+}
 guest_sdk() {
     cd guest-sdk
-    cargo clippy --all-targets -- -D warnings
-    cargo clippy --target wasm32-unknown-unknown --release -- -D warnings
-    cargo build --target wasm32-unknown-unknown --release
+    with_clippy cargo build --target wasm32-unknown-unknown --release
+    with_clippy cargo build --all-targets
+    # Without the wrapper: the macros' compile-error tests (trybuild) run
+    # cargo themselves and compare rustc's exact output. This recompiles the
+    # SDK's own small crates, not their dependencies.
     cargo test
 }
-phase guest-sdk guest_sdk
+background guest-sdk guest_sdk
 
 # --- build once, then test ---------------------------------------------------
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace crates'
@@ -152,16 +163,15 @@ phase guest-sdk guest_sdk
 # generates code, so the dependencies compile once instead of once checked
 # for clippy and once built. Every cargo call below takes the same wrapper,
 # or it would rebuild the workspace crates.
-CLIPPY_DRIVER="$(rustc --print sysroot)/bin/clippy-driver"
-[[ -x "$CLIPPY_DRIVER" ]] || { echo "test.sh: $CLIPPY_DRIVER is missing (rustup component add clippy)" >&2; exit 1; }
 host_cargo() {
-    RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" cargo "$@"
+    with_clippy cargo "$@"
 }
 # --all-targets resolves features as `cargo test` does (dev-dependencies and
 # the tests crate's `failpoints` included), so this builds the ringkv binary
 # the process tests run and every test binary in one go, and the test runs
 # below compile nothing more.
 phase build host_cargo build --workspace --all-targets
+phase guest-sdk await guest-sdk
 
 # The fuzz harnesses' instrumented build (docs/security.md, "Fuzzing") shares
 # nothing with the build above; it runs at idle priority, on whatever CPU the
