@@ -18,8 +18,9 @@
 #   packages     waits for the apt packages and the Python client's venv
 #   cluster      tests/it: real clusters, faults, the binary end to end,
 #                containers, the dashboard in Chromium
-#   fuzz         each fuzz target for RINGKV_FUZZ_SECONDS, two at a time (its
-#                instrumented build runs at idle priority from the unit phase on)
+#   fuzz         each fuzz target for RINGKV_FUZZ_SECONDS (default 10), two at
+#                a time (its instrumented build runs at idle priority from
+#                the fmt phase on)
 #
 # A table of each phase's seconds is printed at the end, pass or fail.
 # RINGKV_TEST_THREADS sets the cluster tests' concurrency (default 8: most
@@ -157,6 +158,12 @@ guest_sdk() {
 }
 background guest-sdk guest_sdk
 
+# The fuzz harnesses' instrumented build (docs/security.md, "Fuzzing") shares
+# nothing with the host build; it runs at idle priority from here on, on
+# whatever CPU the build (while it links) and the tests leave unused, and at
+# full speed once they are done.
+background fuzz-build env FUZZ_PROFILE=quick chrt --idle 0 nice -n 19 fuzz/run.sh build
+
 # --- build once, then test ---------------------------------------------------
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace crates'
 # compiler; the same wrapper on `cargo build` runs the same lints and also
@@ -172,11 +179,6 @@ host_cargo() {
 # below compile nothing more.
 phase build host_cargo build --workspace --all-targets
 phase guest-sdk await guest-sdk
-
-# The fuzz harnesses' instrumented build (docs/security.md, "Fuzzing") shares
-# nothing with the build above; it runs at idle priority, on whatever CPU the
-# tests leave unused, and at full speed once they are done.
-background fuzz-build env FUZZ_PROFILE=quick chrt --idle 0 nice -n 19 fuzz/run.sh build
 phase unit host_cargo test --workspace --lib --bins --test storage_conformance
 
 await_packages() {
@@ -190,6 +192,6 @@ phase cluster host_cargo test --workspace --test it -- --test-threads "${RINGKV_
 # input in target/fuzz/artifacts/.
 fuzz() {
     await fuzz-build >/dev/null
-    FUZZ_PROFILE=quick fuzz/run.sh "${RINGKV_FUZZ_SECONDS:-20}"
+    FUZZ_PROFILE=quick fuzz/run.sh "${RINGKV_FUZZ_SECONDS:-10}"
 }
 phase fuzz fuzz
