@@ -18,6 +18,12 @@
 #   VALUE_SIZE       value bytes                        (default 128)
 #   BENCH_CMD_TIMEOUT  hard limit per bench command, s  (default 300)
 #   CARGO_TARGET_DIR cargo target dir                   (default target/)
+#   SHARDS           ringkv's --shards                  (default 1)
+#   CLIENT           ringkv: `ringkv bench`, which routes each request to
+#                    its shard's leader; kvload: ../shared/tools/kvload, an
+#                    independent client that spreads requests over the nodes
+#                    round-robin as etcd's and most gRPC clients do
+#                    (default ringkv)
 #   SKIP_BUILD=1     use the existing release binary
 #   RESULTS_DIR      where raw JSON + logs are kept     (default $TARGET/bench-vs-etcd)
 #
@@ -33,6 +39,9 @@ REPEAT="${REPEAT:-3}"
 BENCH_CLIENTS="${BENCH_CLIENTS:-64}"
 VALUE_SIZE="${VALUE_SIZE:-128}"
 BENCH_CMD_TIMEOUT="${BENCH_CMD_TIMEOUT:-300}"
+SHARDS="${SHARDS:-1}"
+CLIENT="${CLIENT:-ringkv}"
+[[ $CLIENT == ringkv || $CLIENT == kvload ]] || { echo "CLIENT must be ringkv or kvload" >&2; exit 2; }
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 RINGKV="$TARGET_DIR/release/ringkv"
 RESULTS_DIR="${RESULTS_DIR:-$TARGET_DIR/bench-vs-etcd}"
@@ -64,6 +73,13 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p ringkv --features etcd
 fi
 [[ -x "$RINGKV" ]] || die "no binary at $RINGKV"
+KVLOAD="$TARGET_DIR/kvload/release/kvload"
+if [[ $CLIENT == kvload && "${SKIP_BUILD:-0}" != 1 ]]; then
+    [[ -f "$ROOT/../shared/tools/kvload/Cargo.toml" ]] || die "CLIENT=kvload needs ../shared/tools/kvload next to the project"
+    log "building kvload into $TARGET_DIR/kvload"
+    CARGO_TARGET_DIR="$TARGET_DIR/kvload" cargo build --release --manifest-path "$ROOT/../shared/tools/kvload/Cargo.toml"
+fi
+[[ $CLIENT != kvload || -x "$KVLOAD" ]] || die "no kvload binary at $KVLOAD"
 
 WORK="$(mktemp -d -t bench-vs-etcd.XXXXXX)"
 mkdir -p "$RESULTS_DIR"
@@ -129,7 +145,7 @@ for i in 0 1 2; do
     ((i == 0)) || join=(--join "127.0.0.1:${RINGKV_GRPC_PORTS[0]}")
     mkdir -p "$WORK/ringkv-$id"
     NO_COLOR=1 "$RINGKV" serve --id "$id" --listen "127.0.0.1:$g" --http "127.0.0.1:$((g + 1))" \
-        --data-dir "$WORK/ringkv-$id" "${join[@]}" \
+        --data-dir "$WORK/ringkv-$id" --shards "$SHARDS" "${join[@]}" \
         >"$OUT/logs/ringkv-$id.log" 2>&1 &
     PIDS+=($!)
     if ((i == 0)); then
@@ -153,8 +169,10 @@ ringkv_ready() {
     local st
     st="$(timeout 5 "$RINGKV" cluster status --endpoints "127.0.0.1:${RINGKV_GRPC_PORTS[0]}" --json 2>/dev/null)" || return 1
     [[ "$(jq '[.nodes[] | select(.role == "voter")] | length' <<<"$st")" == 3 ]] || return 1
-    # every group has a leader
+    # every group has a leader, every shard its 3 replicas in place
     [[ "$(jq '[.groups[] | select((.leader_id // 0) == 0)] | length' <<<"$st")" == 0 ]] || return 1
+    jq -e '(.shards | length) > 0 and all(.shards[]; (.replicas | length) == 3 and (.moving | not))' <<<"$st" >/dev/null ||
+        return 1
     timeout 5 "$RINGKV" put --endpoints "$RINGKV_ENDPOINTS" bench-vs-etcd/ready 1 >/dev/null 2>&1 || return 1
 }
 wait_until() {
@@ -186,6 +204,28 @@ cpu_ticks() {
     echo "$t"
 }
 
+# kvload_bench SYSTEM ENDPOINTS OP CONSISTENCY [--duration D] [--no-preload]:
+# the same run with kvload, its JSON line renamed to `ringkv bench`'s fields.
+kvload_bench() {
+    local sys=$1 endpoints=$2 op=$3 consistency=$4 secs=2 prefill=(--prefill)
+    shift 4
+    while (($#)); do
+        case $1 in
+            --duration) secs="${2%s}"; shift ;;
+            --no-preload) prefill=() ;;
+        esac
+        shift
+    done
+    [[ $op == put ]] && prefill=()
+    local level=l
+    [[ $consistency == eventual ]] && level=s
+    timeout --kill-after=10 "$BENCH_CMD_TIMEOUT" "$KVLOAD" --target "$sys" --endpoints "$endpoints" --op "$op" \
+        --consistency "$level" --clients "$BENCH_CLIENTS" --conns 6 --secs "$secs" --keys "$KEYS" \
+        --value-size "$VALUE_SIZE" --proto-dir "$ROOT/proto" "${prefill[@]}" |
+        jq -c '{ops: .ops, ops_per_sec: .ops_per_s, p50_ms: (.p50_us / 1000), p99_ms: (.p99_us / 1000),
+                p999_ms: (.p999_us / 1000), errors: .errors}'
+}
+
 # bench SYSTEM WORKLOAD TAG [extra args...] -> prints the JSON line
 bench() {
     local sys=$1 wl=$2 tag=$3
@@ -203,10 +243,14 @@ bench() {
     local json rc=0 pids c0 c1
     if [[ $sys == ringkv ]]; then pids=("${RINGKV_PIDS[@]}"); else pids=("${ETCD_PIDS[@]}"); fi
     c0="$(cpu_ticks "${pids[@]}")"
-    json="$(timeout --kill-after=10 "$BENCH_CMD_TIMEOUT" "$RINGKV" bench --target "$sys" \
-        --endpoints "$endpoints" --op "$op" --consistency "$consistency" \
-        --clients "$BENCH_CLIENTS" --value-size "$VALUE_SIZE" --keys "$KEYS" \
-        --json "$@" 2>>"$OUT/logs/bench-$sys.stderr")" || rc=$?
+    if [[ $CLIENT == kvload ]]; then
+        json="$(kvload_bench "$sys" "$endpoints" "$op" "$consistency" "$@" 2>>"$OUT/logs/bench-$sys.stderr")" || rc=$?
+    else
+        json="$(timeout --kill-after=10 "$BENCH_CMD_TIMEOUT" "$RINGKV" bench --target "$sys" \
+            --endpoints "$endpoints" --op "$op" --consistency "$consistency" \
+            --clients "$BENCH_CLIENTS" --value-size "$VALUE_SIZE" --keys "$KEYS" \
+            --json "$@" 2>>"$OUT/logs/bench-$sys.stderr")" || rc=$?
+    fi
     if ((rc != 0)) || [[ -z "$json" ]]; then
         log "bench $sys $wl ($tag) failed (exit $rc); see $OUT/logs/bench-$sys.stderr"
         json='{"ops_per_sec":0,"p50_ms":null,"p99_ms":null,"p999_ms":null,"errors":null,"first_error":"bench command failed or timed out"}'
@@ -254,7 +298,7 @@ errs() {
 
 {
     echo
-    echo "ringkv vs etcd: 3 nodes each on 127.0.0.1, clients=$BENCH_CLIENTS value=${VALUE_SIZE}B keys=$KEYS duration=$BENCH_DURATION repeat=$REPEAT (medians)"
+    echo "ringkv vs etcd: 3 nodes each on 127.0.0.1, shards=$SHARDS client=$CLIENT clients=$BENCH_CLIENTS value=${VALUE_SIZE}B keys=$KEYS duration=$BENCH_DURATION repeat=$REPEAT (medians)"
     printf '%-14s | %12s %8s %7s %6s | %12s %8s %7s %6s | %11s\n' workload "ringkv ops/s" "p99 ms" "cpu/kop" errors "etcd ops/s" "p99 ms" "cpu/kop" errors "ringkv/etcd"
     printf '%s\n' "---------------+--------------------------------------+--------------------------------------+------------"
     for wl in "${WORKLOADS[@]}"; do
