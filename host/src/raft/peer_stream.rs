@@ -124,8 +124,8 @@ impl PeerStreams {
         stream.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(request.id, tx);
         let _waiting = WaitingCall { waiting: &stream.waiting, id: request.id };
         if stream.queue.send(request).is_err() {
-            // The stream ended between the lookup and the send.
-            self.forget(peer, &stream);
+            // The stream ended between the lookup and the send; the next
+            // call finds its queue closed and opens another.
             return Err(Unsent::NotSent(Status::unavailable("the stream to the peer closed")));
         }
         let reply = match tokio::time::timeout(timeout, rx).await {
@@ -133,12 +133,8 @@ impl PeerStreams {
             Ok(Err(_)) => Err(Unsent::Failed(Status::unavailable("the stream to the peer broke before its reply"))),
             Err(_) => Err(Unsent::Failed(Status::deadline_exceeded(format!("no reply within {timeout:?}")))),
         };
-        match &reply {
-            Err(Unsent::Unimplemented(_)) => {
-                self.unary_only.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, Instant::now());
-            }
-            Err(Unsent::NotSent(_)) | Err(Unsent::Failed(_)) if stream.queue.is_closed() => self.forget(peer, &stream),
-            _ => {}
+        if let Err(Unsent::Unimplemented(_)) = &reply {
+            self.unary_only.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, Instant::now());
         }
         reply
     }
@@ -163,14 +159,6 @@ impl PeerStreams {
         tokio::spawn(run(client()?, rx, stream.waiting.clone()));
         streams.insert(peer, (addr.to_string(), generation, stream.clone()));
         Ok(stream)
-    }
-
-    /// Drops `stream` from the map if it is still `peer`'s.
-    fn forget(&self, peer: NodeId, stream: &Arc<PeerStream>) {
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        if streams.get(&peer).is_some_and(|(_, _, s)| Arc::ptr_eq(s, stream)) {
-            streams.remove(&peer);
-        }
     }
 }
 
