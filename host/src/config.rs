@@ -214,6 +214,7 @@ pub struct RaftFile {
     pub election_timeout: Option<Dur>,
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
+    pub lease_reads: Option<bool>,
 }
 
 /// `[limits]` in the config file.
@@ -337,6 +338,10 @@ election_timeout = "1250ms"
 snapshot_every = 10000
 # Log entries kept after a snapshot for lagging followers. (RINGKV_KEEP_LOGS, --keep-logs)
 keep_logs = 1000
+# Leaders serve linearizable reads under a lease (a quarter of the maximum
+# election timeout) instead of a heartbeat round per read batch; relies on
+# clocks that run at roughly the same rate. (RINGKV_LEASE_READS, --lease-reads)
+lease_reads = true
 
 [limits]
 # Largest key. (RINGKV_MAX_KEY_BYTES, --max-key-bytes)

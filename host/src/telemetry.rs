@@ -42,6 +42,9 @@ pub const RAFT_GROUPS: &str = "ringkv_raft_groups_hosted";
 /// Raft messages this node refused without handling them, by `reason`
 /// (`no_group`: for a group it does not host; `foreign_cluster`).
 pub const RAFT_MESSAGES_DROPPED: &str = "ringkv_raft_messages_dropped_total";
+/// Linearizable read barriers, by `kind`: `lease` (served under the leader's
+/// read lease) or `read_index` (a heartbeat round to a quorum).
+pub const READ_BARRIERS: &str = "ringkv_read_barriers_total";
 /// Batches written on the peer streams, and the messages they carried: the
 /// ratio is the mean batch size (`raft::peer_stream`).
 pub const RAFT_BATCHES_SENT: &str = "ringkv_raft_batches_sent_total";
@@ -164,6 +167,7 @@ fn describe() {
     describe_histogram!(RAFT_PROPOSAL_DURATION, Unit::Seconds, "time from proposal to applied result, at the leader");
     describe_gauge!(RAFT_GROUPS, "Raft groups hosted by this node, meta group included");
     describe_counter!(RAFT_MESSAGES_DROPPED, "Raft messages refused unhandled, by reason (no_group, foreign_cluster)");
+    describe_counter!(READ_BARRIERS, "linearizable read barriers, by kind: lease or read_index");
     describe_counter!(RAFT_BATCHES_SENT, "batches of Raft messages written on the peer streams");
     describe_counter!(
         RAFT_BATCHED_MESSAGES,

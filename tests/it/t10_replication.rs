@@ -250,3 +250,35 @@ async fn concurrent_writes_to_one_key_get_distinct_increasing_versions() {
     let last = c.client().get("hot").await.expect("get").expect("found");
     assert_eq!(last.version, *unique.last().expect("some"), "the highest version is the one that stays");
 }
+
+/// Sum of `ringkv_read_barriers_total{kind}` over the cluster's nodes.
+async fn read_barriers(c: &ProcCluster, kind: &str) -> u64 {
+    let mut total = 0;
+    for node in c.nodes.values() {
+        let (_, body) = ringkv_tests::cli::http_get(node.http.clone(), "/metrics").await.expect("GET /metrics");
+        let needle = format!("ringkv_read_barriers_total{{kind=\"{kind}\"}} ");
+        total +=
+            body.lines().filter_map(|l| l.strip_prefix(&needle)).filter_map(|v| v.parse::<u64>().ok()).sum::<u64>();
+    }
+    total
+}
+
+/// After one ReadIndex round the leader serves linearizable reads under its
+/// lease, and they still see the latest write. The long election timeout
+/// makes the lease 5 s, so back-to-back reads fall inside it on any machine.
+#[tokio::test]
+async fn linearizable_reads_ride_the_leader_lease() {
+    let c = ProcCluster::start(3, &["--election-timeout", "10s"]).await;
+    let leader = c.leader_of_key(1, "leased").await;
+    let client = c.pinned_client(leader);
+    let (before_lease, before_rounds) = (read_barriers(&c, "lease").await, read_barriers(&c, "read_index").await);
+    for i in 0..20 {
+        client.put("leased", format!("v{i}")).await.expect("put");
+        let got = client.get("leased").await.expect("get").expect("found");
+        assert_eq!(got.value, format!("v{i}").into_bytes(), "a leased read sees the write before it");
+    }
+    let leased = read_barriers(&c, "lease").await - before_lease;
+    let rounds = read_barriers(&c, "read_index").await - before_rounds;
+    assert!(rounds >= 1, "the first read takes a ReadIndex round");
+    assert!(leased >= 1, "later reads ride the lease ({leased} leased, {rounds} rounds)");
+}

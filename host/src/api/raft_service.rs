@@ -74,6 +74,8 @@ impl RaftService {
             RaftKind::Vote => {
                 let g = self.accept(&m, false)?;
                 let rpc = decode(&m.payload).map_err(bad)?;
+                // Before openraft may grant it: see `ReadLease`.
+                g.revoke_read_lease();
                 Ok(self.message(m.group_id, &g.raft.vote(rpc).await))
             }
             RaftKind::Forward | RaftKind::Unspecified => {

@@ -75,6 +75,10 @@ pub struct ServeCommand {
     /// Log entries kept after a snapshot for slightly lagging followers. [default: 1000]
     #[arg(long, env = "RINGKV_KEEP_LOGS")]
     pub keep_logs: Option<u64>,
+    /// Serve linearizable reads under a leader lease (true) or with a
+    /// heartbeat round per read batch (false). [default: true]
+    #[arg(long, env = "RINGKV_LEASE_READS", value_name = "BOOL")]
+    pub lease_reads: Option<bool>,
     /// Largest accepted key, e.g. 4KiB. [default: 4KiB]
     #[arg(long, env = "RINGKV_MAX_KEY_BYTES", value_parser = parse_size)]
     pub max_key_bytes: Option<usize>,
@@ -206,6 +210,7 @@ impl ServeCommand {
             self.election_timeout.or(file.raft.election_timeout.map(|v| v.0)).unwrap_or(DEFAULT_ELECTION_TIMEOUT);
         let snapshot_every = self.snapshot_every.or(file.raft.snapshot_every).unwrap_or(dr.snapshot_every);
         let keep_logs = self.keep_logs.or(file.raft.keep_logs).unwrap_or(dr.keep_logs);
+        let lease_reads = self.lease_reads.or(file.raft.lease_reads).unwrap_or(dr.lease_reads);
         let request_timeout = self.request_timeout.or(file.request_timeout.map(|v| v.0)).unwrap_or(d.request_timeout);
         let down_timeout = self.down_timeout.or(file.down_timeout.map(|v| v.0)).unwrap_or(d.down_timeout);
         let min_replicas = self.min_replicas.or(file.min_replicas).unwrap_or(d.min_replicas);
@@ -325,6 +330,7 @@ impl ServeCommand {
                 election_max_ms: 2 * election_timeout.as_millis() as u64,
                 snapshot_every,
                 keep_logs,
+                lease_reads,
             },
             limits,
             request_timeout,

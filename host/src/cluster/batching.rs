@@ -15,9 +15,13 @@
 //!   quorum. The read batcher runs one check for every read queued before it
 //!   started; reads arriving during a check wait for the next one, so every
 //!   read's check begins after the read did.
+//! - **Read leases.** A successful check also grants the leader a lease: for
+//!   a quarter of the maximum election timeout, counted from *before* the
+//!   check's heartbeats left, reads need no check at all (see [`ReadLease`]).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -52,6 +56,78 @@ pub struct Batchers {
     reads: mpsc::UnboundedSender<oneshot::Sender<ReadReply>>,
     /// One permit per entry in flight; holding them all pauses the writes.
     in_flight: Arc<Semaphore>,
+    lease: Arc<ReadLease>,
+}
+
+/// A leader's read lease: while it holds, the local state machine already
+/// has every write acknowledged before now, so a linearizable read needs no
+/// ReadIndex round.
+///
+/// Why that is safe:
+/// - A check (`ensure_linearizable`) succeeds once a quorum answered
+///   heartbeats sent after `started`. openraft followers refuse to vote for
+///   `election_timeout_max` after hearing from their leader, so no other
+///   node can win an election, nor commit a write, before `started` plus that
+///   time on any member's clock. The lease lasts a quarter of it, which leaves
+///   room for clocks that run at different rates.
+/// - The one vote this node could still grant is its own: openraft's leader
+///   does not refuse votes after it has led for a while (the leader handover
+///   in `leadership.rs` relies on that). So every Vote request for the group
+///   revokes the lease *before* openraft sees it ([`ReadLease::revoke`]), and
+///   a check that was running when a vote arrived grants no lease.
+/// - Every write this leader acknowledged was applied here first (openraft
+///   answers `client_write` after the apply), and the first check of a term
+///   waits for the previous leaders' entries to be applied. So a read served
+///   under the lease sees every write that finished before it began.
+pub struct ReadLease {
+    /// `None` turns leases off (`raft.lease_reads = false`).
+    length: Option<Duration>,
+    state: Mutex<LeaseState>,
+}
+
+#[derive(Default)]
+struct LeaseState {
+    until: Option<Instant>,
+    /// Bumped by every revocation, so a check that overlapped one grants nothing.
+    revocations: u64,
+}
+
+impl ReadLease {
+    pub fn new(length: Option<Duration>) -> Self {
+        Self { length, state: Mutex::new(LeaseState::default()) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while reads may skip the ReadIndex round.
+    pub fn holds(&self) -> bool {
+        self.state().until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Notes the start of a check: pass the result to [`ReadLease::grant`].
+    fn begin(&self) -> (Instant, u64) {
+        (Instant::now(), self.state().revocations)
+    }
+
+    /// Grants the lease after a successful check that began at `begun`,
+    /// unless a revocation happened since.
+    fn grant(&self, (started, revocations): (Instant, u64)) {
+        let Some(length) = self.length else { return };
+        let mut state = self.state();
+        if state.revocations == revocations {
+            state.until = Some(started + length);
+        }
+    }
+
+    /// Ends the lease now: called before this node may grant a vote, and
+    /// when a check finds this node no longer leads.
+    pub fn revoke(&self) {
+        let mut state = self.state();
+        state.revocations += 1;
+        state.until = None;
+    }
 }
 
 impl Batchers {
@@ -62,14 +138,21 @@ impl Batchers {
         raft: Raft,
         hooks: Arc<HookRegistry>,
         sm: StateMachine,
+        lease: ReadLease,
     ) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let judge = Judge { hooks, sm };
+        let lease = Arc::new(lease);
         let w = tokio::spawn(write_loop(group, raft.clone(), wrx, in_flight.clone(), judge));
-        let r = tokio::spawn(read_loop(group, raft, rrx));
-        (Batchers { writes: wtx, reads: rtx, in_flight }, [w, r])
+        let r = tokio::spawn(read_loop(group, raft, rrx, lease.clone()));
+        (Batchers { writes: wtx, reads: rtx, in_flight, lease }, [w, r])
+    }
+
+    /// The group's read lease; the Raft service revokes it before a vote.
+    pub fn lease(&self) -> &ReadLease {
+        &self.lease
     }
 
     /// Waits until every entry in flight has been applied and holds new
@@ -86,8 +169,14 @@ impl Batchers {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Waits for a ReadIndex check that started after this call.
+    /// Waits for a ReadIndex check that started after this call, or returns
+    /// at once while this node holds the read lease.
     pub async fn read_barrier(&self) -> ReadReply {
+        if self.lease.holds() {
+            metrics::counter!(crate::telemetry::READ_BARRIERS, "kind" => "lease").increment(1);
+            return Ok(Attempt::Done(()));
+        }
+        metrics::counter!(crate::telemetry::READ_BARRIERS, "kind" => "read_index").increment(1);
         let (tx, rx) = oneshot::channel();
         self.reads.send(tx).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -238,12 +327,18 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<ReadReply>>) {
+async fn read_loop(
+    group: GroupId,
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<ReadReply>>,
+    lease: Arc<ReadLease>,
+) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
+        let begun = lease.begin();
         let outcome = match raft.ensure_linearizable().await {
             Ok(_) => Ok(true),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))
@@ -251,6 +346,11 @@ async fn read_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<o
             | Err(RaftError::Fatal(openraft::error::Fatal::Stopped)) => Ok(false),
             Err(RaftError::Fatal(e)) => Err(format!("raft group {group} stopped: {e}")),
         };
+        if matches!(outcome, Ok(true)) {
+            lease.grant(begun);
+        } else {
+            lease.revoke();
+        }
         for w in waiters {
             let _ = w.send(match &outcome {
                 Ok(true) => Ok(Attempt::Done(())),
@@ -258,5 +358,61 @@ async fn read_loop(group: GroupId, raft: Raft, mut rx: mpsc::UnboundedReceiver<o
                 Err(m) => Err(NodeError::Unavailable(m.clone())),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_successful_check_grants_the_lease() {
+        let lease = ReadLease::new(Some(LONG));
+        assert!(!lease.holds(), "no lease before any check");
+        lease.grant(lease.begin());
+        assert!(lease.holds());
+    }
+
+    #[test]
+    fn a_vote_during_the_check_grants_nothing() {
+        let lease = ReadLease::new(Some(LONG));
+        let begun = lease.begin();
+        lease.revoke();
+        lease.grant(begun);
+        assert!(!lease.holds(), "the check overlapped a vote: its quorum may already be gone");
+        lease.grant(lease.begin());
+        assert!(lease.holds(), "a check begun after the vote grants it again");
+    }
+
+    #[test]
+    fn a_vote_ends_a_held_lease() {
+        let lease = ReadLease::new(Some(LONG));
+        lease.grant(lease.begin());
+        lease.revoke();
+        assert!(!lease.holds());
+    }
+
+    #[test]
+    fn the_lease_counts_from_before_the_check() {
+        let lease = ReadLease::new(Some(Duration::ZERO));
+        lease.grant(lease.begin());
+        assert!(!lease.holds(), "a zero-length lease counted from the check's start has already ended");
+    }
+
+    #[test]
+    fn leases_can_be_turned_off() {
+        let lease = ReadLease::new(None);
+        lease.grant(lease.begin());
+        assert!(!lease.holds());
+    }
+
+    #[test]
+    fn the_lease_is_a_quarter_of_the_longest_election_timeout() {
+        let tuning = crate::raft::RaftTuning { election_max_ms: 2_500, ..Default::default() };
+        assert_eq!(tuning.read_lease(), Some(Duration::from_millis(625)));
+        let off = crate::raft::RaftTuning { lease_reads: false, ..tuning };
+        assert_eq!(off.read_lease(), None);
     }
 }

@@ -102,6 +102,12 @@ struct KeyCount {
 }
 
 impl Group {
+    /// Ends this node's read lease on the group: the Raft service calls it
+    /// before handing openraft a Vote (see `batching::ReadLease`).
+    pub fn revoke_read_lease(&self) {
+        self.batchers.lease().revoke();
+    }
+
     /// This replica's live keys: a full scan, remembered for
     /// [`Group::approximate_keys`].
     pub async fn count_keys(&self) -> Result<u64, StorageError> {
@@ -342,7 +348,9 @@ impl Node {
             start_group(self.id(), gid, &self.inner.storage, self.inner.peers.clone(), &self.inner.config.raft)
                 .await
                 .map_err(Box::new)?;
-        let (batchers, tasks) = batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone());
+        let lease = batching::ReadLease::new(self.inner.config.raft.read_lease());
+        let (batchers, tasks) =
+            batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease);
         let group =
             Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), key_count: KeyCount::default() });
         self.inner.groups.rcu(|m| {

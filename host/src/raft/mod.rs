@@ -36,6 +36,18 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
     /// Entries kept in the log after a snapshot, for followers slightly behind.
     pub keep_logs: u64,
+    /// Leaders serve linearizable reads under a lease instead of a heartbeat
+    /// round per read batch (`cluster::batching::ReadLease`).
+    pub lease_reads: bool,
+}
+
+impl RaftTuning {
+    /// How long a successful ReadIndex check lets a leader read without
+    /// another: a quarter of the time followers refuse votes after hearing
+    /// from it (openraft's leader lease, `election_timeout_max`).
+    pub fn read_lease(&self) -> Option<std::time::Duration> {
+        self.lease_reads.then(|| std::time::Duration::from_millis(self.election_max_ms / 4))
+    }
 }
 
 impl Default for RaftTuning {
@@ -46,6 +58,7 @@ impl Default for RaftTuning {
             election_max_ms: 1000,
             snapshot_every: 10_000,
             keep_logs: 1_000,
+            lease_reads: true,
         }
     }
 }
