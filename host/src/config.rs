@@ -215,6 +215,7 @@ pub struct RaftFile {
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
     pub lease_reads: Option<bool>,
+    pub quiesce: Option<bool>,
 }
 
 /// `[limits]` in the config file.
@@ -342,6 +343,9 @@ keep_logs = 1000
 # election timeout) instead of a heartbeat round per read batch; relies on
 # clocks that run at roughly the same rate. (RINGKV_LEASE_READS, --lease-reads)
 lease_reads = true
+# Idle shard groups stop heartbeating; one beacon per peer keeps them asleep.
+# (RINGKV_QUIESCE, --quiesce)
+quiesce = true
 
 [limits]
 # Largest key. (RINGKV_MAX_KEY_BYTES, --max-key-bytes)

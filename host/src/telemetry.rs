@@ -39,6 +39,8 @@ pub const RAFT_IS_LEADER: &str = "ringkv_raft_is_leader";
 pub const RAFT_LEADER_CHANGES: &str = "ringkv_raft_leader_changes_total";
 pub const RAFT_PROPOSAL_DURATION: &str = "ringkv_raft_proposal_duration_seconds";
 pub const RAFT_GROUPS: &str = "ringkv_raft_groups_hosted";
+/// Shard groups asleep on this node, as leader or follower (`cluster::quiescence`).
+pub const RAFT_GROUPS_QUIESCENT: &str = "ringkv_raft_groups_quiescent";
 /// Raft messages this node refused without handling them, by `reason`
 /// (`no_group`: for a group it does not host; `foreign_cluster`).
 pub const RAFT_MESSAGES_DROPPED: &str = "ringkv_raft_messages_dropped_total";
@@ -166,6 +168,7 @@ fn describe() {
     describe_counter!(RAFT_LEADER_CHANGES, "times this node saw the group's leader change");
     describe_histogram!(RAFT_PROPOSAL_DURATION, Unit::Seconds, "time from proposal to applied result, at the leader");
     describe_gauge!(RAFT_GROUPS, "Raft groups hosted by this node, meta group included");
+    describe_gauge!(RAFT_GROUPS_QUIESCENT, "shard groups asleep on this node (no ticks), as leader or follower");
     describe_counter!(RAFT_MESSAGES_DROPPED, "Raft messages refused unhandled, by reason (no_group, foreign_cluster)");
     describe_counter!(READ_BARRIERS, "linearizable read barriers, by kind: lease or read_index");
     describe_counter!(RAFT_BATCHES_SENT, "batches of Raft messages written on the peer streams");

@@ -282,3 +282,61 @@ async fn linearizable_reads_ride_the_leader_lease() {
     assert!(rounds >= 1, "the first read takes a ReadIndex round");
     assert!(leased >= 1, "later reads ride the lease ({leased} leased, {rounds} rounds)");
 }
+
+/// Sum of the gauge `ringkv_raft_groups_quiescent` over the running nodes.
+async fn quiescent_groups(c: &ProcCluster) -> u64 {
+    let mut total = 0;
+    for node in c.nodes.values().filter(|n| n.is_running()) {
+        let Some((_, body)) = ringkv_tests::cli::http_get(node.http.clone(), "/metrics").await else { continue };
+        total += body
+            .lines()
+            .filter_map(|l| l.strip_prefix("ringkv_raft_groups_quiescent "))
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    total
+}
+
+/// Idle shard groups stop ticking on every replica; a write wakes its
+/// group, and a dead leader's sleeping groups still elect a new one.
+#[tokio::test]
+async fn idle_shards_sleep_wake_on_writes_and_survive_their_leaders_death() {
+    let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
+    let client = c.client();
+    for i in 0..20 {
+        put_retrying(&client, format!("q{i}"), format!("v{i}")).await;
+    }
+    // 4 shards × 3 replicas, each asleep as leader or follower.
+    eventually("every shard group to fall asleep on every node", || {
+        let c = &c;
+        async move { (quiescent_groups(c).await == 12).then_some(()) }
+    })
+    .await;
+
+    let leader = c.leader_of_key(1, "q0").await;
+    let other = (1..=3).find(|id| *id != leader).expect("another node");
+    c.pinned_client(other).put("q0", "woken").await.expect("a write to a sleeping shard");
+    for id in 1..=3 {
+        let got = c.pinned_client(id).get("q0").await.expect("get").expect("found");
+        assert_eq!(&got.value[..], b"woken", "node {id} reads the write that woke the shard");
+    }
+    eventually("the woken shard to fall asleep again", || {
+        let c = &c;
+        async move { (quiescent_groups(c).await == 12).then_some(()) }
+    })
+    .await;
+
+    c.kill(leader);
+    let survivor = c.node_client(other);
+    put_retrying(&survivor, "q0".into(), "after".into()).await;
+    for i in 1..20 {
+        // Retried while the shards the dead node led elect new leaders.
+        let got = eventually(&format!("a read of q{i}"), || {
+            let survivor = survivor.clone();
+            async move { survivor.get(format!("q{i}")).await.ok() }
+        })
+        .await;
+        assert_eq!(got.expect("acknowledged write survives").value, format!("v{i}").into_bytes());
+    }
+    assert_eq!(&survivor.get("q0").await.expect("get").expect("found").value[..], b"after");
+}

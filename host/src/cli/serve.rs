@@ -79,6 +79,10 @@ pub struct ServeCommand {
     /// heartbeat round per read batch (false). [default: true]
     #[arg(long, env = "RINGKV_LEASE_READS", value_name = "BOOL")]
     pub lease_reads: Option<bool>,
+    /// Let idle shard groups stop heartbeating (true) or keep every group
+    /// ticking (false). [default: true]
+    #[arg(long, env = "RINGKV_QUIESCE", value_name = "BOOL")]
+    pub quiesce: Option<bool>,
     /// Largest accepted key, e.g. 4KiB. [default: 4KiB]
     #[arg(long, env = "RINGKV_MAX_KEY_BYTES", value_parser = parse_size)]
     pub max_key_bytes: Option<usize>,
@@ -211,6 +215,7 @@ impl ServeCommand {
         let snapshot_every = self.snapshot_every.or(file.raft.snapshot_every).unwrap_or(dr.snapshot_every);
         let keep_logs = self.keep_logs.or(file.raft.keep_logs).unwrap_or(dr.keep_logs);
         let lease_reads = self.lease_reads.or(file.raft.lease_reads).unwrap_or(dr.lease_reads);
+        let quiesce = self.quiesce.or(file.raft.quiesce).unwrap_or(dr.quiesce);
         let request_timeout = self.request_timeout.or(file.request_timeout.map(|v| v.0)).unwrap_or(d.request_timeout);
         let down_timeout = self.down_timeout.or(file.down_timeout.map(|v| v.0)).unwrap_or(d.down_timeout);
         let min_replicas = self.min_replicas.or(file.min_replicas).unwrap_or(d.min_replicas);
@@ -331,6 +336,7 @@ impl ServeCommand {
                 snapshot_every,
                 keep_logs,
                 lease_reads,
+                quiesce,
             },
             limits,
             request_timeout,

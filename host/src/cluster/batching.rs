@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::quiescence::Quiet;
 use super::routing::{Attempt, Proposal};
 use super::NodeError;
 use crate::hooks::HookRegistry;
@@ -57,6 +58,8 @@ pub struct Batchers {
     /// One permit per entry in flight; holding them all pauses the writes.
     in_flight: Arc<Semaphore>,
     lease: Arc<ReadLease>,
+    /// Told of every request, so a sleeping leader wakes.
+    quiet: Arc<Quiet>,
 }
 
 /// A leader's read lease: while it holds, the local state machine already
@@ -139,6 +142,7 @@ impl Batchers {
         hooks: Arc<HookRegistry>,
         sm: StateMachine,
         lease: ReadLease,
+        quiet: Arc<Quiet>,
     ) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
@@ -147,7 +151,7 @@ impl Batchers {
         let lease = Arc::new(lease);
         let w = tokio::spawn(write_loop(group, raft.clone(), wrx, in_flight.clone(), judge));
         let r = tokio::spawn(read_loop(group, raft, rrx, lease.clone()));
-        (Batchers { writes: wtx, reads: rtx, in_flight, lease }, [w, r])
+        (Batchers { writes: wtx, reads: rtx, in_flight, lease, quiet }, [w, r])
     }
 
     /// The group's read lease; the Raft service revokes it before a vote.
@@ -164,6 +168,7 @@ impl Batchers {
     /// Proposes through the batcher; `Retry` when this node is not the
     /// leader. Unless `judged`, the batcher runs the hooks on it first.
     pub async fn write(&self, proposal: Proposal, judged: bool) -> WriteReply {
+        self.quiet.touch();
         let (tx, rx) = oneshot::channel();
         self.writes.send(WriteItem { proposal, judged, reply: tx }).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -172,6 +177,7 @@ impl Batchers {
     /// Waits for a ReadIndex check that started after this call, or returns
     /// at once while this node holds the read lease.
     pub async fn read_barrier(&self) -> ReadReply {
+        self.quiet.touch();
         if self.lease.holds() {
             metrics::counter!(crate::telemetry::READ_BARRIERS, "kind" => "lease").increment(1);
             return Ok(Attempt::Done(()));

@@ -23,8 +23,11 @@ pub enum MembershipOp {
     /// Remove from voters and learners.
     Remove { id: NodeId },
     /// Sent by the leader to the replica it hands leadership to: campaign
-    /// now (see [`super::leadership`]). The only op run on a non-leader.
+    /// now (see [`super::leadership`]).
     Campaign,
+    /// A beacon from `leader` (sent for the meta group): these groups, at
+    /// these terms, sleep or stay asleep ([`super::quiescence`]).
+    Sleep { leader: NodeId, groups: Vec<(GroupId, u64)> },
 }
 
 /// The leader's answer to a [`MembershipOp`].
@@ -33,6 +36,8 @@ pub enum MembershipReply {
     Done,
     NotLeader,
     Failed(String),
+    /// The groups of a [`MembershipOp::Sleep`] that sleep here now.
+    Asleep(Vec<GroupId>),
 }
 
 /// Voters of the meta group at most; further members learn it.
@@ -158,7 +163,7 @@ impl Node {
                         self.send_membership_op(group, candidate, &op).await
                     };
                     match reply {
-                        MembershipReply::Done => return Ok(()),
+                        MembershipReply::Done | MembershipReply::Asleep(_) => return Ok(()),
                         MembershipReply::Failed(m) => return Err(NodeError::InvalidArgument(m)),
                         MembershipReply::NotLeader => {}
                     }
@@ -197,6 +202,9 @@ impl Node {
 
     /// Executes a membership change on this node, which should lead `group`.
     pub async fn run_membership_op(&self, group: GroupId, op: MembershipOp) -> MembershipReply {
+        if let MembershipOp::Sleep { leader, groups } = op {
+            return MembershipReply::Asleep(self.beacon_from(leader, groups));
+        }
         // Not hosting the group (any more) is like not leading it: try elsewhere.
         let Ok(g) = self.group(group) else { return MembershipReply::NotLeader };
         if let MembershipOp::Campaign = op {
@@ -244,7 +252,7 @@ impl Node {
                     return MembershipReply::Done;
                 }
             }
-            MembershipOp::Campaign => return MembershipReply::Done,
+            MembershipOp::Campaign | MembershipOp::Sleep { .. } => return MembershipReply::Done,
         };
         match result {
             Ok(_) => MembershipReply::Done,

@@ -16,6 +16,7 @@ mod leadership;
 mod membership;
 mod partitioning;
 mod placement;
+mod quiescence;
 mod routing;
 
 use std::collections::BTreeMap;
@@ -87,6 +88,8 @@ pub struct Group {
     batchers: batching::Batchers,
     /// The batcher tasks, aborted when the group leaves this node.
     tasks: Vec<JoinHandle<()>>,
+    /// Whether the group sleeps here (`quiescence`).
+    quiet: Arc<quiescence::Quiet>,
     /// The last count of this replica's keys, for status.
     key_count: KeyCount,
 }
@@ -106,6 +109,10 @@ impl Group {
     /// before handing openraft a Vote (see `batching::ReadLease`).
     pub fn revoke_read_lease(&self) {
         self.batchers.lease().revoke();
+    }
+
+    fn quiet(&self) -> &quiescence::Quiet {
+        &self.quiet
     }
 
     /// This replica's live keys: a full scan, remembered for
@@ -274,6 +281,7 @@ impl Node {
         node.spawn(node.clone().reconcile_loop());
         node.spawn(node.clone().rebalance_loop());
         node.spawn(node.clone().leader_balance_loop());
+        node.spawn(node.clone().quiescence_loop());
         node.spawn(node.clone().reshard_loop());
         tracing::info!(node = node.id(), addr = %node.addr(), "node started");
         Ok(node)
@@ -349,10 +357,11 @@ impl Node {
                 .await
                 .map_err(Box::new)?;
         let lease = batching::ReadLease::new(self.inner.config.raft.read_lease());
+        let quiet = Arc::new(quiescence::Quiet::new(raft.clone()));
         let (batchers, tasks) =
-            batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease);
+            batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease, quiet.clone());
         let group =
-            Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), key_count: KeyCount::default() });
+            Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), quiet, key_count: KeyCount::default() });
         self.inner.groups.rcu(|m| {
             let mut m = BTreeMap::clone(m);
             m.insert(gid, group.clone());

@@ -39,6 +39,8 @@ pub struct RaftTuning {
     /// Leaders serve linearizable reads under a lease instead of a heartbeat
     /// round per read batch (`cluster::batching::ReadLease`).
     pub lease_reads: bool,
+    /// Idle shard groups stop ticking (`cluster::quiescence`).
+    pub quiesce: bool,
 }
 
 impl RaftTuning {
@@ -59,6 +61,7 @@ impl Default for RaftTuning {
             snapshot_every: 10_000,
             keep_logs: 1_000,
             lease_reads: true,
+            quiesce: true,
         }
     }
 }
