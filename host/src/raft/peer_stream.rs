@@ -178,6 +178,10 @@ async fn run(mut client: RaftClient<Channel>, mut queue: mpsc::UnboundedReceiver
                 tokio::select! {
                     next = queue.recv() => {
                         let Some(first) = next else { return };
+                        // One turn of the scheduler first: tasks already
+                        // runnable (other groups' replication, forwards)
+                        // queue their messages into this batch.
+                        tokio::task::yield_now().await;
                         let batch = RaftBatch { envelopes: drain(first, &mut queue, payload_len) };
                         let messages = batch.envelopes.len() as u64;
                         if let Err(mpsc::error::SendError(batch)) = batches.send(batch).await {
@@ -245,6 +249,8 @@ pub fn batched_replies(
 ) -> Pin<Box<dyn Stream<Item = Result<RaftBatch, Status>> + Send>> {
     Box::pin(futures::stream::unfold(replies, |mut replies| async move {
         let first = replies.recv().await?;
+        // As for requests: replies ready in this scheduler turn join the batch.
+        tokio::task::yield_now().await;
         let envelopes = drain(first, &mut replies, payload_len);
         Some((Ok(RaftBatch { envelopes }), replies))
     }))
