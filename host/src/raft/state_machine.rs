@@ -126,9 +126,12 @@ impl StateMachine {
     }
 
     /// Reads one key. Expired keys are invisible.
+    ///
+    /// Runs on the calling task: a point read is a memtable or block-cache
+    /// lookup almost always, far cheaper than the two thread hand-offs of the
+    /// blocking pool (docs/performance.md). Scans still go to the pool.
     pub async fn get(&self, key: Vec<u8>, now_ms: u64) -> Result<Option<Envelope>, StorageError> {
-        let group = self.group;
-        self.storage.blocking(move |s| Ok(read_envelope(s, group, &key)?.filter(|e| !e.is_expired(now_ms)))).await
+        self.get_blocking(&key, now_ms)
     }
 
     /// Reads one key on the calling thread (a hook worker); expired keys are invisible.
