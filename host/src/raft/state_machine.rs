@@ -687,8 +687,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let group = self.group;
         let started = std::time::Instant::now();
         let n = entries.len();
+        // On this task unless fjall could stall the commit: two thread
+        // hand-offs per apply cost more than the apply (docs/performance.md).
+        let may_stall = self.storage.state_machine_write_may_stall();
         self.storage
-            .blocking(move |s| {
+            .run(may_stall, move |s| {
                 let mut ap = Applier {
                     s,
                     group,

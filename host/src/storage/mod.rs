@@ -185,6 +185,31 @@ impl Storage {
         &self.inner.snapshots
     }
 
+    /// Whether a write batch to the state machine's keyspaces could stall
+    /// now: fjall holds back writers (sleeping 10-100 ms at a time) once a
+    /// keyspace has 4 sealed memtables waiting for flush or 20 level-0 runs.
+    /// The margins here are wide (2 memtables, 16 tables; runs never exceed
+    /// tables), so while this is false a commit returns in microseconds.
+    pub fn state_machine_write_may_stall(&self) -> bool {
+        [self.sm_data(), self.sm_meta(), self.sm_expiry()]
+            .iter()
+            .any(|k| k.sealed_memtable_count() >= 2 || k.l0_table_count() >= 16)
+    }
+
+    /// Runs fjall work that usually takes microseconds on the calling task,
+    /// or on the blocking pool when `may_block` says it could wait longer.
+    pub async fn run<T, F>(&self, may_block: bool, f: F) -> T
+    where
+        F: FnOnce(&Storage) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if may_block {
+            self.blocking(f).await
+        } else {
+            f(self)
+        }
+    }
+
     /// Disk space used by the database (journals and tables).
     pub fn disk_space(&self) -> Result<u64, StorageError> {
         self.inner.db.disk_space().map_err(StorageError::fjall("measuring disk space"))
