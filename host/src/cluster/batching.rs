@@ -59,7 +59,7 @@ pub struct Batchers {
     in_flight: Arc<Semaphore>,
     lease: Arc<ReadLease>,
     /// Told of every request, so a sleeping leader wakes.
-    quiet: Arc<Quiet>,
+    quiet: Quiet,
 }
 
 /// A leader's read lease: while it holds, the local state machine already
@@ -142,13 +142,13 @@ impl Batchers {
         hooks: Arc<HookRegistry>,
         sm: StateMachine,
         lease: ReadLease,
-        quiet: Arc<Quiet>,
     ) -> (Batchers, [tokio::task::JoinHandle<()>; 2]) {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let (rtx, rrx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let judge = Judge { hooks, sm };
         let lease = Arc::new(lease);
+        let quiet = Quiet::new(raft.clone());
         let w = tokio::spawn(write_loop(group, raft.clone(), wrx, in_flight.clone(), judge));
         let r = tokio::spawn(read_loop(group, raft, rrx, lease.clone()));
         (Batchers { writes: wtx, reads: rtx, in_flight, lease, quiet }, [w, r])
@@ -157,6 +157,11 @@ impl Batchers {
     /// The group's read lease; the Raft service revokes it before a vote.
     pub fn lease(&self) -> &ReadLease {
         &self.lease
+    }
+
+    /// The group's quiescence state here.
+    pub(super) fn quiet(&self) -> &Quiet {
+        &self.quiet
     }
 
     /// Waits until every entry in flight has been applied and holds new

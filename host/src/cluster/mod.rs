@@ -88,8 +88,6 @@ pub struct Group {
     batchers: batching::Batchers,
     /// The batcher tasks, aborted when the group leaves this node.
     tasks: Vec<JoinHandle<()>>,
-    /// Whether the group sleeps here (`quiescence`).
-    quiet: Arc<quiescence::Quiet>,
     /// The last count of this replica's keys, for status.
     key_count: KeyCount,
 }
@@ -111,8 +109,9 @@ impl Group {
         self.batchers.lease().revoke();
     }
 
+    /// Whether the group sleeps here (`quiescence`); the batchers wake it.
     fn quiet(&self) -> &quiescence::Quiet {
-        &self.quiet
+        self.batchers.quiet()
     }
 
     /// This replica's live keys: a full scan, remembered for
@@ -357,11 +356,10 @@ impl Node {
                 .await
                 .map_err(Box::new)?;
         let lease = batching::ReadLease::new(self.inner.config.raft.read_lease());
-        let quiet = Arc::new(quiescence::Quiet::new(raft.clone()));
         let (batchers, tasks) =
-            batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease, quiet.clone());
+            batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease);
         let group =
-            Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), quiet, key_count: KeyCount::default() });
+            Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), key_count: KeyCount::default() });
         self.inner.groups.rcu(|m| {
             let mut m = BTreeMap::clone(m);
             m.insert(gid, group.clone());

@@ -272,10 +272,10 @@ impl Node {
         groups
             .into_iter()
             .filter(|(gid, term)| {
-                let Ok(g) = self.group(*gid) else { return false };
                 if *gid == META_GROUP {
                     return false;
                 }
+                let Ok(g) = self.group(*gid) else { return false };
                 let follows = {
                     let m = g.raft.metrics();
                     let m = m.borrow();
