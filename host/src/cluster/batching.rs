@@ -203,6 +203,8 @@ fn size_of(p: &Proposal) -> usize {
         Proposal::Put { key, value, .. } => key.len() + value.len(),
         Proposal::Delete { key, .. } | Proposal::Expire { key, .. } | Proposal::MoveOut { key, .. } => key.len(),
         Proposal::MoveIn { key, value, .. } => key.len() + value.len(),
+        Proposal::MoveInBatch { records, .. } => records.iter().map(|r| r.key.len() + r.value.len()).sum(),
+        Proposal::MoveOutBatch { keys, .. } => keys.iter().map(|(k, _)| k.len()).sum(),
         Proposal::ReshardProgress { progress, .. } => progress.cursor.as_ref().map_or(0, Vec::len),
         Proposal::SetPartitioner { spec, .. } => spec.as_ref().map_or(0, |s| s.source.len()),
         Proposal::SetNode { addr, .. } => addr.len(),

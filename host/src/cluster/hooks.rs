@@ -65,7 +65,7 @@ impl Node {
     /// it can never hold a batch of other writes back. A write whose hook
     /// read a version that changed before it applied is judged again.
     pub(super) async fn write_local(&self, g: Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
-        if let Proposal::MoveOut { epoch, .. } = &p {
+        if let Proposal::MoveOut { epoch, .. } | Proposal::MoveOutBatch { epoch, .. } = &p {
             if !self.knows_job(*epoch) {
                 return Ok(Attempt::Retry);
             }
@@ -81,7 +81,9 @@ impl Node {
                 self.await_min_replicas(&g).await?;
                 Some(self.admit(g.id, key, true).await?)
             }
-            Proposal::MoveIn { epoch, .. } => Some(self.admit_move(*epoch).await?),
+            Proposal::MoveIn { epoch, .. } | Proposal::MoveInBatch { epoch, .. } => {
+                Some(self.admit_move(*epoch).await?)
+            }
             _ => None,
         };
         let Some((op, key)) = hooked_write(&p) else { return g.batchers.write(p, true).await };

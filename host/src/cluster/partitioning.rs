@@ -9,9 +9,9 @@
 //! **Re-sharding.** Changing the function opens a job in the meta group
 //! (`ring::partition`). While it runs:
 //! - writes go to the key's new shard, after *pulling* the key: if its old
-//!   shard still holds it, it is copied to the new shard ([`Proposal::MoveIn`],
-//!   same value, version and expiry) and deleted from the old one
-//!   ([`Proposal::MoveOut`], only if it still holds that version). So a
+//!   shard still holds it, it is copied to the new shard (a `MoveIn`, same
+//!   value, version and expiry) and deleted from the old one (a `MoveOut`,
+//!   only if it still holds that version). So a
 //!   compare-and-swap sees the key's version, and a delete leaves no old
 //!   copy behind to reappear;
 //! - reads try the new shard, then the old one, then the new one again (the
@@ -22,7 +22,11 @@
 //!   pass finds what a move hid from the first;
 //! - each shard's leader scans its keys in order and moves every key whose
 //!   shard changed, reporting progress (with a cursor) to the meta group, so
-//!   a new leader resumes where the old one stopped. Moves are idempotent: a
+//!   a new leader resumes where the old one stopped. A scan batch's moves
+//!   travel as one [`Proposal::MoveInBatch`] per destination shard (and
+//!   [`MOVE_CHUNK_BYTES`]), then one [`Proposal::MoveOutBatch`] of the same
+//!   keys; each key in them obeys the rules of a single move, copy before
+//!   delete (a pull is a batch of one). Moves are idempotent: a
 //!   `MoveIn` of a key the job already moved, or that was written on the new
 //!   shard since, changes nothing.
 //! - When every shard reported done, the meta group closes the job and
@@ -96,7 +100,7 @@ use serde::Serialize;
 
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{runtime_for, CompiledPartitioner, HookSpec};
-use crate::raft::types::{now_ms, CommandResult};
+use crate::raft::types::{now_ms, CommandResult, MovedRecord};
 use crate::ring::partition::{describe, show_key, PartitionState, ReshardJob, ShardProgress};
 use crate::ring::{RingConfig, ShardId};
 use crate::storage::{Envelope, GroupId};
@@ -104,8 +108,12 @@ use crate::storage::{Envelope, GroupId};
 /// Keys a mover reads from its shard at a time.
 const MOVE_BATCH: usize = 512;
 
-/// Moves a mover has in flight at once.
-const MOVE_CONCURRENCY: usize = 64;
+/// Move proposals (one per destination shard and chunk) a mover has in
+/// flight at once.
+const MOVE_CONCURRENCY: usize = 16;
+
+/// Most key and value bytes in one move proposal.
+const MOVE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How often a node looks for re-shard work it should do.
 const RESHARD_POLL: Duration = Duration::from_millis(200);
@@ -522,43 +530,37 @@ impl Node {
     /// routed by) if `old` still holds it.
     async fn pull(&self, key: &[u8], old: GroupId, new: GroupId, epoch: u64) -> Result<(), NodeError> {
         let Some(env) = self.get(old, key.to_vec(), true).await? else { return Ok(()) };
-        self.move_key(key.to_vec(), env, old, new, epoch).await.map(|_| ())
+        self.move_records(vec![moved_record(key.to_vec(), env)], old, new, epoch).await.map(|_| ())
     }
 
-    /// Copies a record to its new shard, then deletes it from the old one if
-    /// it still holds the same version. True when the copy was written.
-    async fn move_key(
+    /// Copies records (distinct keys) to their new shard in one proposal,
+    /// then deletes from the old one, in one more, each key that still holds
+    /// the version copied. Returns how many copies were written (a key
+    /// already moved, or written on `new` since the job began, is not).
+    async fn move_records(
         &self,
-        key: Vec<u8>,
-        env: Envelope,
+        records: Vec<MovedRecord>,
         old: GroupId,
         new: GroupId,
         epoch: u64,
-    ) -> Result<bool, NodeError> {
-        let version = env.version;
-        let copy = Proposal::MoveIn {
-            key: key.clone(),
-            value: env.value.to_vec(),
-            version,
-            expires_at: env.expires_at,
-            epoch,
-        };
-        let written = match self.propose(new, copy).await? {
-            CommandResult::MovedIn { written } => written,
+    ) -> Result<u64, NodeError> {
+        let keys = records.iter().map(|r| (r.key.clone(), r.version)).collect();
+        let written = match self.propose(new, Proposal::MoveInBatch { records, epoch }).await? {
+            CommandResult::MovedInBatch { written } => written,
             other => return Err(NodeError::Internal(format!("unexpected result of a key move: {other:?}"))),
         };
-        self.propose(old, Proposal::MoveOut { key, version, epoch }).await?;
+        self.propose(old, Proposal::MoveOutBatch { keys, epoch }).await?;
         Ok(written)
     }
 
-    /// Whether the leader may take a [`Proposal::MoveOut`] of job `epoch`:
+    /// Whether the leader may take a [`Proposal::MoveOutBatch`] of job `epoch`:
     /// only once it routes by that job (else it could still serve a read
     /// routed without it, which would miss the moved key).
     pub(super) fn knows_job(&self, epoch: u64) -> bool {
         self.partition_view().state.epoch >= epoch
     }
 
-    /// Admits a [`Proposal::MoveIn`] of job `epoch` on the leader of its
+    /// Admits a [`Proposal::MoveInBatch`] of job `epoch` on the leader of its
     /// target shard, holding the routing gate until the returned guard
     /// drops: only while this node runs that very job. So once this node
     /// routes by a later job (which swapped its view under the gate), no
@@ -877,22 +879,21 @@ impl Node {
                 progress.scanned += 1;
                 handled = Some(key);
             }
-            let results: Vec<(Vec<u8>, Result<bool, NodeError>)> = futures::stream::iter(moves)
-                .map(|(key, env, to)| async move {
-                    let r = self.move_key(key.clone(), env, gid, to, epoch).await;
-                    (key, r)
+            let results: Vec<(Vec<u8>, Result<u64, NodeError>)> = futures::stream::iter(move_chunks(moves))
+                .map(|(to, records)| async move {
+                    let first = records.first().map(|r| r.key.clone()).unwrap_or_default();
+                    (first, self.move_records(records, gid, to, epoch).await)
                 })
                 .buffer_unordered(MOVE_CONCURRENCY)
                 .collect()
                 .await;
             for (key, r) in results {
                 match r {
-                    Ok(true) => progress.moved += 1,
-                    Ok(false) => {}
+                    Ok(written) => progress.moved += written,
                     Err(e) => {
                         return Err(Stuck {
                             key: Some(key),
-                            error: format!("moving the key failed: {e}"),
+                            error: format!("moving the keys failed: {e}"),
                             function_failed: false,
                         })
                     }
@@ -954,6 +955,31 @@ impl Node {
     }
 }
 
+/// A record as a move carries it.
+fn moved_record(key: Vec<u8>, env: Envelope) -> MovedRecord {
+    MovedRecord { key, value: env.value.to_vec(), version: env.version, expires_at: env.expires_at }
+}
+
+/// A scan batch's moves as one proposal's worth of records per destination
+/// shard, each at most [`MOVE_CHUNK_BYTES`] of keys and values (a larger
+/// record goes alone).
+fn move_chunks(moves: Vec<(Vec<u8>, Envelope, GroupId)>) -> Vec<(GroupId, Vec<MovedRecord>)> {
+    let mut open: BTreeMap<GroupId, (usize, Vec<MovedRecord>)> = BTreeMap::new();
+    let mut chunks = Vec::new();
+    for (key, env, to) in moves {
+        let size = key.len() + env.value.len();
+        let (bytes, records) = open.entry(to).or_default();
+        if !records.is_empty() && *bytes + size > MOVE_CHUNK_BYTES {
+            chunks.push((to, std::mem::take(records)));
+            *bytes = 0;
+        }
+        *bytes += size;
+        records.push(moved_record(key, env));
+    }
+    chunks.extend(open.into_iter().map(|(to, (_, records))| (to, records)));
+    chunks
+}
+
 /// How long a shard's mover waits after `failures` failed passes in a row.
 fn reshard_backoff(failures: u32) -> Duration {
     RESHARD_BACKOFF_MIN.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(RESHARD_BACKOFF_MAX)
@@ -983,5 +1009,28 @@ mod tests {
         let waits: Vec<u64> = (1..=9).map(|n| reshard_backoff(n).as_millis() as u64).collect();
         assert_eq!(waits, vec![200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
         assert_eq!(reshard_backoff(u32::MAX), RESHARD_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn moves_go_as_one_chunk_per_destination_within_the_byte_limit() {
+        let env = |size: usize| Envelope { value: vec![0u8; size].into(), version: 1, expires_at: None };
+        let half = MOVE_CHUNK_BYTES / 2;
+        let moves = vec![
+            (b"a".to_vec(), env(10), 2),
+            (b"b".to_vec(), env(half), 3),
+            (b"c".to_vec(), env(10), 2),
+            (b"d".to_vec(), env(half), 3),
+            (b"e".to_vec(), env(3 * MOVE_CHUNK_BYTES), 3),
+        ];
+        let chunks: Vec<(GroupId, Vec<Vec<u8>>)> = move_chunks(moves)
+            .into_iter()
+            .map(|(to, records)| (to, records.into_iter().map(|r| r.key).collect()))
+            .collect();
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            chunks,
+            vec![(3, keys(&["b"])), (3, keys(&["d"])), (2, keys(&["a", "c"])), (3, keys(&["e"]))],
+            "b and d overflow a chunk together; a record larger than a chunk goes alone"
+        );
     }
 }

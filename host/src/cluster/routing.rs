@@ -24,7 +24,7 @@ use super::{Group, Node, NodeError, NodeInner, META_GROUP};
 use crate::hooks::HookSpec;
 use crate::raft::network::{decode, encode, PeerError};
 use crate::raft::peer_stream::Unsent;
-use crate::raft::types::{now_ms, CommandResult, HookStamp, Op};
+use crate::raft::types::{now_ms, CommandResult, HookStamp, MovedRecord, Op};
 use crate::raft::NodeId;
 use crate::ring::ShardId;
 use crate::storage::{Envelope, GroupId};
@@ -100,6 +100,8 @@ pub enum Proposal {
         progress: crate::ring::partition::ShardProgress,
         shards: u32,
     },
+    /// Re-sharding, one key: what nodes of the previous version send (this
+    /// one sends [`Proposal::MoveInBatch`]); served the same way.
     MoveIn {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -110,7 +112,8 @@ pub enum Proposal {
     /// Re-sharding, on the key's old shard: deletes it if it still holds
     /// `version` (it was copied to its new shard). The leader takes it only
     /// once it knows re-shard job `epoch`, so it never serves a read that
-    /// would miss the key.
+    /// would miss the key. Nodes of the previous version send it; this one
+    /// sends [`Proposal::MoveOutBatch`].
     MoveOut {
         key: Vec<u8>,
         version: u64,
@@ -130,6 +133,18 @@ pub enum Proposal {
         error: String,
     },
     ClearMoveMarkersUpTo {
+        epoch: u64,
+    },
+    /// Re-sharding, on the keys' new shard: [`Op::MoveInBatch`]. Admitted
+    /// like `MoveIn`, under the routing gate of job `epoch`.
+    MoveInBatch {
+        records: Vec<MovedRecord>,
+        epoch: u64,
+    },
+    /// Re-sharding, on the keys' old shard: a `MoveOut` of each `(key,
+    /// version)`, taken under the same rule.
+    MoveOutBatch {
+        keys: Vec<(Vec<u8>, u64)>,
         epoch: u64,
     },
 }
@@ -170,6 +185,8 @@ impl Proposal {
             Proposal::SetUnreachable { id, unreachable } => Op::SetUnreachable { id, unreachable },
             Proposal::ReshardStalled { epoch, shard, key, error } => Op::ReshardStalled { epoch, shard, key, error },
             Proposal::ClearMoveMarkersUpTo { epoch } => Op::ClearMoveMarkersUpTo { epoch },
+            Proposal::MoveInBatch { records, epoch } => Op::MoveInBatch { records, epoch },
+            Proposal::MoveOutBatch { keys, .. } => Op::ExpireBatch { keys },
         }
     }
 
@@ -197,7 +214,12 @@ impl Proposal {
             | Proposal::ClearMoveMarkers { .. }
             | Proposal::SetUnreachable { .. }
             | Proposal::ReshardStalled { .. }
-            | Proposal::ClearMoveMarkersUpTo { .. } => None,
+            | Proposal::ClearMoveMarkersUpTo { .. }
+            // Distinct keys, none with the entry's index as its version, so
+            // sharing an entry with a write of one of them is safe (ops apply
+            // in order, each seeing the ones before it).
+            | Proposal::MoveInBatch { .. }
+            | Proposal::MoveOutBatch { .. } => None,
         }
     }
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::log_store::{decode, encode};
 use super::types::{
-    Command, CommandResult, Entry, LogId, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership,
-    TypeConfig,
+    Command, CommandResult, Entry, LogId, MovedRecord, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta,
+    StoredMembership, TypeConfig,
 };
 use crate::auth::TokenRecord;
 use crate::hooks::HookRecord;
@@ -440,6 +440,32 @@ impl Applier<'_> {
         batch
     }
 
+    /// Deletes `key` if it still holds `version`.
+    fn expire(&mut self, key: Vec<u8>, version: u64) -> Result<(), StorageError> {
+        let old = self.current(&key)?;
+        if old.as_ref().is_some_and(|e| e.version == version) {
+            self.set(key, old.as_ref(), None);
+        }
+        Ok(())
+    }
+
+    /// Writes a record moved in by re-shard job `epoch`, unless the job
+    /// already moved it here or this shard holds a record of the key (a
+    /// write since the job began: newer than the copy). Either way the key
+    /// is marked as moved in the job. True when it wrote the record.
+    fn move_in(&mut self, epoch: u64, record: MovedRecord) -> Result<bool, StorageError> {
+        let MovedRecord { key, value, version, expires_at } = record;
+        if self.was_moved(epoch, &key)? {
+            return Ok(false);
+        }
+        self.moved.insert(moved_key(self.group, epoch, &key));
+        if self.current(&key)?.is_some() {
+            return Ok(false);
+        }
+        self.set(key, None, Some(Envelope { value: value.into(), version, expires_at }));
+        Ok(true)
+    }
+
     /// Whether re-shard job `epoch` already moved `key` into this shard.
     fn was_moved(&self, epoch: u64, key: &[u8]) -> Result<bool, StorageError> {
         let marker = moved_key(self.group, epoch, key);
@@ -507,10 +533,7 @@ impl Applier<'_> {
                 CommandResult::Deleted { existed: live != 0, version: index, hooks: hooks.used }
             }
             Op::Expire { key, version } => {
-                let old = self.current(&key)?;
-                if old.as_ref().is_some_and(|e| e.version == version) {
-                    self.set(key, old.as_ref(), None);
-                }
+                self.expire(key, version)?;
                 CommandResult::Done
             }
             Op::SetNode { id, addr } => {
@@ -596,18 +619,21 @@ impl Applier<'_> {
                 st.record_progress(epoch, shard, progress, shards, now);
                 CommandResult::Done
             })?,
-            Op::MoveIn { key, value, version, expires_at, epoch } => {
-                if self.was_moved(epoch, &key)? {
-                    return Ok(CommandResult::MovedIn { written: false });
+            Op::MoveIn { key, value, version, expires_at, epoch } => CommandResult::MovedIn {
+                written: self.move_in(epoch, MovedRecord { key, value, version, expires_at })?,
+            },
+            Op::MoveInBatch { records, epoch } => {
+                let mut written = 0;
+                for record in records {
+                    written += u64::from(self.move_in(epoch, record)?);
                 }
-                self.moved.insert(moved_key(self.group, epoch, &key));
-                let old = self.current(&key)?;
-                if old.is_some() {
-                    // Written here since the job began: newer than the copy.
-                    return Ok(CommandResult::MovedIn { written: false });
+                CommandResult::MovedInBatch { written }
+            }
+            Op::ExpireBatch { keys } => {
+                for (key, version) in keys {
+                    self.expire(key, version)?;
                 }
-                self.set(key, None, Some(Envelope { value: value.into(), version, expires_at }));
-                CommandResult::MovedIn { written: true }
+                CommandResult::Done
             }
             Op::ClearMoveMarkers { epoch } => {
                 self.cleared.push(epoch);
@@ -901,5 +927,30 @@ mod tests {
         let again = vec![move_in("a", 5, 1), move_in("b", 5, 2), move_in("c", 5, 3)];
         let written = |w| CommandResult::MovedIn { written: w };
         assert_eq!(apply(&mut sm, 4, again).await, vec![written(true), written(true), written(false)]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_moves_obeys_the_single_move_rules_key_by_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("storage");
+        let mut sm = StateMachine::new(1, storage);
+        let record =
+            |k: &str, version| MovedRecord { key: k.into(), value: b"moved".to_vec(), version, expires_at: None };
+        // "b" was written here first, "c" already moved in by this job.
+        let put =
+            Op::Put { key: b"b".to_vec(), value: b"new".to_vec(), expires_at: None, if_version: None, hooks: None };
+        apply(&mut sm, 1, vec![put, move_in("c", 3, 1)]).await;
+        let batch = Op::MoveInBatch { records: vec![record("a", 7), record("b", 2), record("c", 3)], epoch: 1 };
+        assert_eq!(apply(&mut sm, 2, vec![batch]).await, vec![CommandResult::MovedInBatch { written: 1 }]);
+        let version = |sm: &StateMachine, k: &str| {
+            sm.get_blocking(k.as_bytes(), 0).expect("get").map(|e| (e.version, e.value.to_vec()))
+        };
+        assert_eq!(version(&sm, "a"), Some((7, b"moved".to_vec())));
+        assert_eq!(version(&sm, "b"), Some((1, b"new".to_vec())), "the newer write stays");
+        // The old shard's side: only keys still at the copied version go.
+        let expire = Op::ExpireBatch { keys: vec![(b"a".to_vec(), 7), (b"b".to_vec(), 2)] };
+        assert_eq!(apply(&mut sm, 3, vec![expire]).await, vec![CommandResult::Done]);
+        assert_eq!(version(&sm, "a"), None);
+        assert_eq!(version(&sm, "b"), Some((1, b"new".to_vec())), "a newer version is not the copy's");
     }
 }

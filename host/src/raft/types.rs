@@ -107,6 +107,22 @@ pub enum Op {
     /// Re-sharding: forgets which keys every job up to `epoch` moved in
     /// (they are over: finished or aborted).
     ClearMoveMarkersUpTo { epoch: u64 },
+    /// Re-sharding, on the keys' new shard: an [`Op::MoveIn`] of each record
+    /// (distinct keys), so a mover's scan batch costs one op per destination
+    /// shard rather than one per key.
+    MoveInBatch { records: Vec<MovedRecord>, epoch: u64 },
+    /// Re-sharding, on the keys' old shard: an [`Op::Expire`] of each
+    /// `(key, version)` (distinct keys) the mover copied away.
+    ExpireBatch { keys: Vec<(Vec<u8>, u64)> },
+}
+
+/// A record on its way to its new shard, exactly as its old shard held it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version: u64,
+    pub expires_at: Option<u64>,
 }
 
 /// What the leader's hooks decided about a write, carried in its log entry.
@@ -141,7 +157,9 @@ impl Op {
             | Op::ClearMoveMarkers { .. }
             | Op::SetUnreachable { .. }
             | Op::ReshardStalled { .. }
-            | Op::ClearMoveMarkersUpTo { .. } => None,
+            | Op::ClearMoveMarkersUpTo { .. }
+            | Op::MoveInBatch { .. }
+            | Op::ExpireBatch { .. } => None,
         }
     }
 }
@@ -175,6 +193,8 @@ pub enum CommandResult {
     PartitionRefused { reason: String },
     /// A [`Op::MoveIn`]: whether it wrote the key (false: already moved, or newer here).
     MovedIn { written: bool },
+    /// A [`Op::MoveInBatch`]: how many of its records it wrote.
+    MovedInBatch { written: u64 },
 }
 
 /// Milliseconds since the Unix epoch, by this node's clock.
