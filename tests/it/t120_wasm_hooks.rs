@@ -11,6 +11,10 @@
 //!   version.
 //! - A panicking Rust guest fails the write with its panic message; the
 //!   node keeps serving.
+//! - ABI version 2: a Wasm hook reads the key's stored record (value and
+//!   version) through every node, and reading it makes the write
+//!   conditional: the Rust port of `immutable_keys` lets exactly one of
+//!   many concurrent creates of a key win, as the Lua script does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -439,4 +443,72 @@ async fn a_panicking_rust_guest_fails_with_its_message_and_the_node_keeps_servin
         errors += s.errors;
     }
     assert_eq!(errors, 3 * NODES.len() as u64 + 1, "every panic is one failed call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abi_v2_hook_reads_the_stored_record_and_guards_the_write_on_it() {
+    let c = ProcCluster::start(3, &[]).await;
+    let client = c.client();
+    let deploys = [
+        wasm_hook("show-old", HookStage::Validate, "show/", guest_module("show_old_validate"), TIMEOUT_MS),
+        wasm_hook("audit-immutable", HookStage::Validate, "audit/", guest_module("immutable_keys"), TIMEOUT_MS),
+    ];
+    for d in deploys {
+        let name = d.name.clone();
+        let r = client.deploy_hook(d).await.unwrap_or_else(|e| panic!("deploying {name}: {e}"));
+        assert_eq!(r.version, 1, "{name}");
+    }
+    wait_running(&c, "show-old", 1, ("show/p", Some("show-old")), "reject: old_version 0, no old_value").await;
+    wait_running(&c, "audit-immutable", 1, ("audit/p", Some("v")), "accept").await;
+
+    for id in NODES {
+        let nc = c.node_client(id);
+        // The stored record as the guest sees it, through any node.
+        let key = format!("show/{id}");
+        let version = nc.put(key.clone(), "hello").await.expect("a plain write passes without a read");
+        let want = format!("reject: old_version {version}, old_value 5 bytes: hello");
+        assert_eq!(decision(nc.put(key.clone(), "show-old").await, "show-old", "show"), want, "node {id}");
+        assert!(nc.delete(key.clone()).await.expect("deletes are not read"));
+        let none = decision(nc.put(key.clone(), "show-old").await, "show-old", "show after delete");
+        assert_eq!(none, "reject: old_version 0, no old_value", "node {id}");
+
+        // immutable_keys: create once; never overwrite or delete.
+        let key = format!("audit/{id}/entry");
+        let created = nc.put(key.clone(), "first").await.expect("creating an audit key");
+        for via in NODES {
+            let overwrite = decision(c.node_client(via).put(key.clone(), "second").await, "audit-immutable", "put");
+            assert_eq!(
+                overwrite,
+                format!("reject: {key} already exists (version {created}); audit keys are never overwritten")
+            );
+            let delete = decision(c.node_client(via).delete(key.clone()).await, "audit-immutable", "delete");
+            assert_eq!(delete, format!("reject: {key} is an audit key; audit keys are never deleted"));
+        }
+    }
+
+    // Concurrent creates of one new key: the hook read the version, so every
+    // write but the first to apply is judged again and rejected.
+    let clients: Vec<Client> = NODES.iter().map(|id| c.node_client(*id)).collect();
+    for round in 0..3 {
+        let key = format!("audit/race/{round}");
+        let mut tasks = Vec::new();
+        for i in 0..12usize {
+            let (client, key) = (clients[i % clients.len()].clone(), key.clone());
+            tasks.push(tokio::spawn(async move { (i, client.put(key, format!("writer {i}")).await) }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.expect("writer task") {
+                (i, Ok(version)) => winners.push((i, version)),
+                (i, other) => {
+                    let d = decision(other, "audit-immutable", &format!("writer {i}"));
+                    assert!(d.starts_with(&format!("reject: {key} already exists (version ")), "{d}");
+                }
+            }
+        }
+        assert_eq!(winners.len(), 1, "{key}: exactly one create wins, got {winners:?}");
+        let (winner, version) = winners[0];
+        let stored = client.get(key.clone()).await.expect("get").expect("created");
+        assert_eq!((&stored.value[..], stored.version), (format!("writer {winner}").as_bytes(), version));
+    }
 }

@@ -76,7 +76,7 @@ const REFUSED: &[Refused] = &[
         name: "wrong-abi",
         module: || hostile("wrong_abi_version"),
         stage: HookStage::Validate,
-        words: &["ABI version", "2"],
+        words: &["ABI version", "3"],
     },
     Refused {
         name: "missing-export",

@@ -1,9 +1,11 @@
 //! The Rust guest SDK for ringkv Wasm hooks: the ABI exports every hook
 //! module needs (`ringkv_abi_version`, `ringkv_alloc`), the types a hook sees
-//! ([`Ctx`], [`RoutingKey`], [`Ttl`]), logging, and the `#[validate]`,
-//! `#[ttl]` and `#[partition]` attributes that turn a plain Rust function
-//! into a stage export. The ABI itself is written down in `ABI.md` beside
-//! this crate; README.md shows how to write, build and deploy a hook.
+//! ([`Ctx`], [`RoutingKey`], [`Ttl`]; `Ctx` asks the host for the key's
+//! stored record only when the hook reads it), logging, and the
+//! `#[validate]`, `#[ttl]` and `#[partition]` attributes that turn a plain
+//! Rust function into a stage export. The ABI itself is written down in
+//! `ABI.md` beside this crate; README.md shows how to write, build and
+//! deploy a hook.
 
 mod ctx;
 pub mod log;
@@ -18,9 +20,10 @@ pub use ringkv_guest_macros::{partition, ttl, validate};
 pub use routing::RoutingKey;
 pub use ttl::{IntoTtl, Ttl};
 
-/// The version of the hook ABI this SDK implements (see ABI.md). The host
-/// refuses a module whose `ringkv_abi_version` returns anything else.
-pub const ABI_VERSION: i32 = 1;
+/// The version of the hook ABI this SDK implements (see ABI.md): 2, which
+/// adds the key's stored record ([`Ctx::old_value`], [`Ctx::old_version`]).
+/// A host that speaks only version 1 refuses these modules at deploy.
+pub const ABI_VERSION: i32 = 2;
 
 /// Longest routing key a partitioner may return, in bytes (ABI limit).
 pub const MAX_ROUTING_KEY_BYTES: usize = 4096;

@@ -74,7 +74,7 @@ pub fn decode_input(bytes: &[u8]) -> Result<Input<'_>, MalformedInput> {
     }
     let (key, value) = body.split_at(key_len);
     let client_ttl = (flags & FLAG_CLIENT_TTL != 0).then(|| Duration::from_millis(client_ttl_ms));
-    Ok(Input { key, value, ctx: Ctx::new(op, now_ms, client_ttl) })
+    Ok(Input { key, value, ctx: Ctx::from_host(op, now_ms, client_ttl) })
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.
@@ -288,7 +288,7 @@ mod tests {
 
         let e = decode_input(&record(0, 0, b"k", b"v", 0, 0)).expect_err("value without its flag");
         assert!(e.to_string().contains("value-present flag is not set"), "{e}");
-        assert!(e.to_string().starts_with("malformed input record from the host (ABI version 1)"), "{e}");
+        assert!(e.to_string().starts_with("malformed input record from the host (ABI version 2)"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Builds every hook module of this workspace for wasm32-unknown-unknown and
 //! checks each one against ABI.md the way the host does at deploy: the
 //! required exports with their exact types, `ringkv_abi_version` returning
-//! 1, the stage export, and imports from `ringkv` (`log`, `panic`) only.
+//! 2, the stage export, and imports from `ringkv` only, each with its exact
+//! type. Also checks that a module imports `ringkv.old_version` and
+//! `ringkv.old_value` exactly when its hook reads them: the SDK must not
+//! make a hook that never reads the stored record depend on it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,14 +16,20 @@ const TARGET: &str = "wasm32-unknown-unknown";
 const INSTALL_HINT: &str =
     "the wasm32-unknown-unknown target is not installed: run `rustup target add wasm32-unknown-unknown`";
 
-/// Each module and the stage export it must carry.
-const MODULES: [(&str, &str); 5] = [
-    ("validate_json", "ringkv_validate"),
-    ("ttl_by_prefix", "ringkv_ttl"),
-    ("tenant_partitioner", "ringkv_partition"),
-    ("noop_validate", "ringkv_validate"),
-    ("panic_validate", "ringkv_validate"),
+/// Each module, the stage export it must carry, and the stored-record
+/// imports its hook reads (and so must import; no others).
+const MODULES: [(&str, &str, &[&str]); 7] = [
+    ("validate_json", "ringkv_validate", &[]),
+    ("ttl_by_prefix", "ringkv_ttl", &[]),
+    ("tenant_partitioner", "ringkv_partition", &[]),
+    ("immutable_keys", "ringkv_validate", &["old_version"]),
+    ("noop_validate", "ringkv_validate", &[]),
+    ("panic_validate", "ringkv_validate", &[]),
+    ("show_old_validate", "ringkv_validate", &["old_value", "old_version"]),
 ];
+
+/// The stored-record imports of ABI version 2.
+const OLD_RECORD_IMPORTS: [&str; 2] = ["old_value", "old_version"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("ringkv-guest sits inside guest-sdk/").to_path_buf()
@@ -121,7 +130,7 @@ impl Module {
 fn every_module_follows_the_abi() {
     use ValType::{I32, I64};
     let dir = build_modules();
-    for (name, stage) in MODULES {
+    for (name, stage, reads) in MODULES {
         let path = dir.join(format!("{name}.wasm"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let m = Module::parse(&bytes);
@@ -133,19 +142,30 @@ fn every_module_follows_the_abi() {
         m.assert_func(stage, &[I32, I32], &[I64]);
 
         let (abi_version, _) = m.exported_func("ringkv_abi_version");
-        assert_eq!(m.bodies[abi_version], ["I32Const { value: 1 }", "End"], "{context}: ringkv_abi_version returns 1");
+        assert_eq!(m.bodies[abi_version], ["I32Const { value: 2 }", "End"], "{context}: ringkv_abi_version returns 2");
 
         for (module, field, ty) in &m.imports {
             assert_eq!(module, "ringkv", "{context}: imports `{module}.{field}`; only `ringkv` may be imported");
-            let want: &[ValType] = match field.as_str() {
-                "log" => &[I32, I32, I32],
-                "panic" => &[I32, I32],
+            let want: (&[ValType], &[ValType]) = match field.as_str() {
+                "log" => (&[I32, I32, I32], &[]),
+                "panic" => (&[I32, I32], &[]),
+                "old_version" => (&[], &[I64]),
+                "old_value" => (&[I32, I32], &[I64]),
                 other => panic!("{context}: imports `ringkv.{other}`, which the host does not provide"),
             };
             let TypeRef::Func(index) = ty else { panic!("{context}: `ringkv.{field}` is not a function") };
             let ty = &m.types[*index as usize];
-            assert_eq!((ty.params(), ty.results()), (want, &[][..]), "{context}: type of `ringkv.{field}`");
+            assert_eq!((ty.params(), ty.results()), want, "{context}: type of `ringkv.{field}`");
         }
+
+        let mut imported: Vec<&str> = m
+            .imports
+            .iter()
+            .map(|(_, field, _)| field.as_str())
+            .filter(|field| OLD_RECORD_IMPORTS.contains(field))
+            .collect();
+        imported.sort_unstable();
+        assert_eq!(imported, reads, "{context}: the stored-record imports are those its hook reads");
     }
 
     // A panic must reach the host with its message, so the module that

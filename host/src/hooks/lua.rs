@@ -162,7 +162,7 @@ impl CompiledHook for LuaHook {
         &self.spec
     }
 
-    fn call(&self, input: &HookInput<'_>, old: OldValueLoader<'_>) -> CallReport {
+    fn call(&self, input: &HookInput<'_>, old: &OldValueLoader) -> CallReport {
         let started = Instant::now();
         let outcome = WORKER
             .try_with(|slot| {
@@ -369,7 +369,7 @@ impl Worker {
         Err(format!("hook {name}: its top level {failure}"))
     }
 
-    fn call(&mut self, hook: &LuaHook, input: &HookInput<'_>, old: OldValueLoader<'_>) -> Outcome {
+    fn call(&mut self, hook: &LuaHook, input: &HookInput<'_>, old: &OldValueLoader) -> Outcome {
         let old = OldValueCell { loader: old, loaded: RefCell::new(None), error: RefCell::new(None) };
         self.collect_if_grown(hook.spec.limits.memory_bytes);
         self.begin(hook);
@@ -551,7 +551,7 @@ fn old_value_error(e: &str) -> String {
 
 /// The per-call source of `ctx.old_value` / `ctx.old_version`.
 struct OldValueCell<'a> {
-    loader: OldValueLoader<'a>,
+    loader: &'a OldValueLoader,
     /// `Some` once loaded (`Some(None)`: no stored value).
     loaded: RefCell<Option<Option<OldValue>>>,
     error: RefCell<Option<String>>,
@@ -972,13 +972,13 @@ mod tests {
         hook_with(Stage::Ttl, source, relaxed())
     }
 
-    fn no_old() -> Result<Option<OldValue>, String> {
-        Ok(None)
+    fn no_old() -> OldValueLoader {
+        Arc::new(|| Ok(None))
     }
 
     fn put(hook: &Arc<dyn CompiledHook>, key: &[u8], value: &[u8]) -> CallReport {
         let input = HookInput { op: WriteKind::Put, key, value: Some(value), now_ms: 1_000, client_ttl_ms: None };
-        hook.call(&input, &no_old)
+        hook.call(&input, &no_old())
     }
 
     fn run(hook: &Arc<dyn CompiledHook>) -> Result<Decision, HookFailure> {
@@ -1057,7 +1057,7 @@ mod tests {
             now_ms: 1234,
             client_ttl_ms: Some(5000),
         };
-        let report = hook.call(&input, &no_old);
+        let report = hook.call(&input, &no_old());
         assert_eq!(report.result, Ok(Decision::Accept));
         assert_eq!(report.old_version_read, None);
 
@@ -1067,16 +1067,17 @@ mod tests {
             end",
         );
         let input = HookInput { op: WriteKind::Delete, key: b"k", value: None, now_ms: 1, client_ttl_ms: None };
-        assert_eq!(hook.call(&input, &no_old).result, Ok(Decision::Accept));
+        assert_eq!(hook.call(&input, &no_old()).result, Ok(Decision::Accept));
     }
 
     #[test]
     fn old_value_is_loaded_lazily_once() {
-        let loads = AtomicUsize::new(0);
-        let loader = || {
-            loads.fetch_add(1, Ordering::SeqCst);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = loads.clone();
+        let loader: OldValueLoader = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
             Ok(Some(OldValue { value: b"before".to_vec(), version: 7 }))
-        };
+        });
         let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"after"), now_ms: 1, client_ttl_ms: None };
 
         let unused = validate("function validate(k, v, ctx) return ctx.op == 'put' end");
@@ -1098,14 +1099,14 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 1);
 
         let absent = validate("function validate(k, v, ctx) return ctx.old_value == nil and ctx.old_version == 0 end");
-        let report = absent.call(&input, &no_old);
+        let report = absent.call(&input, &no_old());
         assert_eq!(report.result, Ok(Decision::Accept));
         assert_eq!(report.old_version_read, Some(0));
     }
 
     #[test]
     fn old_value_loader_error_fails_the_call_even_if_caught() {
-        let broken = || Err("disk on fire".to_string());
+        let broken: OldValueLoader = Arc::new(|| Err("disk on fire".to_string()));
         let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
         let hook = validate("function validate(k, v, ctx) return ctx.old_value == nil end");
         let message = error_of(hook.call(&input, &broken).result);

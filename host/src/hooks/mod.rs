@@ -148,10 +148,18 @@ pub struct OldValue {
     pub version: u64,
 }
 
-/// Reads the live stored value of the key being written (blocking; runs on a
-/// hook worker thread). Called at most once per write, and only if a hook
-/// reads `ctx.old_value` or `ctx.old_version`.
-pub type OldValueLoader<'a> = &'a (dyn Fn() -> Result<Option<OldValue>, String> + Sync);
+/// Reads the live stored value of the key being written (blocking; runs
+/// where the hook runs). Called at most once per write, and only if a hook
+/// reads the old value or version (Lua's `ctx.old_value`/`ctx.old_version`,
+/// Wasm ABI v2's `ringkv.old_value`/`ringkv.old_version`).
+pub type OldValueLoader = Arc<dyn Fn() -> Result<Option<OldValue>, String> + Send + Sync>;
+
+/// `read`, run at most once: later calls return the first call's result
+/// (the hooks of one write share one read).
+pub fn read_once(read: OldValueLoader) -> OldValueLoader {
+    let cell = std::sync::OnceLock::new();
+    Arc::new(move || cell.get_or_init(|| read()).clone())
+}
 
 /// One write as the hooks see it.
 #[derive(Debug, Clone)]
@@ -220,9 +228,9 @@ pub struct CallReport {
 pub trait CompiledHook: Send + Sync {
     fn spec(&self) -> &HookSpec;
     /// Runs the hook's stage function under its limits. `old` loads the
-    /// stored value on first use; the loader's result is cached by the
-    /// caller across the hooks of one write.
-    fn call(&self, input: &HookInput<'_>, old: OldValueLoader<'_>) -> CallReport;
+    /// stored value on first use; the caller shares one read across the
+    /// hooks of a write ([`read_once`]).
+    fn call(&self, input: &HookInput<'_>, old: &OldValueLoader) -> CallReport;
 }
 
 /// Turns specs into runnable hooks.

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -26,8 +26,8 @@ use tokio::sync::watch;
 
 use super::pool::{HookPool, PoolError};
 use super::{
-    runtime_for, CallReport, CompiledHook, CompiledPartitioner, Decision, FailPolicy, HookFailure, HookInput, HookSpec,
-    OldValue, Stage, WriteKind,
+    read_once, runtime_for, CallReport, CompiledHook, CompiledPartitioner, Decision, FailPolicy, HookFailure,
+    HookInput, HookSpec, OldValueLoader, Stage, WriteKind,
 };
 use crate::raft::types::now_ms;
 
@@ -165,7 +165,7 @@ pub struct Write {
     pub now_ms: u64,
     pub client_ttl_ms: Option<u64>,
     /// Reads the live stored value (blocking).
-    pub old_value: Arc<dyn Fn() -> Result<Option<OldValue>, String> + Send + Sync>,
+    pub old_value: OldValueLoader,
 }
 
 /// Call statistics of one hook name on this node.
@@ -558,7 +558,6 @@ impl HookRegistry {
     pub async fn dry_run(&self, hook: Arc<dyn CompiledHook>, input: Write) -> Result<CallReport, JudgeError> {
         let deadline = hook.spec().limits.timeout;
         let run = move || {
-            let loader = || (input.old_value)();
             let view = HookInput {
                 op: input.op,
                 key: &input.key,
@@ -566,7 +565,7 @@ impl HookRegistry {
                 now_ms: input.now_ms,
                 client_ttl_ms: input.client_ttl_ms,
             };
-            hook.call(&view, &loader)
+            hook.call(&view, &input.old_value)
         };
         self.pool.run(QUEUE_WAIT, deadline, run).await.map_err(|e| JudgeError::Rejected(e.to_string()))
     }
@@ -598,8 +597,7 @@ struct Job {
 /// Runs `hooks` on one write (on a worker thread). The stored value is read
 /// at most once and shared by every hook of the write.
 fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Write) -> Result<Judgement, JudgeError> {
-    let cached: OnceLock<Result<Option<OldValue>, String>> = OnceLock::new();
-    let loader = || cached.get_or_init(|| (w.old_value)()).clone();
+    let loader = read_once(w.old_value.clone());
     let input = HookInput {
         op: w.op,
         key: &w.key,

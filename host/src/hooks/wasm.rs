@@ -35,11 +35,15 @@ use wasmtime::{
 use super::logging::{self, LogLevel};
 use super::{
     truncate, CallReport, CompiledHook, CompiledPartitioner, Decision, HookFailure, HookInput, HookLimits, HookSpec,
-    OldValueLoader, Runtime, Stage,
+    OldValue, OldValueLoader, Runtime, Stage,
 };
 
-/// The hook ABI this host speaks.
-pub const ABI_VERSION: i32 = 1;
+/// The newest hook ABI this host speaks. Version 2 adds the old-value
+/// imports; version 1 modules (which cannot import them) still run.
+pub const ABI_VERSION: i32 = 2;
+
+/// The oldest hook ABI this host still runs.
+pub const OLDEST_ABI_VERSION: i32 = 1;
 
 /// Largest module a deploy accepts.
 pub const MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
@@ -139,14 +143,14 @@ impl CompiledHook for WasmHook {
         &self.0.spec
     }
 
-    fn call(&self, input: &HookInput<'_>, _old: OldValueLoader<'_>) -> CallReport {
+    fn call(&self, input: &HookInput<'_>, old: &OldValueLoader) -> CallReport {
         let started = Instant::now();
         let stage = self.0.spec.stage;
+        let mut old = OldValueSource::new(Some(old.clone()));
         let result = input_len(input)
             .map_err(HookFailure::Error)
-            .and_then(|len| self.0.run(len, |region| write_input(region, input), |out| decode(stage, out)));
-        // ABI v1 gives Wasm hooks no access to the old value.
-        CallReport { result, old_version_read: None, elapsed: started.elapsed() }
+            .and_then(|len| self.0.run(len, &mut old, |region| write_input(region, input), |out| decode(stage, out)));
+        CallReport { result, old_version_read: old.version_read(), elapsed: started.elapsed() }
     }
 }
 
@@ -159,7 +163,8 @@ impl CompiledPartitioner for WasmPartitioner {
     }
 
     fn routing_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>, HookFailure> {
-        self.0.run(key.len(), |region| region.copy_from_slice(key), decode_partition)
+        let mut no_old = OldValueSource::new(None);
+        self.0.run(key.len(), &mut no_old, |region| region.copy_from_slice(key), decode_partition)
     }
 }
 
@@ -226,18 +231,27 @@ impl Prepared {
     fn check_abi_version(&self, timeout: Duration) -> Result<(), String> {
         let name = &self.spec.name;
         let version = self
-            .with_instance(timeout, |store, instance| {
+            .with_instance(timeout, &mut OldValueSource::new(None), |store, instance| {
                 let f = instance
                     .get_typed_func::<(), i32>(&mut *store, "ringkv_abi_version")
                     .map_err(|e| Fail::Guest(format!("ringkv_abi_version: {}", chain(&e))))?;
                 Ok(f.call(&mut *store, ())?)
             })
             .map_err(|failure| format!("hook {name}: checking its ABI version, it {failure}"))?;
-        if version != ABI_VERSION {
+        if !(OLDEST_ABI_VERSION..=ABI_VERSION).contains(&version) {
             return Err(format!(
-                "hook {name} was built for hook ABI version {version}; this node speaks version {ABI_VERSION} \
-                 (rebuild it with a ringkv-guest matching the node)"
+                "hook {name} was built for hook ABI version {version}; this node speaks versions \
+                 {OLDEST_ABI_VERSION} to {ABI_VERSION} (rebuild it with a ringkv-guest matching the node)"
             ));
+        }
+        if version < 2 {
+            if let Some(import) = self.pre.module().imports().find(|i| OLD_VALUE_IMPORTS.contains(&i.name())) {
+                return Err(format!(
+                    "hook {name} imports ringkv.{} but declares hook ABI version {version}; the old-value \
+                     imports need version 2",
+                    import.name()
+                ));
+            }
         }
         Ok(())
     }
@@ -247,12 +261,13 @@ impl Prepared {
     fn run<T>(
         &self,
         input_len: usize,
+        old: &mut OldValueSource,
         write: impl FnOnce(&mut [u8]),
         decode: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<T, HookFailure> {
         let len = i32::try_from(input_len)
             .map_err(|_| HookFailure::Error(format!("cannot be given an input of {input_len} bytes")))?;
-        self.with_instance(self.spec.limits.timeout, |store, instance| {
+        self.with_instance(self.spec.limits.timeout, old, |store, instance| {
             let memory = self.memory(store, instance)?;
             let alloc = self.func(store, instance, &self.alloc, "ringkv_alloc")?.typed::<i32, i32>(&*store)?;
             let entry = self.func(store, instance, &self.entry, entry_point(self.spec.stage))?;
@@ -287,21 +302,25 @@ impl Prepared {
     }
 
     /// Runs `body` on a fresh instance in a fresh store under `timeout` and
-    /// the hook's other limits, and maps whatever went wrong.
+    /// the hook's other limits, and maps whatever went wrong. The store
+    /// holds `old` for the call; what the guest loaded is handed back.
     fn with_instance<T>(
         &self,
         timeout: Duration,
+        old: &mut OldValueSource,
         body: impl FnOnce(&mut Store<CallData>, &Instance) -> Result<T, Fail>,
     ) -> Result<T, HookFailure> {
         let _in_flight = InFlight::enter().map_err(HookFailure::Load)?;
-        let mut store = Store::new(self.pre.module().engine(), CallData::new(self));
+        let mut store = Store::new(self.pre.module().engine(), CallData::new(self, std::mem::take(old)));
         store.limiter(|data| &mut data.limits);
         store.set_epoch_deadline(deadline_ticks(timeout));
         let outcome = match self.pre.instantiate(&mut store) {
             Ok(instance) => body(&mut store, &instance),
             Err(e) => Err(Fail::Wasm(e)),
         };
-        outcome.map_err(|fail| failure(fail, store.data(), &self.spec.limits, timeout))
+        let result = outcome.map_err(|fail| failure(fail, store.data(), &self.spec.limits, timeout));
+        *old = std::mem::take(&mut store.data_mut().old);
+        result
     }
 
     fn memory(&self, store: &mut Store<CallData>, instance: &Instance) -> Result<Memory, Fail> {
@@ -552,19 +571,27 @@ fn compiled(engine: &'static Engine, name: &str, source: &[u8], check: Check) ->
 }
 
 /// The host functions a hook may import, and their types.
-const HOST_FUNCTIONS: &[(&str, &[ValType], &str)] = &[
-    ("log", &[ValType::I32, ValType::I32, ValType::I32], "(i32, i32, i32) -> ()"),
-    ("panic", &[ValType::I32, ValType::I32], "(i32, i32) -> ()"),
+/// What a hook may import from module `ringkv`: name, parameters, results,
+/// and the type as shown in errors.
+type HostFunction = (&'static str, &'static [ValType], &'static [ValType], &'static str);
+const HOST_FUNCTIONS: &[HostFunction] = &[
+    ("log", &[ValType::I32, ValType::I32, ValType::I32], &[], "(i32, i32, i32) -> ()"),
+    ("panic", &[ValType::I32, ValType::I32], &[], "(i32, i32) -> ()"),
+    ("old_version", &[], &[ValType::I64], "() -> i64"),
+    ("old_value", &[ValType::I32, ValType::I32], &[ValType::I64], "(i32, i32) -> i64"),
 ];
+
+/// The imports of ABI version 2.
+const OLD_VALUE_IMPORTS: &[&str] = &["old_version", "old_value"];
 
 fn check_imports(name: &str, module: &Module) -> Result<(), String> {
     let mut unknown = Vec::new();
     for import in module.imports() {
         let (from, item) = (import.module(), import.name());
-        let provided = HOST_FUNCTIONS.iter().find(|(n, _, _)| from == "ringkv" && *n == item);
+        let provided = HOST_FUNCTIONS.iter().find(|(n, ..)| from == "ringkv" && *n == item);
         match (provided, import.ty()) {
-            (Some((_, params, shown)), ExternType::Func(ty)) => {
-                if !signature_is(&ty, params, &[]) {
+            (Some((_, params, results, shown)), ExternType::Func(ty)) => {
+                if !signature_is(&ty, params, results) {
                     return Err(format!(
                         "hook {name} imports ringkv.{item} with type {}; the host provides {shown}",
                         signature(&ty)
@@ -591,7 +618,7 @@ fn check_imports(name: &str, module: &Module) -> Result<(), String> {
         ));
     }
     Err(format!(
-        "hook {name} imports {first}{more}, which the host does not provide: hooks may import only ringkv.log and ringkv.panic"
+        "hook {name} imports {first}{more}, which the host does not provide: hooks may import only ringkv.log, ringkv.panic, ringkv.old_version and ringkv.old_value"
     ))
 }
 
@@ -771,7 +798,7 @@ fn check_function(
         Some(ExternType::Func(ty)) if signature_is(&ty, params, results) => {}
         Some(ExternType::Func(ty)) => {
             return Err(format!(
-                "hook {name} exports {export} with type {}; hook ABI version {ABI_VERSION} needs {wanted}",
+                "hook {name} exports {export} with type {}; the hook ABI needs {wanted}",
                 signature(&ty)
             ))
         }
@@ -821,10 +848,47 @@ struct CallData {
     version: u64,
     /// The message the guest passed to `ringkv.panic`.
     panic: Option<String>,
+    old: OldValueSource,
+}
+
+/// The stored value of the key being written, as ABI v2's imports serve it:
+/// loaded on the guest's first ask, then kept for the rest of the call.
+#[derive(Default)]
+struct OldValueSource {
+    /// `None`: a call with no write (partition functions, the ABI check).
+    loader: Option<OldValueLoader>,
+    /// `Some` once loaded (`Some(None)`: the key has no live record).
+    loaded: Option<Option<OldValue>>,
+}
+
+impl OldValueSource {
+    fn new(loader: Option<OldValueLoader>) -> Self {
+        Self { loader, loaded: None }
+    }
+
+    /// The version the guest saw (0: absent), if it asked.
+    fn version_read(&self) -> Option<u64> {
+        self.loaded.as_ref().map(|old| old.as_ref().map_or(0, |o| o.version))
+    }
+
+    /// The stored record, loading it on first use. Errors trap the call.
+    fn get(&mut self, function: &str) -> wasmtime::Result<Option<&OldValue>> {
+        if self.loaded.is_none() {
+            let Some(loader) = &self.loader else {
+                return Err(wasmtime::Error::new(GuestFault(format!(
+                    "called {function}, which only validate and ttl hooks may call"
+                ))));
+            };
+            let old =
+                loader().map_err(|e| wasmtime::Error::new(GuestFault(format!("could not read the old value: {e}"))))?;
+            self.loaded = Some(old);
+        }
+        Ok(self.loaded.as_ref().and_then(Option::as_ref))
+    }
 }
 
 impl CallData {
-    fn new(prepared: &Prepared) -> Self {
+    fn new(prepared: &Prepared, old: OldValueSource) -> Self {
         let memory_bytes = prepared.spec.limits.memory_bytes;
         let inner = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
@@ -839,6 +903,7 @@ impl CallData {
             hook: Arc::clone(&prepared.name),
             version: prepared.spec.version,
             panic: None,
+            old,
         }
     }
 }
@@ -928,6 +993,35 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<CallData>> {
             // Trap here rather than trust the guest to: nothing it does after
             // panicking can be a decision.
             Err(wasmtime::Error::new(GuestFault("panicked".into())))
+        },
+    )?;
+    linker.func_wrap("ringkv", "old_version", |mut caller: Caller<'_, CallData>| -> wasmtime::Result<i64> {
+        let old = caller.data_mut().old.get("ringkv.old_version")?;
+        Ok(old.map_or(0, |o| o.version as i64))
+    })?;
+    linker.func_wrap(
+        "ringkv",
+        "old_value",
+        |mut caller: Caller<'_, CallData>, ptr: i32, cap: i32| -> wasmtime::Result<i64> {
+            let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                return Err(wasmtime::Error::new(GuestFault(
+                    "called ringkv.old_value without exporting its memory".into(),
+                )));
+            };
+            let (data, call) = memory.data_and_store_mut(&mut caller);
+            let Some(old) = call.old.get("ringkv.old_value")? else { return Ok(-1) };
+            let len = old.value.len();
+            if len <= cap as u32 as usize {
+                let size = data.len();
+                let Some(out) = region(size, ptr as u32, len).and_then(|r| data.get_mut(r)) else {
+                    return Err(wasmtime::Error::new(GuestFault(format!(
+                        "called ringkv.old_value with an out-of-bounds buffer: ptr {} len {len} but memory is {size} bytes",
+                        ptr as u32
+                    ))));
+                };
+                out.copy_from_slice(&old.value);
+            }
+            Ok(len as i64)
         },
     )?;
     Ok(linker)
@@ -1202,20 +1296,20 @@ mod tests {
         }
     }
 
-    fn no_old() -> Result<Option<OldValue>, String> {
-        Ok(None)
+    fn no_old() -> OldValueLoader {
+        Arc::new(|| Ok(None))
     }
 
     fn put(hook: &Arc<dyn CompiledHook>, key: &[u8], value: &[u8]) -> Result<Decision, HookFailure> {
         let input = HookInput { op: WriteKind::Put, key, value: Some(value), now_ms: 1_000, client_ttl_ms: None };
-        let report = hook.call(&input, &no_old);
+        let report = hook.call(&input, &no_old());
         assert_eq!(report.old_version_read, None);
         report.result
     }
 
     fn delete(hook: &Arc<dyn CompiledHook>, key: &[u8]) -> Result<Decision, HookFailure> {
         let input = HookInput { op: WriteKind::Delete, key, value: None, now_ms: 1_000, client_ttl_ms: None };
-        hook.call(&input, &no_old).result
+        hook.call(&input, &no_old()).result
     }
 
     fn error_of(result: Result<Decision, HookFailure>) -> String {
@@ -1296,7 +1390,7 @@ mod tests {
         expected.extend_from_slice(&0x7f7eu64.to_le_bytes());
         expected.extend_from_slice(b"k1val");
         let reason = String::from_utf8(expected).expect("ASCII");
-        assert_eq!(echo.call(&input, &no_old).result, Ok(Decision::Reject(reason)));
+        assert_eq!(echo.call(&input, &no_old()).result, Ok(Decision::Reject(reason)));
 
         let input = HookInput { op: WriteKind::Delete, key: b"k", value: None, now_ms, client_ttl_ms: None };
         let mut expected = vec![1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -1304,7 +1398,7 @@ mod tests {
         expected.extend_from_slice(&[0; 8]);
         expected.extend_from_slice(b"k");
         let reason = String::from_utf8(expected).expect("ASCII");
-        assert_eq!(echo.call(&input, &no_old).result, Ok(Decision::Reject(reason)));
+        assert_eq!(echo.call(&input, &no_old()).result, Ok(Decision::Reject(reason)));
     }
 
     #[test]
@@ -1449,12 +1543,12 @@ mod tests {
             (
                 "imports_unknown",
                 refused(wat!("imports_unknown")),
-                "hook h imports env.foo, which the host does not provide: hooks may import only ringkv.log and ringkv.panic",
+                "hook h imports env.foo, which the host does not provide: hooks may import only ringkv.log, ringkv.panic, ringkv.old_version and ringkv.old_value",
             ),
             (
                 "wrong_abi_version",
                 refused(wat!("wrong_abi_version")),
-                "hook h was built for hook ABI version 2; this node speaks version 1 \
+                "hook h was built for hook ABI version 3; this node speaks versions 1 to 2 \
                  (rebuild it with a ringkv-guest matching the node)",
             ),
             (
@@ -1547,7 +1641,7 @@ mod tests {
             (func (export "ringkv_validate") (param i32 i32) (result i32) (i32.const 0)))"#;
         assert_eq!(
             deploy_error(Stage::Validate, binary(wrong_entry)),
-            "hook h exports ringkv_validate with type (i32, i32) -> i32; hook ABI version 1 needs (i32, i32) -> i64"
+            "hook h exports ringkv_validate with type (i32, i32) -> i32; the hook ABI needs (i32, i32) -> i64"
         );
         let bad_import = r#"(module (import "ringkv" "log" (func (param i32))))"#;
         assert_eq!(
@@ -1686,6 +1780,93 @@ mod tests {
         }
     }
 
+    /// An ABI v2 validate hook: rejects unless the key's stored value is
+    /// `want` (`-` for no record), reading it through `ringkv.old_value`
+    /// (into a buffer of `cap` bytes, retrying with a bigger one) and its
+    /// version through `ringkv.old_version` (kept in the reason's first byte).
+    fn old_value_hook(version: i32) -> String {
+        format!(
+            r#"(module
+                (import "ringkv" "old_version" (func $old_version (result i64)))
+                (import "ringkv" "old_value" (func $old_value (param i32 i32) (result i64)))
+                (memory (export "memory") 1)
+                (func (export "ringkv_abi_version") (result i32) (i32.const {version}))
+                (func (export "ringkv_alloc") (param i32) (result i32) (i32.const 32768))
+                (func (export "ringkv_validate") (param i32 i32) (result i64) (local $len i64)
+                    ;; too small a buffer first: nothing may be copied
+                    (local.set $len (call $old_value (i32.const 1024) (i32.const 1)))
+                    (i64.store8 (i32.const 1025) (call $old_version))
+                    (i32.store8 (i32.const 1024) (i32.const 1))
+                    (if (i64.ge_s (local.get $len) (i64.const 0))
+                        (then (drop (call $old_value (i32.const 1026) (i32.wrap_i64 (local.get $len)))))
+                        (else (i32.store8 (i32.const 1026) (i32.const 45)) (local.set $len (i64.const 1))))
+                    ;; reject with: version byte, then the value (or "-")
+                    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.add (local.get $len) (i64.const 2)))))"#
+        )
+    }
+
+    fn loader_of(old: Option<(&'static [u8], u64)>) -> (OldValueLoader, Arc<AtomicUsize>) {
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = loads.clone();
+        let loader: OldValueLoader = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(old.map(|(value, version)| OldValue { value: value.to_vec(), version }))
+        });
+        (loader, loads)
+    }
+
+    #[test]
+    fn abi_v2_hooks_read_the_old_value_once_and_guard_on_its_version() {
+        let _calls = shared();
+        let h = hook(Stage::Validate, &old_value_hook(2));
+        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"new"), now_ms: 1, client_ttl_ms: None };
+        let (loader, loads) = loader_of(Some((b"before", 7)));
+        let report = h.call(&input, &loader);
+        assert_eq!(report.result, Ok(Decision::Reject("\u{7}before".into())));
+        assert_eq!(report.old_version_read, Some(7), "the write is guarded on the version read");
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "three reads, one load");
+        let (loader, _) = loader_of(None);
+        let report = h.call(&input, &loader);
+        assert_eq!(report.result, Ok(Decision::Reject("\u{0}-".into())));
+        assert_eq!(report.old_version_read, Some(0));
+    }
+
+    #[test]
+    fn abi_v1_and_v2_modules_run_side_by_side() {
+        let _calls = shared();
+        let v1 = hook(Stage::Validate, &returning("ringkv_validate", &[0]));
+        let v2 = hook(Stage::Validate, &old_value_hook(2));
+        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
+        let (loader, loads) = loader_of(Some((b"x", 3)));
+        let report = v1.call(&input, &loader);
+        assert_eq!((report.result, report.old_version_read), (Ok(Decision::Accept), None));
+        assert_eq!(loads.load(Ordering::SeqCst), 0, "a v1 module never loads the old value");
+        assert_eq!(v2.call(&input, &loader).old_version_read, Some(3));
+        let refused = deploy_error(Stage::Validate, binary(&old_value_hook(1)));
+        assert!(refused.contains("imports ringkv.old_version but declares hook ABI version 1"), "{refused}");
+        let newer = deploy_error(
+            Stage::Validate,
+            binary(&returning("ringkv_validate", &[0]).replace("i32.const 1))", "i32.const 3))")),
+        );
+        assert!(newer.contains("hook ABI version 3; this node speaks versions 1 to 2"), "{newer}");
+    }
+
+    #[test]
+    fn the_old_value_fails_clearly_where_there_is_none_to_read() {
+        let _calls = shared();
+        let h = hook(Stage::Validate, &old_value_hook(2));
+        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
+        let broken: OldValueLoader = Arc::new(|| Err("disk on fire".into()));
+        let message = error_of(h.call(&input, &broken).result);
+        assert!(message.contains("could not read the old value: disk on fire"), "{message}");
+        let text = old_value_hook(2).replace("ringkv_validate", "ringkv_partition");
+        let f = partitioner(&text);
+        match f.routing_key(b"k") {
+            Err(HookFailure::Error(m)) => assert!(m.contains("only validate and ttl hooks may call"), "{m}"),
+            other => panic!("a partition function has no old value, got {other:?}"),
+        }
+    }
+
     #[test]
     fn pool_exhaustion_is_an_error() {
         let _calls = shared();
@@ -1697,10 +1878,10 @@ mod tests {
         let spec = spec_of(Stage::Validate, binary(wat!("noop_validate")), relaxed());
         let module = Module::from_binary(&small, &spec.source).expect("compiles");
         let prepared = Prepared::from_module(&small, &spec, &module).expect("links");
-        let mut holder = Store::new(&small, CallData::new(&prepared));
+        let mut holder = Store::new(&small, CallData::new(&prepared, OldValueSource::default()));
         holder.set_epoch_deadline(1);
         let _held = prepared.pre.instantiate(&mut holder).expect("the only slot");
-        let result = prepared.run(1, |_| {}, |_| Ok(()));
+        let result = prepared.run(1, &mut OldValueSource::default(), |_| {}, |_| Ok(()));
         assert_eq!(
             result,
             Err(HookFailure::Error(

@@ -1,4 +1,4 @@
-;; Hostile: otherwise fine, but ringkv_abi_version returns 2 (a module built
+;; Hostile: otherwise fine, but ringkv_abi_version returns 3 (a module built
 ;; for a hook ABI this host does not speak). Deploy must refuse it.
 (module
   (memory (export "memory") 1)
@@ -6,7 +6,7 @@
   ;; before it; memory grows as needed; nothing is ever freed (the instance
   ;; dies after the call).
   (global $heap (mut i32) (i32.const 1024))
-  (func (export "ringkv_abi_version") (result i32) (i32.const 2))
+  (func (export "ringkv_abi_version") (result i32) (i32.const 3))
   (func (export "ringkv_alloc") (param $len i32) (result i32)
     (local $p i32) (local $end i32)
     (local.set $p (i32.add (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)) (i32.const 8)))
