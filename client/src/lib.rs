@@ -1052,9 +1052,30 @@ impl Client {
 
     /// Deploys a hook (a new one or a new version); returns its version and sha256.
     pub async fn deploy_hook(&self, hook: proto::HookDefinition) -> Result<proto::DeployHookResponse> {
+        self.deploy(hook, false).await
+    }
+
+    /// Deploys a hook's shadow version: it runs beside the active version,
+    /// its decisions counted (`HookInfo.shadow`) and never enforced.
+    pub async fn deploy_shadow_hook(&self, hook: proto::HookDefinition) -> Result<proto::DeployHookResponse> {
+        self.deploy(hook, true).await
+    }
+
+    async fn deploy(&self, hook: proto::HookDefinition, shadow: bool) -> Result<proto::DeployHookResponse> {
         self.idempotent(|ch| {
-            let req = proto::DeployHookRequest { hook: Some(hook.clone()) };
+            let req = proto::DeployHookRequest { hook: Some(hook.clone()), shadow };
             async move { HooksClient::new(ch).deploy(req).await }
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    /// Makes a hook's shadow version the active one.
+    pub async fn promote_hook(&self, name: impl Into<String>) -> Result<proto::PromoteHookResponse> {
+        let name = name.into();
+        self.idempotent(|ch| {
+            let req = proto::PromoteHookRequest { name: name.clone() };
+            async move { HooksClient::new(ch).promote(req).await }
         })
         .await
         .map(|r| r.into_inner())
@@ -1080,9 +1101,17 @@ impl Client {
 
     /// Deactivates a hook (kept for rollback); returns the removed version.
     pub async fn remove_hook(&self, name: impl Into<String>) -> Result<u64> {
-        let name = name.into();
+        self.remove(name.into(), false).await
+    }
+
+    /// Drops a hook's shadow version. Returns the version dropped.
+    pub async fn remove_shadow_hook(&self, name: impl Into<String>) -> Result<u64> {
+        self.remove(name.into(), true).await
+    }
+
+    async fn remove(&self, name: String, shadow: bool) -> Result<u64> {
         self.idempotent(|ch| {
-            let req = proto::RemoveHookRequest { name: name.clone() };
+            let req = proto::RemoveHookRequest { name: name.clone(), shadow };
             async move { HooksClient::new(ch).remove(req).await }
         })
         .await

@@ -140,6 +140,7 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
                     fail_open: false,
                     timeout_ms: 5,
                 }),
+                shadow: true,
             }
             .encode_to_vec(),
             proto::RaftMessage { group_id: 1, from: 2, payload: vec![1, 2, 3].into(), cluster_id: String::new() }
@@ -160,8 +161,14 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
                 .to_vec(),
         ],
         Target::HookRecord => vec![
-            encode(&HookRecord { current: Some(spec.clone()), previous: Some(spec.clone()), last_version: 3 }).to_vec(),
-            encode(&HookRecord { current: None, previous: Some(spec), last_version: 9 }).to_vec(),
+            encode(&HookRecord {
+                current: Some(spec.clone()),
+                previous: Some(spec.clone()),
+                last_version: 3,
+                shadow: Some(spec.clone()),
+            })
+            .to_vec(),
+            encode(&HookRecord { current: None, previous: Some(spec), last_version: 9, shadow: None }).to_vec(),
         ],
         Target::Snapshot => {
             let env = |expires_at| Envelope { value: bytes::Bytes::from_static(b"value"), version: 7, expires_at };

@@ -60,6 +60,9 @@ pub const HOOK_REJECTS: &str = "ringkv_hook_rejects_total";
 pub const HOOK_ERRORS: &str = "ringkv_hook_errors_total";
 pub const HOOK_LIMIT_HITS: &str = "ringkv_hook_limit_hits_total";
 pub const HOOK_DURATION: &str = "ringkv_hook_duration_seconds";
+/// Shadow version calls by `hook`, `version` and `outcome` (`agree`,
+/// `disagree`, `error`, `limit`, `skipped`).
+pub const HOOK_SHADOW_CALLS: &str = "ringkv_hook_shadow_calls_total";
 /// Shards whose replica set is changing, and shards below the replication factor.
 pub const SHARDS_MOVING: &str = "ringkv_shards_moving";
 pub const SHARDS_UNDER_REPLICATED: &str = "ringkv_shards_under_replicated";
@@ -184,6 +187,7 @@ fn describe() {
     describe_counter!(HOOK_ERRORS, "hook calls that failed (runtime error, bad return value)");
     describe_counter!(HOOK_LIMIT_HITS, "hook calls stopped by a time, memory or instruction limit");
     describe_histogram!(HOOK_DURATION, Unit::Seconds, "hook call run time");
+    describe_counter!(HOOK_SHADOW_CALLS, "shadow hook versions' calls on this node, by how they compared");
     describe_gauge!(SHARDS_MOVING, "shards whose replica set is being changed");
     describe_gauge!(SHARDS_UNDER_REPLICATED, "shards with fewer live voters than the replication factor");
     describe_counter!(REBALANCE_MOVES, "replica moves finished by this node's rebalancer, by result");
@@ -246,6 +250,19 @@ async fn refresh(node: &Node) {
         counter!(HOOK_REJECTS, "hook" => name.clone()).absolute(s.rejects);
         counter!(HOOK_ERRORS, "hook" => name.clone()).absolute(s.errors);
         counter!(HOOK_LIMIT_HITS, "hook" => name).absolute(s.limit_hits);
+    }
+    for (name, version, s) in node.hooks().all_shadow_stats() {
+        let outcomes = [
+            ("agree", s.agreements),
+            ("disagree", s.disagreements),
+            ("error", s.calls.errors),
+            ("limit", s.calls.limit_hits),
+            ("skipped", s.skipped),
+        ];
+        for (outcome, n) in outcomes {
+            counter!(HOOK_SHADOW_CALLS, "hook" => name.clone(), "version" => version.to_string(), "outcome" => outcome)
+                .absolute(n);
+        }
     }
 }
 
@@ -382,6 +399,7 @@ fn rpc_label(path: &str) -> &'static str {
         "/ringkv.v1.Hooks/Remove",
         "/ringkv.v1.Hooks/Rollback",
         "/ringkv.v1.Hooks/Test",
+        "/ringkv.v1.Hooks/Promote",
         "/ringkv.v1.Raft/AppendEntries",
         "/ringkv.v1.Raft/Vote",
         "/ringkv.v1.Raft/InstallSnapshot",

@@ -454,6 +454,68 @@ async fn the_cli_deploys_tests_lists_and_removes_hooks() {
     let (ok, out, err) = cli(args(&["put", "cli/after", "nope", "--endpoints", &all])).await;
     assert!(ok, "{err}");
     assert_eq!(out.trim().split(' ').count(), 2, "no hooks judged it: {out}");
+
+    // A shadow version: it judges writes beside the active one and is only counted.
+    let deploy = |shadow: bool, script: &str| {
+        let mut a = args(&["hook", "deploy", "--name", "size-cli", "--stage", "validate", "--prefix", "cs/"]);
+        a.extend(args(&["--file", &script_path(script), "--timeout", "1s", "--endpoints", &all]));
+        if shadow {
+            a.push("--shadow".into());
+        }
+        cli(a)
+    };
+    let (ok, out, err) = deploy(false, "validate_json.lua").await;
+    assert!(ok && out.starts_with("deployed size-cli v1 "), "{out}{err}");
+    wait_running(&c, "size-cli", 1, ("cs/p", Some("nope")), "reject: value is not JSON").await;
+    let (ok, out, err) = deploy(true, "max_size.lua").await;
+    assert!(ok && out.starts_with("deployed size-cli v2 as a shadow "), "{out}{err}");
+    for id in NODES {
+        let nc = c.node_client(id);
+        eventually(&format!("node {id} to run size-cli's shadow v2"), || {
+            let nc = nc.clone();
+            async move {
+                let listed = nc.list_hooks().await.ok()?;
+                let h = listed.hooks.iter().find(|h| h.name == "size-cli")?;
+                h.shadow.as_ref().is_some_and(|s| s.running_version == 2).then_some(())
+            }
+        })
+        .await;
+    }
+    // Valid JSON over 1024 bytes: the active version accepts, the shadow would not.
+    let big = format!(r#"{{"id": 1, "name": "{}"}}"#, "n".repeat(1100));
+    let (ok, out, err) = cli(args(&["put", "cs/big", &big, "--endpoints", &all])).await;
+    assert!(ok && out.trim().ends_with(" hooks=size-cli v1"), "judged by the active version only: {out}{err}");
+    let (ok, out, err) = cli(args(&["put", "cs/small", r#"{"id": 2, "name": "s"}"#, "--endpoints", &all])).await;
+    assert!(ok, "{out}{err}");
+    let mut seen = (0, 0, Vec::new());
+    for id in NODES {
+        let node = c.nodes[&id].grpc.clone();
+        let (ok, out, err) = cli(args(&["hook", "list", "--json", "--endpoints", &node])).await;
+        assert!(ok, "{err}");
+        let j: serde_json::Value = serde_json::from_str(out.trim()).expect("hook list --json is JSON");
+        let hooks = j["hooks"].as_array().expect("hooks");
+        let shadow = &hooks.iter().find(|h| h["name"] == "size-cli").expect("size-cli")["shadow"];
+        assert_eq!(shadow["version"], 2, "{j}");
+        seen.0 += shadow["agreements"].as_u64().expect("agreements");
+        seen.1 += shadow["disagreements"].as_u64().expect("disagreements");
+        seen.2.extend(shadow["recent_disagreements"].as_array().expect("recent").iter().cloned());
+    }
+    assert_eq!((seen.0, seen.1), (1, 1), "the small value agreed, the big one did not");
+    assert_eq!((seen.2[0]["key"].as_str(), seen.2[0]["active"].as_str()), (Some("cs/big"), Some("accept")));
+    let shadow_said = seen.2[0]["shadow"].as_str().expect("shadow decision");
+    assert!(shadow_said.starts_with("reject: value is "), "{shadow_said}");
+    let (ok, out, err) = cli(args(&["hook", "list", "--endpoints", &all])).await;
+    assert!(ok && out.contains("  shadow v2: "), "{out}{err}");
+    let (ok, out, err) = cli(args(&["hook", "remove", "--shadow", "size-cli", "--endpoints", &all])).await;
+    assert!(ok && out.starts_with("removed the shadow version v2 of size-cli"), "{out}{err}");
+    let (ok, out, err) = deploy(true, "max_size.lua").await;
+    assert!(ok && out.starts_with("deployed size-cli v3 as a shadow "), "{out}{err}");
+    let (ok, out, err) = cli(args(&["hook", "promote", "size-cli", "--endpoints", &all])).await;
+    assert!(ok && out.starts_with("promoted size-cli v3 to active (it replaced v1"), "{out}{err}");
+    let too_big = "z".repeat(1100);
+    wait_running(&c, "size-cli", 3, ("cs/p", Some(too_big.as_str())), "reject: value is 1100 bytes").await;
+    let (ok, _, err) = cli(args(&["put", "cs/big2", &big, "--endpoints", &all])).await;
+    assert!(!ok && err.contains("rejected by hook size-cli v3: value is"), "{err}");
 }
 
 #[tokio::test]

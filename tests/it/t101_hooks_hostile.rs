@@ -17,6 +17,9 @@
 //!   errors, limit hits and fail-open passes.
 //! - A flood of concurrent writes under a runaway hook does not get writes
 //!   judged by another hook on the same shard leader rejected.
+//! - The runaway scripts deployed as shadow versions of the benign hook
+//!   (`deploy --shadow`) fail only themselves: every write is accepted as
+//!   the benign hook decides, and each failure is counted for the shadow.
 
 use std::time::Instant;
 
@@ -354,6 +357,72 @@ async fn assert_failures_counted(c: &ProcCluster, cases: &[Case]) {
             assert_eq!(s.errors, s.calls, "{}: errors are counted as errors: {s:?}", case.name);
         }
     }
+}
+
+/// Waits until every node runs shadow version `version` of `name`.
+async fn wait_shadow_running(c: &ProcCluster, name: &str, version: u64) {
+    for id in NODES {
+        let nc = c.node_client(id);
+        eventually(&format!("node {id} to run {name}'s shadow v{version}"), || {
+            let nc = nc.clone();
+            async move {
+                let listed = nc.list_hooks().await.ok()?;
+                let h = listed.hooks.iter().find(|h| h.name == name)?;
+                h.shadow.as_ref().is_some_and(|s| s.version == version && s.running_version == version).then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Shadow version `version` of `name`, summed over every node.
+async fn shadow_stats(c: &ProcCluster, name: &str, version: u64) -> proto::ShadowInfo {
+    let mut sum = proto::ShadowInfo { stats: Some(proto::HookStats::default()), ..Default::default() };
+    for id in NODES {
+        let listed = c.node_client(id).list_hooks().await.expect("list");
+        let Some(s) = listed.hooks.iter().find(|h| h.name == name).and_then(|h| h.shadow.clone()) else { continue };
+        if s.version != version {
+            continue;
+        }
+        let (st, total) = (s.stats.unwrap_or_default(), sum.stats.as_mut().expect("stats"));
+        total.calls += st.calls;
+        total.errors += st.errors;
+        total.limit_hits += st.limit_hits;
+        sum.agreements += s.agreements;
+        sum.disagreements += s.disagreements;
+        sum.skipped += s.skipped;
+    }
+    sum
+}
+
+#[tokio::test]
+async fn runaway_shadows_fail_only_themselves() {
+    let c = ProcCluster::start(3, &[]).await;
+    deploy(&c, &[]).await;
+    let admin = c.client();
+    for case in LIMIT_CASES {
+        let shadow = hook("benign", "ok/", case.source, case.timeout_ms);
+        let r = admin.deploy_shadow_hook(shadow).await.unwrap_or_else(|e| panic!("shadow {}: {e}", case.name));
+        wait_shadow_running(&c, "benign", r.version).await;
+        // Judged by the benign hook v1 alone, accepted, through every node.
+        normal_puts_succeed(&c, case.name).await;
+        let s = shadow_stats(&c, "benign", r.version).await;
+        let st = s.stats.unwrap_or_default();
+        println!(
+            "shadow {} (v{}): calls {} errors {} limit hits {} skipped {}",
+            case.name, r.version, st.calls, st.errors, st.limit_hits, s.skipped
+        );
+        assert_eq!(
+            st.errors + st.limit_hits + s.skipped,
+            NODES.len() as u64,
+            "{}: each put ran the shadow, which failed, or skipped it while throttled: {s:?}",
+            case.name
+        );
+        assert_eq!((s.agreements, s.disagreements), (0, 0), "{}: a failed call is not compared", case.name);
+    }
+    let last = admin.remove_shadow_hook("benign").await.expect("remove the shadow");
+    assert_eq!(last, LIMIT_CASES.len() as u64 + 1, "the last shadow's version");
+    normal_puts_succeed(&c, "shadow removed").await;
 }
 
 #[tokio::test]

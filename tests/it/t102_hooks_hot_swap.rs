@@ -3,8 +3,11 @@
 //! between two sources (A rejects values starting with "x", B those starting
 //! with "y"). No write fails for any other reason; every write is judged by
 //! exactly one deployed version, and its outcome is the one that version's
-//! source gives. Also: with a 1 ms deadline, every committed version is run
-//! by every node (none stays on the previous one).
+//! source gives. Every other new version first runs as a shadow
+//! (`deploy --shadow`): it judges writes beside the active version without
+//! deciding any, and its promotion swaps it in as the one active version.
+//! Also: with a 1 ms deadline, every committed version is run by every node
+//! (none stays on the previous one).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,11 +141,24 @@ async fn redeploying_under_load_judges_every_write_by_exactly_one_version() {
         let which = if k % 2 == 0 { 'B' } else { 'A' };
         // Each deploy through a different node.
         let via = c.node_client(NODES[k as usize % NODES.len()]);
-        let r = via.deploy_hook(definition(which)).await.unwrap_or_else(|e| panic!("deploy {k} ({which}): {e}"));
         let last = *deployed.keys().last().expect("a version");
-        assert_eq!(r.version, last + 1, "each redeploy is a new version");
-        deployed.insert(r.version, which);
-        wait_judged(&judged, r.version, PER_VERSION, &format!("writes judged by v{} ({which})", r.version)).await;
+        let version = if k % 2 == 1 {
+            let r = via.deploy_shadow_hook(definition(which)).await.unwrap_or_else(|e| panic!("shadow {k}: {e}"));
+            assert_eq!(r.version, last + 1, "a shadow is a new version");
+            wait_shadow_calls(&c, r.version, PER_VERSION as u64).await;
+            let judged_by_shadow = judged.lock().expect("judged").get(&r.version).copied().unwrap_or(0);
+            assert_eq!(judged_by_shadow, 0, "v{} judged writes while it was a shadow", r.version);
+            let promoted = c.node_client(NODES[(k as usize + 1) % NODES.len()]).promote_hook(HOOK).await;
+            let promoted = promoted.unwrap_or_else(|e| panic!("promote {k}: {e}"));
+            assert_eq!((promoted.version, promoted.replaced_version), (r.version, last));
+            r.version
+        } else {
+            let r = via.deploy_hook(definition(which)).await.unwrap_or_else(|e| panic!("deploy {k} ({which}): {e}"));
+            assert_eq!(r.version, last + 1, "each redeploy is a new version");
+            r.version
+        };
+        deployed.insert(version, which);
+        wait_judged(&judged, version, PER_VERSION, &format!("writes judged by v{version} ({which})")).await;
     }
     stop.store(true, Ordering::Relaxed);
     let mut writes = Vec::new();
@@ -193,6 +209,26 @@ async fn redeploying_under_load_judges_every_write_by_exactly_one_version() {
         );
         assert!(accepted + rejected >= 1, "v{version} judged no write");
     }
+}
+
+/// Waits until the nodes (together: the shard leader runs the hooks) have
+/// run shadow version `version` of the hook at least `calls` times.
+async fn wait_shadow_calls(c: &ProcCluster, version: u64, calls: u64) {
+    let clients: Vec<Client> = NODES.iter().map(|id| c.node_client(*id)).collect();
+    eventually(&format!("shadow v{version} to judge {calls} writes"), || {
+        let clients = clients.clone();
+        async move {
+            let mut total = 0;
+            for client in &clients {
+                let listed = client.list_hooks().await.ok()?;
+                let h = listed.hooks.iter().find(|h| h.name == HOOK)?;
+                total +=
+                    h.shadow.as_ref().filter(|s| s.version == version).and_then(|s| s.stats).map_or(0, |s| s.calls);
+            }
+            (total >= calls).then_some(())
+        }
+    })
+    .await;
 }
 
 /// What the node `client` talks to runs for the deployed hook `name` on one

@@ -95,7 +95,7 @@ async fn malformed_and_oversized_requests_get_client_error_codes_and_the_node_ke
     // Invalid enum values.
     let get = proto::GetRequest { key: "k".into(), consistency: 42 };
     assert_eq!(code(kv.get(get).await), Code::InvalidArgument, "unknown consistency");
-    let deploy = |h| proto::DeployHookRequest { hook: Some(h) };
+    let deploy = |h| proto::DeployHookRequest { hook: Some(h), shadow: false };
     let source = b"return function(ctx) return true end".to_vec();
     let r = hooks.deploy(deploy(hook("bad-stage", 99, source.clone()))).await;
     assert_eq!(code(r), Code::InvalidArgument, "unknown hook stage");

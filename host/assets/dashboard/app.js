@@ -282,9 +282,33 @@
     $("ring").replaceChildren(ringSvg(status), h("div", { class: "shards" }, tiles));
   }
 
+  // A shadow version's row: how its decisions compared with the active
+  // version's (never enforced), with the last disagreements on hover.
+  function shadowRow(k) {
+    const s = k.shadow;
+    const n = (x) => Number(x || 0).toLocaleString("en-US");
+    const recent = (s.recent_disagreements || []).map((d) => `${d.key}: active ${d.active}, shadow ${d.shadow}`).join("\n");
+    return h(
+      "tr",
+      { "data-shadow": k.name, class: "shadow" },
+      h("td", {}, h("span", { class: "muted" }, "\u21b3 shadow")),
+      h("td", {}, `v${s.version}`),
+      h("td", {}, s.kind === "wasm" ? "Wasm" : "Lua"),
+      h("td", { colspan: 2, title: recent || "no disagreements" },
+        `${n(s.agreements)} agree, `,
+        h("span", { "data-col": "disagreements", class: s.disagreements > 0 ? "warn" : null }, `${n(s.disagreements)} disagree`),
+        s.skipped > 0 ? `, ${n(s.skipped)} skipped` : ""),
+      h("td", { class: "num" }, n(s.calls)),
+      h("td", { class: "num muted" }, "\u2014"),
+      h("td", { class: "num" }, n(s.errors)),
+      h("td", { class: "num" }, n(s.limit_hits)),
+      h("td", { class: "num" }, fmtSeconds((s.p99_us || 0) / 1e6)),
+    );
+  }
+
   function renderHooks(status) {
     const hooks = status.hooks || [];
-    const rows = hooks.map((k) =>
+    const rows = hooks.flatMap((k) => [
       h(
         "tr",
         { "data-hook": k.name, class: k.active ? null : "inactive" },
@@ -299,7 +323,8 @@
         h("td", { class: "num", "data-col": "limit-hits", title: "calls stopped by the hook's deadline, memory or fuel limit" }, Number(k.limit_hits || 0).toLocaleString("en-US")),
         h("td", { class: "num" }, fmtSeconds((k.p99_us || 0) / 1e6)),
       ),
-    );
+      ...(k.shadow ? [shadowRow(k)] : []),
+    ]);
     $("hooks").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 10, class: "muted" }, "no hooks deployed"))]));
     $("partitioner").textContent = partitionerOf(status);
   }

@@ -301,6 +301,22 @@ pub fn health_of(s: &proto::StatusResponse, id: u64) -> &'static str {
     }
 }
 
+/// A hook's shadow version as JSON (`/status`, `hook list --json`).
+pub fn shadow_json(s: &proto::ShadowInfo) -> serde_json::Value {
+    let st = s.stats.unwrap_or_default();
+    serde_json::json!({
+        "version": s.version, "running_version": s.running_version, "sha256": s.sha256,
+        "kind": if s.kind == proto::HookKind::Wasm as i32 { "wasm" } else { "lua" },
+        "timeout_ms": s.timeout_ms, "deployed_at_ms": s.deployed_at_ms,
+        "calls": st.calls, "agreements": s.agreements, "disagreements": s.disagreements,
+        "errors": st.errors, "limit_hits": st.limit_hits, "skipped": s.skipped,
+        "p50_us": st.p50_us, "p99_us": st.p99_us, "max_us": st.max_us,
+        "recent_disagreements": s.recent_disagreements.iter().map(|d| serde_json::json!({
+            "key": d.key, "active": d.active, "shadow": d.shadow, "at_ms": d.at_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// A status response as JSON, shared by `cluster status --json` and HTTP `/status`.
 pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
     serde_json::json!({
@@ -333,6 +349,7 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
                 "kind": if h.kind == proto::HookKind::Wasm as i32 { "wasm" } else { "lua" },
                 "calls": st.calls, "rejects": st.rejects, "errors": st.errors, "limit_hits": st.limit_hits,
                 "fail_open_passes": st.fail_open_passes, "p50_us": st.p50_us, "p99_us": st.p99_us, "max_us": st.max_us,
+                "shadow": h.shadow.as_ref().map(shadow_json),
             })
         }).collect::<Vec<_>>(),
         "partitioner": s.reshard.as_ref().map(|r| r.partitioner.clone()),

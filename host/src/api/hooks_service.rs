@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 use crate::auth::Need;
 use crate::cluster::Node;
 use crate::hooks::{
-    Decision, FailPolicy, HookKind, HookLimits, HookSpec, OldValue, Stage, StatsSnapshot, Write, WriteKind,
+    Decision, FailPolicy, HookKind, HookLimits, HookRecord, HookSpec, OldValue, ShadowSnapshot, Stage, StatsSnapshot,
+    Write, WriteKind,
 };
 use crate::raft::types::now_ms;
 
@@ -85,19 +86,58 @@ fn info_of(
         deployed_at_ms: spec.deployed_at_ms,
         active,
         previous_version: previous,
-        stats: Some(proto::HookStats {
-            calls: stats.calls,
-            rejects: stats.rejects,
-            errors: stats.errors,
-            limit_hits: stats.limit_hits,
-            fail_open_passes: stats.fail_open_passes,
-            p50_us: stats.p50_us,
-            p99_us: stats.p99_us,
-            max_us: stats.max_us,
-        }),
+        stats: Some(stats_of(&stats)),
         source: if with_source { spec.source.clone().into() } else { Default::default() },
         running_version: running,
+        shadow: None,
     }
+}
+
+fn stats_of(stats: &StatsSnapshot) -> proto::HookStats {
+    proto::HookStats {
+        calls: stats.calls,
+        rejects: stats.rejects,
+        errors: stats.errors,
+        limit_hits: stats.limit_hits,
+        fail_open_passes: stats.fail_open_passes,
+        p50_us: stats.p50_us,
+        p99_us: stats.p99_us,
+        max_us: stats.max_us,
+    }
+}
+
+/// A record's shadow version with this node's statistics of it.
+fn shadow_info(node: &Node, record: &HookRecord) -> Option<proto::ShadowInfo> {
+    let spec = record.shadow.as_ref()?;
+    let ShadowSnapshot { calls, agreements, disagreements, skipped, recent } =
+        node.hooks().shadow_stats(&spec.name, spec.version);
+    Some(proto::ShadowInfo {
+        version: spec.version,
+        kind: kind_of(spec),
+        sha256: spec.sha256.clone(),
+        timeout_ms: spec.limits.timeout.as_millis() as u64,
+        deployed_at_ms: spec.deployed_at_ms,
+        running_version: node.hooks().current().shadow(&spec.name).map_or(0, |h| h.spec().version),
+        stats: Some(stats_of(&calls)),
+        agreements,
+        disagreements,
+        skipped,
+        recent_disagreements: recent
+            .into_iter()
+            .map(|d| proto::ShadowDisagreement { key: d.key, active: d.active, shadow: d.shadow, at_ms: d.at_ms })
+            .collect(),
+    })
+}
+
+/// A hook record as [`proto::HookInfo`], with this node's statistics.
+fn record_info(node: &Node, record: &HookRecord, with_source: bool) -> Option<proto::HookInfo> {
+    let spec = record.latest()?;
+    let active = record.current.is_some();
+    let previous = if active { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
+    let running = running_version(node, &spec.name);
+    let mut info = info_of(spec, active, previous, running, node.hooks().stats(&spec.name), with_source);
+    info.shadow = shadow_info(node, record);
+    Some(info)
 }
 
 /// The version of hook `name` this node runs (0: none).
@@ -113,12 +153,7 @@ pub(crate) async fn hook_infos(node: &Node) -> Result<Vec<proto::HookInfo>, Stat
         hooks.push(info_of(&p, true, 0, p.version, node.hooks().stats(&p.name), false));
     }
     for record in node.hook_records().await? {
-        if let Some(spec) = record.latest() {
-            let active = record.current.is_some();
-            let previous = if active { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
-            let running = running_version(node, &spec.name);
-            hooks.push(info_of(spec, active, previous, running, node.hooks().stats(&spec.name), false));
-        }
+        hooks.extend(record_info(node, &record, false));
     }
     Ok(hooks)
 }
@@ -129,10 +164,8 @@ impl HooksService {
             return Ok(info_of(&p, true, 0, p.version, self.node.hooks().stats(&p.name), with_source));
         }
         let record = self.node.hook_record(name).await?;
-        let spec = record.latest().ok_or_else(|| Status::not_found(format!("no hook named {name:?}")))?;
-        let previous = if record.current.is_some() { record.previous.as_ref().map_or(0, |p| p.version) } else { 0 };
-        let running = running_version(&self.node, name);
-        Ok(info_of(spec, record.current.is_some(), previous, running, self.node.hooks().stats(name), with_source))
+        record_info(&self.node, &record, with_source)
+            .ok_or_else(|| Status::not_found(format!("no hook named {name:?}")))
     }
 }
 
@@ -143,10 +176,18 @@ impl Hooks for HooksService {
         req: Request<proto::DeployHookRequest>,
     ) -> Result<Response<proto::DeployHookResponse>, Status> {
         super::authorize(&self.node, &req, "deploy_hook", Need::Admin("deploy a hook")).await?;
-        let spec = spec_of(req.into_inner().hook)?;
+        let req = req.into_inner();
+        let spec = spec_of(req.hook)?;
         let name = spec.name.clone();
-        let (version, sha256) = self.node.deploy_hook(spec).await?;
-        tracing::info!(hook = %name, version, "hook deployed");
+        let (version, sha256) = if req.shadow {
+            let deployed = self.node.deploy_shadow_hook(spec).await?;
+            tracing::info!(hook = %name, version = deployed.0, "shadow version deployed");
+            deployed
+        } else {
+            let deployed = self.node.deploy_hook(spec).await?;
+            tracing::info!(hook = %name, version = deployed.0, "hook deployed");
+            deployed
+        };
         Ok(Response::new(proto::DeployHookResponse { version, sha256 }))
     }
 
@@ -165,10 +206,28 @@ impl Hooks for HooksService {
         req: Request<proto::RemoveHookRequest>,
     ) -> Result<Response<proto::RemoveHookResponse>, Status> {
         super::authorize(&self.node, &req, "remove_hook", Need::Admin("remove a hook")).await?;
-        let name = req.into_inner().name;
-        let removed_version = self.node.remove_hook(&name).await?;
-        tracing::info!(hook = %name, version = removed_version, "hook removed");
+        let req = req.into_inner();
+        let removed_version = if req.shadow {
+            let v = self.node.remove_shadow_hook(&req.name).await?;
+            tracing::info!(hook = %req.name, version = v, "shadow version removed");
+            v
+        } else {
+            let v = self.node.remove_hook(&req.name).await?;
+            tracing::info!(hook = %req.name, version = v, "hook removed");
+            v
+        };
         Ok(Response::new(proto::RemoveHookResponse { removed_version }))
+    }
+
+    async fn promote(
+        &self,
+        req: Request<proto::PromoteHookRequest>,
+    ) -> Result<Response<proto::PromoteHookResponse>, Status> {
+        super::authorize(&self.node, &req, "promote_hook", Need::Admin("promote a hook")).await?;
+        let name = req.into_inner().name;
+        let (version, replaced_version) = self.node.promote_hook(&name).await?;
+        tracing::info!(hook = %name, version, replaced = replaced_version, "shadow version promoted");
+        Ok(Response::new(proto::PromoteHookResponse { version, replaced_version }))
     }
 
     async fn rollback(

@@ -109,6 +109,12 @@ pub enum HookCommand {
         name: String,
         #[arg(long, value_enum)]
         stage: StageArg,
+        /// Deploy as the hook's shadow version: it runs beside the active
+        /// version on every write that one judges, its decisions counted
+        /// (`hook list`) and never enforced. `hook promote NAME` makes it
+        /// active; `hook remove --shadow NAME` drops it.
+        #[arg(long)]
+        shadow: bool,
         #[command(flatten)]
         def: DefinitionArgs,
         #[command(flatten)]
@@ -127,6 +133,16 @@ pub enum HookCommand {
     /// removing it re-shards keys back to whole-key routing, and only
     /// deploying it again brings it back.
     Remove {
+        name: String,
+        /// Drop the hook's shadow version instead; the active one stays.
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a hook's shadow version the active one, on every node at once
+    /// (one meta-group entry): each write is judged by exactly one of them.
+    Promote {
         name: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -198,17 +214,28 @@ fn info_json(h: &proto::HookInfo) -> serde_json::Value {
             "limit_hits": stats.limit_hits, "fail_open_passes": stats.fail_open_passes,
             "p50_us": stats.p50_us, "p99_us": stats.p99_us, "max_us": stats.max_us,
         },
+        "shadow": h.shadow.as_ref().map(crate::api::shadow_json),
     })
+}
+
+/// `--json` output of a change that made `version` active in place of `replaced`.
+fn change_json(name: &str, version: u64, replaced: u64) -> serde_json::Value {
+    json!({ "name": name, "version": version, "replaced_version": replaced })
 }
 
 impl HookCommand {
     pub async fn execute(self) -> anyhow::Result<()> {
         match self {
-            HookCommand::Deploy { name, stage, def, client } => {
+            HookCommand::Deploy { name, stage, shadow, def, client } => {
                 let definition = def.definition(name.clone(), stage)?;
-                let r = client.client()?.deploy_hook(definition).await?;
+                let c = client.client()?;
+                let r =
+                    if shadow { c.deploy_shadow_hook(definition).await? } else { c.deploy_hook(definition).await? };
                 if client.json {
-                    outln!("{}", json!({ "name": name, "version": r.version, "sha256": r.sha256 }))?;
+                    outln!("{}", json!({ "name": name, "version": r.version, "sha256": r.sha256, "shadow": shadow }))?;
+                } else if shadow {
+                    outln!("deployed {name} v{} as a shadow (sha256 {})", r.version, r.sha256)?;
+                    outln!("it judges writes beside the active version without enforcing; compare with `ringkv hook list`, then `ringkv hook promote {name}` or `ringkv hook remove --shadow {name}`")?;
                 } else {
                     outln!("deployed {name} v{} (sha256 {})", r.version, r.sha256)?;
                     if matches!(stage, StageArg::Partition) {
@@ -252,6 +279,23 @@ impl HookCommand {
                             s.limit_hits,
                             s.p99_us
                         )?;
+                        if let Some(sh) = &h.shadow {
+                            let st = sh.stats.unwrap_or_default();
+                            outln!(
+                                "  shadow v{}: {} calls, {} agree, {} disagree, {} errors, {} limit hits, {} skipped, p99 {}us",
+                                sh.version,
+                                st.calls,
+                                sh.agreements,
+                                sh.disagreements,
+                                st.errors,
+                                st.limit_hits,
+                                sh.skipped,
+                                st.p99_us
+                            )?;
+                            for d in &sh.recent_disagreements {
+                                outln!("    {:?}: active {}, shadow {}", d.key, d.active, d.shadow)?;
+                            }
+                        }
                     }
                     outln!("(call statistics are node {}'s)", r.node_id)?;
                 }
@@ -285,7 +329,27 @@ impl HookCommand {
                     }
                 }
             }
-            HookCommand::Remove { name, client } => {
+            HookCommand::Remove { name, shadow: true, client } => {
+                let v = client.client()?.remove_shadow_hook(name.clone()).await?;
+                if client.json {
+                    outln!("{}", json!({ "name": name, "removed_version": v, "shadow": true }))?;
+                } else {
+                    outln!("removed the shadow version v{v} of {name}; its active version is unchanged")?;
+                }
+            }
+            HookCommand::Promote { name, client } => {
+                let r = client.client()?.promote_hook(name.clone()).await?;
+                if client.json {
+                    outln!("{}", change_json(&name, r.version, r.replaced_version))?;
+                } else {
+                    outln!(
+                        "promoted {name} v{} to active (it replaced v{}; `hook rollback {name}` goes back)",
+                        r.version,
+                        r.replaced_version
+                    )?;
+                }
+            }
+            HookCommand::Remove { name, shadow: false, client } => {
                 let v = client.client()?.remove_hook(name.clone()).await?;
                 if client.json {
                     outln!("{}", json!({ "name": name, "removed_version": v }))?;
@@ -303,10 +367,7 @@ impl HookCommand {
                     e => e.into(),
                 })?;
                 if client.json {
-                    outln!(
-                        "{}",
-                        json!({ "name": name, "version": r.version, "replaced_version": r.replaced_version })
-                    )?;
+                    outln!("{}", change_json(&name, r.version, r.replaced_version))?;
                 } else {
                     match r.replaced_version {
                         0 => outln!("{name} is now v{} (it had been removed)", r.version)?,

@@ -215,13 +215,15 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::SetLeaderHint { .. }
         | Proposal::RemoveHook { .. }
         | Proposal::RollbackHook { .. }
+        | Proposal::PromoteHook { .. }
+        | Proposal::RemoveShadowHook { .. }
         | Proposal::RevokeToken { .. }
         | Proposal::ClearMoveMarkers { .. }
         | Proposal::SetUnreachable { .. }
         | Proposal::ClearMoveMarkersUpTo { .. } => 0,
         Proposal::ReshardStalled { key, error, .. } => key.len() + error.len(),
         Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
-        Proposal::DeployHook { spec } => spec.source.len() + spec.prefix.len(),
+        Proposal::DeployHook { spec } | Proposal::DeployShadowHook { spec } => spec.source.len() + spec.prefix.len(),
     }
 }
 

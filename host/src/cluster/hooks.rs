@@ -112,7 +112,72 @@ impl Node {
 
     /// Compiles and checks a hook, then commits it through the meta group
     /// and waits (bounded by the request timeout) until this node runs it.
-    pub async fn deploy_hook(&self, mut spec: HookSpec) -> Result<(u64, String), NodeError> {
+    pub async fn deploy_hook(&self, spec: HookSpec) -> Result<(u64, String), NodeError> {
+        if spec.stage == Stage::Partition {
+            return self.deploy_partitioner(self.stamped(spec)?).await;
+        }
+        let spec = self.checked(spec).await?;
+        let (name, sha) = (spec.name.clone(), spec.sha256.clone());
+        let version = match self.propose(META_GROUP, Proposal::DeployHook { spec: Box::new(spec) }).await? {
+            CommandResult::HookChanged { version, .. } => version,
+            CommandResult::HookRefused { reason } => return Err(NodeError::Refused(reason)),
+            other => return Err(NodeError::Internal(format!("unexpected deploy result {other:?}"))),
+        };
+        self.await_hook_version(&name, Version::Active, Some(version)).await;
+        Ok((version, sha))
+    }
+
+    /// Deploys `spec` as the shadow version of its hook: checked like a
+    /// deploy, then run beside the active version on every write it judges,
+    /// its decisions counted and never enforced (see `hooks::registry`).
+    pub async fn deploy_shadow_hook(&self, spec: HookSpec) -> Result<(u64, String), NodeError> {
+        if spec.stage == Stage::Partition {
+            return Err(NodeError::InvalidArgument(
+                "the partition function has no shadow versions: try it with `hook test --stage partition`".into(),
+            ));
+        }
+        let spec = self.checked(spec).await?;
+        let (name, sha) = (spec.name.clone(), spec.sha256.clone());
+        let version = match self.propose(META_GROUP, Proposal::DeployShadowHook { spec: Box::new(spec) }).await? {
+            CommandResult::HookChanged { version, .. } => version,
+            CommandResult::HookRefused { reason } => return Err(NodeError::Refused(reason)),
+            other => return Err(NodeError::Internal(format!("unexpected shadow deploy result {other:?}"))),
+        };
+        self.await_hook_version(&name, Version::Shadow, Some(version)).await;
+        Ok((version, sha))
+    }
+
+    /// Makes a hook's shadow version the active one, in one meta-group
+    /// entry. Returns (now active, replaced).
+    pub async fn promote_hook(&self, name: &str) -> Result<(u64, u64), NodeError> {
+        self.change_hook(name, Proposal::PromoteHook { name: name.to_string() }, Version::Active).await
+    }
+
+    /// Drops a hook's shadow version. Returns the version dropped.
+    pub async fn remove_shadow_hook(&self, name: &str) -> Result<u64, NodeError> {
+        let p = Proposal::RemoveShadowHook { name: name.to_string() };
+        Ok(self.change_hook(name, p, Version::Shadow).await?.1)
+    }
+
+    /// Commits a change of hook `name`'s record and waits until this node
+    /// runs its outcome as the `which` version: the version the change
+    /// returns, or none when it returns 0 (a removal). Returns (now running,
+    /// replaced).
+    async fn change_hook(&self, name: &str, p: Proposal, which: Version) -> Result<(u64, u64), NodeError> {
+        self.hook_record(name).await?;
+        match self.propose(META_GROUP, p).await? {
+            CommandResult::HookChanged { version, replaced } => {
+                self.await_hook_version(name, which, (version != 0).then_some(version)).await;
+                Ok((version, replaced))
+            }
+            CommandResult::HookRefused { reason } => Err(NodeError::Refused(reason)),
+            other => Err(NodeError::Internal(format!("unexpected result of a hook change: {other:?}"))),
+        }
+    }
+
+    /// `spec` with its digest and deploy time set, after the checks every
+    /// deploy passes before anything runs: name, size, prefix.
+    fn stamped(&self, mut spec: HookSpec) -> Result<HookSpec, NodeError> {
         check_name(&spec.name)?;
         let max = self.config().limits.max_hook_bytes(spec.kind);
         if spec.source.len() > max {
@@ -128,9 +193,13 @@ impl Node {
         spec.sha256 = hex(&Sha256::digest(&spec.source));
         spec.deployed_at_ms = now_ms();
         spec.version = 0;
-        if spec.stage == Stage::Partition {
-            return self.deploy_partitioner(spec).await;
-        }
+        Ok(spec)
+    }
+
+    /// A validate or ttl hook ready to commit: stamped, not named like the
+    /// partition function, and compiled with its top level run.
+    async fn checked(&self, spec: HookSpec) -> Result<HookSpec, NodeError> {
+        let spec = self.stamped(spec)?;
         if self.partition_view().state.active.as_ref().is_some_and(|p| p.name == spec.name) {
             return Err(NodeError::InvalidArgument(format!(
                 "{:?} is the name of the cluster's partition function; pick another name",
@@ -142,14 +211,7 @@ impl Node {
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?
             .map_err(|e| NodeError::InvalidArgument(format!("hook {} does not load: {e}", spec.name)))?;
-        let (name, sha) = (spec.name.clone(), spec.sha256.clone());
-        let version = match self.propose(META_GROUP, Proposal::DeployHook { spec: Box::new(spec) }).await? {
-            CommandResult::HookChanged { version, .. } => version,
-            CommandResult::HookRefused { reason } => return Err(NodeError::Refused(reason)),
-            other => return Err(NodeError::Internal(format!("unexpected deploy result {other:?}"))),
-        };
-        self.await_hook_version(&name, Some(version)).await;
-        Ok((version, sha))
+        Ok(spec)
     }
 
     /// Deactivates a hook through the meta group. Returns the removed version.
@@ -158,28 +220,12 @@ impl Node {
             self.set_partitioner(None).await?;
             return Ok(active.version);
         }
-        self.hook_record(name).await?;
-        match self.propose(META_GROUP, Proposal::RemoveHook { name: name.to_string() }).await? {
-            CommandResult::HookChanged { replaced, .. } => {
-                self.await_hook_version(name, None).await;
-                Ok(replaced)
-            }
-            CommandResult::HookRefused { reason } => Err(NodeError::Refused(reason)),
-            other => Err(NodeError::Internal(format!("unexpected remove result {other:?}"))),
-        }
+        Ok(self.change_hook(name, Proposal::RemoveHook { name: name.to_string() }, Version::Active).await?.1)
     }
 
     /// Makes a hook's previous version active again. Returns (active, replaced).
     pub async fn rollback_hook(&self, name: &str) -> Result<(u64, u64), NodeError> {
-        self.hook_record(name).await?;
-        match self.propose(META_GROUP, Proposal::RollbackHook { name: name.to_string() }).await? {
-            CommandResult::HookChanged { version, replaced } => {
-                self.await_hook_version(name, Some(version)).await;
-                Ok((version, replaced))
-            }
-            CommandResult::HookRefused { reason } => Err(NodeError::Refused(reason)),
-            other => Err(NodeError::Internal(format!("unexpected rollback result {other:?}"))),
-        }
+        self.change_hook(name, Proposal::RollbackHook { name: name.to_string() }, Version::Active).await
     }
 
     /// Every hook record, as this node's copy of the meta group holds them.
@@ -214,16 +260,30 @@ impl Node {
         self.hooks().dry_run(hook, write).await.map_err(|e| NodeError::Unavailable(e.to_string()))
     }
 
-    /// Waits until this node runs `version` of hook `name` (`None`: until it
-    /// runs no version of it). Other nodes switch when their copy of the
-    /// meta group applies the change, normally within milliseconds.
-    async fn await_hook_version(&self, name: &str, version: Option<u64>) {
+    /// Waits until this node runs `version` of hook `name` as its active or
+    /// shadow version (`None`: until it runs none). Other nodes switch when
+    /// their copy of the meta group applies the change, normally within
+    /// milliseconds.
+    async fn await_hook_version(&self, name: &str, which: Version, version: Option<u64>) {
         let timeout = self.config().request_timeout;
-        let done = |set: &crate::hooks::HookSet| set.get(name).map(|h| h.spec().version) == version;
+        let done = |set: &crate::hooks::HookSet| {
+            let running = match which {
+                Version::Active => set.get(name),
+                Version::Shadow => set.shadow(name),
+            };
+            running.map(|h| h.spec().version) == version
+        };
         if !self.hooks().wait_for(timeout, done).await {
             tracing::warn!(hook = name, ?version, "hook change committed but not yet active on this node");
         }
     }
+}
+
+/// Which of a hook's versions a change is about.
+#[derive(Clone, Copy)]
+enum Version {
+    Active,
+    Shadow,
 }
 
 /// The kind and key of a write hooks judge; `None` for every other proposal.

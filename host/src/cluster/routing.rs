@@ -147,6 +147,15 @@ pub enum Proposal {
         keys: Vec<(Vec<u8>, u64)>,
         epoch: u64,
     },
+    DeployShadowHook {
+        spec: Box<HookSpec>,
+    },
+    PromoteHook {
+        name: String,
+    },
+    RemoveShadowHook {
+        name: String,
+    },
 }
 
 impl Proposal {
@@ -187,6 +196,9 @@ impl Proposal {
             Proposal::ClearMoveMarkersUpTo { epoch } => Op::ClearMoveMarkersUpTo { epoch },
             Proposal::MoveInBatch { records, epoch } => Op::MoveInBatch { records, epoch },
             Proposal::MoveOutBatch { keys, .. } => Op::ExpireBatch { keys },
+            Proposal::DeployShadowHook { spec } => Op::DeployShadowHook { spec },
+            Proposal::PromoteHook { name } => Op::PromoteHook { name },
+            Proposal::RemoveShadowHook { name } => Op::RemoveShadowHook { name },
         }
     }
 
@@ -220,6 +232,7 @@ impl Proposal {
             // in order, each seeing the ones before it).
             | Proposal::MoveInBatch { .. }
             | Proposal::MoveOutBatch { .. } => None,
+            Proposal::DeployShadowHook { .. } | Proposal::PromoteHook { .. } | Proposal::RemoveShadowHook { .. } => None,
         }
     }
 }

@@ -26,7 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use registry::{
-    HookRecord, HookRegistry, HookSet, HookUse, JudgeError, Judgement, StatsSnapshot, TtlChoice, Write,
+    Disagreement, HookRecord, HookRegistry, HookSet, HookUse, JudgeError, Judgement, ShadowSnapshot, StatsSnapshot,
+    TtlChoice, Write,
 };
 
 /// Where on the write path a hook runs.

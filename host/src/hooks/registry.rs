@@ -9,6 +9,17 @@
 //! swap. A write loads the set once, so it is judged entirely by the set
 //! that was current when it started.
 //!
+//! **Shadow versions.** A record may also hold a *shadow*: a version on
+//! trial (`hook deploy --shadow`). It runs right after its active version,
+//! on the writes that version judges, under its own limits; its decision
+//! is compared with the active one's and counted ([`ShadowStats`]), never
+//! enforced, and it adds nothing to the write's log entry (no version, no
+//! guard). `hook promote` makes it the active version in one meta-group
+//! entry, so every write is judged by exactly one active version of it. A
+//! shadow that broke a limit in the last [`SUSPECT_FOR`] runs on at most one
+//! write per [`SHADOW_PROBE_EVERY`]: a misbehaving trial cannot slow writes
+//! down by more than its own deadline now and then.
+//!
 //! **Isolation between hooks.** Workers are shared by every hook on the
 //! node. A hook that hit a limit in the last [`SUSPECT_FOR`] is a suspect:
 //! writes it judges run in a slow lane that holds at most all workers but
@@ -31,7 +42,8 @@ use super::{
 };
 use crate::raft::types::now_ms;
 
-/// A hook's record in the meta group: the active version and the previous one.
+/// A hook's record in the meta group: the active version, the previous
+/// one, and a shadow version on trial.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookRecord {
     /// The active version; `None` once removed.
@@ -40,9 +52,89 @@ pub struct HookRecord {
     pub previous: Option<HookSpec>,
     /// The highest version ever given to this name.
     pub last_version: u64,
+    /// A version that runs beside the active one without being enforced.
+    pub shadow: Option<HookSpec>,
+}
+
+/// A [`HookRecord`] as stored before shadows existed.
+#[derive(Deserialize)]
+struct HookRecordV1 {
+    current: Option<HookSpec>,
+    previous: Option<HookSpec>,
+    last_version: u64,
 }
 
 impl HookRecord {
+    /// Reads a stored record, including one written before shadows existed
+    /// (postcard has no optional trailing fields).
+    pub fn decode(raw: &[u8]) -> Result<HookRecord, postcard::Error> {
+        match postcard::from_bytes::<HookRecord>(raw) {
+            Ok(r) => Ok(r),
+            Err(new) => match postcard::from_bytes::<HookRecordV1>(raw) {
+                Ok(v1) => Ok(HookRecord {
+                    current: v1.current,
+                    previous: v1.previous,
+                    last_version: v1.last_version,
+                    shadow: None,
+                }),
+                Err(_) => Err(new),
+            },
+        }
+    }
+
+    /// Makes `spec` the shadow version and returns (its version, the shadow
+    /// it replaced; 0: none). It must judge what the active version judges:
+    /// same stage and prefix. Deploying the current shadow again changes
+    /// nothing.
+    pub fn deploy_shadow(&mut self, mut spec: HookSpec) -> Result<(u64, u64), String> {
+        let name = spec.name.clone();
+        let Some(active) = &self.current else {
+            return Err(format!("hook {name} has no active version to shadow; deploy it without --shadow first"));
+        };
+        if active.stage != spec.stage {
+            return Err(format!(
+                "hook {name} is a {} hook; its shadow must be one too (got {})",
+                active.stage, spec.stage
+            ));
+        }
+        if active.prefix != spec.prefix {
+            return Err(format!(
+                "a shadow judges the writes its active version judges: give it the same prefix {:?}, or deploy the \
+                 new prefix without --shadow",
+                String::from_utf8_lossy(&active.prefix)
+            ));
+        }
+        let replaced = self.shadow.as_ref().map_or(0, |s| s.version);
+        if let Some(shadow) = &self.shadow {
+            if same_definition(shadow, &spec) {
+                return Ok((shadow.version, replaced));
+            }
+        }
+        let version =
+            self.last_version.checked_add(1).ok_or_else(|| format!("hook {name} has no version numbers left"))?;
+        self.last_version = version;
+        spec.version = version;
+        self.shadow = Some(spec);
+        Ok((version, replaced))
+    }
+
+    /// Makes the shadow the active version (the active one becomes the
+    /// previous). Returns (now active, replaced; 0 = none).
+    pub fn promote(&mut self, name: &str) -> Result<(u64, u64), String> {
+        let shadow = self.shadow.take().ok_or_else(|| format!("hook {name} has no shadow version to promote"))?;
+        let version = shadow.version;
+        let replaced = self.current.as_ref().map_or(0, |c| c.version);
+        self.previous = self.current.take().or(self.previous.take());
+        self.current = Some(shadow);
+        Ok((version, replaced))
+    }
+
+    /// Drops the shadow version. Returns the version dropped.
+    pub fn remove_shadow(&mut self, name: &str) -> Result<u64, String> {
+        let shadow = self.shadow.take().ok_or_else(|| format!("hook {name} has no shadow version"))?;
+        Ok(shadow.version)
+    }
+
     /// Makes `spec` the active version and returns its version. Deploying a
     /// definition identical to the active one changes nothing. A record
     /// whose versions are used up (only a corrupt or forged record can get
@@ -119,6 +211,15 @@ const INLINE_MAX_BATCH: Duration = Duration::from_millis(1);
 
 /// How long a write waits for a hook worker to start its hooks.
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a shadow that recently broke a limit still runs.
+pub const SHADOW_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Disagreements a shadow's statistics keep (the most recent).
+const RECENT_DISAGREEMENTS: usize = 5;
+
+/// Longest key kept in a disagreement record, in bytes.
+const DISAGREEMENT_KEY_BYTES: usize = 128;
 
 /// A hook version that judged a write.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -292,16 +393,131 @@ impl HookStats {
     }
 }
 
+/// One write on which a shadow decided differently from its active version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The key (lossy UTF-8, cut at 128 bytes).
+    pub key: String,
+    /// What the active version decided, e.g. `accept`, `reject: too big`.
+    pub active: String,
+    pub shadow: String,
+    pub at_ms: u64,
+}
+
+/// Calls of one shadow version on this node and how they compared.
+pub struct ShadowStats {
+    /// Calls, errors, limit hits and run time, as for an active hook.
+    calls: HookStats,
+    agreements: AtomicU64,
+    disagreements: AtomicU64,
+    /// Writes it skipped while throttled after breaking a limit.
+    skipped: AtomicU64,
+    /// When it last ran while throttled (ms since the epoch).
+    last_probe_ms: AtomicU64,
+    recent: Mutex<std::collections::VecDeque<Disagreement>>,
+}
+
+/// A copy of [`ShadowStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowSnapshot {
+    pub calls: StatsSnapshot,
+    pub agreements: u64,
+    pub disagreements: u64,
+    pub skipped: u64,
+    /// Oldest first.
+    pub recent: Vec<Disagreement>,
+}
+
+impl ShadowStats {
+    fn new(name: &str) -> ShadowStats {
+        ShadowStats {
+            // Its own limit flag: a shadow's limits never make writes suspect.
+            calls: HookStats::new(&format!("{name} (shadow)"), Arc::new(AtomicU64::new(0))),
+            agreements: AtomicU64::new(0),
+            disagreements: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
+            recent: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Whether the shadow runs on this write: always, unless it broke a
+    /// limit lately; then once per [`SHADOW_PROBE_EVERY`].
+    fn should_run(&self, now: u64) -> bool {
+        if !self.calls.is_suspect(now) {
+            return true;
+        }
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= SHADOW_PROBE_EVERY.as_millis() as u64;
+        if due && self.last_probe_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return true;
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Counts one shadow call against what the active version decided.
+    fn compare(&self, key: &[u8], active: &Result<Decision, HookFailure>, shadow: &CallReport) {
+        self.calls.record(shadow);
+        let Ok(decided) = &shadow.result else { return };
+        if active.as_ref().is_ok_and(|a| same_outcome(a, decided)) {
+            self.agreements.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.disagreements.fetch_add(1, Ordering::Relaxed);
+        let key = String::from_utf8_lossy(&key[..key.len().min(DISAGREEMENT_KEY_BYTES)]).into_owned();
+        let record = Disagreement { key, active: shown(active), shadow: shown(&shadow.result), at_ms: now_ms() };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_DISAGREEMENTS {
+            recent.pop_front();
+        }
+        recent.push_back(record);
+    }
+
+    pub fn snapshot(&self) -> ShadowSnapshot {
+        ShadowSnapshot {
+            calls: self.calls.snapshot(),
+            agreements: self.agreements.load(Ordering::Relaxed),
+            disagreements: self.disagreements.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            recent: self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect(),
+        }
+    }
+}
+
+/// Whether two decisions come to the same thing for the write: both accept,
+/// both reject (whatever the reasons), or the same TTL choice.
+fn same_outcome(a: &Decision, b: &Decision) -> bool {
+    match (a, b) {
+        (Decision::Reject(_), Decision::Reject(_)) => true,
+        _ => a == b,
+    }
+}
+
+/// A call's result as shown to operators.
+fn shown(result: &Result<Decision, HookFailure>) -> String {
+    match result {
+        Ok(Decision::Accept) => "accept".into(),
+        Ok(Decision::Reject(reason)) => format!("reject: {}", super::truncate(reason, 200)),
+        Ok(Decision::KeepTtl) => "keep-ttl".into(),
+        Ok(Decision::NoExpiry) => "no-expiry".into(),
+        Ok(Decision::TtlMs(ms)) => format!("ttl {ms} ms"),
+        Err(f) => format!("failed: {f}"),
+    }
+}
+
 /// The compiled hooks active at one point of the meta log, in run order:
 /// validate hooks, then ttl hooks; within a stage the longest prefix first,
 /// then by name.
 #[derive(Default)]
 pub struct HookSet {
     hooks: Vec<Arc<dyn CompiledHook>>,
+    /// Shadow versions by hook name.
+    shadows: HashMap<String, Arc<dyn CompiledHook>>,
 }
 
 impl HookSet {
-    fn new(mut hooks: Vec<Arc<dyn CompiledHook>>) -> HookSet {
+    fn new(mut hooks: Vec<Arc<dyn CompiledHook>>, shadows: HashMap<String, Arc<dyn CompiledHook>>) -> HookSet {
         hooks.sort_by(|a, b| {
             let (a, b) = (a.spec(), b.spec());
             (a.stage, std::cmp::Reverse(a.prefix.len()), &a.name).cmp(&(
@@ -310,7 +526,7 @@ impl HookSet {
                 &b.name,
             ))
         });
-        HookSet { hooks }
+        HookSet { hooks, shadows }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -320,6 +536,11 @@ impl HookSet {
     /// The active hook called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn CompiledHook>> {
         self.hooks.iter().find(|h| h.spec().name == name)
+    }
+
+    /// The shadow version of hook `name` this set runs.
+    pub fn shadow(&self, name: &str) -> Option<&Arc<dyn CompiledHook>> {
+        self.shadows.get(name)
     }
 
     /// The hooks a write runs, in order (ttl hooks only run on puts).
@@ -345,6 +566,8 @@ pub struct HookRegistry {
     /// so the per-write suspect check is one load while no hook misbehaves.
     last_limit_ms: Arc<AtomicU64>,
     stats: Mutex<HashMap<String, Arc<HookStats>>>,
+    /// Shadow statistics by (hook name, version).
+    shadow_stats: Mutex<HashMap<(String, u64), Arc<ShadowStats>>>,
     /// Bumped on every install, so deploys can wait for the swap.
     installed: watch::Sender<u64>,
 }
@@ -358,6 +581,7 @@ impl HookRegistry {
             last_limit_ms: Arc::new(AtomicU64::new(0)),
             pool,
             stats: Mutex::new(HashMap::new()),
+            shadow_stats: Mutex::new(HashMap::new()),
             installed: watch::channel(0).0,
         })
     }
@@ -380,6 +604,12 @@ impl HookRegistry {
                 hooks.push(h.clone());
                 continue;
             }
+            // A promoted shadow is already compiled.
+            if let Some(h) = old.shadow(&spec.name).filter(|h| h.spec() == spec) {
+                tracing::info!(hook = %spec.name, version = spec.version, stage = %spec.stage, "hook activated (promoted from shadow)");
+                hooks.push(h.clone());
+                continue;
+            }
             match runtime_for(spec.kind).load(spec) {
                 Ok(h) => {
                     tracing::info!(hook = %spec.name, version = spec.version, stage = %spec.stage, "hook activated");
@@ -393,10 +623,26 @@ impl HookRegistry {
                 }
             }
         }
+        let mut shadows = HashMap::new();
+        for spec in records.iter().filter_map(|r| r.shadow.as_ref()) {
+            if let Some(h) = old.shadow(&spec.name).filter(|h| h.spec() == spec) {
+                shadows.insert(spec.name.clone(), h.clone());
+                continue;
+            }
+            match runtime_for(spec.kind).load(spec) {
+                Ok(h) => {
+                    tracing::info!(hook = %spec.name, version = spec.version, "shadow version running");
+                    shadows.insert(spec.name.clone(), h);
+                }
+                Err(e) => {
+                    tracing::error!(hook = %spec.name, version = spec.version, error = %e, "shadow version does not compile on this node; not running it");
+                }
+            }
+        }
         for h in old.hooks.iter().filter(|h| !hooks.iter().any(|n| n.spec().name == h.spec().name)) {
             tracing::info!(hook = %h.spec().name, version = h.spec().version, "hook deactivated");
         }
-        self.set.store(Arc::new(HookSet::new(hooks)));
+        self.set.store(Arc::new(HookSet::new(hooks, shadows)));
         self.installed.send_modify(|g| *g += 1);
     }
 
@@ -438,6 +684,37 @@ impl HookRegistry {
         self.stats_for(name).snapshot()
     }
 
+    fn shadow_stats_for(&self, spec: &HookSpec) -> Arc<ShadowStats> {
+        let mut stats = self.shadow_stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.entry((spec.name.clone(), spec.version)).or_insert_with(|| Arc::new(ShadowStats::new(&spec.name))).clone()
+    }
+
+    /// This node's statistics for version `version` of hook `name` as a shadow.
+    pub fn shadow_stats(&self, name: &str, version: u64) -> ShadowSnapshot {
+        let stats = self.shadow_stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.get(&(name.to_string(), version)).map(|s| s.snapshot()).unwrap_or_default()
+    }
+
+    /// Statistics of every shadow version run on this node: (name, version, stats).
+    pub fn all_shadow_stats(&self) -> Vec<(String, u64, ShadowSnapshot)> {
+        let stats = self.shadow_stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.iter().map(|((name, version), s)| (name.clone(), *version, s.snapshot())).collect()
+    }
+
+    /// One write's job: the hooks that judge it and their shadows.
+    fn job(&self, set: &HookSet, write: Write) -> Option<Job> {
+        let hooks = set.matching(write.op, &write.key);
+        if hooks.is_empty() {
+            return None;
+        }
+        let stats = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
+        let shadows = hooks
+            .iter()
+            .map(|h| set.shadow(&h.spec().name).map(|s| (s.clone(), self.shadow_stats_for(s.spec()))))
+            .collect();
+        Some(Job { hooks, stats, shadows, write })
+    }
+
     /// Statistics of every hook name called on this node, removed hooks included.
     pub fn all_stats(&self) -> Vec<(String, StatsSnapshot)> {
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -460,13 +737,9 @@ impl HookRegistry {
     /// `patience` bounds the wait for the slow lane when a suspect hook is
     /// among them.
     pub async fn judge(&self, write: Write, patience: Duration) -> Result<Judgement, JudgeError> {
-        let hooks = self.current().matching(write.op, &write.key);
-        if hooks.is_empty() {
-            return Ok(Judgement::default());
-        }
-        let stats: Vec<_> = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
+        let Some(job) = self.job(&self.current(), write) else { return Ok(Judgement::default()) };
         let now = now_ms();
-        let suspect = hooks.iter().zip(&stats).find(|(_, s)| s.is_suspect(now)).map(|(h, _)| h.spec().clone());
+        let suspect = job.hooks.iter().zip(&job.stats).find(|(_, s)| s.is_suspect(now)).map(|(h, _)| h.spec().clone());
         let _lane = match &suspect {
             None => None,
             Some(spec) => match tokio::time::timeout(patience, self.slow_lane.clone().acquire_owned()).await {
@@ -480,8 +753,7 @@ impl HookRegistry {
                 }
             },
         };
-        let job = vec![Job { hooks, stats, write }];
-        self.run_jobs(job).await.pop().unwrap_or_else(|| Ok(Judgement::default()))
+        self.run_jobs(vec![job]).await.pop().unwrap_or_else(|| Ok(Judgement::default()))
     }
 
     /// Judges several writes (a write batch on its way into one Raft
@@ -495,19 +767,17 @@ impl HookRegistry {
         let mut jobs = Vec::new();
         let mut expected_ns = 0u64;
         for (i, write) in writes.into_iter().enumerate() {
-            let hooks = set.matching(write.op, &write.key);
-            if hooks.is_empty() {
+            let Some(job) = self.job(&set, write) else {
                 results.push(Some(Ok(Judgement::default())));
                 continue;
-            }
+            };
             results.push(None);
-            let stats: Vec<_> = hooks.iter().map(|h| self.stats_for(&h.spec().name)).collect();
-            expected_ns += stats.iter().map(|s| s.avg_ns.load(Ordering::Relaxed)).sum::<u64>();
-            jobs.push((i, Job { hooks, stats, write }));
+            expected_ns += job.expected_ns();
+            jobs.push((i, job));
         }
         if expected_ns < INLINE_MAX_BATCH.as_nanos() as u64 && jobs.iter().all(|(_, j)| runs_inline(j)) {
             for (i, job) in jobs {
-                results[i] = Some(run_hooks(&job.hooks, &job.stats, &job.write));
+                results[i] = Some(job.run());
             }
             return results
                 .into_iter()
@@ -540,8 +810,8 @@ impl HookRegistry {
     /// the sum of their deadlines once a worker has started them.
     async fn run_jobs(&self, jobs: Vec<Job>) -> Vec<Result<Judgement, JudgeError>> {
         let n = jobs.len();
-        let deadline: Duration = jobs.iter().flat_map(|j| &j.hooks).map(|h| h.spec().limits.timeout).sum();
-        let run = move || jobs.iter().map(|j| run_hooks(&j.hooks, &j.stats, &j.write)).collect::<Vec<_>>();
+        let deadline: Duration = jobs.iter().map(Job::deadline).sum();
+        let run = move || jobs.iter().map(Job::run).collect::<Vec<_>>();
         match self.pool.run(QUEUE_WAIT, deadline, run).await {
             Ok(r) => r,
             Err(e @ (PoolError::Busy(_) | PoolError::Deadline(_))) => {
@@ -578,25 +848,56 @@ impl HookRegistry {
 
 /// Whether `job` may be judged on the calling thread (see [`INLINE_MAX_AVG`]).
 fn runs_inline(job: &Job) -> bool {
-    job.hooks.iter().zip(&job.stats).all(|(h, st)| {
-        let spec = h.spec();
+    let fast = |spec: &HookSpec, st: &HookStats| {
         spec.kind == super::HookKind::Wasm
             && spec.limits.timeout <= INLINE_MAX_DEADLINE
             && st.calls.load(Ordering::Relaxed) >= INLINE_MIN_CALLS
             && st.avg_ns.load(Ordering::Relaxed) < INLINE_MAX_AVG.as_nanos() as u64
-    })
+    };
+    job.hooks.iter().zip(&job.stats).all(|(h, st)| fast(h.spec(), st))
+        && job.shadows.iter().flatten().all(|(h, st)| fast(h.spec(), &st.calls))
 }
 
-/// One write and the hooks that judge it.
+/// One write, the hooks that judge it, and their shadow versions (if any).
 struct Job {
     hooks: Vec<Arc<dyn CompiledHook>>,
     stats: Vec<Arc<HookStats>>,
+    shadows: Vec<Option<Shadow>>,
     write: Write,
 }
 
-/// Runs `hooks` on one write (on a worker thread). The stored value is read
-/// at most once and shared by every hook of the write.
-fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Write) -> Result<Judgement, JudgeError> {
+/// A shadow version and its statistics.
+type Shadow = (Arc<dyn CompiledHook>, Arc<ShadowStats>);
+
+impl Job {
+    /// Expected run time, by each hook's recent average.
+    fn expected_ns(&self) -> u64 {
+        let active: u64 = self.stats.iter().map(|s| s.avg_ns.load(Ordering::Relaxed)).sum();
+        let shadows: u64 = self.shadows.iter().flatten().map(|(_, s)| s.calls.avg_ns.load(Ordering::Relaxed)).sum();
+        active + shadows
+    }
+
+    /// The longest the job may run: every hook's deadline, shadows included.
+    fn deadline(&self) -> Duration {
+        let active: Duration = self.hooks.iter().map(|h| h.spec().limits.timeout).sum();
+        let shadows: Duration = self.shadows.iter().flatten().map(|(h, _)| h.spec().limits.timeout).sum();
+        active + shadows
+    }
+
+    fn run(&self) -> Result<Judgement, JudgeError> {
+        run_hooks(&self.hooks, &self.stats, &self.shadows, &self.write)
+    }
+}
+
+/// Runs `hooks` on one write (on a worker thread), each followed by its
+/// shadow version if it has one. The stored value is read at most once and
+/// shared by every hook of the write.
+fn run_hooks(
+    hooks: &[Arc<dyn CompiledHook>],
+    stats: &[Arc<HookStats>],
+    shadows: &[Option<Shadow>],
+    w: &Write,
+) -> Result<Judgement, JudgeError> {
     let loader = read_once(w.old_value.clone());
     let input = HookInput {
         op: w.op,
@@ -606,7 +907,7 @@ fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Writ
         client_ttl_ms: w.client_ttl_ms,
     };
     let mut out = Judgement::default();
-    for (hook, stats) in hooks.iter().zip(stats) {
+    for ((hook, stats), shadow) in hooks.iter().zip(stats).zip(shadows) {
         let spec = hook.spec();
         if spec.stage == Stage::Ttl && out.ttl.is_some() {
             // The most specific ttl hook that decided wins; the rest don't run.
@@ -614,6 +915,13 @@ fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Writ
         }
         let report = hook.call(&input, &loader);
         stats.record(&report);
+        if let Some((shadow, shadow_stats)) = shadow {
+            // Compared and counted, never enforced: its decision, errors and
+            // the version it read stay here.
+            if shadow_stats.should_run(now_ms()) {
+                shadow_stats.compare(&w.key, &report.result, &shadow.call(&input, &loader));
+            }
+        }
         out.used.push(HookUse { name: spec.name.clone(), version: spec.version });
         if report.old_version_read.is_some() {
             out.guard = report.old_version_read;
@@ -654,4 +962,167 @@ fn run_hooks(hooks: &[Arc<dyn CompiledHook>], stats: &[Arc<HookStats>], w: &Writ
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::{HookKind, HookLimits, OldValue};
+
+    fn lua(name: &str, version: u64, body: &str) -> HookSpec {
+        HookSpec {
+            name: name.into(),
+            kind: HookKind::Lua,
+            stage: Stage::Validate,
+            prefix: Vec::new(),
+            source: format!("function validate(key, value, ctx)\n{body}\nend").into_bytes(),
+            version,
+            sha256: body.to_string(),
+            fail_policy: FailPolicy::Closed,
+            limits: HookLimits { timeout: Duration::from_secs(5), ..HookLimits::default() },
+            deployed_at_ms: 0,
+        }
+    }
+
+    /// A record with `active` deployed and `shadow` as its shadow version.
+    fn record(active: HookSpec, shadow: Option<HookSpec>) -> HookRecord {
+        let mut r = HookRecord::default();
+        r.deploy(active).expect("deploy");
+        if let Some(s) = shadow {
+            r.deploy_shadow(s).expect("shadow");
+        }
+        r
+    }
+
+    fn put(key: &str, value: &str) -> Write {
+        Write {
+            op: WriteKind::Put,
+            key: key.as_bytes().to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+            now_ms: 1,
+            client_ttl_ms: None,
+            old_value: Arc::new(|| Ok(Some(OldValue { value: b"old".to_vec(), version: 4 }))),
+        }
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_shadow_decides_nothing_and_adds_nothing_to_the_write() {
+        let registry = HookRegistry::new().expect("registry");
+        let shadow = lua("h", 0, "local _ = ctx.old_version\nreturn false, 'shadow says no'");
+        registry.install(&[record(lua("h", 0, "return true"), Some(shadow))]);
+        let judged = registry.judge(put("k", "v"), PATIENCE).await.expect("the active version accepts");
+        assert_eq!(judged.used, vec![HookUse { name: "h".into(), version: 1 }], "only the active version is stamped");
+        assert_eq!(judged.guard, None, "the shadow read the old version; the write must not be guarded on it");
+
+        // The other way round: the active rejection stands.
+        registry.install(&[record(lua("h", 0, "return false, 'active says no'"), Some(lua("h", 0, "return true")))]);
+        let refused = registry.judge(put("k", "v"), PATIENCE).await;
+        assert_eq!(refused, Err(JudgeError::Rejected("rejected by hook h v1: active says no".into())));
+        let shadow = registry.shadow_stats("h", 2);
+        assert_eq!((shadow.calls.calls, shadow.agreements, shadow.disagreements), (2, 0, 2));
+    }
+
+    #[tokio::test]
+    async fn agreements_and_disagreements_are_counted_exactly() {
+        let registry = HookRegistry::new().expect("registry");
+        // The active version refuses values over 3 bytes, the shadow over 5.
+        let active = lua("size", 0, "return #value <= 3, 'too big'");
+        let shadow = lua("size", 0, "return #value <= 5, 'way too big'");
+        registry.install(&[record(active, Some(shadow))]);
+        let values = ["a", "abcd", "abcdef", "abc", "abcde", "abcd", "x", "abcdefgh", "abcd", "abcde"];
+        let writes: Vec<Write> = values.iter().enumerate().map(|(i, v)| put(&format!("k{i}"), v)).collect();
+        // In one batch, as the write batcher judges them.
+        let verdicts = registry.judge_many(writes).await;
+        let accepted = verdicts.iter().filter(|v| v.is_ok()).count();
+        assert_eq!(accepted, 3, "the active version alone decides");
+        let stats = registry.shadow_stats("size", 2);
+        // Agree: a, abcdef, abc, x, abcdefgh. Disagree (4 or 5 bytes): the rest.
+        assert_eq!((stats.calls.calls, stats.agreements, stats.disagreements), (10, 5, 5));
+        let keys: Vec<&str> = stats.recent.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, ["k1", "k4", "k5", "k8", "k9"], "the last five, oldest first");
+        let d = &stats.recent[0];
+        assert_eq!((d.active.as_str(), d.shadow.as_str()), ("reject: too big", "accept"));
+    }
+
+    #[tokio::test]
+    async fn a_shadow_breaking_its_limits_is_throttled_and_never_fails_the_write() {
+        let registry = HookRegistry::new().expect("registry");
+        let mut runaway = lua("h", 0, "while true do end");
+        runaway.limits.timeout = Duration::from_millis(20);
+        registry.install(&[record(lua("h", 0, "return true"), Some(runaway))]);
+        for i in 0..6 {
+            let judged = registry.judge(put(&format!("k{i}"), "v"), PATIENCE).await;
+            assert!(judged.is_ok(), "write {i}: {judged:?}");
+        }
+        let s = registry.shadow_stats("h", 2);
+        assert!(s.calls.limit_hits >= 1, "{s:?}");
+        assert_eq!(s.calls.limit_hits + s.skipped, 6, "every write ran the shadow or skipped it: {s:?}");
+        assert!(!registry.has_suspect(WriteKind::Put, b"k"), "a shadow's limits never make its writes suspect");
+    }
+
+    #[tokio::test]
+    async fn a_promotion_is_atomic_for_every_write() {
+        let registry = Arc::new(HookRegistry::new().expect("registry"));
+        let before = record(lua("h", 0, "return true"), Some(lua("h", 0, "return true")));
+        let mut after = before.clone();
+        assert_eq!(after.promote("h"), Ok((2, 1)));
+        registry.install(std::slice::from_ref(&before));
+        let swapper = {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    registry.install(std::slice::from_ref(if i % 2 == 0 { &after } else { &before }));
+                }
+            })
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let judged = registry.judge(put("k", "v"), PATIENCE).await.expect("accepted");
+            assert_eq!(judged.used.len(), 1, "exactly one active version judged the write: {:?}", judged.used);
+            seen.insert(judged.used[0].version);
+        }
+        swapper.join().expect("swapper");
+        assert!(seen.iter().all(|v| *v == 1 || *v == 2), "{seen:?}");
+    }
+
+    #[test]
+    fn shadow_records_deploy_promote_and_remove() {
+        let mut r = HookRecord::default();
+        let no_active = r.deploy_shadow(lua("h", 0, "return true"));
+        assert!(no_active.expect_err("refused").contains("has no active version to shadow"));
+        r.deploy(lua("h", 0, "return true")).expect("deploy");
+        let mut ttl = lua("h", 0, "return true");
+        ttl.stage = Stage::Ttl;
+        assert!(r.deploy_shadow(ttl).expect_err("refused").contains("is a validate hook; its shadow must be one too"));
+        let mut prefixed = lua("h", 0, "return true");
+        prefixed.prefix = b"p/".to_vec();
+        assert!(r.deploy_shadow(prefixed).expect_err("refused").contains("same prefix"));
+        assert_eq!(r.deploy_shadow(lua("h", 0, "return 1 == 1")), Ok((2, 0)));
+        assert_eq!(r.deploy_shadow(lua("h", 0, "return 1 == 1")), Ok((2, 2)), "the same shadow again: no change");
+        assert_eq!(r.deploy_shadow(lua("h", 0, "return 2 == 2")), Ok((3, 2)));
+        assert_eq!(r.remove_shadow("h"), Ok(3));
+        assert!(r.promote("h").expect_err("refused").contains("no shadow version to promote"));
+        r.deploy_shadow(lua("h", 0, "return 3 == 3")).expect("shadow");
+        assert_eq!(r.promote("h"), Ok((4, 1)));
+        assert_eq!((r.current.as_ref().map(|c| c.version), r.previous.as_ref().map(|p| p.version)), (Some(4), Some(1)));
+        assert_eq!(r.rollback("h"), Ok((1, 4)), "rollback undoes a promotion");
+    }
+
+    #[test]
+    fn records_stored_before_shadows_existed_still_decode() {
+        #[derive(Serialize)]
+        struct V1 {
+            current: Option<HookSpec>,
+            previous: Option<HookSpec>,
+            last_version: u64,
+        }
+        let old = V1 { current: Some(lua("h", 3, "return true")), previous: None, last_version: 3 };
+        let raw = postcard::to_allocvec(&old).expect("encode");
+        let r = HookRecord::decode(&raw).expect("decode");
+        assert_eq!((r.last_version, r.shadow, r.current.map(|c| c.version)), (3, None, Some(3)));
+        let new = record(lua("h", 0, "return true"), Some(lua("h", 0, "return 1")));
+        assert_eq!(HookRecord::decode(&postcard::to_allocvec(&new).expect("encode")).expect("decode"), new);
+    }
 }

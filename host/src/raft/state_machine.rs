@@ -53,6 +53,10 @@ fn decode_partition(raw: &[u8]) -> Result<PartitionState, StorageError> {
     PartitionState::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
 }
 
+fn decode_hook_record(raw: &[u8]) -> Result<HookRecord, StorageError> {
+    HookRecord::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
+}
+
 fn moved_key(group: GroupId, epoch: u64, key: &[u8]) -> Vec<u8> {
     group_key(group, &[MOVED_PREFIX, &epoch.to_be_bytes(), key].concat())
 }
@@ -260,7 +264,7 @@ impl StateMachine {
 
     /// Meta group: every hook record, by name.
     pub async fn hook_records(&self) -> Result<Vec<HookRecord>, StorageError> {
-        self.meta_records(HOOK_PREFIX).await?.iter().map(|(_, v)| decode::<HookRecord>(v, "sm_data")).collect()
+        self.meta_records(HOOK_PREFIX).await?.iter().map(|(_, v)| decode_hook_record(v)).collect()
     }
 
     /// Meta group: every runtime token record (hashes only), by name.
@@ -587,6 +591,12 @@ impl Applier<'_> {
             }
             Op::RemoveHook { name } => self.update_hook(&name, index, |r| Ok((0, r.remove(&name)?)))?,
             Op::RollbackHook { name } => self.update_hook(&name, index, |r| r.rollback(&name))?,
+            Op::DeployShadowHook { spec } => {
+                let name = spec.name.clone();
+                self.update_hook(&name, index, |r| r.deploy_shadow(*spec))?
+            }
+            Op::PromoteHook { name } => self.update_hook(&name, index, |r| r.promote(&name))?,
+            Op::RemoveShadowHook { name } => self.update_hook(&name, index, |r| Ok((0, r.remove_shadow(&name)?)))?,
             Op::CreateToken { record } => {
                 let key = [TOKEN_PREFIX, record.name.as_bytes()].concat();
                 let old = self.current(&key)?;
@@ -667,7 +677,7 @@ impl Applier<'_> {
         let key = [HOOK_PREFIX, name.as_bytes()].concat();
         let old = self.current(&key)?;
         let mut record = match &old {
-            Some(e) => decode::<HookRecord>(&e.value, "sm_data")?,
+            Some(e) => decode_hook_record(&e.value)?,
             None => HookRecord::default(),
         };
         let before = record.clone();

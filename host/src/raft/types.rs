@@ -114,6 +114,13 @@ pub enum Op {
     /// Re-sharding, on the keys' old shard: an [`Op::Expire`] of each
     /// `(key, version)` (distinct keys) the mover copied away.
     ExpireBatch { keys: Vec<(Vec<u8>, u64)> },
+    /// Meta group: makes `spec` the shadow version of its hook (its
+    /// `version` is assigned when applied).
+    DeployShadowHook { spec: Box<HookSpec> },
+    /// Meta group: makes a hook's shadow version the active one.
+    PromoteHook { name: String },
+    /// Meta group: drops a hook's shadow version.
+    RemoveShadowHook { name: String },
 }
 
 /// A record on its way to its new shard, exactly as its old shard held it.
@@ -159,7 +166,10 @@ impl Op {
             | Op::ReshardStalled { .. }
             | Op::ClearMoveMarkersUpTo { .. }
             | Op::MoveInBatch { .. }
-            | Op::ExpireBatch { .. } => None,
+            | Op::ExpireBatch { .. }
+            | Op::DeployShadowHook { .. }
+            | Op::PromoteHook { .. }
+            | Op::RemoveShadowHook { .. } => None,
         }
     }
 }
