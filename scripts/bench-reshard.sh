@@ -62,8 +62,11 @@ declare -a SECS RATE
 for r in $(seq "$REPEAT"); do
     load_pid=""
     if [[ "$LOAD" == 1 ]]; then
-        rk bench --op mixed --keys "$KEYS" --tenants "$TENANTS" --value-size "$VALUE_SIZE" --no-preload \
-            --clients "$BENCH_CLIENTS" --duration 600s --json >"$WORK/load-$r.json" 2>/dev/null &
+        # Not through `rk`: a backgrounded shell function is a subshell, and
+        # the SIGINT below must reach the bench itself.
+        RINGKV_ENDPOINTS="$(endpoints)" "$RINGKV" bench --op mixed --keys "$KEYS" --tenants "$TENANTS" \
+            --value-size "$VALUE_SIZE" --no-preload --clients "$BENCH_CLIENTS" --duration 600s --json \
+            >"$WORK/load-$r.json" 2>/dev/null &
         load_pid=$!
         sleep 2
     fi
@@ -80,7 +83,7 @@ for r in $(seq "$REPEAT"); do
         sleep 0.5
     done
     if [[ -n "$load_pid" ]]; then
-        kill -INT "$load_pid" 2>/dev/null || true
+        kill -TERM "$load_pid" 2>/dev/null || true # the bench reports on SIGTERM
         wait "$load_pid" 2>/dev/null || true
     fi
     st="$(rk cluster reshard status --json)"
@@ -89,7 +92,11 @@ for r in $(seq "$REPEAT"); do
     scanned="$(jq -r '.last.keys_scanned' <<<"$st")"
     SECS+=("$(echo "$ms / 1000" | bc -l)")
     RATE+=("$(echo "$moved * 1000 / $ms" | bc -l)")
-    log "round $r ($what): $scanned keys scanned, $moved moved in ${ms} ms ($(echo "$moved * 1000 / $ms" | bc) keys/s)"
+    load=""
+    if [[ -n "$load_pid" ]]; then
+        load=", client load $(jq -r '"\(.ops_per_sec | floor) ops/s with \(.errors) errors\(if .errors > 0 then " (first: \(.first_error))" else "" end)"' "$WORK/load-$r.json" 2>/dev/null || echo '(no report)')"
+    fi
+    log "round $r ($what): $scanned keys scanned, $moved moved in ${ms} ms ($(echo "$moved * 1000 / $ms" | bc) keys/s)$load"
 done
 
 printf 'keys %s, tenants %s, shards %s, value %s B, load %s\n' "$KEYS" "$TENANTS" "$SHARDS" "$VALUE_SIZE" "$LOAD"

@@ -1,9 +1,11 @@
 //! `ringkv bench`: closed-loop load against ringkv (or etcd, for comparison).
 //!
 //! Each of `--clients` tasks sends one request, waits for the reply, records
-//! its latency and sends the next, until `--duration` passes. Latencies go
+//! its latency and sends the next, until `--duration` passes (or Ctrl-C or
+//! SIGTERM: the run stops early and reports what it measured). Latencies go
 //! into one HDR histogram per task, merged at the end.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,17 +152,22 @@ impl BenchCommand {
         if self.op != BenchOp::Put && !self.no_preload {
             self.preload(&target, &value).await?;
         }
-        let deadline = Instant::now() + self.duration;
+        let started = Instant::now();
+        let deadline = started + self.duration;
+        // Ctrl-C or SIGTERM ends the run early, still reporting what it measured.
+        let stop = Arc::new(AtomicBool::new(false));
+        tokio::spawn(stop_on_signal(stop.clone()));
         let mut tasks = Vec::new();
         for _ in 0..self.clients {
             let target = target.clone();
             let value = value.clone();
             let (op, keys, consistency, tenants) = (self.op, self.keys, self.consistency, self.tenants);
+            let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new(3).context("histogram")?;
                 let mut errors = 0u64;
                 let mut first_error = None;
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     let (k, is_put) = {
                         let mut rng = rand::rng();
                         let is_put = match op {
@@ -198,7 +205,7 @@ impl BenchCommand {
                 first_error = fe;
             }
         }
-        let secs = self.duration.as_secs_f64();
+        let secs = started.elapsed().min(self.duration).as_secs_f64();
         let ops = hist.len() as f64 / secs;
         let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
         let target_name = format!("{:?}", self.target).to_lowercase();
@@ -289,6 +296,17 @@ impl BenchCommand {
 /// One line of preload progress: `preloading 34000/100000 keys (34%)`.
 fn preload_progress(done: u64, keys: u64) -> String {
     format!("preloading {done}/{keys} keys ({}%)", done * 100 / keys.max(1))
+}
+
+/// Sets `stop` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    stop.store(true, Ordering::Relaxed);
 }
 
 #[cfg(test)]
