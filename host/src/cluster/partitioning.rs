@@ -105,8 +105,15 @@ use crate::ring::partition::{describe, show_key, PartitionState, ReshardJob, Sha
 use crate::ring::{RingConfig, ShardId};
 use crate::storage::{Envelope, GroupId};
 
-/// Keys a mover reads from its shard at a time.
-const MOVE_BATCH: usize = 512;
+/// Keys a mover reads from its shard at a time, and at most how many bytes
+/// of them (a larger record is read alone). A batch's moves are a few
+/// proposals and its progress report one more, so bigger batches move
+/// keys faster.
+const MOVE_BATCH: usize = 4096;
+const MOVE_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Shards whose re-shard pass one node runs at once.
+const SHARD_PASSES: usize = 4;
 
 /// Move proposals (one per destination shard and chunk) a mover has in
 /// flight at once.
@@ -747,7 +754,7 @@ impl Node {
                         let (view, start) = (view.clone(), job.shards.get(&shard).cloned().unwrap_or_default());
                         async move { (shard, me.reshard_shard(&view, shard, start).await) }
                     })
-                    .buffer_unordered(2);
+                    .buffer_unordered(SHARD_PASSES);
                 let results: Vec<(ShardId, Result<(), Stuck>)> = runs.collect().await;
                 for (shard, result) in results {
                     let Err(stuck) = result else {
@@ -857,7 +864,9 @@ impl Node {
                 return Ok(());
             }
             let batch =
-                g.sm.records_after(progress.cursor.clone(), MOVE_BATCH).await.map_err(|e| Stuck::other(e.into()))?;
+                g.sm.records_after(progress.cursor.clone(), MOVE_BATCH, MOVE_BATCH_BYTES)
+                    .await
+                    .map_err(|e| Stuck::other(e.into()))?;
             let now = now_ms();
             let end_of_shard = batch.is_empty();
             let before = (progress.scanned, progress.moved);

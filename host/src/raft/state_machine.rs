@@ -289,6 +289,7 @@ impl StateMachine {
         &self,
         after: Option<Vec<u8>>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, StorageError> {
         let group = self.group;
         self.storage
@@ -302,10 +303,14 @@ impl StateMachine {
                     Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
                     None => Bound::Unbounded,
                 };
-                let mut out = Vec::new();
+                let (mut out, mut bytes) = (Vec::new(), 0);
                 for g in s.sm_data().range::<Vec<u8>, _>((start, end)).take(limit) {
                     let (k, v) = g.into_inner().map_err(StorageError::fjall("scanning for a re-shard"))?;
+                    bytes += k.len() + v.len();
                     out.push((k[8..].to_vec(), Envelope::decode(&v)?));
+                    if bytes >= max_bytes {
+                        break;
+                    }
                 }
                 Ok(out)
             })
