@@ -20,11 +20,18 @@
 #   WARMUP           unrecorded warm-up run first, filling the key space (default 1)
 #   CARGO_TARGET_DIR cargo target dir           (default target/)
 #   SKIP_BUILD=1     use the existing release binary and guest modules
-#   CONFIGS          which configurations, in order (default "none trivial json wasm-noop wasm-json")
+#   CONFIGS          which configurations, in order (default "none trivial json wasm-noop wasm-json");
+#                    also wasm-shadow / trivial-shadow: the no-op hook active
+#                    plus the same no-op deployed as its shadow (`deploy --shadow`)
 #   ALLOW_ERRORS=1   report failed writes and go on (default: stop)
 #   HOOK_TIMEOUT     every hook's deadline (default 20ms: a call preempted
 #                    on a loaded 2-core machine must not fail the run; Wasm
 #                    hooks with a deadline over 20ms are never run inline)
+#   CLIENT           ringkv (default): `ringkv bench`, which routes each
+#                    write to its shard's leader; kvload: ../shared/tools/kvload
+#                    (6 connections spread round-robin over the nodes, as any
+#                    gRPC client that does not know the ring; its values are
+#                    not JSON, so use it with CONFIGS="none trivial wasm-noop")
 #
 # Only 127.0.0.1 is used. Every process started here is stopped on exit.
 set -euo pipefail
@@ -45,6 +52,25 @@ BENCH_NAME=bench-hooks
 # shellcheck source=scripts/bench-common.sh
 source "$ROOT/scripts/bench-common.sh"
 rk() { RINGKV_ENDPOINTS="$(endpoints)" "$RINGKV" "$@"; }
+
+CLIENT="${CLIENT:-ringkv}"
+[[ $CLIENT == ringkv || $CLIENT == kvload ]] || { echo "CLIENT must be ringkv or kvload" >&2; exit 2; }
+KVLOAD="$TARGET_DIR/kvload/release/kvload"
+if [[ $CLIENT == kvload && "${SKIP_BUILD:-0}" != 1 ]]; then
+    CARGO_TARGET_DIR="$TARGET_DIR/kvload" cargo build --release -q --manifest-path "$ROOT/../shared/tools/kvload/Cargo.toml"
+fi
+[[ $CLIENT != kvload || -x "$KVLOAD" ]] || { echo "no kvload binary at $KVLOAD" >&2; exit 2; }
+
+# One put run of BENCH_DURATION; prints `ringkv bench --json`'s fields.
+put_run() {
+    if [[ $CLIENT == kvload ]]; then
+        "$KVLOAD" --target ringkv --endpoints "$(endpoints)" --op put --clients "$BENCH_CLIENTS" --conns 6 \
+            --secs "${BENCH_DURATION%s}" --value-size "$VALUE_SIZE" --proto-dir "$ROOT/proto" |
+            jq -c '{ops: .ops, ops_per_sec: .ops_per_s, p99_ms: (.p99_us / 1000), errors: .errors, first_error: "see kvload"}'
+    else
+        rk bench --op put --clients "$BENCH_CLIENTS" --duration "$BENCH_DURATION" --value-size "$VALUE_SIZE" --value-json --json
+    fi
+}
 
 for i in 0 1 2; do
     id=$((i + 1)) port=${PORTS[$i]} join=()
@@ -92,7 +118,7 @@ if [[ "${WARMUP:-1}" == 1 ]]; then
     # The first run writes the key space for the first time and is faster
     # than every later one; measuring it would flatter whichever config runs first.
     log "warm-up run (not recorded)"
-    rk bench --op put --clients "$BENCH_CLIENTS" --duration "$BENCH_DURATION" --value-size "$VALUE_SIZE" --value-json >/dev/null
+    put_run >/dev/null
 fi
 
 declare -A OPS P99 CALL50 CALL99 CPU
@@ -114,11 +140,16 @@ for r in $(seq "$REPEAT"); do
             json) rk hook deploy --name "$name" --stage validate --timeout "$HOOK_TIMEOUT" --file scripts/validate_json.lua >/dev/null ;;
             wasm-noop) rk hook deploy --kind wasm --name "$name" --stage validate --timeout "$HOOK_TIMEOUT" --file "$WASM/noop_validate.wasm" >/dev/null ;;
             wasm-json) rk hook deploy --kind wasm --name "$name" --stage validate --timeout "$HOOK_TIMEOUT" --file "$WASM/validate_json.wasm" >/dev/null ;;
+            wasm-shadow | trivial-shadow)
+                kind=(--kind wasm) file="$WASM/noop_validate.wasm"
+                [[ $cfg == trivial-shadow ]] && kind=() file="$WORK/trivial.lua"
+                rk hook deploy "${kind[@]}" --name "$name" --stage validate --timeout "$HOOK_TIMEOUT" --file "$file" >/dev/null
+                rk hook deploy --shadow "${kind[@]}" --name "$name" --stage validate --timeout "$HOOK_TIMEOUT" --file "$file" >/dev/null
+                ;;
         esac
         sleep 1 # every node has applied the deploy
         cpu0="$(cluster_cpu)"
-        out="$(rk bench --op put --clients "$BENCH_CLIENTS" --duration "$BENCH_DURATION" \
-            --value-size "$VALUE_SIZE" --value-json --json)"
+        out="$(put_run)"
         cpu1="$(cluster_cpu)"
         CPU[$cfg]+="$(echo "($cpu1 - $cpu0) * 1000000 / $(jq -r '.ops' <<<"$out")" | bc -l) "
         errors="$(jq -r '.errors' <<<"$out")"
@@ -132,6 +163,7 @@ for r in $(seq "$REPEAT"); do
             read -r calls c50 c99 <<<"$(hook_call_us "$name")"
             CALL50[$cfg]+="$c50 "
             CALL99[$cfg]+="$c99 "
+            [[ $cfg == *-shadow ]] && rk hook remove --shadow "$name" >/dev/null
             rk hook remove "$name" >/dev/null
             log "round $r $cfg: $(jq -r '.ops_per_sec | floor' <<<"$out") ops/s, p99 $(jq -r '.p99_ms' <<<"$out") ms, $calls hook calls, per call p50 ${c50}us p99 ${c99}us"
         else

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, Extern, ExternType, FuncType, Instance, InstanceAllocationStrategy, InstancePre, Linker,
-    Memory, Module, ModuleExport, PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store,
+    Caller, Config, Enabled, Engine, Extern, ExternType, FuncType, Instance, InstanceAllocationStrategy, InstancePre,
+    Linker, Memory, Module, ModuleExport, PoolConcurrencyLimitError, PoolingAllocationConfig, ResourceLimiter, Store,
     StoreLimits, StoreLimitsBuilder, Strategy, Trap, ValType, WasmBacktrace,
 };
 
@@ -62,8 +62,17 @@ const POOL_SLOTS: u32 = 256;
 /// Largest memory a hook may be given (the pool reserves this per slot).
 pub const MAX_MEMORY_BYTES: usize = 256 * 1024 * 1024;
 
-/// Memory and table bytes a pool slot keeps mapped between calls.
+/// Memory and table bytes a pool slot keeps mapped between calls, where
+/// the kernel cannot say which pages a call wrote: the first this many bytes
+/// are reset with memset, the rest with madvise.
 const KEEP_RESIDENT_BYTES: usize = 64 * 1024;
+
+/// Where the kernel has `PAGEMAP_SCAN` (Linux 6.7+): a slot resets up to this
+/// many bytes of pages a call actually wrote by copying, wherever they are,
+/// and needs no madvise. A module built with the Rust SDK writes a few pages
+/// around its 1 MiB stack top, beyond any fixed first range; without this
+/// each call paid an madvise (with its TLB shootdown) and page faults.
+const DIRTY_KEEP_RESIDENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most elements a hook's table may hold.
 const MAX_TABLE_ELEMENTS: usize = 10_000;
@@ -371,11 +380,14 @@ static ENGINE: LazyLock<Result<Engine, String>> = LazyLock::new(|| {
         .max_tables_per_module(1)
         .max_memory_size(MAX_MEMORY_BYTES)
         .table_elements(MAX_TABLE_ELEMENTS)
-        // Reset a slot's first pages with memset rather than madvise: a
-        // hook's call touches a few pages, and a syscall plus page faults
-        // per call cost more than zeroing them.
-        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(KEEP_RESIDENT_BYTES);
+    // A hook's call writes a few pages; copying them back costs less than a
+    // syscall plus page faults per call.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(Enabled::Auto).linear_memory_keep_resident(DIRTY_KEEP_RESIDENT_BYTES);
+    } else {
+        pool.linear_memory_keep_resident(KEEP_RESIDENT_BYTES);
+    }
     let mut config = Config::new();
     config
         .strategy(Strategy::Cranelift)
