@@ -412,12 +412,10 @@ async fn runaway_shadows_fail_only_themselves() {
             "shadow {} (v{}): calls {} errors {} limit hits {} skipped {}",
             case.name, r.version, st.calls, st.errors, st.limit_hits, s.skipped
         );
-        assert_eq!(
-            st.errors + st.limit_hits + s.skipped,
-            NODES.len() as u64,
-            "{}: each put ran the shadow, which failed, or skipped it while throttled: {s:?}",
-            case.name
-        );
+        // Each put ran the shadow, which failed, or skipped it while
+        // throttled; a put retried after a slow call is judged again.
+        assert!(st.errors + st.limit_hits + s.skipped >= NODES.len() as u64, "{}: {s:?}", case.name);
+        assert_eq!(st.calls, st.errors + st.limit_hits, "{}: every call failed: {s:?}", case.name);
         assert_eq!((s.agreements, s.disagreements), (0, 0), "{}: a failed call is not compared", case.name);
     }
     let last = admin.remove_shadow_hook("benign").await.expect("remove the shadow");

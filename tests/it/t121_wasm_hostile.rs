@@ -13,6 +13,10 @@
 //!   node keeps serving puts and gets elsewhere (judged by a benign Wasm
 //!   hook), status calls and `/readyz`. Removing the hooks lets writes
 //!   under their prefixes through again.
+//! - The same failing modules deployed one by one as the shadow version of
+//!   the benign hook (`deploy --shadow`): every write is still accepted by
+//!   the benign hook alone, and each shadow call's failure (or its skip,
+//!   once throttled) is counted for the shadow.
 
 use std::time::Instant;
 
@@ -302,4 +306,42 @@ async fn hostile_modules_are_refused_or_contained_and_the_nodes_keep_serving() {
         }
     }
     every_node_serves(&mut c, "removal").await;
+
+    // As shadows of the benign hook they fail only themselves.
+    for (case, module) in &failing {
+        let d = wasm_hook("benign", HookStage::Validate, "ok/", module.clone(), case.timeout_ms);
+        let version =
+            client.deploy_shadow_hook(d).await.unwrap_or_else(|e| panic!("shadow {}: {e}", case.name)).version;
+        for id in NODES {
+            let nc = c.node_client(id);
+            eventually(&format!("node {id} to run shadow {} as benign v{version}", case.name), || {
+                let nc = nc.clone();
+                async move {
+                    let listed = nc.list_hooks().await.ok()?;
+                    let h = listed.hooks.iter().find(|h| h.name == "benign")?;
+                    h.shadow.as_ref().is_some_and(|s| s.running_version == version).then_some(())
+                }
+            })
+            .await;
+        }
+        let after = format!("{}-shadow", case.name);
+        every_node_serves(&mut c, &after).await;
+        let (mut failed, mut compared) = (0, 0);
+        for id in NODES {
+            let listed = c.node_client(id).list_hooks().await.expect("list");
+            let Some(s) = listed.hooks.iter().find(|h| h.name == "benign").and_then(|h| h.shadow.clone()) else {
+                continue;
+            };
+            let st = s.stats.unwrap_or_default();
+            failed += st.errors + st.limit_hits + s.skipped;
+            compared += s.agreements + s.disagreements;
+        }
+        println!("shadow {}: {failed} failed or skipped, {compared} compared", case.name);
+        // At least one call per put on ok/ (a put retried after a slow
+        // call is judged again), and every one failed or was skipped.
+        assert!(failed >= NODES.len() as u64, "{}: {failed} failed calls", case.name);
+        assert_eq!(compared, 0, "{}: a failed shadow call is never compared", case.name);
+    }
+    client.remove_shadow_hook("benign").await.expect("remove the last shadow");
+    every_node_serves(&mut c, "shadows removed").await;
 }
