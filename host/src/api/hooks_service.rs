@@ -179,15 +179,11 @@ impl Hooks for HooksService {
         let req = req.into_inner();
         let spec = spec_of(req.hook)?;
         let name = spec.name.clone();
-        let (version, sha256) = if req.shadow {
-            let deployed = self.node.deploy_shadow_hook(spec).await?;
-            tracing::info!(hook = %name, version = deployed.0, "shadow version deployed");
-            deployed
-        } else {
-            let deployed = self.node.deploy_hook(spec).await?;
-            tracing::info!(hook = %name, version = deployed.0, "hook deployed");
-            deployed
+        let (version, sha256) = match req.shadow {
+            true => self.node.deploy_shadow_hook(spec).await?,
+            false => self.node.deploy_hook(spec).await?,
         };
+        tracing::info!(hook = %name, version, shadow = req.shadow, "hook deployed");
         Ok(Response::new(proto::DeployHookResponse { version, sha256 }))
     }
 
@@ -207,15 +203,11 @@ impl Hooks for HooksService {
     ) -> Result<Response<proto::RemoveHookResponse>, Status> {
         super::authorize(&self.node, &req, "remove_hook", Need::Admin("remove a hook")).await?;
         let req = req.into_inner();
-        let removed_version = if req.shadow {
-            let v = self.node.remove_shadow_hook(&req.name).await?;
-            tracing::info!(hook = %req.name, version = v, "shadow version removed");
-            v
-        } else {
-            let v = self.node.remove_hook(&req.name).await?;
-            tracing::info!(hook = %req.name, version = v, "hook removed");
-            v
+        let removed_version = match req.shadow {
+            true => self.node.remove_shadow_hook(&req.name).await?,
+            false => self.node.remove_hook(&req.name).await?,
         };
+        tracing::info!(hook = %req.name, version = removed_version, shadow = req.shadow, "hook removed");
         Ok(Response::new(proto::RemoveHookResponse { removed_version }))
     }
 

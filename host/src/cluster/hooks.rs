@@ -118,13 +118,8 @@ impl Node {
         }
         let spec = self.checked(spec).await?;
         let (name, sha) = (spec.name.clone(), spec.sha256.clone());
-        let version = match self.propose(META_GROUP, Proposal::DeployHook { spec: Box::new(spec) }).await? {
-            CommandResult::HookChanged { version, .. } => version,
-            CommandResult::HookRefused { reason } => return Err(NodeError::Refused(reason)),
-            other => return Err(NodeError::Internal(format!("unexpected deploy result {other:?}"))),
-        };
-        self.await_hook_version(&name, Version::Active, Some(version)).await;
-        Ok((version, sha))
+        let p = Proposal::DeployHook { spec: Box::new(spec) };
+        Ok((self.commit_hook_change(&name, p, Version::Active).await?.0, sha))
     }
 
     /// Deploys `spec` as the shadow version of its hook: checked like a
@@ -138,13 +133,8 @@ impl Node {
         }
         let spec = self.checked(spec).await?;
         let (name, sha) = (spec.name.clone(), spec.sha256.clone());
-        let version = match self.propose(META_GROUP, Proposal::DeployShadowHook { spec: Box::new(spec) }).await? {
-            CommandResult::HookChanged { version, .. } => version,
-            CommandResult::HookRefused { reason } => return Err(NodeError::Refused(reason)),
-            other => return Err(NodeError::Internal(format!("unexpected shadow deploy result {other:?}"))),
-        };
-        self.await_hook_version(&name, Version::Shadow, Some(version)).await;
-        Ok((version, sha))
+        let p = Proposal::DeployShadowHook { spec: Box::new(spec) };
+        Ok((self.commit_hook_change(&name, p, Version::Shadow).await?.0, sha))
     }
 
     /// Makes a hook's shadow version the active one, in one meta-group
@@ -159,12 +149,17 @@ impl Node {
         Ok(self.change_hook(name, p, Version::Shadow).await?.1)
     }
 
+    /// [`Node::commit_hook_change`] for a hook that exists (else `NotFound`).
+    async fn change_hook(&self, name: &str, p: Proposal, which: Version) -> Result<(u64, u64), NodeError> {
+        self.hook_record(name).await?;
+        self.commit_hook_change(name, p, which).await
+    }
+
     /// Commits a change of hook `name`'s record and waits until this node
     /// runs its outcome as the `which` version: the version the change
     /// returns, or none when it returns 0 (a removal). Returns (now running,
     /// replaced).
-    async fn change_hook(&self, name: &str, p: Proposal, which: Version) -> Result<(u64, u64), NodeError> {
-        self.hook_record(name).await?;
+    async fn commit_hook_change(&self, name: &str, p: Proposal, which: Version) -> Result<(u64, u64), NodeError> {
         match self.propose(META_GROUP, p).await? {
             CommandResult::HookChanged { version, replaced } => {
                 self.await_hook_version(name, which, (version != 0).then_some(version)).await;

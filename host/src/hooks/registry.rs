@@ -567,7 +567,7 @@ pub struct HookRegistry {
     last_limit_ms: Arc<AtomicU64>,
     stats: Mutex<HashMap<String, Arc<HookStats>>>,
     /// Shadow statistics by (hook name, version).
-    shadow_stats: Mutex<HashMap<(String, u64), Arc<ShadowStats>>>,
+    shadow_stats: Mutex<HashMap<String, HashMap<u64, Arc<ShadowStats>>>>,
     /// Bumped on every install, so deploys can wait for the swap.
     installed: watch::Sender<u64>,
 }
@@ -663,8 +663,13 @@ impl HookRegistry {
         tokio::time::timeout(timeout, wait).await.is_ok() && done(&self.current())
     }
 
+    /// Called for every hook of every judged write: a lookup by `&str`
+    /// first, so only a hook's first call allocates its name.
     fn stats_for(&self, name: &str) -> Arc<HookStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stats.get(name) {
+            return s.clone();
+        }
         stats
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(HookStats::new(name, self.last_limit_ms.clone())))
@@ -686,19 +691,26 @@ impl HookRegistry {
 
     fn shadow_stats_for(&self, spec: &HookSpec) -> Arc<ShadowStats> {
         let mut stats = self.shadow_stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.entry((spec.name.clone(), spec.version)).or_insert_with(|| Arc::new(ShadowStats::new(&spec.name))).clone()
+        if let Some(s) = stats.get(&spec.name).and_then(|versions| versions.get(&spec.version)) {
+            return s.clone();
+        }
+        let versions = stats.entry(spec.name.clone()).or_default();
+        versions.entry(spec.version).or_insert_with(|| Arc::new(ShadowStats::new(&spec.name))).clone()
     }
 
     /// This node's statistics for version `version` of hook `name` as a shadow.
     pub fn shadow_stats(&self, name: &str, version: u64) -> ShadowSnapshot {
         let stats = self.shadow_stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.get(&(name.to_string(), version)).map(|s| s.snapshot()).unwrap_or_default()
+        stats.get(name).and_then(|versions| versions.get(&version)).map(|s| s.snapshot()).unwrap_or_default()
     }
 
     /// Statistics of every shadow version run on this node: (name, version, stats).
     pub fn all_shadow_stats(&self) -> Vec<(String, u64, ShadowSnapshot)> {
         let stats = self.shadow_stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.iter().map(|((name, version), s)| (name.clone(), *version, s.snapshot())).collect()
+        stats
+            .iter()
+            .flat_map(|(name, versions)| versions.iter().map(move |(v, s)| (name.clone(), *v, s.snapshot())))
+            .collect()
     }
 
     /// One write's job: the hooks that judge it and their shadows.
