@@ -63,6 +63,9 @@ pub const HOOK_DURATION: &str = "ringkv_hook_duration_seconds";
 /// Shadow version calls by `hook`, `version` and `outcome` (`agree`,
 /// `disagree`, `error`, `limit`, `skipped`).
 pub const HOOK_SHADOW_CALLS: &str = "ringkv_hook_shadow_calls_total";
+/// Times a Wasm hook's memory grew during a call on this node: each makes
+/// the next call in that slot pay an `mprotect` (guest-sdk/ABI.md).
+pub const HOOK_WASM_MEMORY_GROWS: &str = "ringkv_hook_wasm_memory_grows_total";
 /// Shards whose replica set is changing, and shards below the replication factor.
 pub const SHARDS_MOVING: &str = "ringkv_shards_moving";
 pub const SHARDS_UNDER_REPLICATED: &str = "ringkv_shards_under_replicated";
@@ -187,6 +190,7 @@ fn describe() {
     describe_counter!(HOOK_ERRORS, "hook calls that failed (runtime error, bad return value)");
     describe_counter!(HOOK_LIMIT_HITS, "hook calls stopped by a time, memory or instruction limit");
     describe_histogram!(HOOK_DURATION, Unit::Seconds, "hook call run time");
+    describe_counter!(HOOK_WASM_MEMORY_GROWS, "times a Wasm hook's memory grew during a call on this node");
     describe_counter!(HOOK_SHADOW_CALLS, "shadow hook versions' calls on this node, by how they compared");
     describe_gauge!(SHARDS_MOVING, "shards whose replica set is being changed");
     describe_gauge!(SHARDS_UNDER_REPLICATED, "shards with fewer live voters than the replication factor");
@@ -251,6 +255,7 @@ async fn refresh(node: &Node) {
         counter!(HOOK_ERRORS, "hook" => name.clone()).absolute(s.errors);
         counter!(HOOK_LIMIT_HITS, "hook" => name).absolute(s.limit_hits);
     }
+    counter!(HOOK_WASM_MEMORY_GROWS).absolute(crate::hooks::wasm::memory_grows());
     for (name, version, s) in node.hooks().all_shadow_stats() {
         let outcomes = [
             ("agree", s.agreements),

@@ -23,6 +23,7 @@ mod t120_wasm_hooks;
 mod t121_wasm_hostile;
 mod t122_resharding;
 mod t123_reshard_backout;
+mod t124_wasm_fresh_instances;
 mod t13_first_seconds;
 mod t14_cluster_identity;
 mod t15_readme_tour;

@@ -7,6 +7,8 @@
 //! `ABI.md` beside this crate; README.md shows how to write, build and
 //! deploy a hook.
 
+#[cfg(any(test, all(target_arch = "wasm32", feature = "call-arena")))]
+mod arena;
 mod ctx;
 pub mod log;
 mod panic_hook;
@@ -19,6 +21,11 @@ pub use ctx::{Ctx, Op};
 pub use ringkv_guest_macros::{partition, ttl, validate};
 pub use routing::RoutingKey;
 pub use ttl::{IntoTtl, Ttl};
+
+/// Calls that stay within the arena never grow memory (see `arena`).
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics"), feature = "call-arena"))]
+#[global_allocator]
+static ALLOCATOR: arena::CallArena = arena::CallArena;
 
 /// The version of the hook ABI this SDK implements (see ABI.md): 2, which
 /// adds the key's stored record ([`Ctx::old_value`], [`Ctx::old_version`]).

@@ -14,8 +14,8 @@
 //!   calls the stage function and decodes the output record. Nothing
 //!   survives the call: the instance and its memory die with the store.
 //! - Limits: the deadline is enforced with epoch interruption, driven by one
-//!   ticker thread that only ticks while calls are in flight (an idle node
-//!   stays idle); memory and tables through a [`ResourceLimiter`]; the stack
+//!   ticker thread that only ticks while calls are being made (an idle
+//!   node stays idle); memory and tables through a [`ResourceLimiter`]; the stack
 //!   by the engine. A limit or trap is a [`HookFailure`], never a host panic.
 
 use std::collections::HashMap;
@@ -79,6 +79,10 @@ const MAX_TABLE_ELEMENTS: usize = 10_000;
 
 /// One epoch tick. Deadlines are whole ticks, rounded up, plus one.
 const TICK: Duration = Duration::from_millis(1);
+
+/// Ticks without a call before the ticker parks. Parking after every call
+/// cost a futex wake per call under load; 50 ms of ticking is ~50 wake-ups.
+const IDLE_TICKS_BEFORE_PARK: u32 = 50;
 
 /// Most ticks a deadline may be (about 3 years of ticking).
 const MAX_DEADLINE_TICKS: u64 = 1 << 36;
@@ -409,10 +413,14 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX).min(MAX_DEADLINE_TICKS)
 }
 
-/// The ticker: increments the engine's epoch every [`TICK`] while any call
-/// is in flight, and parks while none is.
+/// The ticker: increments the engine's epoch every [`TICK`] while calls are
+/// in flight, and parks once none has started for
+/// [`IDLE_TICKS_BEFORE_PARK`] ticks.
 struct Ticker {
     in_flight: AtomicUsize,
+    /// Calls started so far: a call that starts and ends between two ticks
+    /// still keeps the ticker awake.
+    entered: AtomicU64,
     parked: AtomicBool,
     ticks: AtomicU64,
     thread: OnceLock<Result<Thread, String>>,
@@ -420,6 +428,7 @@ struct Ticker {
 
 static TICKER: Ticker = Ticker {
     in_flight: AtomicUsize::new(0),
+    entered: AtomicU64::new(0),
     parked: AtomicBool::new(false),
     ticks: AtomicU64::new(0),
     thread: OnceLock::new(),
@@ -440,15 +449,25 @@ impl Ticker {
     }
 
     fn run(&self, engine: &Engine) {
+        let mut idle_ticks = 0;
+        let mut seen = self.entered.load(Ordering::SeqCst);
         loop {
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
+            let entered = self.entered.load(Ordering::SeqCst);
+            if self.in_flight.load(Ordering::SeqCst) == 0 && entered == seen {
+                idle_ticks += 1;
+            } else {
+                idle_ticks = 0;
+            }
+            seen = entered;
+            if idle_ticks >= IDLE_TICKS_BEFORE_PARK {
                 self.parked.store(true, Ordering::SeqCst);
-                // A call that starts between the check and `park` unparks
-                // first, which makes `park` return at once.
+                // A call that starts between the check and `park` sees
+                // `parked` and unparks, which makes `park` return at once.
                 while self.in_flight.load(Ordering::SeqCst) == 0 {
                     thread::park();
                 }
                 self.parked.store(false, Ordering::SeqCst);
+                idle_ticks = 0;
             }
             thread::sleep(TICK);
             engine.increment_epoch();
@@ -463,9 +482,10 @@ struct InFlight;
 impl InFlight {
     fn enter() -> Result<Self, String> {
         let ticker = TICKER.thread(engine()?)?;
+        TICKER.entered.fetch_add(1, Ordering::Relaxed);
         let first = TICKER.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
         let guard = InFlight;
-        if first {
+        if first && TICKER.parked.load(Ordering::SeqCst) {
             ticker.unpark();
         }
         Ok(guard)
@@ -930,8 +950,23 @@ struct Limits {
     table_hit: bool,
 }
 
+/// Times a hook's memory grew past its initial size during a call, in this
+/// process. Each costs an `mprotect` (with a TLB shootdown across the
+/// node's cores) when the pool slot is reused, more than a small call
+/// itself: the guest SDK's arena allocator exists to keep this at zero.
+static MEMORY_GROWS: AtomicU64 = AtomicU64::new(0);
+
+/// [`MEMORY_GROWS`] so far (the `ringkv_hook_wasm_memory_grows_total` metric).
+pub fn memory_grows() -> u64 {
+    MEMORY_GROWS.load(Ordering::Relaxed)
+}
+
 impl ResourceLimiter for Limits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Instantiation asks for the initial size from 0; only later grows count.
+        if current > 0 && desired > current {
+            MEMORY_GROWS.fetch_add(1, Ordering::Relaxed);
+        }
         if desired > self.memory_bytes {
             self.memory_hit = true;
         }
