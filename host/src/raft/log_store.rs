@@ -341,10 +341,21 @@ pub(crate) fn purge_into(
     group: GroupId,
     log_id: &LogId,
 ) -> Result<(), StorageError> {
-    batch.insert(s.raft_state(), group_key(group, PURGED), encode(log_id));
-    for g in s.raft_log().range(log_key(group, 0)..=log_key(group, log_id.index)) {
-        let k = g.key().map_err(StorageError::fjall("purging the log"))?;
-        batch.remove(s.raft_log(), k);
+    // Entries up to the previous purge are removed already. A scan from
+    // index 0 walked all their tombstones on every purge, work that grew
+    // with the log's history until compaction dropped them: a node's put
+    // throughput fell by a quarter within a minute of load.
+    let state_key = group_key(group, PURGED);
+    let from = match s.raft_state().get(&state_key).map_err(StorageError::fjall("purging the log"))? {
+        Some(raw) => decode::<LogId>(&raw, "raft_state")?.index.saturating_add(1),
+        None => 0,
+    };
+    batch.insert(s.raft_state(), state_key, encode(log_id));
+    if from <= log_id.index {
+        for g in s.raft_log().range(log_key(group, from)..=log_key(group, log_id.index)) {
+            let k = g.key().map_err(StorageError::fjall("purging the log"))?;
+            batch.remove(s.raft_log(), k);
+        }
     }
     Ok(())
 }
