@@ -5,6 +5,7 @@
 pub mod log_store;
 pub mod network;
 pub mod peer_stream;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 

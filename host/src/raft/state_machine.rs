@@ -2,11 +2,10 @@
 //!
 //! Applying a batch of entries and recording `applied` is one atomic fjall
 //! batch. Snapshots are cut from a cross-keyspace fjall snapshot, so the data
-//! and the `applied` marker they carry always agree.
+//! and the `applied` marker they carry always agree; they are not stored,
+//! and their records are read only when one is sent (`raft::snapshot`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{OwnedWriteBatch, Readable};
 use openraft::storage::RaftStateMachine;
@@ -14,6 +13,7 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use serde::{Deserialize, Serialize};
 
 use super::log_store::{decode, encode};
+use super::snapshot::SnapshotData as SnapshotBytes;
 use super::types::{
     Command, CommandResult, Entry, LogId, MovedRecord, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta,
     StoredMembership, TypeConfig,
@@ -59,13 +59,6 @@ fn decode_hook_record(raw: &[u8]) -> Result<HookRecord, StorageError> {
 
 fn moved_key(group: GroupId, epoch: u64, key: &[u8]) -> Vec<u8> {
     group_key(group, &[MOVED_PREFIX, &epoch.to_be_bytes(), key].concat())
-}
-
-/// A snapshot as stored in the `snapshots` keyspace.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
 }
 
 /// Snapshot payload: every live record of the group as (user key, encoded envelope).
@@ -782,21 +775,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { group: self.group, storage: self.storage.clone() }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBytes>, RaftStorageError> {
+        Ok(Box::new(SnapshotBytes::from_bytes(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBytes>,
     ) -> Result<(), RaftStorageError> {
         let group = self.group;
         let meta = meta.clone();
-        let data = snapshot.into_inner();
         self.storage
             .blocking(move |s| {
+                let data = snapshot.into_bytes_blocking().map_err(snap_err)?;
                 let records = decode_snapshot(&data).map_err(snap_err)?;
+                drop(data);
                 let mut batch = s.db().batch();
                 // A key may appear once per batch: only remove what the snapshot does not rewrite.
                 let incoming: std::collections::HashSet<Vec<u8>> =
@@ -829,62 +823,56 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(last) = &meta.last_log_id {
                     super::log_store::purge_into(s, &mut batch, group, last).map_err(sm_err)?;
                 }
-                batch.insert(s.snapshots(), group.to_be_bytes(), encode(&StoredSnapshot { meta, data }));
                 crate::failpoint::crash_point("snapshot-install");
                 batch.commit().map_err(sm_err)
             })
             .await
     }
 
+    /// The state machine as it is now: after an install, that is the
+    /// installed snapshot or a later state, as openraft requires.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| match s.snapshots().get(group.to_be_bytes()).map_err(snap_err)? {
-                Some(raw) => {
-                    let stored: StoredSnapshot = decode(&raw, "snapshots").map_err(snap_err)?;
-                    Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
-                }
-                None => Ok(None),
-            })
-            .await
+        let snapshot = snapshot_of(self.group, &self.storage)?;
+        Ok(snapshot.meta.last_log_id.is_some().then_some(snapshot))
     }
 }
 
-/// Distinguishes snapshots built at the same log id.
-static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
-
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| {
-                let view = s.db().snapshot();
-                let applied = match view.get(s.sm_meta(), group_key(group, APPLIED)).map_err(snap_err)? {
-                    Some(v) => Some(decode::<LogId>(&v, "sm_meta").map_err(snap_err)?),
-                    None => None,
-                };
-                let membership = match view.get(s.sm_meta(), group_key(group, MEMBERSHIP)).map_err(snap_err)? {
-                    Some(v) => decode::<StoredMembership>(&v, "sm_meta").map_err(snap_err)?,
-                    None => StoredMembership::default(),
-                };
-                let mut records = Vec::new();
-                for g in view.prefix(s.sm_data(), group.to_be_bytes()) {
-                    let (k, v) = g.into_inner().map_err(snap_err)?;
-                    records.push((k[8..].to_vec(), v.to_vec()));
-                }
-                let data = encode_snapshot(records);
-                let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
-                let snapshot_id = match &applied {
-                    Some(l) => format!("{}-{}-{}-{seq}", group, l.leader_id, l.index),
-                    None => format!("{group}-none-{seq}"),
-                };
-                let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
-                let stored = StoredSnapshot { meta: meta.clone(), data };
-                s.snapshots().insert(group.to_be_bytes(), encode(&stored)).map_err(snap_err)?;
-                Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
-            })
-            .await
+        snapshot_of(self.group, &self.storage)
     }
+}
+
+/// A snapshot of `group` as of now: `applied` and membership read from one
+/// fjall read view, records collected from the same view when first read.
+fn snapshot_of(group: GroupId, storage: &Storage) -> Result<Snapshot, RaftStorageError> {
+    let view = storage.db().snapshot();
+    let applied = match view.get(storage.sm_meta(), group_key(group, APPLIED)).map_err(snap_err)? {
+        Some(v) => Some(decode::<LogId>(&v, "sm_meta").map_err(snap_err)?),
+        None => None,
+    };
+    let membership = match view.get(storage.sm_meta(), group_key(group, MEMBERSHIP)).map_err(snap_err)? {
+        Some(v) => decode::<StoredMembership>(&v, "sm_meta").map_err(snap_err)?,
+        None => StoredMembership::default(),
+    };
+    // The state at a log id is the same on every replica, so the id names
+    // the content: openraft's test suite expects the current snapshot to be
+    // the one built or installed, not a new one at the same point.
+    let snapshot_id = match &applied {
+        Some(l) => format!("{}-{}-{}", group, l.leader_id, l.index),
+        None => format!("{group}-none"),
+    };
+    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+    let storage = storage.clone();
+    let collect = Box::new(move || {
+        let mut records = Vec::new();
+        for g in view.prefix(storage.sm_data(), group.to_be_bytes()) {
+            let (k, v) = g.into_inner().map_err(std::io::Error::other)?;
+            records.push((k[8..].to_vec(), v.to_vec()));
+        }
+        Ok(encode_snapshot(records))
+    });
+    Ok(Snapshot { meta, snapshot: Box::new(SnapshotBytes::lazy(collect)) })
 }
 
 #[cfg(test)]

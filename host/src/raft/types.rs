@@ -1,7 +1,5 @@
 //! openraft type configuration and the commands carried in the Raft log.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::{HookSpec, HookUse};
@@ -14,7 +12,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = super::snapshot::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -12,7 +12,6 @@
 //! | `sm_data`    | group · user key                  | [`Envelope`]                       |
 //! | `sm_meta`    | group · tag (`applied`, `membership`) | postcard                       |
 //! | `sm_expiry`  | group · expires_at · user key     | empty (TTL index)                  |
-//! | `snapshots`  | group                             | postcard snapshot (meta + data)    |
 //! | `node_meta`  | tag                               | node identity and join state       |
 //!
 //! Durability: Raft log appends, vote saves, truncations and purges go through
@@ -101,7 +100,6 @@ struct Inner {
     pub(crate) sm_data: Keyspace,
     pub(crate) sm_meta: Keyspace,
     pub(crate) sm_expiry: Keyspace,
-    pub(crate) snapshots: Keyspace,
     pub(crate) node_meta: Keyspace,
     /// Feeds the group-commit writer thread; `None` once shut down.
     writer: std::sync::Mutex<Option<mpsc::Sender<WriteOp>>>,
@@ -132,6 +130,15 @@ impl Storage {
             .manual_journal_persist(true)
             .open()
             .map_err(StorageError::fjall("opening the database"))?;
+        // Data directories before snapshots were built on demand stored a
+        // full copy of each group's data here; nothing reads it any more.
+        if db.keyspace_exists("snapshots") {
+            let old = db
+                .keyspace("snapshots", KeyspaceCreateOptions::default)
+                .map_err(StorageError::fjall("opening the old snapshots keyspace"))?;
+            db.delete_keyspace(old).map_err(StorageError::fjall("deleting the old snapshots keyspace"))?;
+            tracing::info!("deleted the stored snapshots of an older version; snapshots are now built when sent");
+        }
         let ks = |name: &'static str| {
             let options = || KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES);
             db.keyspace(name, options).map_err(StorageError::fjall("opening a keyspace"))
@@ -142,7 +149,6 @@ impl Storage {
             sm_data: ks("sm_data")?,
             sm_meta: ks("sm_meta")?,
             sm_expiry: ks("sm_expiry")?,
-            snapshots: ks("snapshots")?,
             node_meta: ks("node_meta")?,
             db,
             writer: std::sync::Mutex::new(None),
@@ -187,9 +193,6 @@ impl Storage {
     }
     pub(crate) fn node_meta(&self) -> &Keyspace {
         &self.inner.node_meta
-    }
-    pub(crate) fn snapshots(&self) -> &Keyspace {
-        &self.inner.snapshots
     }
 
     /// Whether a write batch to the state machine's keyspaces could stall
@@ -382,7 +385,7 @@ fn writer_loop(weak: std::sync::Weak<Inner>, rx: mpsc::Receiver<WriteOp>) {
 }
 
 /// Adds the removal of every record of `group` (log, raft state, data, TTL
-/// index, snapshot) to `batch`. Used when a replica leaves this node.
+/// index) to `batch`. Used when a replica leaves this node.
 pub fn remove_group(s: &Storage, batch: &mut OwnedWriteBatch, group: GroupId) -> Result<(), StorageError> {
     let prefix = group.to_be_bytes();
     for ks in [s.raft_log(), s.raft_state(), s.sm_data(), s.sm_meta(), s.sm_expiry()] {
@@ -390,7 +393,6 @@ pub fn remove_group(s: &Storage, batch: &mut OwnedWriteBatch, group: GroupId) ->
             batch.remove(ks, g.key().map_err(StorageError::fjall("deleting a group"))?);
         }
     }
-    batch.remove(s.snapshots(), prefix.to_vec());
     Ok(())
 }
 
