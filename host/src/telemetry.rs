@@ -52,6 +52,7 @@ pub const READ_BARRIERS: &str = "ringkv_read_barriers_total";
 pub const RAFT_BATCHES_SENT: &str = "ringkv_raft_batches_sent_total";
 pub const RAFT_BATCHED_MESSAGES: &str = "ringkv_raft_batched_messages_total";
 pub const STORAGE_SIZE: &str = "ringkv_storage_size_bytes";
+pub const STORAGE_PART_SIZE: &str = "ringkv_storage_part_bytes";
 pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
 pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
 /// Hook counters and run time by `hook`.
@@ -183,6 +184,7 @@ fn describe() {
         "Raft messages sent in those batches (AppendEntries and Vote of every group)"
     );
     describe_gauge!(STORAGE_SIZE, Unit::Bytes, "disk space used by the node's data directory");
+    describe_gauge!(STORAGE_PART_SIZE, Unit::Bytes, "disk space of one keyspace's tables, or of the journals");
     describe_histogram!(STORAGE_FSYNC_DURATION, Unit::Seconds, "group commit: writing the batch and fsyncing the log");
     describe_histogram!(STORAGE_GROUP_COMMIT_OPS, "log and state-machine ops per group commit");
     describe_counter!(HOOK_CALLS, "hook calls on this node, by hook");
@@ -242,8 +244,14 @@ async fn refresh(node: &Node) {
         gauge!(RAFT_IS_LEADER, "shard" => shard).set(if m.current_leader == Some(node.id()) { 1.0 } else { 0.0 });
     }
     let storage = node.storage().clone();
-    if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || storage.disk_space()).await {
-        gauge!(STORAGE_SIZE).set(bytes as f64);
+    let sizes = tokio::task::spawn_blocking(move || (storage.disk_space(), storage.disk_space_by_part())).await;
+    if let Ok((total, parts)) = sizes {
+        if let Ok(bytes) = total {
+            gauge!(STORAGE_SIZE).set(bytes as f64);
+        }
+        for (part, bytes) in parts.into_iter().flatten() {
+            gauge!(STORAGE_PART_SIZE, "part" => part).set(bytes as f64);
+        }
     }
     if let Ok(routes) = crate::api::shard_routes(node).await {
         gauge!(SHARDS_MOVING).set(routes.iter().filter(|r| r.moving).count() as f64);

@@ -340,3 +340,54 @@ async fn idle_shards_sleep_wake_on_writes_and_survive_their_leaders_death() {
     }
     assert_eq!(&survivor.get("q0").await.expect("get").expect("found").value[..], b"after");
 }
+
+/// The shard group's status on node `id`: (last log, applied, purged) indexes.
+async fn shard_log(c: &ProcCluster, id: u64) -> Option<(u64, u64, u64)> {
+    let s = c.node_client(id).status().await.ok()?;
+    let g = s.groups.iter().find(|g| g.kind == "shard")?;
+    Some((g.last_log_index, g.applied_index, g.purged_index))
+}
+
+/// A quiet group purges its whole log on every replica, without waiting for
+/// `--snapshot-every` entries; the group keeps working after that, and a
+/// replica that was down while it went quiet catches up.
+#[tokio::test]
+async fn quiet_groups_purge_their_logs_and_keep_working() {
+    let mut c = ProcCluster::start(3, &["--shards", "1"]).await;
+    let client = c.node_client(1);
+    let mut last = 0;
+    for i in 0..30 {
+        last = put_retrying(&client, format!("gc{i:02}"), format!("{i}")).await;
+    }
+    for id in 1..=3 {
+        eventually(&format!("node {id} to purge the quiet shard's log"), || {
+            let c = &c;
+            async move {
+                let (last_log, applied, purged) = shard_log(c, id).await?;
+                (purged >= last && purged == last_log && applied == last_log).then_some(())
+            }
+        })
+        .await;
+    }
+    // A log purged to its end takes new entries, on every replica.
+    let after = client.put("gc-after", "x").await.expect("a write after the purge");
+    assert!(after > last);
+    for id in 1..=3 {
+        let got = c.pinned_client(id).get("gc-after").await.expect("get").expect("found");
+        assert_eq!(got.version, after, "node {id}");
+    }
+    // Node 3 misses writes while the others go quiet and compact.
+    c.kill(3);
+    for i in 30..60 {
+        last = put_retrying(&client, format!("gc{i:02}"), format!("{i}")).await;
+    }
+    c.restart(3);
+    let n3 = c.node_client(3);
+    eventually("node 3 to catch up", || {
+        let c = &c;
+        async move { shard_log(c, 3).await.and_then(|(_, applied, _)| (applied >= last).then_some(())) }
+    })
+    .await;
+    let items = n3.scan("gc", 0, Consistency::Eventual).await.expect("scan on node 3");
+    assert_eq!(items.len(), 61, "node 3 has every key");
+}

@@ -11,6 +11,7 @@
 mod auth;
 mod backup;
 mod batching;
+mod compaction;
 mod hooks;
 mod leadership;
 mod membership;
@@ -281,6 +282,7 @@ impl Node {
         node.spawn(node.clone().rebalance_loop());
         node.spawn(node.clone().leader_balance_loop());
         node.spawn(node.clone().quiescence_loop());
+        node.spawn(node.clone().compaction_loop());
         node.spawn(node.clone().reshard_loop());
         tracing::info!(node = node.id(), addr = %node.addr(), "node started");
         Ok(node)
@@ -389,6 +391,12 @@ impl Node {
             .write_durable(true, move |s, batch| crate::storage::remove_group(s, batch, gid))
             .await
             .map_err(|e| NodeError::Internal(e.to_string()))?;
+        // Under the group lock, so a replica started here again cannot have
+        // flushed records into the range yet.
+        let dropped = self.inner.storage.blocking(move |s| s.drop_group_tables(gid)).await;
+        if let Err(e) = dropped {
+            tracing::warn!(group = gid, error = %e, "freeing a removed replica's tables; compaction will");
+        }
         tracing::info!(group = gid, "replica removed from this node and its data deleted");
         Ok(())
     }

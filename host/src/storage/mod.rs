@@ -27,6 +27,7 @@
 mod envelope;
 mod journal;
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -220,6 +221,46 @@ impl Storage {
         }
     }
 
+    /// Disk space by part: each keyspace's tables, and the journals.
+    pub fn disk_space_by_part(&self) -> Result<Vec<(&'static str, u64)>, StorageError> {
+        let mut parts: Vec<(&'static str, u64)> =
+            self.keyspaces().iter().map(|(name, ks)| (*name, ks.disk_space())).collect();
+        let journals = self.inner.db.journal_disk_space().map_err(StorageError::fjall("measuring the journals"))?;
+        parts.push(("journals", journals));
+        Ok(parts)
+    }
+
+    fn keyspaces(&self) -> [(&'static str, &Keyspace); 6] {
+        [
+            ("raft_log", self.raft_log()),
+            ("raft_state", self.raft_state()),
+            ("sm_data", self.sm_data()),
+            ("sm_meta", self.sm_meta()),
+            ("sm_expiry", self.sm_expiry()),
+            ("node_meta", self.node_meta()),
+        ]
+    }
+
+    /// Frees the tables that hold only records of a deleted group. The
+    /// deletion's tombstones must be durable first; this drops whole tables
+    /// (no rewrite), and compaction removes what shares a table with
+    /// another group.
+    pub fn drop_group_tables(&self, group: GroupId) -> Result<(), StorageError> {
+        use fjall::AbstractTree;
+        let lo = group.to_be_bytes().to_vec();
+        let range = match group.checked_add(1) {
+            Some(next) => (Bound::Included(lo), Bound::Excluded(next.to_be_bytes().to_vec())),
+            None => (Bound::Included(lo), Bound::Unbounded),
+        };
+        // Every keyspace but `node_meta` starts its keys with the group.
+        for (_, ks) in self.keyspaces().into_iter().filter(|(name, _)| *name != "node_meta") {
+            ks.tree
+                .drop_range::<Vec<u8>, _>(range.clone())
+                .map_err(|e| StorageError::Fjall { context: "dropping a deleted group's tables", source: e.into() })?;
+        }
+        Ok(())
+    }
+
     /// Disk space used by the database (journals and tables).
     pub fn disk_space(&self) -> Result<u64, StorageError> {
         self.inner.db.disk_space().map_err(StorageError::fjall("measuring disk space"))
@@ -384,6 +425,42 @@ fn writer_loop(weak: std::sync::Weak<Inner>, rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
+/// Gives back the space of a node that has gone quiet. fjall deletes a
+/// journal only once every keyspace has flushed past it, and a keyspace that
+/// takes few writes (`raft_state`, `sm_meta`) may never fill its memtable;
+/// compaction runs only when a level fills, so purged log entries and their
+/// tombstones stay on disk while nothing is written. After a whole round
+/// without a write (fjall's sequence number unchanged) this flushes every
+/// memtable and compacts the Raft log keyspace once, until the next write.
+#[derive(Default)]
+pub struct QuietCompaction {
+    seen_seqno: Option<u64>,
+    compacted_at: Option<u64>,
+}
+
+impl QuietCompaction {
+    /// One round; blocking. Returns true when it flushed and compacted.
+    pub fn round(&mut self, s: &Storage) -> Result<bool, StorageError> {
+        // `seqno` is hidden in fjall's docs but is the one counter every write
+        // (batches and single inserts alike) advances.
+        let seqno = s.db().seqno();
+        let quiet = self.seen_seqno == Some(seqno);
+        self.seen_seqno = Some(seqno);
+        if !quiet || self.compacted_at == Some(seqno) {
+            return Ok(false);
+        }
+        for (_, ks) in s.keyspaces() {
+            ks.rotate_memtable().map_err(StorageError::fjall("flushing a quiet keyspace"))?;
+        }
+        // The purge's tombstones must be in a table before compaction can
+        // drop the entries they delete; this also waits for the flushes above.
+        s.raft_log().rotate_memtable_and_wait().map_err(StorageError::fjall("flushing the raft log"))?;
+        s.raft_log().major_compact().map_err(StorageError::fjall("compacting the raft log"))?;
+        self.compacted_at = Some(seqno);
+        Ok(true)
+    }
+}
+
 /// Adds the removal of every record of `group` (log, raft state, data, TTL
 /// index) to `batch`. Used when a replica leaves this node.
 pub fn remove_group(s: &Storage, batch: &mut OwnedWriteBatch, group: GroupId) -> Result<(), StorageError> {
@@ -487,6 +564,62 @@ mod tests {
         let synced = journal::newest_journal(&dir.path().join("fjall")).expect("journal");
         let bytes = std::fs::read(&synced).expect("read journal");
         assert!(bytes.windows(marker.len()).any(|w| w == marker), "the write is in {}", synced.display());
+    }
+
+    /// Writes `n` records of 4 KiB for `group` into `ks` and flushes them to a table.
+    fn fill_table(s: &Storage, ks: &Keyspace, group: GroupId, n: u64) {
+        for i in 0..n {
+            ks.insert(group_key(group, &i.to_be_bytes()), vec![i as u8; 4096]).expect("insert");
+        }
+        ks.rotate_memtable_and_wait().expect("flush");
+        assert!(s.db().journal_count() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_removed_group_gives_its_tables_back_and_others_keep_theirs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path()).expect("open");
+        fill_table(&s, s.sm_data(), 1, 200);
+        fill_table(&s, s.sm_data(), 2, 200);
+        let before = s.sm_data().disk_space();
+        s.write_durable(true, |s, batch| remove_group(s, batch, 1)).await.expect("remove");
+        s.drop_group_tables(1).expect("drop tables");
+        let after = s.sm_data().disk_space();
+        assert!(after <= before / 2 + 4096, "group 1's table is gone: {before} -> {after} bytes");
+        assert_eq!(s.sm_data().prefix(1u64.to_be_bytes()).count(), 0, "group 1 reads as empty");
+        assert_eq!(s.sm_data().prefix(2u64.to_be_bytes()).count(), 200, "group 2 is untouched");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_store_flushes_and_compacts_its_purged_log_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path()).expect("open");
+        fill_table(&s, s.raft_log(), 1, 200);
+        let full = s.raft_log().disk_space();
+        // A purge: tombstones for every entry, as `log_store::purge_into` writes them.
+        s.write_durable(true, |s, batch| {
+            for i in 0..200u64 {
+                batch.remove(s.raft_log(), group_key(1, &i.to_be_bytes()));
+            }
+            Ok(())
+        })
+        .await
+        .expect("purge");
+        s.raft_state().insert(b"unflushed", b"v").expect("a write left in a memtable");
+        let mut quiet = QuietCompaction::default();
+        assert!(!quiet.round(&s).expect("round"), "the first round only looks");
+        assert!(quiet.round(&s).expect("round"), "a round without writes compacts");
+        assert!(!quiet.round(&s).expect("round"), "and not again until the next write");
+        assert!(
+            s.raft_log().disk_space() < full / 10,
+            "purged entries left the disk: {full} -> {}",
+            s.raft_log().disk_space()
+        );
+        assert_eq!(s.raft_log().prefix(1u64.to_be_bytes()).count(), 0);
+        assert!(s.raft_state().get(b"unflushed").expect("read").is_some(), "a flush loses nothing");
+        s.raft_state().insert(b"later", b"v").expect("write");
+        assert!(!quiet.round(&s).expect("round"), "a write since the last round");
+        assert!(quiet.round(&s).expect("round"), "quiet again");
     }
 
     #[test]
