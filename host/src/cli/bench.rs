@@ -51,6 +51,10 @@ pub struct BenchCommand {
     /// validation hook that parses JSON.
     #[arg(long)]
     pub value_json: bool,
+    /// Write fresh random bytes for every put instead of filler bytes:
+    /// values that do not compress, e.g. to measure disk use.
+    #[arg(long, conflicts_with = "value_json")]
+    pub value_random: bool,
     /// Size of the key space; keys are `bench/00000000` ...
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
@@ -122,6 +126,35 @@ fn json_value(size: usize) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// The values a run writes.
+#[derive(Clone)]
+enum Values {
+    /// The same bytes every time.
+    Fixed(Vec<u8>),
+    /// Fresh random bytes of this length every time.
+    Random(usize),
+}
+
+impl Values {
+    fn len(&self) -> usize {
+        match self {
+            Values::Fixed(v) => v.len(),
+            Values::Random(n) => *n,
+        }
+    }
+
+    fn next(&self) -> Vec<u8> {
+        match self {
+            Values::Fixed(v) => v.clone(),
+            Values::Random(n) => {
+                let mut v = vec![0u8; *n];
+                rand::rng().fill(&mut v[..]);
+                v
+            }
+        }
+    }
+}
+
 fn key_name(i: u64, tenants: u64) -> String {
     match tenants {
         0 => format!("bench/{i:08}"),
@@ -148,9 +181,13 @@ impl BenchCommand {
         anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
         anyhow::ensure!(self.keys >= 1, "--keys must be at least 1");
         let target = self.target().await?;
-        let value = if self.value_json { json_value(self.value_size) } else { vec![b'x'; self.value_size] };
+        let values = match (self.value_json, self.value_random) {
+            (true, _) => Values::Fixed(json_value(self.value_size)),
+            (false, true) => Values::Random(self.value_size),
+            (false, false) => Values::Fixed(vec![b'x'; self.value_size]),
+        };
         if self.op != BenchOp::Put && !self.no_preload {
-            self.preload(&target, &value).await?;
+            self.preload(&target, &values).await?;
         }
         let started = Instant::now();
         let deadline = started + self.duration;
@@ -160,7 +197,7 @@ impl BenchCommand {
         let mut tasks = Vec::new();
         for _ in 0..self.clients {
             let target = target.clone();
-            let value = value.clone();
+            let values = values.clone();
             let (op, keys, consistency, tenants) = (self.op, self.keys, self.consistency, self.tenants);
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
@@ -179,7 +216,7 @@ impl BenchCommand {
                     };
                     let start = Instant::now();
                     let r = if is_put {
-                        target.put(key_name(k, tenants), value.clone()).await
+                        target.put(key_name(k, tenants), values.next()).await
                     } else {
                         target.get(key_name(k, tenants), consistency).await
                     };
@@ -215,7 +252,7 @@ impl BenchCommand {
                 json!({
                     "target": target_name, "op": format!("{:?}", self.op).to_lowercase(),
                     "consistency": format!("{:?}", self.consistency).to_lowercase(),
-                    "clients": self.clients, "value_bytes": value.len(), "ring_routing": !self.no_ring_routing, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
+                    "clients": self.clients, "value_bytes": values.len(), "ring_routing": !self.no_ring_routing, "duration_s": secs, "ops": hist.len(), "ops_per_sec": ops,
                     "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "errors": errors,
                     "first_error": first_error,
                 })
@@ -238,7 +275,7 @@ impl BenchCommand {
 
     /// Writes every key once, with the same concurrency, printing progress
     /// on stderr every second.
-    async fn preload(&self, target: &Target, value: &[u8]) -> anyhow::Result<()> {
+    async fn preload(&self, target: &Target, values: &Values) -> anyhow::Result<()> {
         use std::sync::atomic::{AtomicU64, Ordering};
         let (keys, tenants) = (self.keys, self.tenants);
         eprintln!(
@@ -264,14 +301,14 @@ impl BenchCommand {
         });
         let mut tasks = Vec::new();
         for _ in 0..self.clients {
-            let (target, value, next, written) = (target.clone(), value.to_vec(), next.clone(), written.clone());
+            let (target, values, next, written) = (target.clone(), values.clone(), next.clone(), written.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= keys {
                         return Ok::<_, anyhow::Error>(());
                     }
-                    target.put(key_name(i, tenants), value.clone()).await?;
+                    target.put(key_name(i, tenants), values.next()).await?;
                     written.fetch_add(1, Ordering::Relaxed);
                 }
             }));
@@ -312,6 +349,16 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_values_differ_and_fixed_ones_do_not() {
+        let random = Values::Random(64);
+        let (a, b) = (random.next(), random.next());
+        assert_eq!((a.len(), b.len()), (64, 64));
+        assert_ne!(a, b);
+        let fixed = Values::Fixed(b"xx".to_vec());
+        assert_eq!(fixed.next(), fixed.next());
+    }
 
     #[test]
     fn preload_progress_counts_keys_and_percent() {
