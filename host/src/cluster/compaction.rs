@@ -24,8 +24,9 @@ use super::Node;
 use crate::storage::{GroupId, QuietCompaction};
 
 /// How often the worker looks. A quiet group's log is gone within three
-/// rounds (seen idle, snapshot, purge) and its space within two more.
-pub const ROUND: Duration = Duration::from_secs(3);
+/// rounds (seen idle, snapshot, purge), and its space within two more (the
+/// node quiet for a whole round after the purge, then the compaction).
+pub const ROUND: Duration = Duration::from_secs(2);
 
 /// While the node's Raft log tables take more than this, every group's log
 /// is purged each round up to what all its replicas hold, busy or not: with
@@ -55,12 +56,16 @@ fn next_log_step(
 ) -> LogStep {
     let quiet = seen_last_log == Some(last_log) && applied == last_log;
     let target = held_by_all.min(applied);
-    if !(quiet || over_limit) || target == 0 || purged.is_some_and(|p| p >= target) {
+    let purged = purged.unwrap_or(0);
+    // Under load the target moves on every round: purge what the last
+    // snapshot covers first, or a busy group would only ever snapshot.
+    let upto = target.min(snapshot);
+    if !(quiet || over_limit) || target <= purged {
         LogStep::Nothing
-    } else if snapshot < target {
-        LogStep::Snapshot
+    } else if upto > purged {
+        LogStep::Purge(upto)
     } else {
-        LogStep::Purge(target)
+        LogStep::Snapshot
     }
 }
 
@@ -75,6 +80,7 @@ impl Node {
                 _ = tokio::time::sleep(ROUND) => {}
             }
             let mut now_seen = BTreeMap::new();
+            let mut settled = true;
             let over_limit = self.storage().raft_log().disk_space() > LOG_SPACE_LIMIT;
             for group in self.groups() {
                 let m = group.raft.metrics().borrow().clone();
@@ -99,6 +105,10 @@ impl Node {
                     over_limit,
                 );
                 now_seen.insert(group.id, last_log);
+                if step != LogStep::Nothing {
+                    // The purge writes; compacting before it lands would be wasted.
+                    settled = false;
+                }
                 let result = match step {
                     LogStep::Nothing => continue,
                     LogStep::Snapshot => group.raft.trigger().snapshot().await,
@@ -111,10 +121,14 @@ impl Node {
             }
             seen = now_seen;
             let storage = self.storage().clone();
-            let (result, back) = storage.blocking(move |s| (compaction.round(s), compaction)).await;
+            let started = std::time::Instant::now();
+            let (result, back) = storage.blocking(move |s| (compaction.round(s, settled), compaction)).await;
             compaction = back;
             match result {
-                Ok(true) => tracing::debug!("node quiet: memtables flushed, raft log compacted"),
+                Ok(true) => tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "node quiet: flushed and compacted to give disk space back"
+                ),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "compacting a quiet node's storage"),
             }
@@ -135,7 +149,8 @@ mod tests {
 
     #[test]
     fn a_quiet_group_is_snapshotted_then_purged_to_what_every_replica_holds() {
-        assert_eq!(next_log_step(Some(10), 10, 10, 4, Some(2), 10, false), LogStep::Snapshot);
+        assert_eq!(next_log_step(Some(10), 10, 10, 2, Some(2), 10, false), LogStep::Snapshot);
+        assert_eq!(next_log_step(Some(10), 10, 10, 4, Some(2), 10, false), LogStep::Purge(4), "what is snapshotted");
         assert_eq!(next_log_step(Some(10), 10, 10, 10, Some(2), 10, false), LogStep::Purge(10));
         assert_eq!(next_log_step(Some(10), 10, 10, 10, Some(2), 7, false), LogStep::Purge(7), "a lagging follower");
         assert_eq!(next_log_step(Some(10), 10, 10, 10, Some(7), 7, false), LogStep::Nothing, "already purged");
@@ -145,7 +160,12 @@ mod tests {
     #[test]
     fn over_the_space_limit_a_busy_group_is_purged_to_what_every_replica_holds() {
         // Appending (last log 20, seen 10) and applying behind (15).
-        assert_eq!(next_log_step(Some(10), 20, 15, 4, Some(2), 18, true), LogStep::Snapshot);
+        assert_eq!(next_log_step(Some(10), 20, 15, 2, Some(2), 18, true), LogStep::Snapshot);
+        assert_eq!(
+            next_log_step(Some(10), 20, 15, 4, Some(2), 18, true),
+            LogStep::Purge(4),
+            "the last snapshot's part"
+        );
         assert_eq!(next_log_step(Some(10), 20, 15, 15, Some(2), 18, true), LogStep::Purge(15), "not past applied");
         assert_eq!(next_log_step(Some(10), 20, 15, 15, Some(2), 12, true), LogStep::Purge(12), "nor past a follower");
     }

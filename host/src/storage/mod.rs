@@ -43,6 +43,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 /// node's put throughput fell by a fifth as they filled under load.
 const MAX_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Disk space of sealed journals at which fjall flushes the keyspaces that
+/// keep the oldest alive; fjall's minimum.
+const MAX_JOURNALS_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Identifies one Raft group on the node. 0 is the meta group.
 pub type GroupId = u64;
 
@@ -107,6 +111,9 @@ struct Inner {
     writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Set when an fsync failed; every later write is refused.
     poisoned: AtomicBool,
+    /// A group's records were deleted: the next quiet round compacts the
+    /// data keyspaces, whose tombstones nothing else would compact.
+    reclaim_data: AtomicBool,
     /// The writer thread's fsync of the journal, outside fjall's lock.
     journal: std::sync::Mutex<journal::JournalSyncer>,
     /// Keeps the OS-level lock on the data directory for the process lifetime.
@@ -129,6 +136,10 @@ impl Storage {
         let db = Database::builder(&db_dir)
             // The writer thread decides when to fsync; batches must not flush on their own.
             .manual_journal_persist(true)
+            // Sealed journals above this make fjall flush the keyspaces that
+            // hold them back (its default is 512 MiB): `raft_state` and
+            // `sm_meta` take small writes and may never fill a memtable.
+            .max_journaling_size(MAX_JOURNALS_BYTES)
             .open()
             .map_err(StorageError::fjall("opening the database"))?;
         // Data directories before snapshots were built on demand stored a
@@ -155,6 +166,7 @@ impl Storage {
             writer: std::sync::Mutex::new(None),
             writer_thread: std::sync::Mutex::new(None),
             poisoned: AtomicBool::new(false),
+            reclaim_data: AtomicBool::new(false),
             journal: std::sync::Mutex::new(journal::JournalSyncer::new(&db_dir)),
             _dir_lock: dir_lock,
             #[cfg(any(test, feature = "failpoints"))]
@@ -243,9 +255,10 @@ impl Storage {
 
     /// Frees the tables that hold only records of a deleted group. The
     /// deletion's tombstones must be durable first; this drops whole tables
-    /// (no rewrite), and compaction removes what shares a table with
-    /// another group.
+    /// (no rewrite), and the next [`QuietCompaction`] compacts the data
+    /// keyspaces for what shares a table with another group.
     pub fn drop_group_tables(&self, group: GroupId) -> Result<(), StorageError> {
+        self.inner.reclaim_data.store(true, Ordering::Release);
         use fjall::AbstractTree;
         let lo = group.to_be_bytes().to_vec();
         let range = match group.checked_add(1) {
@@ -425,39 +438,94 @@ fn writer_loop(weak: std::sync::Weak<Inner>, rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
-/// Gives back the space of a node that has gone quiet. fjall deletes a
-/// journal only once every keyspace has flushed past it, and a keyspace that
-/// takes few writes (`raft_state`, `sm_meta`) may never fill its memtable;
-/// compaction runs only when a level fills, so purged log entries and their
-/// tombstones stay on disk while nothing is written. After a whole round
-/// without a write (fjall's sequence number unchanged) this flushes every
-/// memtable and compacts the Raft log keyspace once, until the next write.
+/// `node_meta` key of the last quiet compaction's sequence number.
+const QUIET_MARK: &[u8] = b"quiet_compaction";
+
+/// Raft log tables smaller than this are not worth a compaction when quiet.
+const QUIET_LOG_COMPACT_MIN: u64 = 1024 * 1024;
+
+/// Gives back the space of a node that has gone quiet; run once a round.
+///
+/// While a node writes, flushes and compactions reclaim space as a side
+/// effect. When it stops, three kinds of space stay: journals (fjall deletes
+/// one only once every keyspace has flushed past it, and `raft_state` or
+/// `sm_meta` may never fill a memtable), tables a compaction replaced (fjall
+/// deletes them only at the keyspace's next flush or compaction), and
+/// deleted records (compaction runs only when a level fills). So after a
+/// whole round without a write (fjall's sequence number unchanged), once per
+/// quiet spell, this
+/// - flushes the memtables that hold something, if a sealed journal or
+///   (in their keyspace) a replaced table is waiting;
+/// - compacts `raft_log` if its tables hold more than
+///   [`QUIET_LOG_COMPACT_MIN`] (purged entries);
+/// - compacts the data keyspaces if a group was deleted since the last time.
+///
+/// A node with an occasional small write does none of it, so it does not
+/// turn each write into a table of its own.
 #[derive(Default)]
 pub struct QuietCompaction {
     seen_seqno: Option<u64>,
-    compacted_at: Option<u64>,
+    done_at: Option<u64>,
 }
 
 impl QuietCompaction {
-    /// One round; blocking. Returns true when it flushed and compacted.
-    pub fn round(&mut self, s: &Storage) -> Result<bool, StorageError> {
+    /// One round; blocking. Returns true when it flushed or compacted.
+    /// With `may_work` false (other work for the disk is under way, such as
+    /// log purges) it only watches.
+    pub fn round(&mut self, s: &Storage, may_work: bool) -> Result<bool, StorageError> {
+        use fjall::AbstractTree;
         // `seqno` is hidden in fjall's docs but is the one counter every write
-        // (batches and single inserts alike) advances.
+        // (batches and single inserts alike) advances; flushes and
+        // compactions advance it too, so the work below ends a quiet spell
+        // and `done_at` keeps a round from starting the same work again.
         let seqno = s.db().seqno();
         let quiet = self.seen_seqno == Some(seqno);
         self.seen_seqno = Some(seqno);
-        if !quiet || self.compacted_at == Some(seqno) {
+        if !may_work || !quiet || self.done_at == Some(seqno) {
             return Ok(false);
         }
-        for (_, ks) in s.keyspaces() {
+        self.done_at = Some(seqno);
+        // A flush frees replaced tables only in its own keyspace, and only
+        // a memtable with something in it flushes.
+        let sealed_journal = s.db().journal_count() > 1;
+        let to_flush: Vec<&Keyspace> = s
+            .keyspaces()
+            .into_iter()
+            .map(|(_, ks)| ks)
+            .filter(|ks| {
+                !ks.tree.active_memtable().is_empty() && (sealed_journal || ks.tree.version_free_list_len() > 0)
+            })
+            .collect();
+        let flush = !to_flush.is_empty();
+        for ks in to_flush {
             ks.rotate_memtable().map_err(StorageError::fjall("flushing a quiet keyspace"))?;
         }
-        // The purge's tombstones must be in a table before compaction can
-        // drop the entries they delete; this also waits for the flushes above.
-        s.raft_log().rotate_memtable_and_wait().map_err(StorageError::fjall("flushing the raft log"))?;
-        s.raft_log().major_compact().map_err(StorageError::fjall("compacting the raft log"))?;
-        self.compacted_at = Some(seqno);
-        Ok(true)
+        let compact_log = s.raft_log().disk_space() > QUIET_LOG_COMPACT_MIN;
+        let compact_data = s.inner.reclaim_data.swap(false, Ordering::AcqRel);
+        let mut compact = Vec::new();
+        if compact_log {
+            compact.push(s.raft_log());
+        }
+        if compact_data {
+            compact.extend([s.sm_data(), s.sm_expiry()]);
+        }
+        for ks in compact {
+            // Tombstones must be in a table before compaction can drop the
+            // records they delete.
+            ks.rotate_memtable_and_wait().map_err(StorageError::fjall("flushing a keyspace to compact"))?;
+            ks.major_compact().map_err(StorageError::fjall("compacting a quiet keyspace"))?;
+        }
+        let worked = flush || compact_log || compact_data;
+        if worked {
+            // fjall deletes replaced tables and flushed journals when a
+            // memtable rotates; the memtables may all be empty by now, so
+            // one small record gives that rotation something to flush.
+            s.node_meta()
+                .insert(QUIET_MARK, seqno.to_be_bytes())
+                .map_err(StorageError::fjall("writing the quiet-compaction mark"))?;
+            s.node_meta().rotate_memtable().map_err(StorageError::fjall("flushing the quiet-compaction mark"))?;
+        }
+        Ok(worked)
     }
 }
 
@@ -588,38 +656,84 @@ mod tests {
         assert!(after <= before / 2 + 4096, "group 1's table is gone: {before} -> {after} bytes");
         assert_eq!(s.sm_data().prefix(1u64.to_be_bytes()).count(), 0, "group 1 reads as empty");
         assert_eq!(s.sm_data().prefix(2u64.to_be_bytes()).count(), 200, "group 2 is untouched");
+        // What shared a table with another group goes at the next quiet round.
+        let mut quiet = QuietCompaction::default();
+        assert!(!quiet.round(&s, true).expect("round"), "the first round only looks");
+        assert!(quiet.round(&s, true).expect("round"), "a quiet round compacts the data after a deletion");
+        assert_eq!(s.sm_data().prefix(2u64.to_be_bytes()).count(), 200, "and keeps group 2");
     }
 
     #[tokio::test]
-    async fn a_quiet_store_flushes_and_compacts_its_purged_log_once() {
+    async fn deleting_a_group_whose_tables_it_shares_keeps_the_others() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Storage::open(dir.path()).expect("open");
-        fill_table(&s, s.raft_log(), 1, 200);
+        // Every flush holds records of every group, so tables straddle groups.
+        for round in 0..6u64 {
+            for g in 1..=4u64 {
+                for i in 0..100u64 {
+                    s.sm_data()
+                        .insert(group_key(g, &(round * 100 + i).to_be_bytes()), vec![g as u8; 2048])
+                        .expect("insert");
+                }
+            }
+            s.sm_data().rotate_memtable_and_wait().expect("flush");
+        }
+        s.sm_data().major_compact().expect("compact");
+        s.write_durable(true, |s, batch| remove_group(s, batch, 2)).await.expect("remove");
+        s.drop_group_tables(2).expect("drop tables");
+        let mut quiet = QuietCompaction::default();
+        for _ in 0..4 {
+            quiet.round(&s, true).expect("round");
+        }
+        for g in [1u64, 3, 4] {
+            assert_eq!(s.sm_data().prefix(g.to_be_bytes()).count(), 600, "group {g} keeps every record");
+        }
+        assert_eq!(s.sm_data().prefix(2u64.to_be_bytes()).count(), 0);
+        // And after a restart.
+        drop(s);
+        let s = Storage::open(dir.path()).expect("reopen");
+        for g in [1u64, 3, 4] {
+            assert_eq!(s.sm_data().prefix(g.to_be_bytes()).count(), 600, "group {g} after a restart");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_quiet_store_compacts_its_purged_log_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Storage::open(dir.path()).expect("open");
+        fill_table(&s, s.raft_log(), 1, 500);
         let full = s.raft_log().disk_space();
+        assert!(full > QUIET_LOG_COMPACT_MIN, "{full} bytes of log tables");
         // A purge: tombstones for every entry, as `log_store::purge_into` writes them.
         s.write_durable(true, |s, batch| {
-            for i in 0..200u64 {
+            for i in 0..500u64 {
                 batch.remove(s.raft_log(), group_key(1, &i.to_be_bytes()));
             }
             Ok(())
         })
         .await
         .expect("purge");
-        s.raft_state().insert(b"unflushed", b"v").expect("a write left in a memtable");
         let mut quiet = QuietCompaction::default();
-        assert!(!quiet.round(&s).expect("round"), "the first round only looks");
-        assert!(quiet.round(&s).expect("round"), "a round without writes compacts");
-        assert!(!quiet.round(&s).expect("round"), "and not again until the next write");
-        assert!(
-            s.raft_log().disk_space() < full / 10,
-            "purged entries left the disk: {full} -> {}",
-            s.raft_log().disk_space()
-        );
+        assert!(!quiet.round(&s, true).expect("round"), "the first round only looks");
+        assert!(quiet.round(&s, true).expect("round"), "a round without writes compacts");
+        assert!(!quiet.round(&s, true).expect("round"), "and not again in the same quiet spell");
+        let after = s.raft_log().disk_space();
+        assert!(after < full / 10, "purged entries left the disk: {full} -> {after}");
+        assert!(!quiet.round(&s, false).expect("round"), "a round that may not work does none");
         assert_eq!(s.raft_log().prefix(1u64.to_be_bytes()).count(), 0);
-        assert!(s.raft_state().get(b"unflushed").expect("read").is_some(), "a flush loses nothing");
-        s.raft_state().insert(b"later", b"v").expect("write");
-        assert!(!quiet.round(&s).expect("round"), "a write since the last round");
-        assert!(quiet.round(&s).expect("round"), "quiet again");
+        // The work above may take a round or two more to release what it replaced.
+        for _ in 0..6 {
+            quiet.round(&s, true).expect("round");
+        }
+        // Then an occasional small write is not flushed into a table of its own.
+        let tables = s.raft_state().table_count();
+        for i in 0..3u8 {
+            s.raft_state().insert([b'w', i], b"v").expect("a small write");
+            assert!(!quiet.round(&s, true).expect("round"), "a write since the last round");
+            assert!(!quiet.round(&s, true).expect("round"), "quiet, but nothing worth a flush or a compaction");
+        }
+        assert_eq!(s.raft_state().table_count(), tables);
+        assert!(s.raft_state().get([b'w', 2]).expect("read").is_some());
     }
 
     #[test]
