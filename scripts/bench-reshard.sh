@@ -40,20 +40,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     (cd guest-sdk && cargo build --target wasm32-unknown-unknown --release -q)
 fi
 
-for i in 0 1 2; do
-    id=$((i + 1)) port=${PORTS[$i]} join=()
-    ((i > 0)) && join=(--join "127.0.0.1:${PORTS[0]}")
-    "$RINGKV" serve --id "$id" --listen "127.0.0.1:$port" --http "127.0.0.1:$((port + 1))" \
-        --data-dir "$WORK/n$id" --shards "$SHARDS" "${join[@]}" >"$WORK/n$id.log" 2>&1 &
-    PIDS+=($!)
-    sleep 1
-done
-deadline=$((SECONDS + 120))
-until rk cluster status --json 2>/dev/null |
-    jq -e '(.shards | length) > 0 and all(.shards[]; (.replicas | length) == 3 and (.moving | not))' >/dev/null; do
-    ((SECONDS < deadline)) || { log "cluster did not form"; exit 1; }
-    sleep 1
-done
+start_three "$WORK" --shards "$SHARDS"
 
 log "loading $KEYS keys of $TENANTS tenants"
 rk bench --op get --keys "$KEYS" --tenants "$TENANTS" --value-size "$VALUE_SIZE" --clients 64 --duration 1s >/dev/null

@@ -36,22 +36,7 @@ BENCH_NAME=bench-shards
 source "$ROOT/scripts/bench-common.sh"
 
 start_cluster() {
-    local shards=$1 dir="$WORK/s$1"
-    for i in 0 1 2; do
-        local id=$((i + 1)) port=${PORTS[$i]} join=()
-        ((i > 0)) && join=(--join "127.0.0.1:${PORTS[0]}")
-        "$RINGKV" serve --id "$id" --listen "127.0.0.1:$port" --http "127.0.0.1:$((port + 1))" \
-            --data-dir "$dir/n$id" --shards "$shards" "${join[@]}" >"$dir.n$id.log" 2>&1 &
-        PIDS+=($!)
-        sleep 1
-    done
-    # Formed: every shard has 3 replicas and nothing is moving.
-    local deadline=$((SECONDS + 120))
-    until RINGKV_ENDPOINTS="$(endpoints)" "$RINGKV" cluster status --json 2>/dev/null |
-        jq -e '(.shards | length) > 0 and all(.shards[]; (.replicas | length) == 3 and (.moving | not))' >/dev/null; do
-        ((SECONDS < deadline)) || { log "cluster with $shards shards did not form"; exit 1; }
-        sleep 1
-    done
+    start_three "$WORK/s$1" --shards "$1"
     sleep "$SETTLE_SECS"
 }
 

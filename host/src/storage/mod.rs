@@ -452,8 +452,8 @@ const QUIET_LOG_COMPACT_MIN: u64 = 1024 * 1024;
 /// `sm_meta` may never fill a memtable), tables a compaction replaced (fjall
 /// deletes them only at the keyspace's next flush or compaction), and
 /// deleted records (compaction runs only when a level fills). So after a
-/// whole round without a write (fjall's sequence number unchanged), once per
-/// quiet spell, this
+/// whole round without a write (no record newer than a round ago), once
+/// per quiet spell, this
 /// - flushes the memtables that hold something, if a sealed journal or
 ///   (in their keyspace) a replaced table is waiting;
 /// - compacts `raft_log` if its tables hold more than
@@ -474,11 +474,12 @@ impl QuietCompaction {
     /// log purges) it only watches.
     pub fn round(&mut self, s: &Storage, may_work: bool) -> Result<bool, StorageError> {
         use fjall::AbstractTree;
-        // `seqno` is hidden in fjall's docs but is the one counter every write
-        // (batches and single inserts alike) advances; flushes and
-        // compactions advance it too, so the work below ends a quiet spell
-        // and `done_at` keeps a round from starting the same work again.
-        let seqno = s.db().seqno();
+        // The sequence number of the newest record written: flushes and
+        // compactions keep records' numbers (fjall's own counter also moves
+        // for them, and a node compacting for a minute after a load looked
+        // busy the whole time). The mark written below starts a new spell;
+        // `done_at` keeps a round from starting the same work again.
+        let seqno = s.keyspaces().iter().filter_map(|(_, ks)| ks.tree.get_highest_seqno()).max().unwrap_or(0);
         let quiet = self.seen_seqno == Some(seqno);
         self.seen_seqno = Some(seqno);
         if !may_work || !quiet || self.done_at == Some(seqno) {
