@@ -373,8 +373,18 @@ impl Worker {
         let old = OldValueCell { loader: old, loaded: RefCell::new(None), error: RefCell::new(None) };
         self.collect_if_grown(hook.spec.limits.memory_bytes);
         self.begin(hook);
-        let started = Instant::now();
-        let ran = self.stage_function(hook).and_then(|stage| self.invoke(&stage, input, &old));
+        let mut started = Instant::now();
+        let ran = self.stage_function(hook).and_then(|stage| {
+            // A worker's first call of a version also runs the chunk's top
+            // level, under the limits just set (and checked at deploy). The
+            // call's own deadline and budget start after it: on a loaded
+            // machine a cold worker rejected writes its hook judged in time.
+            if self.state.tripped.get().is_none() {
+                self.begin(hook);
+                started = Instant::now();
+            }
+            self.invoke(&stage, input, &old)
+        });
         let elapsed = started.elapsed();
         let tripped = self.end();
         let old_version_read = old.version_read();
