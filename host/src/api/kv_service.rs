@@ -69,21 +69,23 @@ impl KvService {
             Ok(()) => Node::tracking_served_by(serve(req.into_inner())).await,
             Err(e) => (Err(e), None),
         };
-        let epoch = self.node.meta_epoch();
         match result {
             (Ok(reply), served_by) => {
                 let mut resp = Response::new(reply);
-                resp.metadata_mut().insert(EPOCH_HEADER, epoch.into());
+                resp.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
                 if let Some(id) = served_by.filter(|id| *id != self.node.id()) {
                     resp.metadata_mut().insert(FORWARDED_HEADER, id.into());
                 }
                 Ok(resp)
             }
-            (Err(mut status), _) => {
-                status.metadata_mut().insert(EPOCH_HEADER, epoch.into());
-                Err(status)
-            }
+            (Err(status), _) => Err(self.with_epoch(status)),
         }
+    }
+
+    /// `status` marked with this node's epoch, as every reply is.
+    fn with_epoch(&self, mut status: Status) -> Status {
+        status.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
+        status
     }
 }
 
@@ -116,9 +118,10 @@ impl Kv for KvService {
     }
 
     async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
-        ConsistencySlot::set(&req, req.get_ref().consistency != Consistency::Eventual as i32);
+        let linearizable = consistency(req.get_ref().consistency).map_err(|s| self.with_epoch(s))?;
+        ConsistencySlot::set(&req, linearizable);
         authorize(&self.node, &req, "get", Need::Read(&req.get_ref().key)).await?;
-        self.routed(req, |r| self.serve_get(r)).await
+        self.routed(req, |r| self.serve_get(r, linearizable)).await
     }
 
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
@@ -130,14 +133,12 @@ impl Kv for KvService {
     type ScanStream = ScanStream;
 
     async fn scan(&self, req: Request<proto::ScanRequest>) -> Result<Response<Self::ScanStream>, Status> {
-        ConsistencySlot::set(&req, req.get_ref().consistency != Consistency::Eventual as i32);
+        let linearizable = consistency(req.get_ref().consistency).map_err(|s| self.with_epoch(s))?;
+        ConsistencySlot::set(&req, linearizable);
         authorize(&self.node, &req, "scan", Need::Scan(&req.get_ref().prefix)).await?;
-        let epoch_status = |mut s: Status| {
-            s.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
-            s
-        };
+        let epoch_status = |s: Status| self.with_epoch(s);
         self.catch_up(req.metadata()).await.map_err(epoch_status)?;
-        let (items, more) = self.serve_scan(req.into_inner()).await.map_err(epoch_status)?;
+        let (items, more) = self.serve_scan(req.into_inner(), linearizable).await.map_err(epoch_status)?;
         let last = items.len().saturating_sub(1);
         let stream = futures::stream::iter(items.into_iter().enumerate().map(move |(i, (key, e))| {
             Ok(proto::ScanItem {
@@ -183,9 +184,8 @@ impl KvService {
         }
     }
 
-    async fn serve_get(&self, r: proto::GetRequest) -> Result<proto::GetResponse, Status> {
+    async fn serve_get(&self, r: proto::GetRequest, linearizable: bool) -> Result<proto::GetResponse, Status> {
         self.check_key(&r.key)?;
-        let linearizable = consistency(r.consistency)?;
         let found = self.node.get_key(&r.key, linearizable).instrument(self.span("get")).await?;
         Ok(found.map(Into::into).unwrap_or_default())
     }
@@ -206,7 +206,11 @@ impl KvService {
     }
 
     /// The page of a scan, and whether more keys under the prefix follow it.
-    async fn serve_scan(&self, r: proto::ScanRequest) -> Result<(Vec<(Vec<u8>, Envelope)>, bool), Status> {
+    async fn serve_scan(
+        &self,
+        r: proto::ScanRequest,
+        linearizable: bool,
+    ) -> Result<(Vec<(Vec<u8>, Envelope)>, bool), Status> {
         let limits = &self.node.config().limits;
         if r.prefix.len() > limits.max_key_bytes {
             return Err(Status::invalid_argument(format!(
@@ -226,7 +230,6 @@ impl KvService {
             0 => limits.scan_default,
             n => n.min(limits.scan_max),
         };
-        let linearizable = consistency(r.consistency)?;
         // One key past the page tells whether more follow.
         let mut items = self
             .node
