@@ -321,6 +321,7 @@ async fn healthz_answers_503_over_http_after_a_failed_fsync() {
         http: Some(http.clone()),
         data_dir: dir.path().join("node1"),
         ring: ringkv::ring::RingConfig { shards: 1, ..Default::default() },
+        raft: ringkv_tests::test_raft_tuning(),
         ..NodeConfig::default()
     };
     let node = Node::start(config, LinkFilter::default()).await.expect("node starts");

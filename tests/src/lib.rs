@@ -73,6 +73,13 @@ pub async fn heavy() -> tokio::sync::SemaphorePermit<'static> {
         .expect("the semaphore is never closed")
 }
 
+/// Raft timing of in-process test clusters: faster than the served
+/// defaults (250 ms heartbeats, 1.25–2.5 s election timeouts), so failover
+/// tests finish sooner on loopback.
+pub fn test_raft_tuning() -> RaftTuning {
+    RaftTuning { heartbeat_ms: 100, election_min_ms: 500, election_max_ms: 1000, ..RaftTuning::default() }
+}
+
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     free_port_on(std::net::Ipv4Addr::LOCALHOST)
@@ -526,7 +533,7 @@ impl InProcCluster {
                 join: seed.iter().cloned().collect(),
                 // Few shards keep in-process clusters light; the ring logic is the same.
                 ring: ringkv::ring::RingConfig { shards: 4, ..Default::default() },
-                raft: RaftTuning::default(),
+                raft: test_raft_tuning(),
                 request_timeout: Duration::from_secs(3),
                 ..NodeConfig::default()
             };

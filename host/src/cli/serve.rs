@@ -136,12 +136,6 @@ pub struct ServeCommand {
     pub auth: bool,
 }
 
-/// A served node's Raft timing: slower than [`RaftTuning::default`] (which
-/// in-process test clusters use), so a loaded machine does not trigger
-/// needless elections.
-const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
-const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(1250);
-
 /// How long a stopping node spends handing its leaderships to other nodes.
 const HAND_OFF_BUDGET: Duration = Duration::from_secs(5);
 /// How long a stopping node waits for requests in flight; with the hand-off
@@ -209,9 +203,12 @@ impl ServeCommand {
             (true, None) => id_from_hostname(&hostname()?)?,
             (false, id) => id.unwrap_or(d.id),
         };
-        let heartbeat = self.heartbeat.or(file.raft.heartbeat.map(|v| v.0)).unwrap_or(DEFAULT_HEARTBEAT);
-        let election_timeout =
-            self.election_timeout.or(file.raft.election_timeout.map(|v| v.0)).unwrap_or(DEFAULT_ELECTION_TIMEOUT);
+        let heartbeat =
+            self.heartbeat.or(file.raft.heartbeat.map(|v| v.0)).unwrap_or(Duration::from_millis(dr.heartbeat_ms));
+        let election_timeout = self
+            .election_timeout
+            .or(file.raft.election_timeout.map(|v| v.0))
+            .unwrap_or(Duration::from_millis(dr.election_min_ms));
         let snapshot_every = self.snapshot_every.or(file.raft.snapshot_every).unwrap_or(dr.snapshot_every);
         let keep_logs = self.keep_logs.or(file.raft.keep_logs).unwrap_or(dr.keep_logs);
         let lease_reads = self.lease_reads.or(file.raft.lease_reads).unwrap_or(dr.lease_reads);
@@ -620,6 +617,8 @@ mod tests {
         assert!(from_example.shards_given && !from_nothing.shards_given);
         from_example.shards_given = false;
         assert_eq!(format!("{from_example:?}"), format!("{from_nothing:?}"));
+        // One set of defaults: what `serve` resolves to is `RaftTuning::default()`.
+        assert_eq!(format!("{:?}", from_nothing.raft), format!("{:?}", RaftTuning::default()));
         assert_eq!(from_nothing.raft.heartbeat_ms, 250);
         assert_eq!(from_nothing.raft.election_min_ms, 1250);
         assert_eq!(from_nothing.limits.max_value_bytes, 1024 * 1024);

@@ -53,12 +53,15 @@ impl RaftTuning {
     }
 }
 
+/// The served defaults (`ringkv serve` and its config file), the only ones:
+/// slow enough that a loaded machine does not trigger needless elections.
+/// In-process test clusters on loopback pick faster timings themselves.
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 1000,
+            heartbeat_ms: 250,
+            election_min_ms: 1250,
+            election_max_ms: 2500,
             snapshot_every: 10_000,
             keep_logs: 1_000,
             lease_reads: true,
