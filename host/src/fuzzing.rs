@@ -172,10 +172,11 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
         ],
         Target::Snapshot => {
             let env = |expires_at| Envelope { value: bytes::Bytes::from_static(b"value"), version: 7, expires_at };
-            vec![crate::raft::state_machine::encode_snapshot(vec![
-                (b"a".to_vec(), env(None).encode()),
-                (b"b".to_vec(), env(Some(1_700_000_000_000)).encode()),
-            ])]
+            let marker = [7u64.to_be_bytes().as_slice(), b"a"].concat();
+            vec![crate::raft::state_machine::encode_snapshot(
+                vec![(b"a".to_vec(), env(None).encode()), (b"b".to_vec(), env(Some(1_700_000_000_000)).encode())],
+                vec![marker],
+            )]
         }
     }
 }
@@ -220,9 +221,10 @@ mod tests {
             }
         }
         assert!(decode::<HookRecord>(&seeds(Target::HookRecord)[0]).is_ok());
-        let records = crate::raft::state_machine::decode_snapshot(&seeds(Target::Snapshot)[0]).expect("snapshot");
-        assert_eq!(records.len(), 2);
-        assert_eq!(records[1].expires_at, Some(1_700_000_000_000));
+        let snapshot = crate::raft::state_machine::decode_snapshot(&seeds(Target::Snapshot)[0]).expect("snapshot");
+        assert_eq!(snapshot.records.len(), 2);
+        assert_eq!(snapshot.records[1].expires_at, Some(1_700_000_000_000));
+        assert_eq!(snapshot.moved.len(), 1);
     }
 
     /// Every seed and every input that ever crashed a harness runs through

@@ -61,7 +61,9 @@ fn moved_key(group: GroupId, epoch: u64, key: &[u8]) -> Vec<u8> {
     group_key(group, &[MOVED_PREFIX, &epoch.to_be_bytes(), key].concat())
 }
 
-/// Snapshot payload: every live record of the group as (user key, encoded envelope).
+/// Snapshot payload: every live record of the group as (user key, encoded
+/// envelope). The group's re-shard markers follow it as a second postcard
+/// value (see [`encode_snapshot`]).
 #[derive(Serialize, Deserialize)]
 struct SnapshotData {
     records: Vec<(Vec<u8>, Vec<u8>)>,
@@ -76,24 +78,45 @@ pub struct SnapshotRecord {
     pub expires_at: Option<u64>,
 }
 
+/// A received snapshot, checked before anything is written.
+pub struct ReceivedSnapshot {
+    pub records: Vec<SnapshotRecord>,
+    /// The group's re-shard markers: job epoch (u64 BE) · user key.
+    pub moved: Vec<Vec<u8>>,
+}
+
 /// Decodes a snapshot payload sent by a leader and checks every record's
-/// envelope. The bytes come off the network, so a malformed payload is an
-/// error, never a panic (fuzzed by `fuzz/fuzz_targets/snapshot.rs`).
-pub fn decode_snapshot(data: &[u8]) -> Result<Vec<SnapshotRecord>, StorageError> {
-    let payload: SnapshotData = decode(data, "snapshot")?;
-    payload
+/// envelope and marker. The bytes come off the network, so a malformed
+/// payload is an error, never a panic (fuzzed by
+/// `fuzz/fuzz_targets/snapshot.rs`). A payload from a node that sent no
+/// markers carries none.
+pub fn decode_snapshot(data: &[u8]) -> Result<ReceivedSnapshot, StorageError> {
+    let corrupt = |e: postcard::Error| StorageError::Corrupt { keyspace: "snapshot", detail: e.to_string() };
+    let (payload, rest) = postcard::take_from_bytes::<SnapshotData>(data).map_err(corrupt)?;
+    let moved: Vec<Vec<u8>> = if rest.is_empty() { Vec::new() } else { decode(rest, "snapshot")? };
+    if moved.iter().any(|m| m.len() < 8) {
+        let detail = "a re-shard marker without its job epoch".to_string();
+        return Err(StorageError::Corrupt { keyspace: "snapshot", detail });
+    }
+    let records = payload
         .records
         .into_iter()
         .map(|(key, raw)| {
             let expires_at = Envelope::decode(&raw)?.expires_at;
             Ok(SnapshotRecord { key, raw, expires_at })
         })
-        .collect()
+        .collect::<Result<_, StorageError>>()?;
+    Ok(ReceivedSnapshot { records, moved })
 }
 
-/// Encodes a snapshot payload from (user key, encoded envelope) records.
-pub fn encode_snapshot(records: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
-    encode(&SnapshotData { records })
+/// Encodes a snapshot payload from (user key, encoded envelope) records and
+/// re-shard markers (epoch · user key). The markers go after the records
+/// as a value of their own: a node that knows only the records reads them
+/// and ignores the rest (postcard stops at the end of a value).
+pub fn encode_snapshot(records: Vec<(Vec<u8>, Vec<u8>)>, moved: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut out = encode(&SnapshotData { records });
+    out.extend(encode(&moved));
+    out
 }
 
 /// State machine of one Raft group.
@@ -789,7 +812,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.storage
             .blocking(move |s| {
                 let data = snapshot.into_bytes_blocking().map_err(snap_err)?;
-                let records = decode_snapshot(&data).map_err(snap_err)?;
+                let ReceivedSnapshot { records, moved } = decode_snapshot(&data).map_err(snap_err)?;
                 drop(data);
                 let mut batch = s.db().batch();
                 // A key may appear once per batch: only remove what the snapshot does not rewrite.
@@ -814,6 +837,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 for r in records {
                     batch.insert(s.sm_data(), group_key(group, &r.key), r.raw);
+                }
+                // The markers are part of the state: without them a late
+                // copy of a moved key that was deleted since would come back
+                // here and nowhere else.
+                let markers: std::collections::HashSet<Vec<u8>> =
+                    moved.iter().map(|m| group_key(group, &[MOVED_PREFIX, m].concat())).collect();
+                for g in s.sm_meta().prefix(group_key(group, MOVED_PREFIX)) {
+                    let k = g.key().map_err(sm_err)?;
+                    if !markers.contains(k.as_ref()) {
+                        batch.remove(s.sm_meta(), k);
+                    }
+                }
+                for k in markers {
+                    batch.insert(s.sm_meta(), k, Vec::new());
                 }
                 if let Some(last) = &meta.last_log_id {
                     batch.insert(s.sm_meta(), group_key(group, APPLIED), encode(last));
@@ -870,7 +907,13 @@ fn snapshot_of(group: GroupId, storage: &Storage) -> Result<Snapshot, RaftStorag
             let (k, v) = g.into_inner().map_err(std::io::Error::other)?;
             records.push((k[8..].to_vec(), v.to_vec()));
         }
-        Ok(encode_snapshot(records))
+        let marker_prefix = group_key(group, MOVED_PREFIX);
+        let mut moved = Vec::new();
+        for g in view.prefix(storage.sm_meta(), &marker_prefix) {
+            let k = g.key().map_err(std::io::Error::other)?;
+            moved.push(k[marker_prefix.len()..].to_vec());
+        }
+        Ok(encode_snapshot(records, moved))
     });
     Ok(Snapshot { meta, snapshot: Box::new(SnapshotBytes::lazy(collect)) })
 }
@@ -915,6 +958,52 @@ mod tests {
         // Once the job's markers are cleared, a later job moves the key again.
         apply(&mut sm, 6, vec![Op::ClearMoveMarkers { epoch: 1 }]).await;
         assert_eq!(apply(&mut sm, 7, vec![move_in("a", 9, 2)]).await, vec![CommandResult::MovedIn { written: true }]);
+    }
+
+    /// The current snapshot of `sm`, as the bytes a leader would send.
+    async fn snapshot_bytes(sm: &mut StateMachine) -> (SnapshotMeta, Vec<u8>) {
+        let snapshot = sm.get_current_snapshot().await.expect("snapshot").expect("something applied");
+        let bytes = tokio::task::spawn_blocking(move || snapshot.snapshot.into_bytes_blocking())
+            .await
+            .expect("collect task")
+            .expect("collect");
+        (snapshot.meta, bytes)
+    }
+
+    #[tokio::test]
+    async fn a_replica_caught_up_by_snapshot_has_the_jobs_move_markers_and_no_others() {
+        let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let mut leader = StateMachine::new(1, Storage::open(dir_a.path()).expect("storage"));
+        let mut behind = StateMachine::new(1, Storage::open(dir_b.path()).expect("storage"));
+        // The leader moved `a` in for job 1, and a client deleted it since.
+        apply(&mut leader, 1, vec![move_in("a", 77, 1)]).await;
+        let delete = Op::Delete { key: b"a".to_vec(), if_version: None, hooks: None };
+        apply(&mut leader, 2, vec![delete]).await;
+        // The lagging replica holds a marker the snapshot's state does not.
+        apply(&mut behind, 1, vec![move_in("z", 5, 9)]).await;
+        let (meta, bytes) = snapshot_bytes(&mut leader).await;
+        behind.install_snapshot(&meta, Box::new(SnapshotBytes::from_bytes(bytes))).await.expect("install");
+        // A late copy of job 1's move is refused on both replicas alike...
+        let written = |w| vec![CommandResult::MovedIn { written: w }];
+        assert_eq!(apply(&mut leader, 3, vec![move_in("a", 77, 1)]).await, written(false));
+        assert_eq!(apply(&mut behind, 3, vec![move_in("a", 77, 1)]).await, written(false));
+        assert!(behind.get(b"a".to_vec(), 0).await.expect("get").is_none());
+        // ...and job 9's marker, which the leader never had, is gone.
+        assert_eq!(apply(&mut leader, 4, vec![move_in("z", 5, 9)]).await, written(true));
+        assert_eq!(apply(&mut behind, 4, vec![move_in("z", 5, 9)]).await, written(true));
+    }
+
+    #[test]
+    fn a_snapshot_without_markers_still_decodes() {
+        // What a node that sent no markers sends: the records value alone.
+        let env = Envelope { value: bytes::Bytes::from_static(b"v"), version: 3, expires_at: None };
+        let old = encode(&SnapshotData { records: vec![(b"k".to_vec(), env.encode())] });
+        let snapshot = decode_snapshot(&old).expect("decodes");
+        assert_eq!((snapshot.records.len(), snapshot.moved.len()), (1, 0));
+        // A marker too short to hold its job epoch is refused.
+        let mut bad = old.clone();
+        bad.extend(encode(&vec![vec![1u8, 2, 3]]));
+        assert!(decode_snapshot(&bad).is_err());
     }
 
     #[tokio::test]
