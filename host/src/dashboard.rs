@@ -1,6 +1,7 @@
 //! The web dashboard on the HTTP port: `/` and its static assets, embedded in
 //! the binary so a node needs no files next to it. The page itself polls
-//! `/status` and `/metrics` from the browser; nothing here renders data.
+//! `/status` and `/cluster/load` (falling back to `/metrics`) from the
+//! browser; nothing here renders data.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

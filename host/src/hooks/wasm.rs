@@ -1,9 +1,10 @@
 //! WebAssembly hooks: checks modules at deploy and runs each call in a fresh
-//! instance under the hook's limits (ABI version 1, `guest-sdk/ABI.md`).
+//! instance under the hook's limits (ABI versions 1 and 2, `guest-sdk/ABI.md`).
 //!
 //! - One process-wide [`Engine`] (Cranelift, pooling allocator, epoch
 //!   interruption, 512 KiB Wasm stack). No WASI, no component model: a hook
-//!   may import only `ringkv.log` and `ringkv.panic`.
+//!   may import only `ringkv.log` and `ringkv.panic`, and (ABI v2)
+//!   `ringkv.old_version` and `ringkv.old_value`.
 //! - Deploy ([`Runtime::compile`], [`Runtime::compile_partitioner`]) checks
 //!   size, compiles under a time cap, checks imports, exports, memory and
 //!   table sizes, and instantiates once to ask the module's ABI version.

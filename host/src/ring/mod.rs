@@ -3,7 +3,7 @@
 //! - `token = xxh3_64(routing_key)` (XXH3, 64-bit, seed 0): fast, stable across
 //!   versions and platforms, and specified publicly.
 //! - The token space is cut into `shards` equal ranges; shard `i` owns
-//!   `[i·2⁶⁴/S, (i+1)·2⁶⁴/S)`.
+//!   `[⌈i·2⁶⁴/S⌉, ⌈(i+1)·2⁶⁴/S⌉)` ([`shard_start`]).
 //! - Each node places `vnodes` virtual points at `xxh3_64("ringkv-vnode" · id · i)`.
 //! - [`place`] gives each shard its replicas: the first RF distinct nodes
 //!   walking clockwise from the shard's start token, skipping nodes already at
@@ -34,7 +34,9 @@ pub type ShardId = u32;
 /// Ring settings, fixed when the cluster is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingConfig {
-    /// Number of shards S. Default 64; size it at about 10× the largest node count you expect.
+    /// Number of shards S. 64 here, the ring's own default; a node started
+    /// without `--shards` uses 1 (`NodeConfig::default`, ARCHITECTURE.md →
+    /// Cost of many shards).
     pub shards: u32,
     /// Replicas per shard RF. Default 3; capped by the node count.
     pub replication_factor: u32,

@@ -5,14 +5,11 @@
 //! start with the big-endian group id, so a group's data is one contiguous
 //! range and groups never collide.
 //!
-//! | keyspace     | key                               | value                              |
-//! |--------------|-----------------------------------|------------------------------------|
-//! | `raft_log`   | group · index                     | postcard Raft entry                |
-//! | `raft_state` | group · tag (`vote`, `committed`, `purged`) | postcard                  |
-//! | `sm_data`    | group · user key                  | [`Envelope`]                       |
-//! | `sm_meta`    | group · tag (`applied`, `membership`) | postcard                       |
-//! | `sm_expiry`  | group · expires_at · user key     | empty (TTL index)                  |
-//! | `node_meta`  | tag                               | node identity and join state       |
+//! Keyspaces: `raft_log`, `raft_state` (Raft's log and vote), `sm_data`,
+//! `sm_meta`, `sm_expiry` (each group's state machine and TTL index) and
+//! `node_meta` (the node's own records, the one keyspace without the group
+//! prefix). Every key and value format is listed once, in ARCHITECTURE.md →
+//! Storage layout.
 //!
 //! Durability: Raft log appends, vote saves, truncations and purges go through
 //! one writer thread ([`Storage::submit`]) that commits everything queued as a
