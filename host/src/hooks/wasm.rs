@@ -725,97 +725,31 @@ fn check_declared_tables(name: &str, count: u64, initial: Option<u64>) -> Result
 /// Checks the memory and table sizes a module declares, read from its
 /// binary before compiling: the engine refuses a module that does not fit
 /// its pool with a message about the pool rather than the hook, and
-/// compiling a module that is refused anyway is wasted work. Anything this
-/// does not understand is left to the compiler's validation.
+/// compiling a module that is refused anyway is wasted work. Anything the
+/// parser does not understand is left to the compiler's validation.
 fn check_declared_sizes(name: &str, source: &[u8], memory_limit: usize) -> Result<(), String> {
-    let mut sections = Bytes { rest: source.get(8..).unwrap_or_default() };
-    while !sections.rest.is_empty() {
-        let (Some(id), Some(len)) = (sections.byte(), sections.leb()) else { return Ok(()) };
-        let Some(mut body) = sections.take(len) else { return Ok(()) };
-        match id {
-            4 => {
-                let Some(count) = body.leb() else { return Ok(()) };
-                check_declared_tables(name, count, if count == 1 { first_table_size(&mut body) } else { None })?;
+    use wasmparser::Payload;
+    for payload in wasmparser::Parser::new(0).parse_all(source) {
+        match payload {
+            Ok(Payload::TableSection(tables)) => {
+                let count = u64::from(tables.count());
+                let first = tables.into_iter().next().and_then(Result::ok);
+                check_declared_tables(name, count, first.filter(|_| count == 1).map(|t| t.ty.initial))?;
             }
-            5 => {
-                let Some(count) = body.leb() else { return Ok(()) };
-                let Some(memory) = first_memory(&mut body, count) else { return Ok(()) };
+            Ok(Payload::MemorySection(memories)) => {
+                let count = u64::from(memories.count());
+                let Some(Ok(m)) = memories.into_iter().next() else { return Ok(()) };
+                let page_size = m.page_size_log2.map_or(Some(65536), |log2| 1u64.checked_shl(log2));
+                let Some(page_size) = page_size else { return Ok(()) };
+                let memory = DeclaredMemory { count, is_64: m.memory64, shared: m.shared, pages: m.initial, page_size };
                 memory.check(name, memory_limit)?;
             }
-            _ => {}
+            // Tables and memories come before the code, which need not be read.
+            Ok(Payload::CodeSectionStart { .. }) | Err(_) => return Ok(()),
+            Ok(_) => {}
         }
     }
     Ok(())
-}
-
-/// The first memory type of a memory section.
-fn first_memory(body: &mut Bytes<'_>, count: u64) -> Option<DeclaredMemory> {
-    if count == 0 {
-        return None;
-    }
-    let flags = body.byte()?;
-    let pages = body.leb()?;
-    if flags & 1 != 0 {
-        body.leb()?;
-    }
-    let page_size = if flags & 8 != 0 { 1u64.checked_shl(u32::try_from(body.leb()?).ok()?)? } else { 65536 };
-    Some(DeclaredMemory { count, is_64: flags & 4 != 0, shared: flags & 2 != 0, pages, page_size })
-}
-
-/// The initial size of the first table of a table section.
-fn first_table_size(body: &mut Bytes<'_>) -> Option<u64> {
-    let mut reftype = body.byte()?;
-    if reftype == 0x40 {
-        // A table with an initializer expression: 0x40 0x00 tabletype expr.
-        if body.byte()? != 0 {
-            return None;
-        }
-        reftype = body.byte()?;
-    }
-    if matches!(reftype, 0x63 | 0x64) {
-        body.leb()?; // the heap type
-    }
-    let flags = body.byte()?;
-    if flags & !0b101 != 0 {
-        return None;
-    }
-    body.leb()
-}
-
-/// A cursor over a module's bytes.
-struct Bytes<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Bytes<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.rest.split_first()?;
-        self.rest = rest;
-        Some(first)
-    }
-
-    /// An unsigned LEB128 number (also skips a signed one's bytes).
-    fn leb(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..70).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn take(&mut self, len: u64) -> Option<Bytes<'a>> {
-        let len = usize::try_from(len).ok()?;
-        if len > self.rest.len() {
-            return None;
-        }
-        let (taken, rest) = self.rest.split_at(len);
-        self.rest = rest;
-        Some(Bytes { rest: taken })
-    }
 }
 
 /// Checks that `export` is a function of the given type.
