@@ -186,6 +186,8 @@ struct NodeInner {
     /// view is swapped in under it exclusively, so no request admitted under
     /// the old view is still running when the new one is in use.
     routing_gate: tokio::sync::RwLock<()>,
+    /// The meta group's shard assignments as last read, for eventual reads.
+    assignments: arc_swap::ArcSwapOption<routing::CachedAssignments>,
 }
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -256,6 +258,7 @@ impl Node {
                 partition: ArcSwap::from_pointee(partitioning::PartitionView::default()),
                 partition_generation: watch::channel(0).0,
                 routing_gate: tokio::sync::RwLock::new(()),
+                assignments: arc_swap::ArcSwapOption::empty(),
             }),
         };
         if let Some(tls) = &node.inner.tls {

@@ -13,14 +13,13 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use ringkv_client::proto::{RaftEnvelope, RaftKind};
 use serde::{Deserialize, Serialize};
 
-use super::{Group, Node, NodeError, NodeInner, META_GROUP};
+use super::{Group, Node, NodeError, META_GROUP};
 use crate::hooks::HookSpec;
 use crate::raft::network::{decode, encode, PeerError};
 use crate::raft::peer_stream::Unsent;
@@ -323,21 +322,14 @@ fn note_served_by(id: NodeId) {
 /// Shard replicas as the meta group records them.
 type Assignments = BTreeMap<ShardId, Vec<NodeId>>;
 
-/// One node's last read of the meta group's assignments, and the meta epoch
-/// it was read at.
-#[derive(Clone)]
-struct CachedAssignments {
-    node: Weak<NodeInner>,
+/// This node's last read of the meta group's assignments, and the meta
+/// epoch it was read at. Every eventual read checks the assignments;
+/// reading them from storage each time nearly halved eventual-read
+/// throughput.
+pub(super) struct CachedAssignments {
     epoch: u64,
     assignments: Arc<Assignments>,
 }
-
-/// Every eventual read checks the assignments; reading them from storage
-/// each time nearly halved eventual-read throughput. One entry per running
-/// node of this process (tests run several); an entry's `Weak` keeps its
-/// node's address from being reused while the entry exists, and entries of
-/// dropped nodes are pruned on the next update.
-static ASSIGNMENTS: LazyLock<ArcSwap<Vec<CachedAssignments>>> = LazyLock::new(|| ArcSwap::from_pointee(Vec::new()));
 
 /// What one attempt at the leader produced.
 pub enum Attempt<T> {
@@ -579,18 +571,11 @@ impl Node {
     /// than its tag.
     async fn cached_assignments(&self) -> Result<Arc<Assignments>, NodeError> {
         let epoch = self.meta_epoch();
-        let mine = |c: &CachedAssignments| std::ptr::eq(c.node.as_ptr(), Arc::as_ptr(&self.inner));
-        if let Some(c) = ASSIGNMENTS.load().iter().find(|c| mine(c) && c.epoch == epoch) {
+        if let Some(c) = self.inner.assignments.load().as_ref().filter(|c| c.epoch == epoch) {
             return Ok(c.assignments.clone());
         }
         let assignments = Arc::new(self.assignments().await?);
-        let entry = CachedAssignments { node: Arc::downgrade(&self.inner), epoch, assignments: assignments.clone() };
-        ASSIGNMENTS.rcu(|all| {
-            let mut next: Vec<CachedAssignments> =
-                all.iter().filter(|c| c.node.strong_count() > 0 && !mine(c)).cloned().collect();
-            next.push(entry.clone());
-            next
-        });
+        self.inner.assignments.store(Some(Arc::new(CachedAssignments { epoch, assignments: assignments.clone() })));
         Ok(assignments)
     }
 
