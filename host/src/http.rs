@@ -163,7 +163,7 @@ async fn readyz(State(node): State<Node>) -> (StatusCode, String) {
 /// One `warning:` line per under-replicated shard this node hosts, or that
 /// has lost a majority of its replicas.
 async fn replication_warnings(node: &Node) -> String {
-    let (Ok(routes), Ok(missing)) = (crate::api::shard_routes(node).await, node.missing_members().await) else {
+    let (Ok(routes), Ok(missing)) = (node.shard_routes().await, node.missing_members().await) else {
         return String::new();
     };
     let mut out = String::new();

@@ -240,7 +240,7 @@ async fn refresh(node: &Node) {
         gauge!(RAFT_TERM, "shard" => shard.clone()).set(m.current_term as f64);
         gauge!(RAFT_APPLIED_INDEX, "shard" => shard.clone()).set(applied as f64);
         gauge!(RAFT_LAST_LOG_INDEX, "shard" => shard.clone()).set(m.last_log_index.unwrap_or(0) as f64);
-        gauge!(RAFT_COMMIT_INDEX, "shard" => shard.clone()).set(crate::api::commit_index(&m) as f64);
+        gauge!(RAFT_COMMIT_INDEX, "shard" => shard.clone()).set(crate::raft::commit_index(&m) as f64);
         gauge!(RAFT_IS_LEADER, "shard" => shard).set(if m.current_leader == Some(node.id()) { 1.0 } else { 0.0 });
     }
     let storage = node.storage().clone();
@@ -253,7 +253,7 @@ async fn refresh(node: &Node) {
             gauge!(STORAGE_PART_SIZE, "part" => part).set(bytes as f64);
         }
     }
-    if let Ok(routes) = crate::api::shard_routes(node).await {
+    if let Ok(routes) = node.shard_routes().await {
         gauge!(SHARDS_MOVING).set(routes.iter().filter(|r| r.moving).count() as f64);
         gauge!(SHARDS_UNDER_REPLICATED).set(routes.iter().filter(|r| r.under_replicated).count() as f64);
     }

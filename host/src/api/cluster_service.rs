@@ -16,36 +16,17 @@ impl ClusterService {
     }
 }
 
-/// Every shard's recorded replicas, its leader (this node's Raft view when it
-/// hosts the shard, else the leader's last report to the meta group), and
-/// whether it differs from the placement target.
-pub async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status> {
-    let assignments = node.assignments().await?;
-    let meta = node.group(META_GROUP)?;
-    let pending = meta.sm.pending_moves().await.map_err(crate::cluster::NodeError::from)?;
-    let hints = meta.sm.leader_hints().await.map_err(crate::cluster::NodeError::from)?;
-    let missing = node.missing_members().await?;
-    let active = node.active_members().await?;
-    // The replicas a shard should have: RF, or every member placement may
-    // use when there are fewer. A replica on a down or unreachable node does
-    // not count, so a shard with a replica on a dead node is
-    // under-replicated even when no other node could take its place.
-    let rf = (node.ring().replication_factor as usize).min(active.len());
-    let target = crate::ring::place(node.ring(), &active);
-    Ok(assignments
+/// Every shard's route as clients and `cluster status` see it.
+async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status> {
+    let routes = node.shard_routes().await?;
+    Ok(routes
         .into_iter()
-        .map(|(shard, replicas)| {
-            let leader_id = match node.group(crate::cluster::shard_group(shard)) {
-                Ok(g) => g.raft.metrics().borrow().current_leader,
-                Err(_) => hints.get(&shard).map(|(leader, _)| *leader).filter(|l| replicas.contains(l)),
-            }
-            .unwrap_or(0);
-            let want: std::collections::BTreeSet<u64> =
-                target.get(shard as usize).into_iter().flatten().copied().collect();
-            let moving =
-                pending.contains(&shard) || replicas.iter().copied().collect::<std::collections::BTreeSet<_>>() != want;
-            let under_replicated = replicas.iter().filter(|r| !missing.contains(r)).count() < rf;
-            proto::ShardRoute { shard, leader_id, replicas, moving, under_replicated }
+        .map(|r| proto::ShardRoute {
+            shard: r.shard,
+            leader_id: r.leader.unwrap_or(0),
+            replicas: r.replicas,
+            moving: r.moving,
+            under_replicated: r.under_replicated,
         })
         .collect())
 }
@@ -100,7 +81,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
                 term: m.current_term,
                 role: role.to_string(),
                 last_log_index: m.last_log_index.unwrap_or(0),
-                commit_index: commit_index(&m),
+                commit_index: crate::raft::commit_index(&m),
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 snapshot_index: m.snapshot.map_or(0, |l| l.index),
                 purged_index: m.purged.map_or(0, |l| l.index),
@@ -134,30 +115,6 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         hooks: super::hooks_service::hook_infos(node).await?,
         reshard: Some(reshard_of(&node.reshard_status().await?)),
     })
-}
-
-/// On the leader: the highest index stored on a quorum of voters. Elsewhere
-/// the applied index, a lower bound (followers do not expose their commit index).
-pub fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
-    let applied = m.last_applied.map_or(0, |l| l.index);
-    let Some(repl) = m.replication.as_ref() else { return applied };
-    let mut matched: Vec<u64> = m
-        .membership_config
-        .membership()
-        .voter_ids()
-        .map(|id| {
-            if id == m.id {
-                m.last_log_index.unwrap_or(0)
-            } else {
-                repl.get(&id).copied().flatten().map_or(0, |l| l.index)
-            }
-        })
-        .collect();
-    if matched.is_empty() {
-        return applied;
-    }
-    matched.sort_unstable_by(|a, b| b.cmp(a));
-    matched[matched.len() / 2].max(applied)
 }
 
 #[tonic::async_trait]

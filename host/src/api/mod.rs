@@ -22,7 +22,7 @@ use crate::cluster::{Node, NodeError};
 use crate::raft::network::MAX_PEER_MESSAGE;
 
 pub use backup_service::{LEADER_HEADER, PARTITIONER_NONE};
-pub use cluster_service::{commit_index, reshard_json, shadow_json, shard_routes, stage_name, status_json, status_of};
+pub use cluster_service::{reshard_json, shadow_json, stage_name, status_json, status_of};
 pub use hooks_service::spec_of as hook_spec_of;
 
 /// Serves every gRPC service on `listener` until the node shuts down.

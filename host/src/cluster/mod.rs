@@ -19,6 +19,7 @@ mod partitioning;
 mod placement;
 mod quiescence;
 mod routing;
+mod status;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use membership::{MembershipOp, MembershipReply};
 pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
 pub use routing::{ForwardReply, Forwarded, Proposal};
+pub use status::ShardRoute;
 
 use crate::config::NodeConfig;
 use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, StateMachine};

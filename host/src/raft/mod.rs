@@ -123,3 +123,27 @@ async fn watch_leader(
         }
     }
 }
+
+/// On the leader: the highest index stored on a quorum of voters. Elsewhere
+/// the applied index, a lower bound (followers do not expose their commit index).
+pub fn commit_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let Some(repl) = m.replication.as_ref() else { return applied };
+    let mut matched: Vec<u64> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(|id| {
+            if id == m.id {
+                m.last_log_index.unwrap_or(0)
+            } else {
+                repl.get(&id).copied().flatten().map_or(0, |l| l.index)
+            }
+        })
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[matched.len() / 2].max(applied)
+}
