@@ -244,12 +244,10 @@ async fn refresh(node: &Node) {
         gauge!(RAFT_IS_LEADER, "shard" => shard).set(if m.current_leader == Some(node.id()) { 1.0 } else { 0.0 });
     }
     let storage = node.storage().clone();
-    let sizes = tokio::task::spawn_blocking(move || (storage.disk_space(), storage.disk_space_by_part())).await;
-    if let Ok((total, parts)) = sizes {
-        if let Ok(bytes) = total {
-            gauge!(STORAGE_SIZE).set(bytes as f64);
-        }
-        for (part, bytes) in parts.into_iter().flatten() {
+    // The parts are every keyspace and the journals, so they add up to the total.
+    if let Ok(Ok(parts)) = tokio::task::spawn_blocking(move || storage.disk_space_by_part()).await {
+        gauge!(STORAGE_SIZE).set(parts.iter().map(|(_, bytes)| bytes).sum::<u64>() as f64);
+        for (part, bytes) in parts {
             gauge!(STORAGE_PART_SIZE, "part" => part).set(bytes as f64);
         }
     }

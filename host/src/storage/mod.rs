@@ -271,11 +271,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Disk space used by the database (journals and tables).
-    pub fn disk_space(&self) -> Result<u64, StorageError> {
-        self.inner.db.disk_space().map_err(StorageError::fjall("measuring disk space"))
-    }
-
     /// Makes this store's next group commit fail as if its fsync had, which
     /// poisons it: for tests of what a node shows then (the `failpoints`
     /// feature; per store, where a `FAILPOINTS` point is per process).
