@@ -751,3 +751,54 @@ async fn hook_commands_speak_plain_words_and_hook_test_exits_by_verdict() {
     let (_, help, _) = run(&["hook", "remove", "--help"]).await;
     assert!(help.contains("The partition function is not kept"), "{help}");
 }
+
+/// `cluster shards` lists every shard once, their token ranges cover the
+/// whole ring, and with `--exact` their keys add up to what was written.
+#[tokio::test]
+async fn cluster_shards_lists_each_shard_with_its_range_keys_and_rate() {
+    let c = ProcCluster::start(3, &["--shards", "4"]).await;
+    let client = c.client();
+    for i in 0..40 {
+        client.put(format!("shards/{i}"), "v").await.expect("put");
+    }
+    let all = c.endpoints().join(",");
+    let shards = ringkv_tests::eventually("every shard reported with all 40 keys", || {
+        let all = all.clone();
+        async move {
+            let args = ["cluster", "shards", "--json", "--exact", "--window", "200ms", "--endpoints"];
+            let (ok, out, _) = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().copied().chain([all.as_str()]).collect();
+                cli_blocking(&args)
+            })
+            .await
+            .ok()?;
+            let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+            let shards = v["shards"].as_array()?.clone();
+            let keys: u64 = shards.iter().map(|s| s["keys"].as_u64().unwrap_or(0)).sum();
+            let reported = shards.iter().all(|s| s["reported_by"].is_u64() && s["writes_per_sec"].is_f64());
+            (ok && keys == 40 && reported).then_some(shards)
+        }
+    })
+    .await;
+    assert_eq!(shards.len(), 4);
+    let token = |s: &serde_json::Value, field: &str| {
+        u64::from_str_radix(s[field].as_str().expect("hex token"), 16).expect("hex token")
+    };
+    assert_eq!(token(&shards[0], "first_token"), 0);
+    assert_eq!(token(&shards[3], "last_token"), u64::MAX);
+    for pair in shards.windows(2) {
+        assert_eq!(token(&pair[0], "last_token") + 1, token(&pair[1], "first_token"), "{pair:?}");
+    }
+    for s in &shards {
+        assert_eq!(s["replicas"].as_array().map(Vec::len), Some(3), "{s}");
+    }
+
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        cli_blocking(&["cluster", "shards", "--window", "100ms", "--endpoints", &all])
+    })
+    .await
+    .expect("join");
+    assert!(ok, "cluster shards failed: {err}");
+    assert!(out.starts_with("SHARD"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with(char::is_numeric)).count(), 4, "{out}");
+}

@@ -89,6 +89,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
                 learners,
                 replication,
                 keys: 0,
+                applied_ops: g.sm.applied_ops(),
             }
         })
         .collect::<Vec<_>>();
@@ -294,6 +295,7 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
             "voters": g.voters,
             "learners": g.learners,
             "keys": g.keys,
+            "applied_ops": g.applied_ops,
             "replication": g.replication.iter().map(|r| serde_json::json!({"node_id": r.node_id, "matched_index": r.matched_index})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving, "under_replicated": r.under_replicated})).collect::<Vec<_>>(),

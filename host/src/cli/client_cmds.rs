@@ -208,6 +208,22 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Every shard: its token range, leader, replicas, keys and write rate.
+    ///
+    /// Asks every member for the groups it hosts, twice, `--window` apart;
+    /// a shard's keys and writes per second are its leader's (or, without a
+    /// reachable leader, another replica's).
+    Shards {
+        /// Time between the two readings the write rates come from.
+        #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
+        window: std::time::Duration,
+        /// Count every shard's keys now (a full scan on every node) instead
+        /// of reporting the last count, at most 10 s old.
+        #[arg(long)]
+        exact: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Online re-sharding after a partition function change.
     #[command(subcommand)]
     Reshard(ReshardCommand),
@@ -228,6 +244,14 @@ impl ClusterCommand {
                     outln!("{}", crate::api::reshard_json(&r))?;
                 } else {
                     print_reshard(&r)?;
+                }
+            }
+            ClusterCommand::Shards { window, exact, client } => {
+                let shards = super::shards::collect(&client, window, exact).await?;
+                if client.json {
+                    outln!("{}", super::shards::to_json(&shards))?;
+                } else {
+                    super::shards::print(&shards)?;
                 }
             }
             ClusterCommand::Status(args) => {

@@ -10,6 +10,7 @@ mod dev_nodes;
 mod hook_cmds;
 pub(crate) mod out;
 mod serve;
+mod shards;
 mod tls_cmds;
 
 use std::process::ExitCode;

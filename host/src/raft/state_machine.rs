@@ -6,6 +6,8 @@
 //! and their records are read only when one is sent (`raft::snapshot`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fjall::{OwnedWriteBatch, Readable};
 use openraft::storage::RaftStateMachine;
@@ -124,6 +126,9 @@ pub fn encode_snapshot(records: Vec<(Vec<u8>, Vec<u8>)>, moved: Vec<Vec<u8>>) ->
 pub struct StateMachine {
     group: GroupId,
     storage: Storage,
+    /// Ops this replica applied since the process started (shared by every
+    /// clone): two readings give the group's write rate.
+    applied_ops: Arc<AtomicU64>,
 }
 
 /// Builds snapshots of one group.
@@ -142,7 +147,13 @@ fn snap_err(e: impl std::fmt::Display) -> RaftStorageError {
 
 impl StateMachine {
     pub fn new(group: GroupId, storage: Storage) -> Self {
-        Self { group, storage }
+        Self { group, storage, applied_ops: Arc::default() }
+    }
+
+    /// Ops (puts, deletes, expiries, moves, meta changes) this replica has
+    /// applied since the process started.
+    pub fn applied_ops(&self) -> u64 {
+        self.applied_ops.load(Ordering::Relaxed)
     }
 
     /// Reads one key. Expired keys are invisible.
@@ -747,6 +758,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // On this task unless fjall could stall the commit: two thread
         // hand-offs per apply cost more than the apply (docs/performance.md).
         let may_stall = self.storage.state_machine_write_may_stall();
+        let applied_ops = self.applied_ops.clone();
         self.storage
             .run(may_stall, move |s| {
                 let mut ap = Applier {
@@ -765,7 +777,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last = Some(entry.log_id);
                     results.push(match entry.payload {
                         EntryPayload::Blank => Vec::new(),
-                        EntryPayload::Normal(cmd) => ap.apply(entry.log_id.index, cmd).map_err(sm_err)?,
+                        EntryPayload::Normal(cmd) => {
+                            applied_ops.fetch_add(cmd.ops.len() as u64, Ordering::Relaxed);
+                            ap.apply(entry.log_id.index, cmd).map_err(sm_err)?
+                        }
                         EntryPayload::Membership(m) => {
                             membership = Some(StoredMembership::new(Some(entry.log_id), m));
                             Vec::new()

@@ -1,0 +1,190 @@
+//! `ringkv cluster shards`: every shard's token range, leader, replicas,
+//! keys and write rate, gathered from every member of the cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ringkv_client::proto::GroupStatus;
+use serde_json::json;
+
+use super::out::outln;
+use super::ClientArgs;
+use crate::cluster::shard_group;
+use crate::ring::shard_start;
+
+/// One shard as the command shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRow {
+    pub shard: u32,
+    /// First and last token of the shard's range, both included.
+    pub first_token: u64,
+    pub last_token: u64,
+    /// 0 when no leader is known.
+    pub leader: u64,
+    pub replicas: Vec<u64>,
+    pub moving: bool,
+    pub under_replicated: bool,
+    /// The node whose figures `keys` and `writes_per_sec` are: the leader,
+    /// or another replica when the leader did not answer; `None` when no
+    /// replica did.
+    pub reported_by: Option<u64>,
+    pub keys: Option<u64>,
+    /// `None` without two readings from the same replica, or when its
+    /// process restarted between them.
+    pub writes_per_sec: Option<f64>,
+}
+
+/// Each answering member's groups, by member id and group id.
+type Readings = BTreeMap<u64, BTreeMap<u64, GroupStatus>>;
+
+/// Reads every member twice, `window` apart (the second time counting keys
+/// now when `exact`), and puts each shard's figures together.
+pub async fn collect(args: &ClientArgs, window: Duration, exact: bool) -> anyhow::Result<Vec<ShardRow>> {
+    let seed = args.client()?.status().await?;
+    let opts = args.options()?;
+    let mut members = Vec::new();
+    for n in &seed.nodes {
+        members.push((n.id, ringkv_client::Client::connect_with([n.addr.as_str()], opts.clone())?));
+    }
+    let first = read_all(&members, false).await;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let second = read_all(&members, exact).await;
+    let elapsed = started.elapsed();
+    let shards = u32::try_from(seed.shards.len())?;
+    Ok(seed
+        .shards
+        .iter()
+        .map(|route| {
+            let group = shard_group(route.shard);
+            // The leader's figures, else those of any replica that answered.
+            let reporter = std::iter::once(route.leader_id)
+                .chain(route.replicas.iter().copied())
+                .find(|id| *id != 0 && second.get(id).is_some_and(|groups| groups.contains_key(&group)));
+            let now = reporter.and_then(|id| second.get(&id)?.get(&group));
+            let before = reporter.and_then(|id| first.get(&id)?.get(&group));
+            ShardRow {
+                shard: route.shard,
+                first_token: shard_start(route.shard, shards),
+                last_token: last_token(route.shard, shards),
+                leader: route.leader_id,
+                replicas: route.replicas.clone(),
+                moving: route.moving,
+                under_replicated: route.under_replicated,
+                reported_by: reporter,
+                keys: now.map(|g| g.keys),
+                writes_per_sec: match (before, now) {
+                    (Some(b), Some(n)) => rate(b.applied_ops, n.applied_ops, elapsed),
+                    _ => None,
+                },
+            }
+        })
+        .collect())
+}
+
+async fn read_all(members: &[(u64, ringkv_client::Client)], exact: bool) -> Readings {
+    let reads = members.iter().map(|(id, client)| async move { (*id, client.status_with(exact).await) });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter_map(|(id, status)| {
+            let groups = status.ok()?.groups.into_iter().map(|g| (g.group_id, g)).collect();
+            Some((id, groups))
+        })
+        .collect()
+}
+
+/// The last token of `shard`'s range: one before the next shard's first.
+fn last_token(shard: u32, shards: u32) -> u64 {
+    if shard + 1 >= shards {
+        u64::MAX
+    } else {
+        shard_start(shard + 1, shards) - 1
+    }
+}
+
+/// Ops per second between two readings of a replica's applied-op counter.
+fn rate(before: u64, now: u64, elapsed: Duration) -> Option<f64> {
+    let secs = elapsed.as_secs_f64();
+    (now >= before && secs > 0.0).then(|| (now - before) as f64 / secs)
+}
+
+pub fn to_json(rows: &[ShardRow]) -> serde_json::Value {
+    json!({
+        "shards": rows.iter().map(|r| json!({
+            "shard": r.shard,
+            // Hex strings: a u64 does not fit a JSON number exactly.
+            "first_token": format!("{:016x}", r.first_token),
+            "last_token": format!("{:016x}", r.last_token),
+            "leader_id": r.leader,
+            "replicas": r.replicas,
+            "moving": r.moving,
+            "under_replicated": r.under_replicated,
+            "reported_by": r.reported_by,
+            "keys": r.keys,
+            "writes_per_sec": r.writes_per_sec,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
+    outln!(
+        "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10}  STATE",
+        "SHARD",
+        "TOKENS (hex, both ends included)",
+        "LEADER",
+        "REPLICAS",
+        "KEYS",
+        "WRITES/S"
+    )?;
+    let mut from_other = false;
+    for r in rows {
+        let leader = if r.leader == 0 { "-".to_string() } else { r.leader.to_string() };
+        let replicas = r.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let other = r.reported_by.is_some_and(|id| id != r.leader);
+        from_other |= other;
+        let keys = match r.keys {
+            Some(k) => format!("{k}{}", if other { "*" } else { "" }),
+            None => "-".to_string(),
+        };
+        let rate = r.writes_per_sec.map_or("-".to_string(), |w| format!("{w:.1}"));
+        let state = [(r.moving, "moving"), (r.under_replicated, "under-replicated")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let line = format!(
+            "{:<6} {:016x}-{:016x} {:<7} {:<12} {:>10} {:>10}  {}",
+            r.shard, r.first_token, r.last_token, leader, replicas, keys, rate, state
+        );
+        outln!("{}", line.trim_end())?;
+    }
+    if from_other {
+        outln!("* from another replica: the leader did not answer")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ranges_cover_every_token_once() {
+        for shards in [1u32, 3, 7, 64, 4096] {
+            assert_eq!(shard_start(0, shards), 0);
+            for s in 0..shards - 1 {
+                assert_eq!(last_token(s, shards) + 1, shard_start(s + 1, shards), "{s} of {shards}");
+            }
+            assert_eq!(last_token(shards - 1, shards), u64::MAX);
+        }
+    }
+
+    #[test]
+    fn a_restart_between_readings_gives_no_rate() {
+        assert_eq!(rate(10, 30, Duration::from_secs(2)), Some(10.0));
+        assert_eq!(rate(30, 10, Duration::from_secs(2)), None);
+        assert_eq!(rate(1, 1, Duration::ZERO), None);
+    }
+}
