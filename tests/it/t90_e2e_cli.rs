@@ -753,7 +753,8 @@ async fn hook_commands_speak_plain_words_and_hook_test_exits_by_verdict() {
 }
 
 /// `cluster shards` lists every shard once, their token ranges cover the
-/// whole ring, and with `--exact` their keys add up to what was written.
+/// whole ring, and with `--exact` their keys add up to what was written;
+/// the reads behind its read rates are counted where they are served.
 #[tokio::test]
 async fn cluster_shards_lists_each_shard_with_its_range_keys_and_rate() {
     let c = ProcCluster::start(3, &["--shards", "4"]).await;
@@ -761,6 +762,16 @@ async fn cluster_shards_lists_each_shard_with_its_range_keys_and_rate() {
     for i in 0..40 {
         client.put(format!("shards/{i}"), "v").await.expect("put");
     }
+    for i in 0..40 {
+        client.get(format!("shards/{i}")).await.expect("get");
+    }
+    // Every read is counted by the replica that served it.
+    let mut served = 0;
+    for addr in c.endpoints() {
+        let status = ringkv_client::Client::connect([addr]).expect("client").status().await.expect("status");
+        served += status.groups.iter().filter(|g| g.kind == "shard").map(|g| g.served_reads).sum::<u64>();
+    }
+    assert!(served >= 40, "{served} reads counted for 40 served");
     let all = c.endpoints().join(",");
     let shards = ringkv_tests::eventually("every shard reported with all 40 keys", || {
         let all = all.clone();
@@ -775,7 +786,9 @@ async fn cluster_shards_lists_each_shard_with_its_range_keys_and_rate() {
             let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
             let shards = v["shards"].as_array()?.clone();
             let keys: u64 = shards.iter().map(|s| s["keys"].as_u64().unwrap_or(0)).sum();
-            let reported = shards.iter().all(|s| s["reported_by"].is_u64() && s["writes_per_sec"].is_f64());
+            let reported = shards
+                .iter()
+                .all(|s| s["reported_by"].is_u64() && s["writes_per_sec"].is_f64() && s["reads_per_sec"].is_f64());
             (ok && keys == 40 && reported).then_some(shards)
         }
     })

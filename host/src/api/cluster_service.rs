@@ -90,6 +90,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
                 replication,
                 keys: 0,
                 applied_ops: g.sm.applied_ops(),
+                served_reads: g.sm.served_reads(),
             }
         })
         .collect::<Vec<_>>();
@@ -296,6 +297,7 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
             "learners": g.learners,
             "keys": g.keys,
             "applied_ops": g.applied_ops,
+            "served_reads": g.served_reads,
             "replication": g.replication.iter().map(|r| serde_json::json!({"node_id": r.node_id, "matched_index": r.matched_index})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving, "under_replicated": r.under_replicated})).collect::<Vec<_>>(),

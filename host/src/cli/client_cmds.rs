@@ -208,11 +208,12 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Every shard: its token range, leader, replicas, keys and write rate.
+    /// Every shard: its token range, leader, replicas, keys, writes and reads per second.
     ///
     /// Asks every member for the groups it hosts, twice, `--window` apart;
     /// a shard's keys and writes per second are its leader's (or, without a
-    /// reachable leader, another replica's).
+    /// reachable leader, another replica's), its reads per second the sum
+    /// over its replicas.
     Shards {
         /// Time between the two readings the write rates come from.
         #[arg(long, default_value = "1s", value_parser = super::parse_duration)]

@@ -1,5 +1,5 @@
 //! `ringkv cluster shards`: every shard's token range, leader, replicas,
-//! keys and write rate, gathered from every member of the cluster.
+//! keys, write and read rates, gathered from every member of the cluster.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,6 +32,9 @@ pub struct ShardRow {
     /// `None` without two readings from the same replica, or when its
     /// process restarted between them.
     pub writes_per_sec: Option<f64>,
+    /// Client reads per second over every replica that answered twice
+    /// (eventual reads go to any replica); `None` when none did.
+    pub reads_per_sec: Option<f64>,
 }
 
 /// Each answering member's groups, by member id and group id.
@@ -77,6 +80,14 @@ pub async fn collect(args: &ClientArgs, window: Duration, exact: bool) -> anyhow
                     (Some(b), Some(n)) => rate(b.applied_ops, n.applied_ops, elapsed),
                     _ => None,
                 },
+                reads_per_sec: route
+                    .replicas
+                    .iter()
+                    .filter_map(|id| {
+                        let (b, n) = (first.get(id)?.get(&group)?, second.get(id)?.get(&group)?);
+                        rate(b.served_reads, n.served_reads, elapsed)
+                    })
+                    .reduce(|a, b| a + b),
             }
         })
         .collect())
@@ -123,19 +134,21 @@ pub fn to_json(rows: &[ShardRow]) -> serde_json::Value {
             "reported_by": r.reported_by,
             "keys": r.keys,
             "writes_per_sec": r.writes_per_sec,
+            "reads_per_sec": r.reads_per_sec,
         })).collect::<Vec<_>>(),
     })
 }
 
 pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
     outln!(
-        "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10}  STATE",
+        "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10} {:>10}  STATE",
         "SHARD",
         "TOKENS (hex, both ends included)",
         "LEADER",
         "REPLICAS",
         "KEYS",
-        "WRITES/S"
+        "WRITES/S",
+        "READS/S"
     )?;
     let mut from_other = false;
     for r in rows {
@@ -147,7 +160,7 @@ pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
             Some(k) => format!("{k}{}", if other { "*" } else { "" }),
             None => "-".to_string(),
         };
-        let rate = r.writes_per_sec.map_or("-".to_string(), |w| format!("{w:.1}"));
+        let per_sec = |r: Option<f64>| r.map_or("-".to_string(), |v| format!("{v:.1}"));
         let state = [(r.moving, "moving"), (r.under_replicated, "under-replicated")]
             .iter()
             .filter(|(on, _)| *on)
@@ -155,8 +168,16 @@ pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         let line = format!(
-            "{:<6} {:016x}-{:016x} {:<7} {:<12} {:>10} {:>10}  {}",
-            r.shard, r.first_token, r.last_token, leader, replicas, keys, rate, state
+            "{:<6} {:016x}-{:016x} {:<7} {:<12} {:>10} {:>10} {:>10}  {}",
+            r.shard,
+            r.first_token,
+            r.last_token,
+            leader,
+            replicas,
+            keys,
+            per_sec(r.writes_per_sec),
+            per_sec(r.reads_per_sec),
+            state
         );
         outln!("{}", line.trim_end())?;
     }

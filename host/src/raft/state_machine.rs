@@ -129,6 +129,9 @@ pub struct StateMachine {
     /// Ops this replica applied since the process started (shared by every
     /// clone): two readings give the group's write rate.
     applied_ops: Arc<AtomicU64>,
+    /// Client reads (point reads and scan pages) this replica served since
+    /// the process started: two readings give its read rate.
+    served_reads: Arc<AtomicU64>,
 }
 
 /// Builds snapshots of one group.
@@ -147,7 +150,7 @@ fn snap_err(e: impl std::fmt::Display) -> RaftStorageError {
 
 impl StateMachine {
     pub fn new(group: GroupId, storage: Storage) -> Self {
-        Self { group, storage, applied_ops: Arc::default() }
+        Self { group, storage, applied_ops: Arc::default(), served_reads: Arc::default() }
     }
 
     /// Ops (puts, deletes, expiries, moves, meta changes) this replica has
@@ -156,12 +159,19 @@ impl StateMachine {
         self.applied_ops.load(Ordering::Relaxed)
     }
 
+    /// Client reads (point reads and scan pages) this replica has served
+    /// since the process started; a hook reading a stored value is not one.
+    pub fn served_reads(&self) -> u64 {
+        self.served_reads.load(Ordering::Relaxed)
+    }
+
     /// Reads one key. Expired keys are invisible.
     ///
     /// Runs on the calling task: a point read is a memtable or block-cache
     /// lookup almost always, far cheaper than the two thread hand-offs of the
     /// blocking pool (docs/performance.md). Scans still go to the pool.
     pub async fn get(&self, key: Vec<u8>, now_ms: u64) -> Result<Option<Envelope>, StorageError> {
+        self.served_reads.fetch_add(1, Ordering::Relaxed);
         self.get_blocking(&key, now_ms)
     }
 
@@ -190,6 +200,7 @@ impl StateMachine {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<(Vec<u8>, Envelope)>, StorageError> {
+        self.served_reads.fetch_add(1, Ordering::Relaxed);
         use std::ops::Bound;
         let group = self.group;
         self.storage
