@@ -129,7 +129,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("ringkv-data"),
             join: Vec::new(),
             founder: false,
-            ring: RingConfig { shards: 1, ..RingConfig::default() },
+            ring: RingConfig::default(),
             shards_given: false,
             raft: RaftTuning::default(),
             limits: Limits::default(),

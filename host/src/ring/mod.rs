@@ -34,9 +34,7 @@ pub type ShardId = u32;
 /// Ring settings, fixed when the cluster is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingConfig {
-    /// Number of shards S. 64 here, the ring's own default; a node started
-    /// without `--shards` uses 1 (`NodeConfig::default`, ARCHITECTURE.md →
-    /// Cost of many shards).
+    /// Number of shards S. Default 1 (ARCHITECTURE.md → Cost of many shards).
     pub shards: u32,
     /// Replicas per shard RF. Default 3; capped by the node count.
     pub replication_factor: u32,
@@ -46,7 +44,7 @@ pub struct RingConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        Self { shards: 64, replication_factor: 3, vnodes: 64 }
+        Self { shards: 1, replication_factor: 3, vnodes: 64 }
     }
 }
 

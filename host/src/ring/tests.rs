@@ -4,6 +4,10 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// The ring most tests place: 64 shards (the default is 1, which places
+/// nothing worth checking).
+const SIXTY_FOUR: RingConfig = RingConfig { shards: 64, replication_factor: 3, vnodes: 64 };
+
 fn nodes(ids: impl IntoIterator<Item = u64>) -> BTreeSet<u64> {
     ids.into_iter().collect()
 }
@@ -54,7 +58,7 @@ fn token_is_the_documented_xxh3() {
 #[test]
 fn nodes_and_clients_map_keys_to_the_same_shards() {
     for shards in [1u32, 4, 16, 64, 1000, 4096] {
-        let config = RingConfig { shards, ..RingConfig::default() };
+        let config = RingConfig { shards, ..SIXTY_FOUR };
         for i in 0..5_000u32 {
             let key = format!("key/{i}/{}", i.wrapping_mul(2_654_435_761));
             let host = config.shard_of_key(key.as_bytes());
@@ -68,7 +72,7 @@ fn nodes_and_clients_map_keys_to_the_same_shards() {
 
 #[test]
 fn placement_is_deterministic_and_balanced_for_3_to_50_nodes() {
-    let config = RingConfig::default();
+    let config = SIXTY_FOUR;
     for n in 3..=50u64 {
         let members = nodes(1..=n);
         assert_eq!(place(&config, &members), place(&config, &members));
@@ -78,7 +82,7 @@ fn placement_is_deterministic_and_balanced_for_3_to_50_nodes() {
 
 #[test]
 fn fewer_nodes_than_rf_caps_the_replica_count() {
-    let config = RingConfig::default();
+    let config = SIXTY_FOUR;
     for n in 1..=2u64 {
         check_placement(&config, &nodes(1..=n));
     }
@@ -99,7 +103,7 @@ fn movement_bound(config: &RingConfig, n: usize) -> usize {
 #[test]
 #[ignore = "prints the movement distribution; run with --ignored --nocapture"]
 fn movement_report() {
-    let config = RingConfig::default();
+    let config = SIXTY_FOUR;
     for n in [3usize, 4, 5, 6, 8, 10, 16, 20, 32, 50] {
         let mut worst = 0.0f64;
         let mut sum = 0.0;
@@ -121,12 +125,12 @@ proptest! {
 
     #[test]
     fn balanced_for_any_member_ids(ids in proptest::collection::btree_set(1u64..1_000_000, 3..=50)) {
-        check_placement(&RingConfig::default(), &ids);
+        check_placement(&SIXTY_FOUR, &ids);
     }
 
     #[test]
     fn adding_a_node_moves_few_replicas(ids in proptest::collection::btree_set(1u64..1_000_000, 3..=49), new in 1_000_000u64..2_000_000) {
-        let config = RingConfig::default();
+        let config = SIXTY_FOUR;
         let mut more = ids.clone();
         more.insert(new);
         let moved = moves_between(&place(&config, &ids), &place(&config, &more));
@@ -139,7 +143,7 @@ proptest! {
 
     #[test]
     fn removing_a_node_moves_few_replicas(ids in proptest::collection::btree_set(1u64..1_000_000, 4..=50), pick in any::<prop::sample::Index>()) {
-        let config = RingConfig::default();
+        let config = SIXTY_FOUR;
         let gone = *pick.get(&ids.iter().copied().collect::<Vec<_>>());
         let mut fewer = ids.clone();
         fewer.remove(&gone);
@@ -157,7 +161,7 @@ proptest! {
 
     #[test]
     fn small_clusters_move_at_most_twice_the_ideal(ids in proptest::collection::btree_set(1u64..1_000_000, 3..=9), new in 1_000_000u64..2_000_000) {
-        let config = RingConfig::default();
+        let config = SIXTY_FOUR;
         let mut more = ids.clone();
         more.insert(new);
         let moved = moves_between(&place(&config, &ids), &place(&config, &more));
@@ -173,7 +177,7 @@ proptest! {
     #[test]
     fn preferred_leaders_are_spread_evenly(n in 2u64..=30, shards in 1u32..=256) {
         let members = nodes(1..=n);
-        let config = RingConfig { shards, ..RingConfig::default() };
+        let config = RingConfig { shards, ..SIXTY_FOUR };
         let p = place(&config, &members);
         let replicas: BTreeMap<ShardId, Vec<NodeId>> =
             p.iter().enumerate().map(|(s, r)| (s as ShardId, r.clone())).collect();
