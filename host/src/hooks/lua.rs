@@ -34,15 +34,35 @@ impl Runtime for LuaRuntime {
     fn compile(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String> {
         refuse_partition(spec)?;
         let hook = LuaHook::new(spec.clone())?;
-        let mut worker = Worker::new().map_err(|e| format!("hook {}: could not start a Lua VM: {e}", spec.name))?;
-        worker.check(&hook)?;
-        Ok(Arc::new(hook))
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut worker = Worker::new().map_err(|e| format!("hook {}: could not start a Lua VM: {e}", spec.name))?;
+            match worker.check(&hook) {
+                Ok(()) => return Ok(Arc::new(hook)),
+                Err(f) if f.deadline && tries < DEPLOY_CHECK_TRIES => {}
+                Err(f) => return Err(f.message),
+            }
+        }
     }
 
     fn load(&self, spec: &HookSpec) -> Result<Arc<dyn CompiledHook>, String> {
         refuse_partition(spec)?;
         Ok(Arc::new(LuaHook::new(spec.clone())?))
     }
+}
+
+/// Times a deploy runs a top level that overran its wall-clock deadline
+/// before refusing it: on a loaded machine even a trivial top level can be
+/// preempted past a short deadline once, while one that needs longer
+/// overruns it every time (and a runaway one is stopped each time).
+const DEPLOY_CHECK_TRIES: usize = 3;
+
+/// Why a deploy check refused a hook.
+struct CheckFailure {
+    message: String,
+    /// Only the wall-clock deadline was broken: worth another try.
+    deadline: bool,
 }
 
 fn refuse_partition(spec: &HookSpec) -> Result<(), String> {
@@ -344,7 +364,7 @@ impl Worker {
 
     /// Deploy check: the top level runs within the limits and defines the
     /// stage function.
-    fn check(&mut self, hook: &LuaHook) -> Result<(), String> {
+    fn check(&mut self, hook: &LuaHook) -> Result<(), CheckFailure> {
         let name = &hook.spec.name;
         self.begin(hook);
         let started = Instant::now();
@@ -354,13 +374,15 @@ impl Worker {
         let fname = hook.spec.stage.function_name();
         let failure = match ran {
             Err(Fail::Missing) if tripped.is_none() => {
-                return Err(format!("hook {name} does not define function {fname}"));
+                let message = format!("hook {name} does not define function {fname}");
+                return Err(CheckFailure { message, deadline: false });
             }
             Ok(_) if tripped.is_none() && elapsed <= hook.spec.limits.timeout => return Ok(()),
             Ok(_) | Err(Fail::Missing) => failure(hook, tripped, elapsed, None),
             Err(Fail::Lua(e)) => failure(hook, tripped, elapsed, Some(&e)),
         };
-        Err(format!("hook {name}: its top level {failure}"))
+        let deadline = matches!(failure, HookFailure::Deadline(_));
+        Err(CheckFailure { message: format!("hook {name}: its top level {failure}"), deadline })
     }
 
     fn call(&mut self, hook: &LuaHook, input: &HookInput<'_>, old: &OldValueLoader) -> Outcome {
