@@ -12,21 +12,17 @@
 //! - deploying the active function again while the job runs changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
-use futures::StreamExt;
 use ringkv_client::proto::{HookDefinition, HookKind, HookStage};
 use ringkv_client::Client;
+use ringkv_tests::workload::{assert_none_lost, load, Workload};
 use ringkv_tests::{eventually, guest::guest_module, ProcCluster};
 
 const TENANTS: usize = 50;
 const KEYS: usize = 20_000;
 const WRITERS: usize = 4;
 const READERS: usize = 4;
-/// A bound on each background task, whatever happens.
-const MAX_OPS_PER_TASK: u64 = 200_000;
 /// The node that crashes after its first re-shard batch.
 const CRASHING: u64 = 2;
 
@@ -46,19 +42,6 @@ fn partitioner() -> HookDefinition {
     }
 }
 
-/// Puts `key`, retrying transient failures (a leader change), a few times.
-async fn put_retrying(client: &Client, key: String, value: String) -> Result<(), ringkv_client::Error> {
-    let mut last = None;
-    for _ in 0..5 {
-        match client.put(key.clone(), value.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(last.unwrap_or_else(|| ringkv_client::Error::Unavailable("no attempt".into())))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_leader() {
     let module = partitioner();
@@ -66,21 +49,7 @@ async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_
     let client = cluster.client();
 
     // 1. 20 000 keys of 50 tenants, routed by their whole key.
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::with_capacity(KEYS * 2)));
-    let loaded: Vec<Result<(String, String), String>> = futures::stream::iter(0..KEYS)
-        .map(|i| {
-            let client = client.clone();
-            async move {
-                let (k, v) = (key(i % TENANTS, i), format!("v{i}"));
-                put_retrying(&client, k.clone(), v.clone()).await.map(|_| (k, v)).map_err(|e| e.to_string())
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    for r in loaded {
-        acked.lock().expect("lock").push(r.expect("initial load"));
-    }
+    let acked = load(&client, (0..KEYS).map(|i| (key(i % TENANTS, i), format!("v{i}")))).await;
 
     // A node armed to crash right after its first re-shard batch.
     cluster.stop(CRASHING);
@@ -93,62 +62,8 @@ async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_
     .await;
 
     // 2. Clients keep writing new keys and reading acknowledged ones.
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let failed_writes: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let reads = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let (client, stop, acked, failed) = (client.clone(), stop.clone(), acked.clone(), failed_writes.clone());
-        tasks.push(tokio::spawn(async move {
-            for n in 0..MAX_OPS_PER_TASK {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let (k, v) = (format!("t{:02}/live-{w}-{n}", n as usize % TENANTS), format!("live{n}"));
-                match client.put(k.clone(), v.clone()).await {
-                    Ok(_) => acked.lock().expect("lock").push((k, v)),
-                    // Not acknowledged: allowed to be lost (the crash).
-                    Err(_) => {
-                        failed.lock().expect("lock").insert(k);
-                    }
-                }
-            }
-        }));
-    }
-    for r in 0..READERS {
-        let (client, stop, acked, violations, reads) =
-            (client.clone(), stop.clone(), acked.clone(), violations.clone(), reads.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ r as u64;
-            for _ in 0..MAX_OPS_PER_TASK {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let picked = {
-                    let a = acked.lock().expect("lock");
-                    a[(x % a.len() as u64) as usize].clone()
-                };
-                match client.get(picked.0.clone()).await {
-                    Ok(Some(v)) if v.value.as_ref() == picked.1.as_bytes() => {
-                        reads.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Some(v)) => violations.lock().expect("lock").push(format!(
-                        "{} read {:?}, acknowledged {:?}",
-                        picked.0,
-                        String::from_utf8_lossy(&v.value),
-                        picked.1
-                    )),
-                    Ok(None) => violations.lock().expect("lock").push(format!("{} not found", picked.0)),
-                    // Unavailable around the crash: not an answer, not a violation.
-                    Err(_) => {}
-                }
-            }
-        }));
-    }
+    let workload =
+        Workload::start(&client, acked, WRITERS, READERS, |w, n| format!("t{:02}/live-{w}-{n}", n as usize % TENANTS));
 
     // 3. Deploy the partitioner while they run.
     let deployed = client.deploy_hook(module.clone()).await.expect("deploy the tenant partitioner");
@@ -186,44 +101,15 @@ async fn a_partitioner_swap_moves_every_key_online_and_survives_a_crashed_shard_
     assert_eq!(done.partitioner, "tenants v1");
 
     // Let the clients run a little past the job, then stop them.
-    let more = reads.load(Ordering::Relaxed) + 200;
-    eventually("readers to keep reading after the job", || {
-        let n = reads.load(Ordering::Relaxed);
-        async move { (n >= more).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("client task");
-    }
-    let violations = violations.lock().expect("lock").clone();
-    assert!(
-        violations.is_empty(),
-        "{} bad reads, first: {:?}",
-        violations.len(),
-        &violations[..violations.len().min(10)]
-    );
+    let failed_writes = workload.failed_writes.clone();
+    let reads = workload.reads.clone();
+    let acked = workload.finish().await;
 
     cluster.restart(CRASHING);
     cluster.wait_settled(3).await;
 
     // No acknowledged write is lost.
-    let acked = acked.lock().expect("lock").clone();
-    let lost: Vec<String> = futures::stream::iter(acked.clone())
-        .map(|(k, v)| {
-            let client = client.clone();
-            async move {
-                match client.get(k.clone()).await {
-                    Ok(Some(got)) if got.value.as_ref() == v.as_bytes() => None,
-                    other => Some(format!("{k}: {other:?}")),
-                }
-            }
-        })
-        .buffer_unordered(64)
-        .filter_map(|x| async move { x })
-        .collect()
-        .await;
-    assert!(lost.is_empty(), "{} acknowledged writes lost, first: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert_none_lost(&client, &acked).await;
 
     // 4. Every tenant on one shard, no key twice.
     let shards = client.ring().await.expect("ring").shards;

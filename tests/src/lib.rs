@@ -36,6 +36,7 @@ pub mod history;
 pub mod hooks;
 pub mod nemesis;
 pub mod python;
+pub mod workload;
 
 /// Upper bound for any condition a test waits for. Generous on purpose: tests
 /// must pass on a loaded 2-core CI machine.
