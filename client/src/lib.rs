@@ -1050,6 +1050,27 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Splits `shard` at token `at` (default: the middle of its range): a
+    /// new shard on the same replicas gets the upper part, and a job moves
+    /// its keys ([`Client::reshard_status`] follows it).
+    pub async fn split_shard(&self, shard: u32, at: Option<u64>) -> Result<proto::ResizeShardsResponse> {
+        self.idempotent(
+            |ch| async move { ClusterClient::new(ch).split_shard(proto::SplitShardRequest { shard, at }).await },
+        )
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    /// Merges shard `absorb` into its neighbour `keep`: its keys move to
+    /// `keep`, whose range then covers both, and `absorb` is retired.
+    pub async fn merge_shards(&self, keep: u32, absorb: u32) -> Result<proto::ResizeShardsResponse> {
+        self.idempotent(|ch| async move {
+            ClusterClient::new(ch).merge_shards(proto::MergeShardsRequest { keep, absorb }).await
+        })
+        .await
+        .map(|r| r.into_inner())
+    }
+
     /// Deploys a hook (a new one or a new version); returns its version and sha256.
     pub async fn deploy_hook(&self, hook: proto::HookDefinition) -> Result<proto::DeployHookResponse> {
         self.deploy(hook, false).await

@@ -77,6 +77,10 @@ pub(crate) struct Table {
     pub(crate) members: HashMap<u64, Member>,
     /// Indexed by shard; shards the answer did not mention have no replicas.
     pub(crate) routes: Vec<Route>,
+    /// (first token, shard) in token order, when the answer gave every
+    /// shard's range (shards have split or merged); empty: the `shards`
+    /// equal ranges.
+    pub(crate) ranges: Vec<(u64, u32)>,
     /// A partition function decides keys' shards: the client cannot tell a
     /// key's shard, so it spreads key requests over the members.
     pub(crate) partitioned: bool,
@@ -100,15 +104,24 @@ impl Table {
                 .map_or(0, |m| m.avoid_until.load(Ordering::Relaxed));
             members.insert(n.id, Member { addr: n.addr.clone(), channel: ch, avoid_until: AtomicU64::new(avoid) });
         }
+        let mut ranges: Vec<(u64, u32)> =
+            ring.routes.iter().filter_map(|r| r.first_token.map(|first| (first, r.shard))).collect();
+        ranges.sort_unstable();
+        // Only a table whose ranges start at token 0 and cover every
+        // listed shard is used; anything else routes by the formula.
+        if ranges.first().map(|r| r.0) != Some(0) {
+            ranges.clear();
+        }
+        let slots = ring.routes.iter().map(|r| r.shard + 1).max().unwrap_or(0).max(ring.shards);
         let mut routes: Vec<Route> =
-            (0..ring.shards).map(|_| Route { leader: AtomicU64::new(0), replicas: Vec::new() }).collect();
+            (0..slots).map(|_| Route { leader: AtomicU64::new(0), replicas: Vec::new() }).collect();
         for r in &ring.routes {
             let Some(route) = routes.get_mut(r.shard as usize) else { continue };
             let mut leader = r.leader_id;
             if leader == 0 {
                 // Keep a hint learned from replies while that node still holds a replica.
                 let hint = previous
-                    .filter(|p| p.shards == ring.shards)
+                    .filter(|p| p.shards == ring.shards && p.ranges.is_empty() == ranges.is_empty())
                     .and_then(|p| p.routes.get(r.shard as usize))
                     .map_or(0, |old| old.leader.load(Ordering::Relaxed));
                 if r.replicas.contains(&hint) {
@@ -118,11 +131,19 @@ impl Table {
             route.leader = AtomicU64::new(leader);
             route.replicas = r.replicas.clone();
         }
-        Table { epoch: ring.epoch, shards: ring.shards, members, routes, partitioned: ring.partitioned }
+        // A server that gives ranges says separately whether a partition
+        // function routes; an older one folds it into `partitioned`.
+        let partitioned = if ranges.is_empty() { ring.partitioned } else { ring.function_routes };
+        Table { epoch: ring.epoch, shards: ring.shards, members, routes, ranges, partitioned }
     }
 
     pub(crate) fn shard_of(&self, key: &[u8]) -> u32 {
-        shard_of_key(key, self.shards)
+        if self.ranges.is_empty() {
+            return shard_of_key(key, self.shards);
+        }
+        let t = token(key);
+        let i = self.ranges.partition_point(|(first, _)| *first <= t);
+        self.ranges[i.saturating_sub(1)].1
     }
 
     /// Nodes to try for a request on `shard`, best first, without nodes
@@ -194,6 +215,7 @@ mod tests {
             replication_factor: 3,
             vnodes: 64,
             partitioned: false,
+            function_routes: false,
             cluster_id: String::new(),
             epoch,
             nodes: (1..=4)
@@ -244,6 +266,43 @@ mod tests {
     }
 
     // Channels connect lazily but need a runtime to be created in.
+    #[tokio::test]
+    async fn keys_route_by_the_ranges_the_server_gives() {
+        // Shard 0 of 2 split at 2^62: shard 2 owns [2^62, 2^63).
+        let mut answer = ring(3, &[(0, 1, &[1, 2, 3]), (2, 1, &[1, 2, 3]), (1, 2, &[1, 2, 3])]);
+        answer.shards = 2;
+        answer.partitioned = true;
+        for (route, (first, last)) in
+            answer.routes.iter_mut().zip([(0, (1 << 62) - 1), (1 << 62, (1 << 63) - 1), (1 << 63, u64::MAX)])
+        {
+            route.first_token = Some(first);
+            route.last_token = Some(last);
+        }
+        let t = Table::from_ring(&answer, lazy, None);
+        assert!(!t.partitioned, "ranges without a partition function route by key");
+        for i in 0..2000 {
+            let key = format!("key{i}");
+            let tok = token(key.as_bytes());
+            let want = if tok < 1 << 62 {
+                0
+            } else if tok < 1 << 63 {
+                2
+            } else {
+                1
+            };
+            assert_eq!(t.shard_of(key.as_bytes()), want, "{key}");
+        }
+        assert_eq!(t.candidates(2, true, 0, 0), vec![1, 2, 3]);
+        // A partition function still hides the key's shard.
+        answer.function_routes = true;
+        assert!(Table::from_ring(&answer, lazy, None).partitioned);
+        // An older server gives no ranges: the formula and its flag.
+        let old = ring(3, &[(0, 1, &[1, 2, 3])]);
+        let t = Table::from_ring(&old, lazy, None);
+        assert!(t.ranges.is_empty() && !t.partitioned);
+        assert_eq!(t.shard_of(b"k1"), shard_of_key(b"k1", 4));
+    }
+
     #[tokio::test]
     async fn leader_requests_go_to_the_leader_first() {
         let t = Table::from_ring(&ring(7, &[(0, 2, &[1, 2, 3]), (1, 0, &[2, 3, 4])]), lazy, None);

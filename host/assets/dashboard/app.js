@@ -231,15 +231,26 @@
     $("nodes").replaceChildren(...rows);
   }
 
-  /** The hash ring as a donut: shard i owns the i-th slice of the token space, coloured by its leader. */
+  /** A token (16 hex digits) as a fraction of the token space (its top 32 bits are precise enough to draw). */
+  const tokenFraction = (hex) => parseInt(hex.slice(0, 8), 16) / 2 ** 32;
+
+  /**
+   * The hash ring as a donut: each shard's slice is its token range (shard i of n owns the i-th n-th when the
+   * server gives no ranges), coloured by its leader.
+   */
   function ringSvg(status) {
-    const shards = status.shards || [];
+    // A shard a merge is retiring has no range (null); an older server gives none at all (undefined).
+    const shards = (status.shards || []).filter((s) => s.first_token !== null);
+    if (shards.every((s) => s.first_token)) shards.sort((a, b) => (a.first_token < b.first_token ? -1 : 1));
     const n = Math.max(shards.length, 1);
     const r = 52;
     const svg = h("svg:svg", { viewBox: "0 0 140 140", class: "donut", role: "img", "aria-label": "hash ring" });
     shards.forEach((s, i) => {
-      const a0 = (i / n) * 2 * Math.PI - Math.PI / 2;
-      const a1 = ((i + 1) / n) * 2 * Math.PI - Math.PI / 2 - (n > 1 ? 0.02 : 0.0001);
+      const f0 = s.first_token ? tokenFraction(s.first_token) : i / n;
+      const f1 = s.last_token ? (parseInt(s.last_token.slice(0, 8), 16) + 1) / 2 ** 32 : (i + 1) / n;
+      const gap = n > 1 ? Math.min(0.02, (f1 - f0) * Math.PI) : 0.0001;
+      const a0 = f0 * 2 * Math.PI - Math.PI / 2;
+      const a1 = f1 * 2 * Math.PI - Math.PI / 2 - gap;
       const p = (a) => `${(70 + r * Math.cos(a)).toFixed(2)} ${(70 + r * Math.sin(a)).toFixed(2)}`;
       const large = a1 - a0 > Math.PI ? 1 : 0;
       const state = s.under_replicated ? "under" : s.moving ? "moving" : !s.leader_id ? "leaderless" : "ok";

@@ -67,7 +67,7 @@ impl Backup for BackupService {
         // Every key of the shard, whatever the prefix: admin on every key.
         super::authorize(&self.node, &req, "dump_shard", Need::Admin("back up")).await?;
         let r = req.into_inner();
-        let shards = self.node.ring().shards;
+        let shards = self.node.partition_view().shard_map().len() as u32;
         if r.shards != 0 && r.shards != shards {
             return Err(Status::invalid_argument(format!(
                 "the cluster has {shards} shards, the request expected {}",
@@ -136,8 +136,12 @@ impl Backup for BackupService {
             nodes,
             partitioner: match self.node.partition_view().state {
                 ref st if st.active.is_none() && st.job.is_none() => PARTITIONER_NONE.to_string(),
-                ref st => crate::ring::partition::describe(st.active.as_ref()),
+                ref st => match &st.resize {
+                    Some(r) => format!("none, with a {} running", r.change),
+                    None => crate::ring::partition::describe(st.active.as_ref()),
+                },
             },
+            shard_ids: self.node.partition_view().shard_map().ids().collect(),
             hooks,
             meta_applied_index: backup.meta_applied_index,
         }))

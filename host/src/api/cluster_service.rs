@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Need;
 use crate::cluster::{Node, META_GROUP};
+use crate::ring::partition::ShardChange;
 
 pub struct ClusterService {
     node: Node,
@@ -27,6 +28,8 @@ async fn shard_routes(node: &Node) -> Result<Vec<proto::ShardRoute>, Status> {
             replicas: r.replicas,
             moving: r.moving,
             under_replicated: r.under_replicated,
+            first_token: r.range.map(|r| r.first),
+            last_token: r.range.map(|r| r.last),
         })
         .collect())
 }
@@ -133,6 +136,8 @@ impl Cluster for ClusterService {
         let nodes = node_statuses(&self.node)?;
         let epoch = self.node.group(META_GROUP)?.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let routes = shard_routes(&self.node).await?;
+        let view = self.node.partition_view();
+        let function_routes = view.state.active.is_some() || (view.state.job.is_some() && view.state.resize.is_none());
         Ok(Response::new(proto::RingResponse {
             shards: ring.shards,
             replication_factor: ring.replication_factor,
@@ -140,11 +145,9 @@ impl Cluster for ClusterService {
             epoch,
             nodes,
             routes,
-            partitioned: {
-                let view = self.node.partition_view();
-                view.state.active.is_some() || view.state.job.is_some()
-            },
+            partitioned: function_routes || view.state.job.is_some() || view.state.map.is_some(),
             cluster_id: self.node.cluster_id().to_string(),
+            function_routes,
         }))
     }
 
@@ -184,6 +187,34 @@ impl Cluster for ClusterService {
         self.node.remove_node(req.into_inner().id).await?;
         Ok(Response::new(proto::RemoveNodeResponse {}))
     }
+
+    async fn split_shard(
+        &self,
+        req: Request<proto::SplitShardRequest>,
+    ) -> Result<Response<proto::ResizeShardsResponse>, Status> {
+        super::authorize(&self.node, &req, "split_shard", Need::Admin("split a shard")).await?;
+        let r = req.into_inner();
+        let change = ShardChange::Split { shard: r.shard, at: r.at, new_shard: None };
+        Ok(Response::new(resized(self.node.resize_shards(change).await?)))
+    }
+
+    async fn merge_shards(
+        &self,
+        req: Request<proto::MergeShardsRequest>,
+    ) -> Result<Response<proto::ResizeShardsResponse>, Status> {
+        super::authorize(&self.node, &req, "merge_shards", Need::Admin("merge shards")).await?;
+        let r = req.into_inner();
+        let change = ShardChange::Merge { keep: r.keep, absorb: r.absorb };
+        Ok(Response::new(resized(self.node.resize_shards(change).await?)))
+    }
+}
+
+fn resized((epoch, change): (u64, ShardChange)) -> proto::ResizeShardsResponse {
+    let (new_shard, at) = match change {
+        ShardChange::Split { new_shard, at, .. } => (new_shard, at),
+        ShardChange::Merge { .. } => (None, None),
+    };
+    proto::ResizeShardsResponse { epoch, change: change.to_string(), new_shard, at }
 }
 
 fn reshard_of(r: &crate::cluster::ReshardStatus) -> proto::ReshardStatusResponse {
@@ -194,6 +225,7 @@ fn reshard_of(r: &crate::cluster::ReshardStatus) -> proto::ReshardStatusResponse
         running: r.running,
         from: r.from.clone().unwrap_or_default(),
         to: r.to.clone().unwrap_or_default(),
+        resize: r.resize.clone().unwrap_or_default(),
         started_ms: r.started_ms.unwrap_or(0),
         shards_total: r.shards_total,
         shards_done: r.shards_done,
@@ -222,7 +254,7 @@ fn reshard_of(r: &crate::cluster::ReshardStatus) -> proto::ReshardStatusResponse
 pub fn reshard_json(r: &proto::ReshardStatusResponse) -> serde_json::Value {
     serde_json::json!({
         "partitioner": r.partitioner, "epoch": r.epoch, "running": r.running,
-        "from": r.from, "to": r.to, "started_ms": r.started_ms,
+        "from": r.from, "to": r.to, "resize": (!r.resize.is_empty()).then_some(&r.resize), "started_ms": r.started_ms,
         "shards_total": r.shards_total, "shards_done": r.shards_done,
         "keys_scanned": r.keys_scanned, "keys_moved": r.keys_moved,
         "stalls": r.stalls.iter().map(|s| serde_json::json!({
@@ -300,7 +332,13 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
             "served_reads": g.served_reads,
             "replication": g.replication.iter().map(|r| serde_json::json!({"node_id": r.node_id, "matched_index": r.matched_index})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "shards": s.shards.iter().map(|r| serde_json::json!({"shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving, "under_replicated": r.under_replicated})).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(|r| serde_json::json!({
+            "shard": r.shard, "leader_id": r.leader_id, "replicas": r.replicas, "moving": r.moving,
+            "under_replicated": r.under_replicated,
+            // Hex strings: a u64 does not fit a JSON number exactly.
+            "first_token": r.first_token.map(|t| format!("{t:016x}")),
+            "last_token": r.last_token.map(|t| format!("{t:016x}")),
+        })).collect::<Vec<_>>(),
         "draining": s.draining,
         "down": s.down,
         "unreachable": s.unreachable,

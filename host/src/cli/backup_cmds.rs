@@ -389,6 +389,12 @@ impl BackupCommand {
                     .map_err(Failure::Status)
             })
             .await?;
+        if described.partitioner.starts_with("none, with a ") {
+            bail!(
+                "the cluster's shards are being resized ({}); back up when `ringkv cluster reshard status` shows it finished",
+                described.partitioner.trim_start_matches("none, with a ")
+            );
+        }
         if described.partitioner != PARTITIONER_NONE {
             bail!(
                 "the cluster routes keys by partition function {:?}; backups of partitioned clusters are not supported yet \
@@ -396,12 +402,14 @@ impl BackupCommand {
                 described.partitioner
             );
         }
-        let shards = described.shards;
+        let ids: Vec<u32> =
+            if described.shard_ids.is_empty() { (0..described.shards).collect() } else { described.shard_ids.clone() };
+        let shards = ids.len() as u32;
         let leaders: BTreeMap<u32, u64> = ring.routes.iter().map(|r| (r.shard, r.leader_id)).collect();
-        let progress = Progress::new("backup", self.quiet, shards as usize, None);
+        let progress = Progress::new("backup", self.quiet, ids.len(), None);
         progress.show(true);
         let (nodes, progress) = (&nodes, &progress);
-        let mut entries: Vec<ShardEntry> = futures::stream::iter(0..shards)
+        let mut entries: Vec<ShardEntry> = futures::stream::iter(ids)
             .map(|shard| {
                 let first = leaders.get(&shard).copied().filter(|l| *l != 0);
                 async move {

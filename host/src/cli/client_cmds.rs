@@ -225,9 +225,54 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Split a shard's token range in two, online.
+    ///
+    /// The shard keeps the lower part; a new shard, on the same replicas,
+    /// gets the upper part, and its keys move while clients read and write.
+    /// The rebalancer may then move the new shard's replicas to other
+    /// nodes. Waits for the keys to move, showing progress, unless
+    /// `--no-wait`.
+    Split {
+        /// The shard to split (`ringkv cluster shards` lists them).
+        shard: u32,
+        /// The first token of the new shard, in hex (`0x…`) or decimal;
+        /// default: the middle of the range.
+        #[arg(long, value_parser = parse_token)]
+        at: Option<u64>,
+        /// Return once the split has started.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Merge a shard into its neighbour on the ring, online.
+    ///
+    /// ABSORB's keys move to KEEP, whose range then covers both; ABSORB is
+    /// retired. Waits for the keys to move, showing progress, unless
+    /// `--no-wait`.
+    Merge {
+        /// The shard that stays.
+        keep: u32,
+        /// The adjacent shard whose keys move into KEEP.
+        absorb: u32,
+        /// Return once the merge has started.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Online re-sharding after a partition function change.
     #[command(subcommand)]
     Reshard(ReshardCommand),
+}
+
+/// A token on the command line: hex with `0x`, or decimal.
+fn parse_token(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    parsed.map_err(|e| format!("{s:?} is not a token (a u64, in hex with 0x or in decimal): {e}"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -246,6 +291,16 @@ impl ClusterCommand {
                 } else {
                     print_reshard(&r)?;
                 }
+            }
+            ClusterCommand::Split { shard, at, no_wait, client } => {
+                let c = client.client()?;
+                let r = c.split_shard(shard, at).await?;
+                follow_resize(&c, &r, no_wait, client.json).await?;
+            }
+            ClusterCommand::Merge { keep, absorb, no_wait, client } => {
+                let c = client.client()?;
+                let r = c.merge_shards(keep, absorb).await?;
+                follow_resize(&c, &r, no_wait, client.json).await?;
             }
             ClusterCommand::Shards { window, exact, client } => {
                 let shards = super::shards::collect(&client, window, exact).await?;
@@ -379,15 +434,74 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) -> anyhow::Result<()> 
     outln!("(use --json for every shard and group)")
 }
 
+/// Reports a started split or merge and, unless `no_wait`, waits for its
+/// job to finish, printing its progress (to stderr, so `--json` output
+/// stays one document).
+async fn follow_resize(
+    c: &ringkv_client::Client,
+    r: &ringkv_client::proto::ResizeShardsResponse,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !json {
+        outln!("{} started (job epoch {})", r.change, r.epoch)?;
+    }
+    let mut finished = None;
+    if !no_wait {
+        let started = std::time::Instant::now();
+        let mut last_line = String::new();
+        loop {
+            let s = c.reshard_status().await?;
+            if !s.running || s.epoch != r.epoch {
+                finished = Some(s);
+                break;
+            }
+            let line = format!("  {}/{} shards done, {} keys moved", s.shards_done, s.shards_total, s.keys_moved);
+            if line != last_line {
+                eprintln!("{line} ({:.0} s)", started.elapsed().as_secs_f64());
+                last_line = line;
+            }
+            for st in &s.stalls {
+                eprintln!("  shard {} waits at key \"{}\": {} (retrying)", st.shard, st.key, st.error);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    if json {
+        outln!(
+            "{}",
+            json!({
+                "epoch": r.epoch, "change": r.change, "new_shard": r.new_shard,
+                "at": r.at.map(|t| format!("{t:016x}")),
+                "finished": finished.as_ref().map(|s| s.last_epoch == r.epoch),
+                "keys_moved": finished.as_ref().filter(|s| s.last_epoch == r.epoch).map(|s| s.last_keys_moved),
+            })
+        )?;
+    } else if let Some(s) = finished {
+        if s.last_epoch == r.epoch {
+            outln!(
+                "done: {} keys moved in {:.1} s",
+                s.last_keys_moved,
+                s.last_finished_ms.saturating_sub(s.last_started_ms) as f64 / 1000.0
+            )?;
+        } else {
+            outln!("the job was replaced by job {}; see `ringkv cluster reshard status`", s.epoch)?;
+        }
+    } else {
+        outln!("follow it with `ringkv cluster reshard status` or `ringkv cluster shards`")?;
+    }
+    Ok(())
+}
+
 /// The partition function and re-shard progress, for people.
 fn print_reshard(r: &ringkv_client::proto::ReshardStatusResponse) -> anyhow::Result<()> {
     outln!("partition function: {} (epoch {})", r.partitioner, r.epoch)?;
     if r.running {
         let secs = crate::raft::types::now_ms().saturating_sub(r.started_ms) / 1000;
+        let what =
+            if r.resize.is_empty() { format!("re-sharding from {} to {}", r.from, r.to) } else { r.resize.clone() };
         outln!(
-            "re-sharding from {} to {}: {}/{} shards done, {} keys scanned, {} moved, running for {secs} s",
-            r.from,
-            r.to,
+            "{what}: {}/{} shards done, {} keys scanned, {} moved, running for {secs} s",
             r.shards_done,
             r.shards_total,
             r.keys_scanned,

@@ -65,10 +65,12 @@ impl Node {
     /// Starts dumping shard `shard`. Fails with `Unavailable` unless this
     /// node leads the shard; [`Node::leader_hint`] tells where to go instead.
     pub async fn dump_shard(&self, shard: ShardId) -> Result<ShardDump, NodeError> {
-        if shard >= self.ring().shards {
+        let view = self.partition_view();
+        if !view.shard_map().contains(shard) {
+            let ids: Vec<String> = view.shard_map().ids().map(|id| id.to_string()).collect();
             return Err(NodeError::InvalidArgument(format!(
-                "shard {shard} does not exist: the cluster has {} shards",
-                self.ring().shards
+                "shard {shard} does not exist: the cluster's shards are {}",
+                ids.join(", ")
             )));
         }
         let gid = shard_group(shard);

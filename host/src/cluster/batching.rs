@@ -220,7 +220,8 @@ fn size_of(p: &Proposal) -> usize {
         | Proposal::RevokeToken { .. }
         | Proposal::ClearMoveMarkers { .. }
         | Proposal::SetUnreachable { .. }
-        | Proposal::ClearMoveMarkersUpTo { .. } => 0,
+        | Proposal::ClearMoveMarkersUpTo { .. }
+        | Proposal::ResizeShards { .. } => 0,
         Proposal::ReshardStalled { key, error, .. } => key.len() + error.len(),
         Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
         Proposal::DeployHook { spec } | Proposal::DeployShadowHook { spec } => spec.source.len() + spec.prefix.len(),

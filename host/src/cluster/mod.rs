@@ -257,7 +257,7 @@ impl Node {
                 grpc_server: Mutex::new(None),
                 http,
                 tls,
-                partition: ArcSwap::from_pointee(partitioning::PartitionView::default()),
+                partition: ArcSwap::from_pointee(partitioning::PartitionView::initial(ring.shards)),
                 partition_generation: watch::channel(0).0,
                 routing_gate: tokio::sync::RwLock::new(()),
                 assignments: arc_swap::ArcSwapOption::empty(),
@@ -316,9 +316,11 @@ impl Node {
         &self.inner.ring
     }
 
-    /// Every group id: the meta group, then every shard.
+    /// Every group id: the meta group, then every shard that holds keys
+    /// by this node's partition view (during a merge, the retiring shard
+    /// too).
     pub fn group_ids(&self) -> Vec<GroupId> {
-        std::iter::once(META_GROUP).chain((0..self.inner.ring.shards).map(shard_group)).collect()
+        std::iter::once(META_GROUP).chain(self.partition_view().shards().into_iter().map(shard_group)).collect()
     }
 
     /// The hooks this node runs as a shard leader.
@@ -517,7 +519,7 @@ impl Node {
         loop {
             let mut result =
                 self.propose(META_GROUP, Proposal::SetNode { id: self.id(), addr: self.addr().to_string() }).await;
-            for shard in 0..self.ring().shards {
+            for shard in self.partition_view().shards() {
                 if result.is_err() {
                     break;
                 }

@@ -1,8 +1,8 @@
 //! The partition function on the request path, and online re-sharding.
 //!
-//! **Routing.** A key's shard is `shard_of(token(routing_key))`, where the
-//! routing key is what the active partition function returns (or the whole
-//! key). Each node keeps a [`PartitionView`]: the meta group's
+//! **Routing.** A key's shard is the shard map's owner of
+//! `token(routing_key)`, where the routing key is what the active partition
+//! function returns (or the whole key). Each node keeps a [`PartitionView`]: the meta group's
 //! [`PartitionState`] with its functions compiled, swapped in whole by
 //! [`Node::partition_sync_loop`].
 //!
@@ -32,6 +32,16 @@
 //! - When every shard reported done, the meta group closes the job and
 //!   drops the old function; leaders then clear the markers of that job and
 //!   of every job it aborted ([`Proposal::ClearMoveMarkersUpTo`]).
+//!
+//! **Splitting and merging shards** changes the shard map instead of the
+//! function, through the same job: the meta group keeps the map before the
+//! change as the job's *from map*, routing gives a key's old shard under
+//! it, and only the shards that lose part of their range have keys to
+//! move. Everything below holds with "the old function" read as "the old
+//! map"; one routing change runs at a time, so a split or merge never
+//! aborts a job or is aborted by one. A split's new shard starts on its
+//! parent's replicas, its Raft group created by the parent's leader
+//! ([`Node::resize_shards`]).
 //!
 //! **Aborting a job.** The function can be removed or replaced while a job
 //! runs (an operator must be able to back out of a function that fails on
@@ -101,8 +111,8 @@ use serde::Serialize;
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{runtime_for, CompiledPartitioner, HookSpec};
 use crate::raft::types::{now_ms, CommandResult, MovedRecord};
-use crate::ring::partition::{describe, show_key, PartitionState, ReshardJob, ShardProgress};
-use crate::ring::{RingConfig, ShardId};
+use crate::ring::partition::{describe, show_key, PartitionState, ReshardJob, ShardChange, ShardProgress};
+use crate::ring::{ShardId, ShardMap};
 use crate::storage::{Envelope, GroupId};
 
 /// Keys a mover reads from its shard at a time, and at most how many bytes
@@ -160,9 +170,13 @@ pub(super) async fn routed_with<F: std::future::Future>(generation: Option<u64>,
 }
 
 /// One node's compiled copy of the meta group's partition state.
-#[derive(Default)]
 pub struct PartitionView {
     pub state: PartitionState,
+    /// The shard ranges keys route by.
+    map: Arc<ShardMap>,
+    /// The ranges a key may still sit under while a job runs (the ranges
+    /// before a resize; otherwise `map`).
+    from_map: Arc<ShardMap>,
     active: Option<Arc<dyn CompiledPartitioner>>,
     /// While a job runs, every function a key may still sit under besides
     /// the active one, newest first (`None`: the whole key). Empty otherwise.
@@ -193,8 +207,23 @@ pub struct KeyRoute {
 }
 
 impl PartitionView {
-    /// Compiles the state's functions, their calls counted in `hooks`.
-    fn load(state: PartitionState, hooks: &crate::hooks::HookRegistry) -> PartitionView {
+    /// The view of a node that has not read the meta group yet: the whole
+    /// key routes over the ring's `shards` equal ranges.
+    pub fn initial(shards: u32) -> PartitionView {
+        let map = Arc::new(ShardMap::uniform(shards));
+        PartitionView {
+            state: PartitionState::default(),
+            from_map: map.clone(),
+            map,
+            active: None,
+            from: Vec::new(),
+            broken: None,
+        }
+    }
+
+    /// Compiles the state's functions, their calls counted in `hooks`
+    /// (`shards`: the ring's shard count, for a cluster that never resized).
+    fn load(state: PartitionState, hooks: &crate::hooks::HookRegistry, shards: u32) -> PartitionView {
         let compile = |spec: Option<&HookSpec>| -> Result<Option<Arc<dyn CompiledPartitioner>>, String> {
             match spec {
                 Some(s) => runtime_for(s.kind)
@@ -207,22 +236,45 @@ impl PartitionView {
         let active = compile(state.active.as_ref());
         let from: Result<Vec<_>, String> = state.from_functions().into_iter().map(compile).collect();
         let broken = active.as_ref().err().or(from.as_ref().err()).cloned();
-        PartitionView { active: active.ok().flatten(), from: from.unwrap_or_default(), broken, state }
+        let map = Arc::new(state.shard_map(shards));
+        let from_map = if state.resize.is_some() { Arc::new(state.from_map(shards)) } else { map.clone() };
+        PartitionView { active: active.ok().flatten(), from: from.unwrap_or_default(), broken, state, map, from_map }
     }
 
     /// The same compiled functions with newer progress (same generation).
     fn with_state(&self, state: PartitionState) -> PartitionView {
-        PartitionView { state, active: self.active.clone(), from: self.from.clone(), broken: self.broken.clone() }
+        PartitionView {
+            state,
+            map: self.map.clone(),
+            from_map: self.from_map.clone(),
+            active: self.active.clone(),
+            from: self.from.clone(),
+            broken: self.broken.clone(),
+        }
+    }
+
+    /// The shard ranges keys route by.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// Every shard that holds keys: the map's and, while a resize runs,
+    /// those of the ranges before it (a merged-away shard until its keys
+    /// have moved), in token order of the map, then the rest.
+    pub fn shards(&self) -> Vec<ShardId> {
+        let mut ids: Vec<ShardId> = self.map.ids().collect();
+        ids.extend(self.from_map.ids().filter(|id| !self.map.contains(*id)));
+        ids
     }
 
     pub fn generation(&self) -> u64 {
         self.state.generation
     }
 
-    fn shard_by(f: Option<&Arc<dyn CompiledPartitioner>>, ring: &RingConfig, key: &[u8]) -> Result<ShardId, NodeError> {
-        let Some(f) = f else { return Ok(ring.shard_of_key(key)) };
+    fn shard_by(f: Option<&Arc<dyn CompiledPartitioner>>, map: &ShardMap, key: &[u8]) -> Result<ShardId, NodeError> {
+        let Some(f) = f else { return Ok(map.shard_of(crate::ring::token(key))) };
         match f.routing_key(key) {
-            Ok(routing) => Ok(ring.shard_of_routed(key, routing.as_deref())),
+            Ok(routing) => Ok(map.shard_of(crate::ring::token(routing.as_deref().unwrap_or(key)))),
             Err(e) => Err(NodeError::Rejected(format!(
                 "the partition function {} {e} on this key; the request is refused",
                 describe(Some(f.spec()))
@@ -231,16 +283,16 @@ impl PartitionView {
     }
 
     /// Where `key` lives under this view.
-    pub fn route(&self, ring: &RingConfig, key: &[u8]) -> Result<KeyRoute, NodeError> {
+    pub fn route(&self, key: &[u8]) -> Result<KeyRoute, NodeError> {
         if let Some(why) = &self.broken {
             return Err(NodeError::Unavailable(why.clone()));
         }
-        let shard = Self::shard_by(self.active.as_ref(), ring, key)?;
+        let shard = Self::shard_by(self.active.as_ref(), &self.map, key)?;
         let group = shard_group(shard);
         let mut old: Vec<GroupId> = Vec::new();
         let mut unknown = false;
         for f in &self.from {
-            match Self::shard_by(f.as_ref(), ring, key) {
+            match Self::shard_by(f.as_ref(), &self.from_map, key) {
                 Ok(s) if shard_group(s) != group && !old.contains(&shard_group(s)) => old.push(shard_group(s)),
                 Ok(_) => {}
                 // It may have routed the key before (a deadline is not
@@ -250,7 +302,7 @@ impl PartitionView {
         }
         if unknown {
             let rest: Vec<GroupId> =
-                (0..ring.shards).map(shard_group).filter(|g| *g != group && !old.contains(g)).collect();
+                self.shards().into_iter().map(shard_group).filter(|g| *g != group && !old.contains(g)).collect();
             old.extend(rest);
         }
         Ok(KeyRoute { group, old, generation: self.generation(), job: self.job_epoch(), unrouted: false })
@@ -259,15 +311,18 @@ impl PartitionView {
     /// Where a read of `key` looks: [`Self::route`], except that while a job
     /// runs, a key the active function fails on is looked for everywhere
     /// (so a stuck job leaves every stored key readable).
-    pub fn read_route(&self, ring: &RingConfig, key: &[u8]) -> Result<KeyRoute, NodeError> {
-        match self.route(ring, key) {
-            Err(NodeError::Rejected(_)) if self.state.job.is_some() => Ok(KeyRoute {
-                group: shard_group(0),
-                old: (1..ring.shards).map(shard_group).collect(),
-                generation: self.generation(),
-                job: self.job_epoch(),
-                unrouted: true,
-            }),
+    pub fn read_route(&self, key: &[u8]) -> Result<KeyRoute, NodeError> {
+        match self.route(key) {
+            Err(NodeError::Rejected(_)) if self.state.job.is_some() => {
+                let mut groups = self.shards().into_iter().map(shard_group);
+                Ok(KeyRoute {
+                    group: groups.next().unwrap_or(shard_group(0)),
+                    old: groups.collect(),
+                    generation: self.generation(),
+                    job: self.job_epoch(),
+                    unrouted: true,
+                })
+            }
             other => other,
         }
     }
@@ -288,6 +343,8 @@ pub struct ReshardStatus {
     /// Every function keys may still move from, newest first, joined by " + ".
     pub from: Option<String>,
     pub to: Option<String>,
+    /// The running job's split or merge (`None`: it applies a function change).
+    pub resize: Option<String>,
     pub started_ms: Option<u64>,
     pub shards_total: u32,
     pub shards_done: u32,
@@ -319,8 +376,9 @@ impl ReshardStatus {
             running: job.is_some(),
             from: state.describe_from(),
             to: job.map(|j| describe(j.to.as_ref())),
+            resize: state.resize.as_ref().map(|r| r.change.to_string()),
             started_ms: job.map(|j| j.started_ms),
-            shards_total: shards,
+            shards_total: state.from_map(shards).len() as u32,
             shards_done: job.map_or(0, |j| j.shards_done() as u32),
             keys_scanned: scanned,
             keys_moved: moved,
@@ -347,7 +405,7 @@ impl Node {
 
     /// Where `key` lives now, by this node's view.
     pub fn route(&self, key: &[u8]) -> Result<KeyRoute, NodeError> {
-        self.partition_view().route(self.ring(), key)
+        self.partition_view().route(key)
     }
 
     /// Keeps this node's partition view equal to the meta group's state.
@@ -373,7 +431,7 @@ impl Node {
                     }
                     Ok(state) => {
                         let node = self.clone();
-                        let load = move || PartitionView::load(state, node.hooks());
+                        let load = move || PartitionView::load(state, node.hooks(), node.ring().shards);
                         let view = match tokio::task::spawn_blocking(load).await {
                             Ok(v) => v,
                             Err(e) => {
@@ -443,7 +501,7 @@ impl Node {
         if routed.is_some_and(|r| r != view.generation()) {
             return Err(NodeError::WrongShard { generation: view.generation() });
         }
-        let route = if write { view.route(self.ring(), key)? } else { view.read_route(self.ring(), key)? };
+        let route = if write { view.route(key)? } else { view.read_route(key)? };
         if route.group == group || (!write && route.old.contains(&group)) {
             Ok(gate)
         } else {
@@ -463,7 +521,7 @@ impl Node {
         let started = tokio::time::Instant::now();
         loop {
             let view = self.partition_view();
-            let route = if write { view.route(self.ring(), key)? } else { view.read_route(self.ring(), key)? };
+            let route = if write { view.route(key)? } else { view.read_route(key)? };
             let routed = route.generation;
             match routed_with(Some(routed), serve(route)).await {
                 Err(NodeError::WrongShard { generation }) => {
@@ -627,7 +685,7 @@ impl Node {
     /// status, and the function can be removed or replaced while it runs.
     async fn dry_run_partitioner(&self, f: Arc<dyn CompiledPartitioner>) -> Result<(), NodeError> {
         let mut sample: Vec<(ShardId, Vec<u8>)> = Vec::new();
-        for shard in 0..self.ring().shards {
+        for shard in self.partition_view().shards() {
             let keys = self.scan(shard_group(shard), Vec::new(), DRY_RUN_KEYS, false).await.map_err(|e| {
                 NodeError::Unavailable(format!(
                     "cannot read the first keys of shard {shard} to try the partition function on: {e}; try again"
@@ -670,11 +728,12 @@ impl Node {
                 .map_err(|e| NodeError::Internal(e.to_string()))?
                 .map_err(|e| NodeError::InvalidArgument(format!("partition function does not load: {e}")))?
         };
-        let ring = *self.ring();
+        let view = self.partition_view();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let routed = f.routing_key(&key).map_err(|e| e.to_string());
-            let shard = ring.shard_of_routed(&key, routed.as_ref().ok().and_then(|r| r.as_deref()));
+            let routing = routed.as_ref().ok().and_then(|r| r.as_deref()).unwrap_or(&key);
+            let shard = view.shard_map().shard_of(crate::ring::token(routing));
             (routed, shard, started.elapsed())
         })
         .await
@@ -698,6 +757,30 @@ impl Node {
         // Answer once this node routes by the new function.
         let _ = self.wait_partition_epoch(epoch, self.config().request_timeout).await;
         Ok(epoch)
+    }
+
+    /// Splits or merges shards (see [`crate::ring::ShardMap`]), which
+    /// starts a job moving the keys whose shard changed. Checks the change
+    /// against this node's map first, so a bad shard or split point is an
+    /// invalid argument; the meta group refuses it while any job runs.
+    /// Returns the job's epoch and the change as made.
+    pub async fn resize_shards(&self, change: ShardChange) -> Result<(u64, ShardChange), NodeError> {
+        let map = self.partition_view().shard_map().clone();
+        let checked = match change {
+            ShardChange::Split { shard, at, .. } => map.split(shard, at).map(|_| ()),
+            ShardChange::Merge { keep, absorb } => map.merge(keep, absorb).map(|_| ()),
+        };
+        checked.map_err(NodeError::InvalidArgument)?;
+        let p = Proposal::ResizeShards { change, shards: self.ring().shards };
+        let (epoch, change) = match self.propose(META_GROUP, p).await? {
+            CommandResult::Resized { epoch, change } => (epoch, change),
+            CommandResult::PartitionRefused { reason } => return Err(NodeError::Refused(reason)),
+            other => return Err(NodeError::Internal(format!("unexpected resize result {other:?}"))),
+        };
+        tracing::info!(epoch, %change, "shard resize started");
+        // Answer once this node routes by the new ranges.
+        let _ = self.wait_partition_epoch(epoch, self.config().request_timeout).await;
+        Ok((epoch, change))
     }
 
     async fn wait_partition_epoch(&self, epoch: u64, timeout: Duration) -> bool {
@@ -740,12 +823,16 @@ impl Node {
                     backoff.clear();
                     backoff_epoch = job.epoch;
                 }
+                if let Err(e) = self.start_split_child(&view).await {
+                    tracing::info!(error = %e, "starting a split's new shard; trying again");
+                    continue;
+                }
                 let now = tokio::time::Instant::now();
                 let todo: Vec<ShardId> = self
                     .led_shards()
                     .await
                     .into_iter()
-                    .filter(|s| !job.shards.get(s).is_some_and(|p| p.done))
+                    .filter(|s| view.from_map.contains(*s) && !job.shards.get(s).is_some_and(|p| p.done))
                     .filter(|s| backoff.get(s).is_none_or(|(_, next)| *next <= now))
                     .collect();
                 let me = &self;
@@ -791,6 +878,45 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// While a split runs, on the leader of the shard being split: creates
+    /// the new shard's Raft group with the replicas the meta group assigned
+    /// it (its parent's), so its keys have somewhere to move. Every replica
+    /// starts the group when its reconciler sees the assignment; this node
+    /// makes the first membership. openraft's `initialize` writes the same
+    /// first entry on any node, and is refused once the group has a log,
+    /// so a repeat (a new parent leader) changes nothing.
+    async fn start_split_child(&self, view: &PartitionView) -> Result<(), NodeError> {
+        let Some(ShardChange::Split { shard, new_shard: Some(child), .. }) =
+            view.state.resize.as_ref().map(|r| r.change)
+        else {
+            return Ok(());
+        };
+        let parent = self.group(shard_group(shard))?;
+        if parent.raft.current_leader().await != Some(self.id()) {
+            return Ok(());
+        }
+        let replicas = self.group(META_GROUP)?.sm.assignments().await?.remove(&child).unwrap_or_default();
+        if !replicas.contains(&self.id()) {
+            return Err(NodeError::Unavailable(format!("shard {child} is not assigned to this node yet")));
+        }
+        let g = self.ensure_group(shard_group(child)).await?;
+        if g.raft.is_initialized().await.map_err(|e| NodeError::Internal(e.to_string()))? {
+            return Ok(());
+        }
+        let mut members = BTreeMap::new();
+        for id in replicas {
+            let addr = self.addr_of(id).ok_or_else(|| NodeError::Unavailable(format!("no address for node {id}")))?;
+            members.insert(id, openraft::BasicNode { addr });
+        }
+        tracing::info!(shard, child, members = ?members.keys().collect::<Vec<_>>(), "starting the shard a split creates");
+        match g.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another leader of the parent got there first.
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::Internal(format!("initializing shard {child}: {e}"))),
         }
     }
 
@@ -847,13 +973,13 @@ impl Node {
             return Ok(());
         }
         let shards = self.ring().shards;
-        let ring = *self.ring();
         let target = |key: &[u8]| -> Result<GroupId, String> {
+            let shard = |routing: &[u8]| shard_group(view.map.shard_of(crate::ring::token(routing)));
             match view.active.as_ref() {
-                None => Ok(shard_group(ring.shard_of_key(key))),
+                None => Ok(shard(key)),
                 Some(f) => f
                     .routing_key(key)
-                    .map(|r| shard_group(ring.shard_of_routed(key, r.as_deref())))
+                    .map(|r| shard(r.as_deref().unwrap_or(key)))
                     .map_err(|e| format!("the partition function {} {e}", describe(Some(f.spec())))),
             }
         };
@@ -949,7 +1075,7 @@ impl Node {
         let mut keep = vec![true; items.len()];
         for (i, (group, key, _)) in items.iter().enumerate() {
             if let Some(&j) = seen.get(key) {
-                let current = view.route(self.ring(), key).map(|r| r.group).ok();
+                let current = view.route(key).map(|r| r.group).ok();
                 let drop = if current == Some(*group) { j } else { i };
                 keep[drop] = false;
                 if drop == j {

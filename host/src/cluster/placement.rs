@@ -42,15 +42,21 @@ const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
 impl Node {
     pub(super) async fn reconcile_loop(self) {
         let mut stop = self.shutdown_signal();
-        // (meta epoch, hosted groups) of the last successful round: an idle
-        // node skips reading the meta group when neither changed.
-        let mut last: Option<(u64, Vec<u64>)> = None;
+        // (meta epoch, routing generation, hosted groups) of the last
+        // successful round: an idle node skips reading the meta group when
+        // none changed. (The partition view, which says which shards exist,
+        // follows the meta group a little later.)
+        let mut last: Option<(u64, u64, Vec<u64>)> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             }
-            let seen = (self.meta_epoch(), self.groups().iter().map(|g| g.id).collect::<Vec<_>>());
+            let seen = (
+                self.meta_epoch(),
+                self.partition_view().generation(),
+                self.groups().iter().map(|g| g.id).collect::<Vec<_>>(),
+            );
             if last.as_ref() == Some(&seen) {
                 continue;
             }
@@ -63,6 +69,16 @@ impl Node {
 
     async fn reconcile(&self) -> Result<(), NodeError> {
         let assignments = self.assignments().await?;
+        // A shard a merge retired has no assignment left; its replica here
+        // holds nothing (its keys moved) and goes.
+        let view = self.partition_view();
+        for g in self.groups() {
+            let shard = (g.id.wrapping_sub(1)) as ShardId;
+            if g.id != META_GROUP && !assignments.contains_key(&shard) && !view.shards().contains(&shard) {
+                tracing::info!(shard, "shard retired by a merge; dropping its replica");
+                self.drop_group(g.id).await?;
+            }
+        }
         for (shard, replicas) in &assignments {
             let gid = shard_group(*shard);
             let hosted = self.group(gid).is_ok();
@@ -202,13 +218,22 @@ impl Node {
         if active.is_empty() {
             return Ok(true);
         }
-        let target = crate::ring::place(self.ring(), &active);
+        let view = self.partition_view();
+        if let Some(r) = &view.state.resize {
+            // One change at a time: the shards of a split or merge keep
+            // their replicas until its keys have moved.
+            tracing::debug!(change = %r.change, "rebalancing waits for the shard resize to finish");
+            return Ok(false);
+        }
+        let target = crate::ring::place_map(view.shard_map(), self.ring(), &active);
         let current = self.assignments().await?;
         let pending = self.group(META_GROUP)?.sm.pending_moves().await?;
-        let moves: Vec<(ShardId, Vec<NodeId>, Vec<NodeId>)> = (0..self.ring().shards)
+        let moves: Vec<(ShardId, Vec<NodeId>, Vec<NodeId>)> = view
+            .shard_map()
+            .ids()
             .filter_map(|s| {
                 let cur = current.get(&s)?;
-                let want = target.get(s as usize)?;
+                let want = target.get(&s)?;
                 let same = cur.iter().collect::<BTreeSet<_>>() == want.iter().collect::<BTreeSet<_>>();
                 (!same || pending.contains(&s)).then(|| (s, cur.clone(), want.clone()))
             })

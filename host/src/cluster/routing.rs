@@ -155,6 +155,10 @@ pub enum Proposal {
     RemoveShadowHook {
         name: String,
     },
+    ResizeShards {
+        change: crate::ring::partition::ShardChange,
+        shards: u32,
+    },
 }
 
 impl Proposal {
@@ -198,6 +202,7 @@ impl Proposal {
             Proposal::DeployShadowHook { spec } => Op::DeployShadowHook { spec },
             Proposal::PromoteHook { name } => Op::PromoteHook { name },
             Proposal::RemoveShadowHook { name } => Op::RemoveShadowHook { name },
+            Proposal::ResizeShards { change, shards } => Op::ResizeShards { change, shards },
         }
     }
 
@@ -231,7 +236,10 @@ impl Proposal {
             // in order, each seeing the ones before it).
             | Proposal::MoveInBatch { .. }
             | Proposal::MoveOutBatch { .. } => None,
-            Proposal::DeployShadowHook { .. } | Proposal::PromoteHook { .. } | Proposal::RemoveShadowHook { .. } => None,
+            Proposal::DeployShadowHook { .. }
+            | Proposal::PromoteHook { .. }
+            | Proposal::RemoveShadowHook { .. }
+            | Proposal::ResizeShards { .. } => None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use super::{shard_group, Node, NodeError, META_GROUP};
 use crate::raft::NodeId;
-use crate::ring::ShardId;
+use crate::ring::{ShardId, ShardRange};
 
 /// One shard's place in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct ShardRoute {
     pub moving: bool,
     /// Fewer of its replicas are on live nodes than `min(RF, active members)`.
     pub under_replicated: bool,
+    /// Its token range; `None` for a shard a merge is retiring.
+    pub range: Option<ShardRange>,
 }
 
 impl Node {
@@ -38,7 +40,8 @@ impl Node {
         // not count, so a shard with a replica on a dead node is
         // under-replicated even when no other node could take its place.
         let rf = (self.ring().replication_factor as usize).min(active.len());
-        let target = crate::ring::place(self.ring(), &active);
+        let view = self.partition_view();
+        let target = crate::ring::place_map(view.shard_map(), self.ring(), &active);
         Ok(assignments
             .into_iter()
             .map(|(shard, replicas)| {
@@ -46,10 +49,11 @@ impl Node {
                     Ok(g) => g.raft.metrics().borrow().current_leader,
                     Err(_) => hints.get(&shard).map(|(leader, _)| *leader).filter(|l| replicas.contains(l)),
                 };
-                let want: BTreeSet<NodeId> = target.get(shard as usize).into_iter().flatten().copied().collect();
+                let want: BTreeSet<NodeId> = target.get(&shard).into_iter().flatten().copied().collect();
                 let moving = pending.contains(&shard) || replicas.iter().copied().collect::<BTreeSet<_>>() != want;
                 let under_replicated = replicas.iter().filter(|r| !missing.contains(r)).count() < rf;
-                ShardRoute { shard, leader, replicas, moving, under_replicated }
+                let range = view.shard_map().range(shard);
+                ShardRoute { shard, leader, replicas, moving, under_replicated, range }
             })
             .collect())
     }

@@ -524,11 +524,11 @@ impl Applier<'_> {
 
     /// Changes the meta group's partition state; `change` returns the
     /// result to report (nothing is written when the state is unchanged).
-    fn update_partition(
+    fn update_partition<R>(
         &mut self,
         index: u64,
-        change: impl FnOnce(&mut PartitionState) -> CommandResult,
-    ) -> Result<CommandResult, StorageError> {
+        change: impl FnOnce(&mut PartitionState) -> R,
+    ) -> Result<R, StorageError> {
         let old = self.current(PARTITION_KEY)?;
         let mut state = match &old {
             Some(e) => decode_partition(&e.value)?,
@@ -668,10 +668,43 @@ impl Applier<'_> {
                     Err(reason) => CommandResult::PartitionRefused { reason },
                 })?
             }
-            Op::ReshardProgress { epoch, shard, progress, shards } => self.update_partition(index, |st| {
-                st.record_progress(epoch, shard, progress, shards, now);
+            Op::ReshardProgress { epoch, shard, progress, shards } => {
+                let mut retired = Vec::new();
+                self.update_partition(index, |st| {
+                    retired = st.record_progress(epoch, shard, progress, shards, now).unwrap_or_default();
+                })?;
+                // A merged-away shard has no keys left: forgetting its
+                // assignment makes every node drop its group.
+                for shard in retired {
+                    for prefix in [SHARD_PREFIX, PENDING_PREFIX, LEADER_PREFIX] {
+                        let key = [prefix, &shard.to_be_bytes()].concat();
+                        let old = self.current(&key)?;
+                        if old.is_some() {
+                            self.set(key, old.as_ref(), None);
+                        }
+                    }
+                }
                 CommandResult::Done
-            })?,
+            }
+            Op::ResizeShards { change, shards } => {
+                let mut result = None;
+                self.update_partition(index, |st| result = Some(st.resize(change, shards, now)))?;
+                match result {
+                    Some(Ok((epoch, change))) => {
+                        if let crate::ring::partition::ShardChange::Split { shard, new_shard: Some(new), .. } = change {
+                            // The new shard starts on its parent's replicas.
+                            if let Some(parent) = self.current(&[SHARD_PREFIX, &shard.to_be_bytes()].concat())? {
+                                let key = [SHARD_PREFIX, &new.to_be_bytes()].concat();
+                                let env = Envelope { value: parent.value, version: index, expires_at: None };
+                                self.set(key, None, Some(env));
+                            }
+                        }
+                        CommandResult::Resized { epoch, change }
+                    }
+                    Some(Err(reason)) => CommandResult::PartitionRefused { reason },
+                    None => CommandResult::Done,
+                }
+            }
             Op::MoveIn { key, value, version, expires_at, epoch } => CommandResult::MovedIn {
                 written: self.move_in(epoch, MovedRecord { key, value, version, expires_at })?,
             },

@@ -119,6 +119,10 @@ pub enum Op {
     PromoteHook { name: String },
     /// Meta group: drops a hook's shadow version.
     RemoveShadowHook { name: String },
+    /// Meta group: splits or merges shards and opens the job that moves
+    /// the keys whose shard changed (`shards`: the ring's shard count). A
+    /// split's new shard is assigned its parent's replicas.
+    ResizeShards { change: crate::ring::partition::ShardChange, shards: u32 },
 }
 
 /// A record on its way to its new shard, exactly as its old shard held it.
@@ -167,7 +171,8 @@ impl Op {
             | Op::ExpireBatch { .. }
             | Op::DeployShadowHook { .. }
             | Op::PromoteHook { .. }
-            | Op::RemoveShadowHook { .. } => None,
+            | Op::RemoveShadowHook { .. }
+            | Op::ResizeShards { .. } => None,
         }
     }
 }
@@ -203,6 +208,9 @@ pub enum CommandResult {
     MovedIn { written: bool },
     /// A [`Op::MoveInBatch`]: how many of its records it wrote.
     MovedInBatch { written: u64 },
+    /// Shards were split or merged: the epoch of the job moving their keys
+    /// and the change as settled (a split's point and new shard).
+    Resized { epoch: u64, change: crate::ring::partition::ShardChange },
 }
 
 /// Milliseconds since the Unix epoch, by this node's clock.

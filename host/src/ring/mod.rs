@@ -2,8 +2,10 @@
 //!
 //! - `token = xxh3_64(routing_key)` (XXH3, 64-bit, seed 0): fast, stable across
 //!   versions and platforms, and specified publicly.
-//! - The token space is cut into `shards` equal ranges; shard `i` owns
-//!   `[⌈i·2⁶⁴/S⌉, ⌈(i+1)·2⁶⁴/S⌉)` ([`shard_start`]).
+//! - The token space is cut into shard ranges ([`ShardMap`]): a cluster
+//!   starts with `shards` equal ones, shard `i` owning
+//!   `[⌈i·2⁶⁴/S⌉, ⌈(i+1)·2⁶⁴/S⌉)` ([`shard_start`]), which splits and
+//!   merges then change.
 //! - Each node places `vnodes` virtual points at `xxh3_64("ringkv-vnode" · id · i)`.
 //! - [`place`] gives each shard its replicas: the first RF distinct nodes
 //!   walking clockwise from the shard's start token, skipping nodes already at
@@ -17,10 +19,13 @@
 //!   2.8× on average at 50 nodes, where S is far below the recommended 10× the
 //!   node count.
 //!
-//! Placement is a pure function of the member set and the ring settings, so
-//! every node computes the same answer.
+//! Placement is a pure function of the member set, the ring settings and
+//! the shard map, so every node computes the same answer.
 
 pub mod partition;
+mod shard_map;
+
+pub use shard_map::{ShardMap, ShardRange};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,7 +108,14 @@ fn vnode_token(node: NodeId, i: u32) -> u64 {
 /// preferred leader.
 pub type Placement = Vec<Vec<NodeId>>;
 
-/// Computes the replicas of every shard for `nodes`. Empty `nodes` gives empty replica sets.
+/// [`place_map`] over the `config.shards` equal ranges, indexed by shard.
+pub fn place(config: &RingConfig, nodes: &BTreeSet<NodeId>) -> Placement {
+    place_map(&ShardMap::uniform(config.shards), config, nodes).into_values().collect()
+}
+
+/// Computes the replicas of every shard of `map` for `nodes` (`config`
+/// gives the replication factor and virtual points). Empty `nodes` gives
+/// empty replica sets.
 ///
 /// Every (shard, node) pair gets a distance: how far clockwise from the
 /// shard's start the node's first virtual point lies. Pairs are taken in
@@ -113,10 +125,11 @@ pub type Placement = Vec<Vec<NodeId>>;
 /// join or leave from cascading through every later shard. A final pass lifts
 /// nodes below `⌊RF·S/N⌋` by taking, for each, its nearest replica from the
 /// most loaded node.
-pub fn place(config: &RingConfig, nodes: &BTreeSet<NodeId>) -> Placement {
-    let s = config.shards as usize;
+pub fn place_map(map: &ShardMap, config: &RingConfig, nodes: &BTreeSet<NodeId>) -> BTreeMap<ShardId, Vec<NodeId>> {
+    let ranges: Vec<ShardRange> = map.ranges().collect();
+    let s = ranges.len();
     if nodes.is_empty() {
-        return vec![Vec::new(); s];
+        return ranges.iter().map(|r| (r.shard, Vec::new())).collect();
     }
     let n = nodes.len();
     let rf = (config.replication_factor as usize).min(n);
@@ -128,10 +141,12 @@ pub fn place(config: &RingConfig, nodes: &BTreeSet<NodeId>) -> Placement {
         nodes.iter().flat_map(|&id| (0..config.vnodes).map(move |i| (vnode_token(id, i), id))).collect();
     points.sort_unstable();
 
-    // distance[(shard, node)] = clockwise distance from the shard start to the node's first point.
+    // distance[(shard position, node)] = clockwise distance from the shard
+    // start to the node's first point.
     let mut pairs: Vec<(u64, ShardId, NodeId)> = Vec::with_capacity(s * n);
-    for shard in 0..config.shards {
-        let start = shard_start(shard, config.shards);
+    for (pos, range) in ranges.iter().enumerate() {
+        let shard = pos as ShardId;
+        let start = range.first;
         let first = points.partition_point(|(t, _)| *t < start);
         let mut seen = BTreeSet::new();
         for i in 0..points.len() {
@@ -163,9 +178,10 @@ pub fn place(config: &RingConfig, nodes: &BTreeSet<NodeId>) -> Placement {
     even_out(&mut placement, &mut load, &distance, floor, cap);
     placement
         .into_iter()
-        .map(|mut r| {
+        .zip(&ranges)
+        .map(|(mut r, range)| {
             r.sort_unstable();
-            r.into_iter().map(|(_, node)| node).collect()
+            (range.shard, r.into_iter().map(|(_, node)| node).collect())
         })
         .collect()
 }

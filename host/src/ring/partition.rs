@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ShardId;
+use super::{ShardId, ShardMap};
 use crate::hooks::HookSpec;
 
 /// The partition function and the re-shard job, if one runs.
@@ -54,6 +54,58 @@ pub struct PartitionState {
     pub also_from: Vec<Option<HookSpec>>,
     /// Why shards of the running job cannot progress, by shard.
     pub stalls: BTreeMap<ShardId, ReshardStall>,
+    /// The shard ranges keys route by; `None`: the ring's `shards` equal
+    /// ranges (a cluster that never split or merged a shard).
+    pub map: Option<ShardMap>,
+    /// While a resize job runs: the ranges before it (a key may still sit
+    /// in its shard under them) and the change. `None` otherwise.
+    pub resize: Option<Resize>,
+}
+
+/// A split or merge in progress: the job moves keys from `from_map` to the
+/// active map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    pub from_map: ShardMap,
+    pub change: ShardChange,
+}
+
+/// A change of the shard ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardChange {
+    /// `shard` keeps `[first, at)`; the new shard `new_shard` gets the rest
+    /// (`at` and `new_shard` are settled when the change is applied; `at`
+    /// `None` asks for the middle of the range).
+    Split { shard: ShardId, at: Option<u64>, new_shard: Option<ShardId> },
+    /// `absorb`'s range joins its neighbour `keep`'s; `absorb` is retired.
+    Merge { keep: ShardId, absorb: ShardId },
+}
+
+impl std::fmt::Display for ShardChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardChange::Split { shard, at, new_shard } => {
+                write!(f, "split of shard {shard}")?;
+                if let Some(at) = at {
+                    write!(f, " at {at:#018x}")?;
+                }
+                match new_shard {
+                    Some(n) => write!(f, " into shards {shard} and {n}"),
+                    None => Ok(()),
+                }
+            }
+            ShardChange::Merge { keep, absorb } => write!(f, "merge of shard {absorb} into shard {keep}"),
+        }
+    }
+}
+
+/// [`PartitionState`] as stored before shard maps. (postcard writes a
+/// nested struct as its fields in order, so `v1` reads the first six.)
+#[derive(Deserialize)]
+struct PartitionStateV2 {
+    v1: PartitionStateV1,
+    also_from: Vec<Option<HookSpec>>,
+    stalls: BTreeMap<ShardId, ReshardStall>,
 }
 
 /// [`PartitionState`] as stored before jobs could be aborted.
@@ -147,24 +199,31 @@ pub fn show_key(key: &[u8]) -> String {
 }
 
 impl PartitionState {
-    /// Reads a stored state, also one stored before the fields added last.
+    /// Reads a stored state, also one stored before the fields added since.
     pub fn decode(raw: &[u8]) -> Result<PartitionState, postcard::Error> {
-        match postcard::from_bytes::<PartitionState>(raw) {
-            Ok(s) => Ok(s),
-            Err(new) => match postcard::from_bytes::<PartitionStateV1>(raw) {
-                Ok(v1) => Ok(PartitionState {
-                    active: v1.active,
-                    epoch: v1.epoch,
-                    last_version: v1.last_version,
-                    job: v1.job,
-                    last_job: v1.last_job,
-                    generation: v1.generation,
-                    also_from: Vec::new(),
-                    stalls: BTreeMap::new(),
-                }),
-                Err(_) => Err(new),
+        let err = match postcard::from_bytes::<PartitionState>(raw) {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        let (v1, also_from, stalls) = match postcard::from_bytes::<PartitionStateV2>(raw) {
+            Ok(v2) => (v2.v1, v2.also_from, v2.stalls),
+            Err(_) => match postcard::from_bytes::<PartitionStateV1>(raw) {
+                Ok(v1) => (v1, Vec::new(), BTreeMap::new()),
+                Err(_) => return Err(err),
             },
-        }
+        };
+        Ok(PartitionState {
+            active: v1.active,
+            epoch: v1.epoch,
+            last_version: v1.last_version,
+            job: v1.job,
+            last_job: v1.last_job,
+            generation: v1.generation,
+            also_from,
+            stalls,
+            map: None,
+            resize: None,
+        })
     }
 
     /// Every function a key may sit under besides the active one while the
@@ -189,6 +248,9 @@ impl PartitionState {
     pub fn set(&mut self, spec: Option<HookSpec>, now_ms: u64) -> Result<u64, String> {
         if same_function(self.active.as_ref(), spec.as_ref()) {
             return Ok(self.epoch);
+        }
+        if let Some(r) = &self.resize {
+            return Err(format!("a {} is running; change the partition function when it finishes", r.change));
         }
         // The functions keys may still sit under once `spec` is active:
         // the active one, and while a job runs every function of its from
@@ -231,6 +293,73 @@ impl PartitionState {
         Ok(self.epoch)
     }
 
+    /// The shard ranges keys route by (`shards`: the ring's shard count,
+    /// which gives the ranges of a cluster that never resized a shard).
+    pub fn shard_map(&self, shards: u32) -> ShardMap {
+        self.map.clone().unwrap_or_else(|| ShardMap::uniform(shards))
+    }
+
+    /// The shards a key may sit on while the running job has not finished:
+    /// the ranges before a resize, otherwise the active ones.
+    pub fn from_map(&self, shards: u32) -> ShardMap {
+        match &self.resize {
+            Some(r) => r.from_map.clone(),
+            None => self.shard_map(shards),
+        }
+    }
+
+    /// Splits or merges shards: makes the changed ranges active and opens
+    /// the job that moves the keys whose shard changed. Refused while any
+    /// job runs (one change of routing at a time). Returns the new epoch
+    /// and the change as settled (a split's point and new shard).
+    pub fn resize(&mut self, change: ShardChange, shards: u32, now_ms: u64) -> Result<(u64, ShardChange), String> {
+        if let Some(job) = &self.job {
+            let what = match &self.resize {
+                Some(r) => r.change.to_string(),
+                None => format!("re-shard job {} (a partition function change)", job.epoch),
+            };
+            return Err(format!("a {what} is running; split or merge shards when it finishes"));
+        }
+        let from_map = self.shard_map(shards);
+        let (map, change) = match change {
+            ShardChange::Split { shard, at, .. } => {
+                let map = from_map.split(shard, at)?;
+                let new_shard = from_map.next_id();
+                let at = map.range(new_shard).map(|r| r.first);
+                (map, ShardChange::Split { shard, at, new_shard: Some(new_shard) })
+            }
+            ShardChange::Merge { keep, absorb } => (from_map.merge(keep, absorb)?, change),
+        };
+        // Only shards that lose part of their range have keys to move; the
+        // rest are done from the start.
+        let unchanged: BTreeMap<ShardId, ShardProgress> = from_map
+            .ranges()
+            .filter(|old| map.range(old.shard).is_some_and(|new| new.first <= old.first && old.last <= new.last))
+            .map(|old| (old.shard, ShardProgress { done: true, ..ShardProgress::default() }))
+            .collect();
+        self.epoch += 1;
+        self.stalls.clear();
+        self.job = Some(ReshardJob {
+            epoch: self.epoch,
+            from: self.active.clone(),
+            to: self.active.clone(),
+            started_ms: now_ms,
+            shards: unchanged,
+        });
+        self.map = Some(map);
+        self.resize = Some(Resize { from_map, change });
+        self.generation += 1;
+        Ok((self.epoch, change))
+    }
+
+    /// Shards a finished resize retired (a merge's absorbed shard).
+    fn retired(&self) -> Vec<ShardId> {
+        match (&self.resize, &self.map) {
+            (Some(r), Some(map)) => r.from_map.ids().filter(|id| !map.contains(*id)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Records why `shard`'s mover in job `epoch` cannot progress. True
     /// when the state changed (a new stall, or a different key or error).
     pub fn record_stall(&mut self, epoch: u64, shard: ShardId, key: Vec<u8>, error: String, now_ms: u64) -> bool {
@@ -247,7 +376,9 @@ impl PartitionState {
 
     /// Records one shard's progress in job `epoch` (reports from an old job
     /// or an old leader that would move progress backwards are ignored).
-    /// Closes the job once all `shards` are done. True when this closed it.
+    /// Closes the job once every shard keys may sit on is done (`shards`:
+    /// the ring's shard count). Returns the shards the closed job retired,
+    /// or `None` when the job did not close.
     pub fn record_progress(
         &mut self,
         epoch: u64,
@@ -255,34 +386,42 @@ impl PartitionState {
         progress: ShardProgress,
         shards: u32,
         now_ms: u64,
-    ) -> bool {
-        let Some(job) = self.job.as_mut().filter(|j| j.epoch == epoch) else { return false };
+    ) -> Option<Vec<ShardId>> {
+        let scanned_shards = self.from_map(shards);
+        let job = self.job.as_mut().filter(|j| j.epoch == epoch)?;
         let entry = job.shards.entry(shard).or_default();
         if entry.done || progress.scanned < entry.scanned {
-            return false;
+            return None;
         }
         if progress.done || progress.scanned > entry.scanned {
             self.stalls.remove(&shard);
         }
         *entry = progress;
-        if (0..shards).any(|s| !job.shards.get(&s).is_some_and(|p| p.done)) {
-            return false;
+        if scanned_shards.ids().any(|s| !job.shards.get(&s).is_some_and(|p| p.done)) {
+            return None;
         }
         let (scanned, moved) = job.totals();
+        let (from, to) = match &self.resize {
+            Some(r) => (r.change.to_string(), format!("{} shards", self.map.as_ref().map_or(0, ShardMap::len))),
+            None => (describe(job.from.as_ref()), describe(job.to.as_ref())),
+        };
+        let job = job.clone();
+        let retired = self.retired();
         self.last_job = Some(JobSummary {
             epoch: job.epoch,
-            from: describe(job.from.as_ref()),
-            to: describe(job.to.as_ref()),
+            from,
+            to,
             started_ms: job.started_ms,
             finished_ms: now_ms,
             scanned,
             moved,
         });
         self.job = None;
+        self.resize = None;
         self.also_from.clear();
         self.stalls.clear();
         self.generation += 1;
-        true
+        Some(retired)
     }
 }
 
@@ -317,10 +456,10 @@ mod tests {
         let job = st.job.clone().expect("job opened");
         assert_eq!((job.epoch, job.from.is_none(), st.generation), (1, true, 1));
         assert_eq!(st.active.as_ref().map(|s| s.version), Some(1));
-        assert!(!st.record_progress(1, 0, done(4), 2, 1100));
+        assert!(st.record_progress(1, 0, done(4), 2, 1100).is_none());
         // A report from an old job changes nothing.
-        assert!(!st.record_progress(0, 1, done(4), 2, 1100));
-        assert!(st.record_progress(1, 1, done(6), 2, 1200));
+        assert!(st.record_progress(0, 1, done(4), 2, 1100).is_none());
+        assert!(st.record_progress(1, 1, done(6), 2, 1200).is_some());
         assert!(st.job.is_none());
         assert_eq!(st.generation, 2);
         let summary = st.last_job.clone().expect("summary");
@@ -347,7 +486,7 @@ mod tests {
         assert_eq!(names(&st), vec!["good v2", "trapx v1"]);
         assert_eq!(st.describe_from().as_deref(), Some("good v2 + trapx v1"));
         // Closing the job forgets them all.
-        assert!(st.record_progress(3, 0, done(1), 1, 30));
+        assert!(st.record_progress(3, 0, done(1), 1, 30).is_some());
         assert!(st.also_from.is_empty() && st.from_functions().is_empty());
     }
 
@@ -415,6 +554,71 @@ mod tests {
         assert!(st.job.is_none());
         assert_eq!(st.set(Some(spec("tenants", "b")), 0), Ok(2), "new code is a change");
         assert_eq!(st.active.as_ref().map(|s| s.version), Some(2));
+    }
+
+    #[test]
+    fn a_split_opens_a_job_on_the_parent_only_and_closes_into_the_new_map() {
+        let mut st = PartitionState::default();
+        let split = ShardChange::Split { shard: 1, at: None, new_shard: None };
+        let (epoch, settled) = st.resize(split, 2, 100).expect("split");
+        assert_eq!(settled, ShardChange::Split { shard: 1, at: Some(3 << 62), new_shard: Some(2) });
+        assert_eq!((epoch, st.generation), (1, 1));
+        assert_eq!(st.shard_map(2).ids().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(st.from_map(2), ShardMap::uniform(2));
+        // Shard 0 keeps its range: nothing of it moves.
+        let job = st.job.clone().expect("job");
+        assert_eq!(job.shards.keys().collect::<Vec<_>>(), vec![&0]);
+        assert!(job.shards[&0].done);
+        // One change at a time, and no function change during it.
+        let refused = st.resize(ShardChange::Merge { keep: 0, absorb: 1 }, 2, 110).expect_err("busy");
+        assert!(refused.contains("split of shard 1") && refused.contains("is running"), "{refused}");
+        assert!(st.set(Some(spec("t", "a")), 120).expect_err("busy").contains("split of shard 1"));
+        // The new shard is not scanned: the parent alone closes the job.
+        assert_eq!(st.record_progress(1, 1, done(8), 2, 200), Some(Vec::new()));
+        assert!(st.job.is_none() && st.resize.is_none());
+        assert_eq!(st.generation, 2);
+        assert_eq!(st.from_map(2).ids().collect::<Vec<_>>(), vec![0, 1, 2]);
+        let summary = st.last_job.clone().expect("summary");
+        assert!(summary.from.starts_with("split of shard 1"), "{summary:?}");
+    }
+
+    #[test]
+    fn a_merge_retires_the_absorbed_shard_when_its_keys_have_moved() {
+        let mut st = PartitionState::default();
+        st.resize(ShardChange::Split { shard: 0, at: None, new_shard: None }, 2, 0).expect("split");
+        st.record_progress(1, 0, done(2), 2, 0).expect("split closes");
+        st.resize(ShardChange::Merge { keep: 0, absorb: 2 }, 2, 0).expect("merge");
+        assert_eq!(st.shard_map(2).ids().collect::<Vec<_>>(), vec![0, 1]);
+        // Keys may still sit on shard 2 until its pass is done.
+        assert_eq!(st.from_map(2).ids().collect::<Vec<_>>(), vec![0, 2, 1]);
+        assert_eq!(st.record_progress(2, 2, done(4), 2, 0), Some(vec![2]));
+        assert_eq!(st.shard_map(2).ranges().collect::<Vec<_>>(), ShardMap::uniform(2).ranges().collect::<Vec<_>>());
+        // A function change is allowed again, and covers the new map.
+        assert_eq!(st.set(Some(spec("t", "a")), 0), Ok(3));
+        assert_eq!(st.from_map(2).ids().collect::<Vec<_>>(), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_resize_is_refused_while_a_function_change_runs() {
+        let mut st = PartitionState::default();
+        st.set(Some(spec("t", "a")), 0).expect("change");
+        let refused = st.resize(ShardChange::Split { shard: 0, at: None, new_shard: None }, 2, 0).expect_err("busy");
+        assert!(refused.contains("partition function change"), "{refused}");
+        let bad = ShardChange::Split { shard: 0, at: Some(0), new_shard: None };
+        st.record_progress(1, 0, done(1), 2, 0);
+        st.record_progress(1, 1, done(1), 2, 0);
+        assert!(st.resize(bad, 2, 0).expect_err("bad point").contains("not inside"));
+        assert!(st.job.is_none(), "a refused change opens no job");
+    }
+
+    #[test]
+    fn a_state_stored_before_shard_maps_still_reads() {
+        let mut st = PartitionState::default();
+        st.set(Some(spec("t", "a")), 0).expect("change");
+        let mut raw = postcard::to_allocvec(&st).expect("encode");
+        // The two options added last, both `None`: one zero byte each.
+        assert_eq!(raw.split_off(raw.len() - 2), vec![0, 0]);
+        assert_eq!(PartitionState::decode(&raw).expect("decode"), st);
     }
 
     #[test]
