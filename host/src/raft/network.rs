@@ -21,7 +21,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, Entry};
 use ringkv_client::proto::raft_client::RaftClient;
 use ringkv_client::proto::{RaftEnvelope, RaftKind, RaftMessage};
 use serde::de::DeserializeOwned;
@@ -369,7 +369,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerNetwork { group: self.group, target, addr: node.addr.clone(), peers: self.peers.clone() }
+        PeerNetwork {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+            append_budget: APPEND_BYTES_MAX,
+        }
     }
 }
 
@@ -379,6 +385,8 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     peers: Arc<Peers>,
+    /// Most entry bytes the next AppendEntries carries (see [`APPEND_BYTES_MAX`]).
+    append_budget: usize,
 }
 
 enum Rpc {
@@ -467,13 +475,61 @@ fn unreachable<E: std::error::Error + 'static, RE: std::error::Error>(e: &E) -> 
     RPCError::Unreachable(Unreachable::new(e))
 }
 
+/// Most entry bytes one AppendEntries carries (at least one entry is always
+/// sent, whatever its size); halved after each AppendEntries that got no
+/// answer, down to [`APPEND_BYTES_MIN`], and doubled back after each answer.
+///
+/// openraft 0.9 bounds an AppendEntries by entry count only (128 here) and
+/// gives it one heartbeat interval to be answered. A follower catching up
+/// through large entries (re-shard moves, writes of big values) on a loaded
+/// machine was sent more than it could store in that time, timed out, and
+/// was sent the same again, forever. Sending a prefix and answering
+/// `PartialSuccess` for it is what that response exists for; replication
+/// goes on from there.
+const APPEND_BYTES_MAX: usize = 1024 * 1024;
+const APPEND_BYTES_MIN: usize = 32 * 1024;
+
+/// Cuts `entries` to the longest prefix within `budget` bytes (at least
+/// one entry). Returns the last entry kept when it cut any.
+fn cut_to_budget(entries: &mut Vec<Entry<TypeConfig>>, budget: usize) -> Option<openraft::LogId<NodeId>> {
+    if entries.len() <= 1 {
+        return None;
+    }
+    let mut total = 0usize;
+    let mut keep = entries.len();
+    for (i, e) in entries.iter().enumerate() {
+        total = total.saturating_add(postcard::experimental::serialized_size(e).unwrap_or(usize::MAX));
+        if total > budget {
+            keep = i.max(1);
+            break;
+        }
+    }
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
+
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let budget = self.append_budget;
+        let cut = cut_to_budget(&mut rpc.entries, budget);
+        // Assume no answer: openraft drops this future when its own timeout
+        // fires first, and then nothing after the call runs.
+        if !rpc.entries.is_empty() {
+            self.append_budget = (budget / 2).max(APPEND_BYTES_MIN);
+        }
+        let reply = self.call(Rpc::Append, &rpc, &option).await?;
+        self.append_budget = budget.saturating_mul(2).min(APPEND_BYTES_MAX);
+        Ok(match (cut, reply) {
+            (Some(last), AppendEntriesResponse::Success) => AppendEntriesResponse::PartialSuccess(Some(last)),
+            (_, reply) => reply,
+        })
     }
 
     async fn install_snapshot(
@@ -497,6 +553,29 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        let op = crate::raft::types::Op::Expire { key: vec![b'k'; bytes], version: 1 };
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::raft::types::Command { now_ms: 0, ops: vec![op] }),
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_to_the_byte_budget_but_never_empty() {
+        let max = APPEND_BYTES_MAX;
+        let mut small: Vec<_> = (1..=100).map(|i| entry(i, 100)).collect();
+        assert_eq!(cut_to_budget(&mut small, max), None, "100 small entries go whole");
+        assert_eq!(small.len(), 100);
+        let mut big: Vec<_> = (1..=10).map(|i| entry(i, 300 * 1024)).collect();
+        assert_eq!(cut_to_budget(&mut big, max).map(|l| l.index), Some(3), "three of 300 KiB fit in 1 MiB");
+        assert_eq!(big.len(), 3);
+        let mut huge = vec![entry(1, 2 * max), entry(2, 10)];
+        assert_eq!(cut_to_budget(&mut huge, max).map(|l| l.index), Some(1), "one entry goes whatever its size");
+        let mut one = vec![entry(1, 2 * max)];
+        assert_eq!(cut_to_budget(&mut one, max), None);
+    }
 
     fn peers(cluster: &str) -> Arc<Peers> {
         Peers::new(1, cluster.to_string(), None, LinkFilter::default(), None)

@@ -560,9 +560,10 @@ impl Applier<'_> {
                 if hooks.guard.is_some_and(|seen| seen != live) {
                     return Ok(CommandResult::HookStale { current: live });
                 }
-                let env = Envelope { value: value.into(), version: index, expires_at };
+                let version = next_version(index, old.as_ref());
+                let env = Envelope { value: value.into(), version, expires_at };
                 self.set(key, old.as_ref(), Some(env));
-                CommandResult::Written { version: index, hooks: hooks.used }
+                CommandResult::Written { version, hooks: hooks.used }
             }
             Op::Delete { key, if_version, hooks } => {
                 let old = self.current(&key)?;
@@ -574,10 +575,11 @@ impl Applier<'_> {
                 if hooks.guard.is_some_and(|seen| seen != live) {
                     return Ok(CommandResult::HookStale { current: live });
                 }
+                let version = next_version(index, old.as_ref());
                 if old.is_some() {
                     self.set(key, old.as_ref(), None);
                 }
-                CommandResult::Deleted { existed: live != 0, version: index, hooks: hooks.used }
+                CommandResult::Deleted { existed: live != 0, version, hooks: hooks.used }
             }
             Op::Expire { key, version } => {
                 self.expire(key, version)?;
@@ -739,6 +741,16 @@ impl Applier<'_> {
             }
         })
     }
+}
+
+/// The version a write of a key gives it at log index `index`: the index,
+/// unless the key's record holds a version as high (it moved here from a
+/// shard whose log is further on, by a split, a merge or a partition
+/// function change, keeping its version), then one more. So a key's versions
+/// only grow, and a compare-and-swap holding a version the key had before
+/// it moved can never match a later write.
+fn next_version(index: u64, old: Option<&Envelope>) -> u64 {
+    old.map_or(index, |e| index.max(e.version.saturating_add(1)))
 }
 
 impl Applier<'_> {
@@ -992,6 +1004,46 @@ mod tests {
 
     fn move_in(key: &str, version: u64, epoch: u64) -> Op {
         Op::MoveIn { key: key.into(), value: b"moved".to_vec(), version, expires_at: None, epoch }
+    }
+
+    #[tokio::test]
+    async fn a_moved_keys_versions_keep_growing_on_a_shard_whose_log_is_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("storage");
+        let mut sm = StateMachine::new(1, storage);
+        // Moved in at version 1305 by a shard further on than this one.
+        apply(&mut sm, 1, vec![move_in("k", 1305, 1)]).await;
+        let put = |v: &str| Op::Put {
+            key: b"k".to_vec(),
+            value: v.as_bytes().to_vec(),
+            expires_at: None,
+            if_version: None,
+            hooks: None,
+        };
+        assert_eq!(
+            apply(&mut sm, 2, vec![put("a")]).await,
+            vec![CommandResult::Written { version: 1306, hooks: vec![] }]
+        );
+        // Two writes of the key in one entry: still one version each.
+        let both = apply(&mut sm, 3, vec![put("b"), put("c")]).await;
+        assert_eq!(
+            both,
+            vec![
+                CommandResult::Written { version: 1307, hooks: vec![] },
+                CommandResult::Written { version: 1308, hooks: vec![] }
+            ]
+        );
+        // Once the log is past it, the version is the log index again.
+        assert_eq!(
+            apply(&mut sm, 5000, vec![put("d")]).await,
+            vec![CommandResult::Written { version: 5000, hooks: vec![] }]
+        );
+        // A key written here first starts at the log index.
+        let fresh = Op::Put { key: b"f".to_vec(), value: vec![], expires_at: None, if_version: None, hooks: None };
+        assert_eq!(
+            apply(&mut sm, 5001, vec![fresh]).await,
+            vec![CommandResult::Written { version: 5001, hooks: vec![] }]
+        );
     }
 
     #[tokio::test]
