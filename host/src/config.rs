@@ -101,6 +101,11 @@ pub struct NodeConfig {
     /// least this many voters (capped at the replication factor), so an
     /// acknowledged write is on a majority of them. Default 1.
     pub min_replicas: usize,
+    /// The spread policy (`cluster::resize_policy`): while the cluster has
+    /// more active members than the replication factor, the meta leader
+    /// splits shards until each member can hold about this many replicas.
+    /// 0 turns automatic splits off. Default 4.
+    pub auto_split_replicas_per_node: u32,
     /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
     pub tls: Option<TlsConfig>,
     /// Authentication and authorization (`[auth]`). Default: off.
@@ -137,6 +142,7 @@ impl Default for NodeConfig {
             ttl_sweep_interval: Duration::from_secs(1),
             down_timeout: Duration::from_secs(30),
             min_replicas: 1,
+            auto_split_replicas_per_node: 4,
             tls: None,
             auth: crate::auth::AuthConfig::default(),
         }
@@ -161,6 +167,7 @@ pub struct ConfigFile {
     pub request_timeout: Option<Dur>,
     pub down_timeout: Option<Dur>,
     pub min_replicas: Option<usize>,
+    pub auto_split_replicas_per_node: Option<u32>,
     /// `"text"` or `"json"`.
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -310,9 +317,16 @@ data_dir = "ringkv-data"
 # other seed answers that it has none; the others join. (RINGKV_JOIN, comma
 # separated; --join)
 join = []
-# Shards of a new cluster (fixed afterwards; on a node of an existing cluster
-# it must equal the cluster's). (RINGKV_SHARDS, --shards)
+# Shards a new cluster starts with; they split and merge online afterwards
+# (on a node of an existing cluster it must equal the count the cluster was
+# created with). (RINGKV_SHARDS, --shards)
 shards = 1
+# Once the cluster has more nodes than the replication factor (3), the meta
+# leader splits shards, one at a time, until every node can hold about this
+# many shard replicas (rounded up to a power of two shards). 0 turns
+# automatic splits off; the meta leader's setting applies.
+# (RINGKV_AUTO_SPLIT_REPLICAS_PER_NODE, --auto-split-replicas-per-node)
+auto_split_replicas_per_node = 4
 # A shard acknowledges writes only while it has at least this many replicas
 # (Raft voters; capped at the replication factor, 3). Set it to 3 for a
 # cluster meant to have three nodes or more, so a write is never acknowledged

@@ -25,6 +25,7 @@ mod t122_resharding;
 mod t123_reshard_backout;
 mod t124_wasm_fresh_instances;
 mod t125_shard_split_merge;
+mod t126_auto_split;
 mod t13_first_seconds;
 mod t14_cluster_identity;
 mod t15_readme_tour;

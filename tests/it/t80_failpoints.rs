@@ -164,7 +164,8 @@ async fn crash_during_snapshot_install() {
 #[tokio::test]
 async fn crash_during_shard_move() {
     let _heavy = ringkv_tests::heavy().await;
-    let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
+    // No automatic splits: the crash point is the rebalancer's move.
+    let mut c = ProcCluster::start(3, &["--shards", "4", "--auto-split-replicas-per-node", "0"]).await;
     let acked = write(&c.client(), "before/", 100).await;
     // Whichever node leads the meta group runs the moves: arm them all.
     // Armed one at a time, each back in the cluster before the next restarts,

@@ -275,7 +275,8 @@ async fn wait_readyz(addr: &str, want: u16, what: &str) -> String {
 /// when its shards lose their leader, ready again when they have one.
 #[tokio::test]
 async fn readyz_tracks_joining_and_losing_the_quorum() {
-    let mut c = ProcCluster::start(3, &["--shards", "4"]).await;
+    // No automatic splits: readiness of a fixed set of shards.
+    let mut c = ProcCluster::start(3, &["--shards", "4", "--auto-split-replicas-per-node", "0"]).await;
     for id in 1..=3 {
         wait_readyz(&c.nodes[&id].http, 200, &format!("node {id} to be ready")).await;
     }

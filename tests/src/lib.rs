@@ -536,6 +536,8 @@ impl InProcCluster {
                 ring: ringkv::ring::RingConfig { shards: 4, ..Default::default() },
                 raft: test_raft_tuning(),
                 request_timeout: Duration::from_secs(3),
+                // Tests that want automatic splits run real processes.
+                auto_split_replicas_per_node: 0,
                 ..NodeConfig::default()
             };
             let node = Node::start(config, filter.clone()).await.expect("node starts");

@@ -27,6 +27,20 @@ pub async fn put_retrying(client: &Client, key: String, value: String) -> Result
     Err(last.unwrap_or_else(|| Error::Unavailable("no attempt".into())))
 }
 
+/// Puts `key`, trying again (three times in all) while the cluster answers
+/// UNAVAILABLE, as an application would: that code says the write may be
+/// retried (a shard without a leader for a moment, a node going away).
+async fn put_if_unavailable_again(client: &Client, key: &str, value: &str) -> Result<u64, Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match client.put(key.to_string(), value.to_string()).await {
+            Err(Error::Unavailable(_)) if tries < 3 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => return other,
+        }
+    }
+}
+
 /// Puts `keys` (key, value) 64 at a time, retrying each a few times;
 /// panics naming the first that could not be written.
 pub async fn load(client: &Client, keys: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
@@ -48,6 +62,8 @@ pub struct Workload {
     pub acked: Arc<Mutex<Vec<(String, String)>>>,
     /// Keys whose write failed (not acknowledged: allowed to be lost, or to land).
     pub failed_writes: Arc<Mutex<BTreeSet<String>>>,
+    /// The first few of those failures: key and error.
+    pub write_errors: Arc<Mutex<Vec<String>>>,
     violations: Arc<Mutex<Vec<String>>>,
     /// Reads that returned the acknowledged value.
     pub reads: Arc<AtomicU64>,
@@ -68,22 +84,27 @@ impl Workload {
             stop: Arc::default(),
             acked: Arc::new(Mutex::new(acked)),
             failed_writes: Arc::default(),
+            write_errors: Arc::default(),
             violations: Arc::default(),
             reads: Arc::default(),
             tasks: Vec::new(),
         };
         for i in 0..writers {
-            let (client, stop, acked, failed) =
-                (client.clone(), w.stop.clone(), w.acked.clone(), w.failed_writes.clone());
+            let (client, stop, acked) = (client.clone(), w.stop.clone(), w.acked.clone());
+            let (failed, errors) = (w.failed_writes.clone(), w.write_errors.clone());
             w.tasks.push(tokio::spawn(async move {
                 for n in 0..MAX_OPS_PER_TASK {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let (k, v) = (key(i, n), format!("live{n}"));
-                    match client.put(k.clone(), v.clone()).await {
+                    match put_if_unavailable_again(&client, &k, &v).await {
                         Ok(_) => acked.lock().expect("lock").push((k, v)),
-                        Err(_) => {
+                        Err(e) => {
+                            let mut errors = errors.lock().expect("lock");
+                            if errors.len() < 10 {
+                                errors.push(format!("{k}: {e}"));
+                            }
                             failed.lock().expect("lock").insert(k);
                         }
                     }

@@ -49,11 +49,12 @@ pub struct ServeCommand {
     /// nodes can share one seed list: the seed itself bootstraps.
     #[arg(long, value_delimiter = ',', env = "RINGKV_JOIN")]
     pub join: Option<Vec<String>>,
-    /// Number of shards of a new cluster (bootstrap only; fixed afterwards).
-    /// Size it at about 10x the largest node count you expect: a cluster
-    /// cannot spread data over more nodes than RF x shards. Default 1, the
-    /// fastest for 3 nodes: more shards cost write throughput today
-    /// (docs/performance.md). [default: 1]
+    /// Number of shards a new cluster starts with (bootstrap only). Shards
+    /// split online afterwards: automatically once the cluster has more
+    /// nodes than the replication factor (--auto-split-replicas-per-node),
+    /// or with `ringkv cluster split`. Default 1, the fastest for 3 nodes:
+    /// more shards cost write throughput today (docs/performance.md).
+    /// [default: 1]
     #[arg(long, env = "RINGKV_SHARDS")]
     pub shards: Option<u32>,
     /// A shard acknowledges writes only while it has at least this many
@@ -63,6 +64,13 @@ pub struct ServeCommand {
     /// (e.g. while the other nodes are still joining). [default: 1]
     #[arg(long, env = "RINGKV_MIN_REPLICAS")]
     pub min_replicas: Option<usize>,
+    /// Once the cluster has more nodes than the replication factor, split
+    /// shards automatically, one at a time, until every node can hold about
+    /// this many shard replicas (rounded up to a power of two shards). 0
+    /// turns automatic splits off; the meta leader's setting applies.
+    /// [default: 4]
+    #[arg(long, env = "RINGKV_AUTO_SPLIT_REPLICAS_PER_NODE")]
+    pub auto_split_replicas_per_node: Option<u32>,
     /// Raft heartbeat interval. [default: 250ms]
     #[arg(long, env = "RINGKV_HEARTBEAT", value_parser = super::parse_duration)]
     pub heartbeat: Option<Duration>,
@@ -216,6 +224,14 @@ impl ServeCommand {
         let request_timeout = self.request_timeout.or(file.request_timeout.map(|v| v.0)).unwrap_or(d.request_timeout);
         let down_timeout = self.down_timeout.or(file.down_timeout.map(|v| v.0)).unwrap_or(d.down_timeout);
         let min_replicas = self.min_replicas.or(file.min_replicas).unwrap_or(d.min_replicas);
+        let auto_split_replicas_per_node = self
+            .auto_split_replicas_per_node
+            .or(file.auto_split_replicas_per_node)
+            .unwrap_or(d.auto_split_replicas_per_node);
+        anyhow::ensure!(
+            auto_split_replicas_per_node <= 1024,
+            "auto_split_replicas_per_node (--auto-split-replicas-per-node) must be at most 1024, got {auto_split_replicas_per_node}"
+        );
         anyhow::ensure!(
             (1..=7).contains(&min_replicas),
             "min_replicas (--min-replicas) must be between 1 and 7, got {min_replicas}"
@@ -339,6 +355,7 @@ impl ServeCommand {
             request_timeout,
             down_timeout,
             min_replicas,
+            auto_split_replicas_per_node,
             auth,
             ..d
         })

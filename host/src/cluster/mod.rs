@@ -18,6 +18,7 @@ mod membership;
 mod partitioning;
 mod placement;
 mod quiescence;
+mod resize_policy;
 mod routing;
 mod status;
 

@@ -129,8 +129,9 @@ const SHARD_PASSES: usize = 4;
 /// flight at once.
 const MOVE_CONCURRENCY: usize = 16;
 
-/// Most key and value bytes in one move proposal.
-const MOVE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most key and value bytes in one move proposal: a log entry a follower
+/// catching up must take within a heartbeat interval (raft::network).
+const MOVE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// How often a node looks for re-shard work it should do.
 const RESHARD_POLL: Duration = Duration::from_millis(200);
@@ -894,7 +895,7 @@ impl Node {
         else {
             return Ok(());
         };
-        let parent = self.group(shard_group(shard))?;
+        let Ok(parent) = self.group(shard_group(shard)) else { return Ok(()) };
         if parent.raft.current_leader().await != Some(self.id()) {
             return Ok(());
         }

@@ -130,6 +130,17 @@ impl Node {
             if in_place_at == Some(epoch) {
                 continue;
             }
+            // Split first, move after: a split's new shard starts on its
+            // parent's replicas, so splitting before spreading moves each
+            // replica once, and the moves carry smaller shards.
+            match self.spread_by_splitting().await {
+                Ok(true) => {
+                    in_place_at = None;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "starting an automatic split"),
+            }
             match self.rebalance_round().await {
                 Ok(true) => in_place_at = Some(epoch),
                 Ok(false) => in_place_at = None,

@@ -25,7 +25,7 @@
 pub mod partition;
 mod shard_map;
 
-pub use shard_map::{ShardMap, ShardRange};
+pub use shard_map::{ShardMap, ShardRange, MAX_SHARDS};
 
 use std::collections::{BTreeMap, BTreeSet};
 
