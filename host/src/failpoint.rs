@@ -13,6 +13,7 @@
 //! | `snapshot-install` | a received snapshot is about to replace the state machine |
 //! | `shard-move` | a shard move added its new replicas and is about to remove the old ones |
 //! | `reshard-batch` | a shard leader moved a batch of keys for a re-shard job and reported it |
+//! | `split-start` | the leader of a shard being split is about to create the new shard's Raft group |
 //! | `forward-reply-lost` | *does not abort*: a shard leader applied a forwarded write and answers the forwarding node `UNAVAILABLE` instead of the result, as a connection lost after the apply would |
 //!
 //! Without the feature every crash point compiles to nothing, and a process

@@ -912,6 +912,7 @@ impl Node {
             let addr = self.addr_of(id).ok_or_else(|| NodeError::Unavailable(format!("no address for node {id}")))?;
             members.insert(id, openraft::BasicNode { addr });
         }
+        crate::failpoint::crash_point("split-start");
         tracing::info!(shard, child, members = ?members.keys().collect::<Vec<_>>(), "starting the shard a split creates");
         match g.raft.initialize(members).await {
             Ok(()) => Ok(()),
