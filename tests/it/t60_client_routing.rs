@@ -152,6 +152,18 @@ async fn a_node_behind_the_clients_epoch_does_not_answer_from_its_old_view() {
         async move { n4.get_with(key, Consistency::Eventual).await.ok().flatten().filter(|v| v.value == "old") }
     })
     .await;
+    // By node 4's own view, it is a voter of the key's shard: a replica that
+    // has not yet received its promotion forwards eventual reads, and once
+    // cut off could not answer one at all (seen on a loaded machine).
+    let group = u64::from(shard_of_key(key.as_bytes(), ring.shards)) + 1;
+    eventually("node 4 to see itself a voter of the key's shard", || {
+        let n4 = n4.clone();
+        async move {
+            let s = n4.status().await.ok()?;
+            s.groups.iter().any(|g| g.group_id == group && g.voters.contains(&4)).then_some(())
+        }
+    })
+    .await;
 
     // Node 4 is cut off and removed: its replicas move to the others, the new
     // value is written there, and node 4 never hears of any of it.
