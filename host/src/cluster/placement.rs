@@ -71,10 +71,10 @@ impl Node {
         let assignments = self.assignments().await?;
         // A shard a merge retired has no assignment left; its replica here
         // holds nothing (its keys moved) and goes.
-        let view = self.partition_view();
+        let holding: BTreeSet<ShardId> = self.partition_view().shards().into_iter().collect();
         for g in self.groups() {
             let shard = (g.id.wrapping_sub(1)) as ShardId;
-            if g.id != META_GROUP && !assignments.contains_key(&shard) && !view.shards().contains(&shard) {
+            if g.id != META_GROUP && !assignments.contains_key(&shard) && !holding.contains(&shard) {
                 tracing::info!(shard, "shard retired by a merge; dropping its replica");
                 self.drop_group(g.id).await?;
             }

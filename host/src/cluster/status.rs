@@ -42,6 +42,8 @@ impl Node {
         let rf = (self.ring().replication_factor as usize).min(active.len());
         let view = self.partition_view();
         let target = crate::ring::place_map(view.shard_map(), self.ring(), &active);
+        let ranges: std::collections::BTreeMap<ShardId, ShardRange> =
+            view.shard_map().ranges().map(|r| (r.shard, r)).collect();
         Ok(assignments
             .into_iter()
             .map(|(shard, replicas)| {
@@ -52,7 +54,7 @@ impl Node {
                 let want: BTreeSet<NodeId> = target.get(&shard).into_iter().flatten().copied().collect();
                 let moving = pending.contains(&shard) || replicas.iter().copied().collect::<BTreeSet<_>>() != want;
                 let under_replicated = replicas.iter().filter(|r| !missing.contains(r)).count() < rf;
-                let range = view.shard_map().range(shard);
+                let range = ranges.get(&shard).copied();
                 ShardRoute { shard, leader, replicas, moving, under_replicated, range }
             })
             .collect())
