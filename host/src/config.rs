@@ -106,6 +106,8 @@ pub struct NodeConfig {
     /// splits shards until each member can hold about this many replicas.
     /// 0 turns automatic splits off. Default 4.
     pub auto_split_replicas_per_node: u32,
+    /// The size and load policy (`cluster::resize_policy`).
+    pub resize: ResizeThresholds,
     /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
     pub tls: Option<TlsConfig>,
     /// Authentication and authorization (`[auth]`). Default: off.
@@ -143,9 +145,36 @@ impl Default for NodeConfig {
             down_timeout: Duration::from_secs(30),
             min_replicas: 1,
             auto_split_replicas_per_node: 4,
+            resize: ResizeThresholds::default(),
             tls: None,
             auth: crate::auth::AuthConfig::default(),
         }
+    }
+}
+
+/// When the meta leader splits a shard for its size or load, or merges two
+/// neighbours (`cluster::resize_policy`). The meta leader's settings apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizeThresholds {
+    /// Split a shard whose leader stores more than this many bytes of keys
+    /// and values. 0: never split for size. Default 512 MiB.
+    pub split_bytes: u64,
+    /// Split a shard serving more than this many requests per second
+    /// (writes applied plus reads served) for [`Self::sustain`]. 0: never
+    /// split for load. Default 0 (off; docs/partitioning.md says why).
+    pub split_ops: u32,
+    /// Merge two neighbouring shards that together store less than this
+    /// and have both been cold for [`Self::sustain`]. 0: never merge on
+    /// its own. At most a quarter of `split_bytes`. Default 64 MiB.
+    pub merge_bytes: u64,
+    /// How long a load must last before it splits or merges a shard.
+    /// Default 60 s.
+    pub sustain: Duration,
+}
+
+impl Default for ResizeThresholds {
+    fn default() -> Self {
+        Self { split_bytes: 512 << 20, split_ops: 0, merge_bytes: 64 << 20, sustain: Duration::from_secs(60) }
     }
 }
 
@@ -168,6 +197,10 @@ pub struct ConfigFile {
     pub down_timeout: Option<Dur>,
     pub min_replicas: Option<usize>,
     pub auto_split_replicas_per_node: Option<u32>,
+    pub split_size: Option<Size>,
+    pub split_load: Option<u32>,
+    pub merge_size: Option<Size>,
+    pub resize_after: Option<Dur>,
     /// `"text"` or `"json"`.
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -327,6 +360,22 @@ shards = 1
 # automatic splits off; the meta leader's setting applies.
 # (RINGKV_AUTO_SPLIT_REPLICAS_PER_NODE, --auto-split-replicas-per-node)
 auto_split_replicas_per_node = 4
+# Split a shard whose data (keys and values, uncompressed) grows past this,
+# at a point that halves its keys; "0" never splits for size.
+# (RINGKV_SPLIT_SIZE, --split-size)
+split_size = "512MiB"
+# Split a shard that serves more than this many requests per second (writes
+# plus reads) for resize_after; 0 (the default) never splits for load.
+# (RINGKV_SPLIT_LOAD, --split-load)
+split_load = 0
+# Merge two neighbouring shards that together hold less than this and have
+# both been cold for resize_after; at most a quarter of split_size; "0"
+# never merges. Never below the --shards a cluster was created with, nor
+# below what auto_split_replicas_per_node asks for. (RINGKV_MERGE_SIZE, --merge-size)
+merge_size = "64MiB"
+# How long a load must last before it splits or merges a shard.
+# (RINGKV_RESIZE_AFTER, --resize-after)
+resize_after = "60s"
 # A shard acknowledges writes only while it has at least this many replicas
 # (Raft voters; capped at the replication factor, 3). Set it to 3 for a
 # cluster meant to have three nodes or more, so a write is never acknowledged

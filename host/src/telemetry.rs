@@ -72,6 +72,7 @@ pub const SHARDS_MOVING: &str = "ringkv_shards_moving";
 pub const SHARDS_UNDER_REPLICATED: &str = "ringkv_shards_under_replicated";
 /// Replica moves the rebalancer finished, by `result` (`ok`, `failed`).
 pub const REBALANCE_MOVES: &str = "ringkv_rebalance_moves_total";
+pub const AUTO_RESIZES: &str = "ringkv_auto_resizes_total";
 /// Moves in the rebalancer's current round (0 when in place).
 pub const REBALANCE_PENDING: &str = "ringkv_rebalance_pending_moves";
 /// Re-sharding after a partition function change: keys this node's shard
@@ -197,6 +198,10 @@ fn describe() {
     describe_gauge!(SHARDS_MOVING, "shards whose replica set is being changed");
     describe_gauge!(SHARDS_UNDER_REPLICATED, "shards with fewer live voters than the replication factor");
     describe_counter!(REBALANCE_MOVES, "replica moves finished by this node's rebalancer, by result");
+    describe_counter!(
+        AUTO_RESIZES,
+        "shard splits and merges this node started as meta leader for size or load, by reason"
+    );
     describe_gauge!(REBALANCE_PENDING, "replica moves in the rebalancer's current round");
     describe_counter!(RESHARD_SCANNED, "keys scanned by this node's re-shard passes");
     describe_counter!(RESHARD_MOVED, "keys moved to their new shard by this node's re-shard passes");

@@ -26,6 +26,7 @@ mod t123_reshard_backout;
 mod t124_wasm_fresh_instances;
 mod t125_shard_split_merge;
 mod t126_auto_split;
+mod t127_size_load_resize;
 mod t13_first_seconds;
 mod t14_cluster_identity;
 mod t15_readme_tour;

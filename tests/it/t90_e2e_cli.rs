@@ -805,6 +805,9 @@ async fn cluster_shards_lists_each_shard_with_its_range_keys_and_rate() {
     }
     for s in &shards {
         assert_eq!(s["replicas"].as_array().map(Vec::len), Some(3), "{s}");
+        // Each key and value is stored with a 16-byte envelope.
+        let (keys, bytes) = (s["keys"].as_u64().unwrap_or(0), s["bytes"].as_u64().unwrap_or(0));
+        assert!(bytes >= keys * 17, "size of {keys} keys: {s}");
     }
 
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
@@ -813,6 +816,6 @@ async fn cluster_shards_lists_each_shard_with_its_range_keys_and_rate() {
     .await
     .expect("join");
     assert!(ok, "cluster shards failed: {err}");
-    assert!(out.starts_with("SHARD"), "{out}");
+    assert!(out.starts_with("SHARD") && out.lines().next().is_some_and(|h| h.contains("SIZE")), "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with(char::is_numeric)).count(), 4, "{out}");
 }

@@ -92,6 +92,7 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
                 learners,
                 replication,
                 keys: 0,
+                bytes: 0,
                 applied_ops: g.sm.applied_ops(),
                 served_reads: g.sm.served_reads(),
             }
@@ -100,8 +101,10 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
     let mut groups = groups;
     for g in &mut groups {
         if let Ok(hosted) = node.group(g.group_id) {
-            let keys = if count_keys { hosted.count_keys().await } else { hosted.approximate_keys().await };
-            g.keys = keys.map_err(crate::cluster::NodeError::from)?;
+            let size =
+                if count_keys { hosted.measure().await } else { hosted.approximate_size().await.map(|(s, _)| s) };
+            let size = size.map_err(crate::cluster::NodeError::from)?;
+            (g.keys, g.bytes) = (size.keys, size.bytes);
         }
     }
     let shards = shard_routes(node).await?;

@@ -194,6 +194,14 @@ impl raft_server::Raft for RaftService {
         self.reply(m.group_id, &self.node.run_membership_op(m.group_id, op).await)
     }
 
+    async fn shard_loads(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
+        let m = req.into_inner();
+        self.check_link(&m, false)?;
+        let split_point_over: u64 = decode(&m.payload).map_err(bad)?;
+        self.reply(m.group_id, &self.node.shard_loads(split_point_over).await)
+    }
+
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let epoch = header_u64(req.metadata(), EPOCH_HEADER);

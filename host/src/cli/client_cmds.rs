@@ -208,7 +208,7 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Every shard: its token range, leader, replicas, keys, writes and reads per second.
+    /// Every shard: its token range, leader, replicas, keys, size, writes and reads per second.
     ///
     /// Asks every member for the groups it hosts, twice, `--window` apart;
     /// a shard's keys and writes per second are its leader's (or, without a
@@ -219,7 +219,8 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "1s", value_parser = super::parse_duration)]
         window: std::time::Duration,
         /// Count every shard's keys now (a full scan on every node) instead
-        /// of reporting the last count, at most 10 s old.
+        /// of reporting the last count (at most 10 s old, or 100 times as
+        /// old as the last count took, if longer).
         #[arg(long)]
         exact: bool,
         #[command(flatten)]

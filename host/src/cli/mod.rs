@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node. With no flags: a single-node cluster on 127.0.0.1:7379.
-    Serve(ServeCommand),
+    Serve(Box<ServeCommand>),
     /// Run a local multi-node cluster for trying things out.
     Dev(DevCommand),
     /// Write a value.

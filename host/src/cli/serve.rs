@@ -71,6 +71,27 @@ pub struct ServeCommand {
     /// [default: 4]
     #[arg(long, env = "RINGKV_AUTO_SPLIT_REPLICAS_PER_NODE")]
     pub auto_split_replicas_per_node: Option<u32>,
+    /// Split a shard whose data (keys and values, uncompressed, on its
+    /// leader) grows past this size, at a point that halves its keys; 0
+    /// never splits for size. [default: 512MiB]
+    #[arg(long, env = "RINGKV_SPLIT_SIZE", value_parser = parse_size)]
+    pub split_size: Option<usize>,
+    /// Split a shard that serves more than this many requests per second
+    /// (writes plus reads) for `--resize-after`; 0 never splits for load.
+    /// [default: 0]
+    #[arg(long, env = "RINGKV_SPLIT_LOAD")]
+    pub split_load: Option<u32>,
+    /// Merge two neighbouring shards that together hold less than this and
+    /// have both been cold for `--resize-after`; at most a quarter of
+    /// `--split-size`; 0 never merges. A cluster never merges below the
+    /// `--shards` it was created with, nor below what
+    /// `--auto-split-replicas-per-node` asks for. [default: 64MiB]
+    #[arg(long, env = "RINGKV_MERGE_SIZE", value_parser = parse_size)]
+    pub merge_size: Option<usize>,
+    /// How long a load must last before it splits or merges a shard.
+    /// [default: 60s]
+    #[arg(long, env = "RINGKV_RESIZE_AFTER", value_parser = super::parse_duration)]
+    pub resize_after: Option<Duration>,
     /// Raft heartbeat interval. [default: 250ms]
     #[arg(long, env = "RINGKV_HEARTBEAT", value_parser = super::parse_duration)]
     pub heartbeat: Option<Duration>,
@@ -187,6 +208,30 @@ fn file_size(v: Option<crate::config::Size>, field: &str) -> anyhow::Result<Opti
     v.map(|b| usize::try_from(b.0).map_err(|_| anyhow::anyhow!("{field} = {} bytes is too large", b.0))).transpose()
 }
 
+/// The resize policy's thresholds: flags and environment over the config
+/// file over `d`. Refuses a merge size above a quarter of the split size,
+/// so a merged shard is never close to splitting again.
+fn resize_thresholds(
+    flags: &ServeCommand,
+    file: &ConfigFile,
+    d: &crate::config::ResizeThresholds,
+) -> anyhow::Result<crate::config::ResizeThresholds> {
+    let split_bytes = flags.split_size.map(|v| v as u64).or(file.split_size.map(|v| v.0)).unwrap_or(d.split_bytes);
+    let merge_bytes = flags.merge_size.map(|v| v as u64).or(file.merge_size.map(|v| v.0)).unwrap_or(d.merge_bytes);
+    let split_ops = flags.split_load.or(file.split_load).unwrap_or(d.split_ops);
+    let sustain = flags.resize_after.or(file.resize_after.map(|v| v.0)).unwrap_or(d.sustain);
+    anyhow::ensure!(
+        split_bytes == 0 || merge_bytes <= split_bytes / 4,
+        "merge_size (--merge-size, {merge_bytes} bytes) must be at most a quarter of split_size \
+         (--split-size, {split_bytes} bytes), so a merged shard does not split again"
+    );
+    anyhow::ensure!(
+        sustain >= Duration::from_secs(1),
+        "resize_after (--resize-after) must be at least 1s, got {sustain:?}"
+    );
+    Ok(crate::config::ResizeThresholds { split_bytes, split_ops, merge_bytes, sustain })
+}
+
 impl ServeCommand {
     /// The log format: flag or environment, else the config file's. A file
     /// that does not parse is reported by [`ServeCommand::config`].
@@ -232,6 +277,7 @@ impl ServeCommand {
             auto_split_replicas_per_node <= 1024,
             "auto_split_replicas_per_node (--auto-split-replicas-per-node) must be at most 1024, got {auto_split_replicas_per_node}"
         );
+        let resize = resize_thresholds(self, &file, &d.resize)?;
         anyhow::ensure!(
             (1..=7).contains(&min_replicas),
             "min_replicas (--min-replicas) must be between 1 and 7, got {min_replicas}"
@@ -356,6 +402,7 @@ impl ServeCommand {
             down_timeout,
             min_replicas,
             auto_split_replicas_per_node,
+            resize,
             auth,
             ..d
         })
@@ -692,6 +739,22 @@ mod tests {
         let c = resolve(&["--max-value-bytes", "2KiB", "--http", "off"]).expect("resolves");
         assert_eq!(c.limits.max_value_bytes, 2048);
         assert_eq!(c.http, None);
+    }
+
+    #[test]
+    fn resize_thresholds_read_sizes_and_keep_merges_far_from_splits() {
+        let _env = env_lock();
+        let d = resolve(&[]).expect("defaults").resize;
+        assert_eq!((d.split_bytes, d.split_ops, d.merge_bytes), (512 << 20, 0, 64 << 20));
+        let f = file("split_size = \"1GiB\"\nsplit_load = 500\nresize_after = \"5m\"\n");
+        let path = f.path().to_str().expect("utf-8 path");
+        let c = resolve(&["--config", path, "--merge-size", "128MiB"]).expect("resolves").resize;
+        assert_eq!((c.split_bytes, c.split_ops, c.merge_bytes), (1 << 30, 500, 128 << 20));
+        assert_eq!(c.sustain, Duration::from_secs(300));
+        let too_close = resolve(&["--split-size", "100MiB", "--merge-size", "30MiB"]).map(|_| ());
+        assert!(format!("{too_close:?}").contains("at most a quarter"), "{too_close:?}");
+        assert!(resolve(&["--split-size", "0", "--merge-size", "30MiB"]).is_ok(), "no splits: any merge size");
+        assert!(resolve(&["--resize-after", "100ms"]).is_err());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct ShardRow {
     /// replica did.
     pub reported_by: Option<u64>,
     pub keys: Option<u64>,
+    /// Bytes of keys and stored values (uncompressed), as old as `keys`.
+    pub bytes: Option<u64>,
     /// `None` without two readings from the same replica, or when its
     /// process restarted between them.
     pub writes_per_sec: Option<f64>,
@@ -83,6 +85,7 @@ pub async fn collect(args: &ClientArgs, window: Duration, exact: bool) -> anyhow
                 under_replicated: route.under_replicated,
                 reported_by: reporter,
                 keys: now.map(|g| g.keys),
+                bytes: now.map(|g| g.bytes),
                 writes_per_sec: match (before, now) {
                     (Some(b), Some(n)) => rate(b.applied_ops, n.applied_ops, elapsed),
                     _ => None,
@@ -134,6 +137,7 @@ pub fn to_json(rows: &[ShardRow]) -> serde_json::Value {
             "under_replicated": r.under_replicated,
             "reported_by": r.reported_by,
             "keys": r.keys,
+            "bytes": r.bytes,
             "writes_per_sec": r.writes_per_sec,
             "reads_per_sec": r.reads_per_sec,
         })).collect::<Vec<_>>(),
@@ -142,12 +146,13 @@ pub fn to_json(rows: &[ShardRow]) -> serde_json::Value {
 
 pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
     outln!(
-        "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10} {:>10}  STATE",
+        "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10} {:>10} {:>10}  STATE",
         "SHARD",
         "TOKENS (hex, both ends included)",
         "LEADER",
         "REPLICAS",
         "KEYS",
+        "SIZE",
         "WRITES/S",
         "READS/S"
     )?;
@@ -157,10 +162,10 @@ pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
         let replicas = r.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let other = r.reported_by.is_some_and(|id| id != r.leader);
         from_other |= other;
-        let keys = match r.keys {
-            Some(k) => format!("{k}{}", if other { "*" } else { "" }),
-            None => "-".to_string(),
-        };
+        let mark = if other { "*" } else { "" };
+        let keys = r.keys.map_or("-".to_string(), |k| format!("{k}{mark}"));
+        let size =
+            r.bytes.map_or("-".to_string(), |b| format!("{}{mark}", bytesize::ByteSize(b).display().iec_short()));
         let per_sec = |r: Option<f64>| r.map_or("-".to_string(), |v| format!("{v:.1}"));
         let tokens = match r.tokens {
             Some((first, last)) => format!("{first:016x}-{last:016x}"),
@@ -173,12 +178,13 @@ pub fn print(rows: &[ShardRow]) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         let line = format!(
-            "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10} {:>10}  {}",
+            "{:<6} {:<33} {:<7} {:<12} {:>10} {:>10} {:>10} {:>10}  {}",
             r.shard,
             tokens,
             leader,
             replicas,
             keys,
+            size,
             per_sec(r.writes_per_sec),
             per_sec(r.reads_per_sec),
             state

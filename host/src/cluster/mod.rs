@@ -38,6 +38,7 @@ pub use routing::{ForwardReply, Forwarded, Proposal};
 pub use status::ShardRoute;
 
 use crate::config::NodeConfig;
+use crate::raft::state_machine::ReplicaSize;
 use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, StateMachine};
 use crate::ring::{RingConfig, ShardId};
 use crate::storage::{GroupId, Storage, StorageError};
@@ -92,18 +93,26 @@ pub struct Group {
     batchers: batching::Batchers,
     /// The batcher tasks, aborted when the group leaves this node.
     tasks: Vec<JoinHandle<()>>,
-    /// The last count of this replica's keys, for status.
-    key_count: KeyCount,
+    /// The last measure of this replica's size, for status and the resize
+    /// policy.
+    size: SizeCache,
 }
 
-/// How old a key count status shows may be before it is counted again.
+/// How old a replica's size that status shows may be before it is
+/// measured again, at least: a measure that took longer than a hundredth
+/// of this waits a hundred times its duration, so measuring (a full scan)
+/// never takes more than 1 % of a core however large the replica.
 pub const KEY_COUNT_EVERY: Duration = Duration::from_secs(10);
 
-/// A replica's key count, kept for [`Group::approximate_keys`].
+/// Keys a measure draws for a size-weighted split point.
+const SIZE_SAMPLE: usize = 256;
+
+/// A replica's last size, kept for [`Group::approximate_size`].
 #[derive(Default)]
-struct KeyCount {
-    last: Mutex<Option<(u64, std::time::Instant)>>,
-    counting: std::sync::atomic::AtomicBool,
+struct SizeCache {
+    /// The size, when it was measured and how long that took.
+    last: Mutex<Option<(Arc<ReplicaSize>, std::time::Instant, Duration)>>,
+    measuring: std::sync::atomic::AtomicBool,
 }
 
 impl Group {
@@ -118,30 +127,37 @@ impl Group {
         self.batchers.quiet()
     }
 
-    /// This replica's live keys: a full scan, remembered for
-    /// [`Group::approximate_keys`].
-    pub async fn count_keys(&self) -> Result<u64, StorageError> {
-        let n = self.sm.count().await?;
-        *self.key_count.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((n, std::time::Instant::now()));
-        Ok(n)
+    /// This replica's size now: a full scan, remembered for
+    /// [`Group::approximate_size`].
+    pub async fn measure(&self) -> Result<Arc<ReplicaSize>, StorageError> {
+        let started = std::time::Instant::now();
+        let size = Arc::new(self.sm.measure(SIZE_SAMPLE).await?);
+        *self.size.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((size.clone(), started, started.elapsed()));
+        Ok(size)
     }
 
-    /// This replica's live keys as of at most [`KEY_COUNT_EVERY`] ago (plus
-    /// one count's duration): an older count is returned at once and
-    /// recounted in the background, so status stays cheap to poll.
-    pub async fn approximate_keys(self: &Arc<Self>) -> Result<u64, StorageError> {
-        let last = *self.key_count.last.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((n, at)) = last else { return self.count_keys().await };
-        if at.elapsed() >= KEY_COUNT_EVERY && !self.key_count.counting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+    /// This replica's size as of at most [`KEY_COUNT_EVERY`] ago (or a
+    /// hundred times its last measure's duration, if longer), and when it
+    /// was measured: an older one is returned at once and measured again in
+    /// the background, so status stays cheap to poll.
+    pub async fn approximate_size(self: &Arc<Self>) -> Result<(Arc<ReplicaSize>, std::time::Instant), StorageError> {
+        let last = self.size.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some((size, at, took)) = last else {
+            let at = std::time::Instant::now();
+            return Ok((self.measure().await?, at));
+        };
+        if at.elapsed() >= KEY_COUNT_EVERY.max(took * 100)
+            && !self.size.measuring.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             let g = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = g.count_keys().await {
-                    tracing::debug!(group = g.id, error = %e, "counting keys for status");
+                if let Err(e) = g.measure().await {
+                    tracing::debug!(group = g.id, error = %e, "measuring a replica for status");
                 }
-                g.key_count.counting.store(false, std::sync::atomic::Ordering::Release);
+                g.size.measuring.store(false, std::sync::atomic::Ordering::Release);
             });
         }
-        Ok(n)
+        Ok((size, at))
     }
 }
 
@@ -368,8 +384,7 @@ impl Node {
         let lease = batching::ReadLease::new(self.inner.config.raft.read_lease());
         let (batchers, tasks) =
             batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease);
-        let group =
-            Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), key_count: KeyCount::default() });
+        let group = Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), size: SizeCache::default() });
         self.inner.groups.rcu(|m| {
             let mut m = BTreeMap::clone(m);
             m.insert(gid, group.clone());

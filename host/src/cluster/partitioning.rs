@@ -272,15 +272,24 @@ impl PartitionView {
         self.state.generation
     }
 
-    fn shard_by(f: Option<&Arc<dyn CompiledPartitioner>>, map: &ShardMap, key: &[u8]) -> Result<ShardId, NodeError> {
-        let Some(f) = f else { return Ok(map.shard_of(crate::ring::token(key))) };
+    fn token_by(f: Option<&Arc<dyn CompiledPartitioner>>, key: &[u8]) -> Result<u64, NodeError> {
+        let Some(f) = f else { return Ok(crate::ring::token(key)) };
         match f.routing_key(key) {
-            Ok(routing) => Ok(map.shard_of(crate::ring::token(routing.as_deref().unwrap_or(key)))),
+            Ok(routing) => Ok(crate::ring::token(routing.as_deref().unwrap_or(key))),
             Err(e) => Err(NodeError::Rejected(format!(
                 "the partition function {} {e} on this key; the request is refused",
                 describe(Some(f.spec()))
             ))),
         }
+    }
+
+    fn shard_by(f: Option<&Arc<dyn CompiledPartitioner>>, map: &ShardMap, key: &[u8]) -> Result<ShardId, NodeError> {
+        Ok(map.shard_of(Self::token_by(f, key)?))
+    }
+
+    /// The token `key` routes by under the active function.
+    pub fn token(&self, key: &[u8]) -> Result<u64, NodeError> {
+        Self::token_by(self.active.as_ref(), key)
     }
 
     /// Where `key` lives under this view.

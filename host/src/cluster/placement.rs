@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::membership::MembershipOp;
+use super::resize_policy::LoadTracker;
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::raft::NodeId;
 use crate::ring::ShardId;
@@ -106,6 +107,7 @@ impl Node {
         let mut watching_since: BTreeMap<NodeId, Instant> = BTreeMap::new();
         // Meta epoch of the last round that found every shard in place.
         let mut in_place_at: Option<u64> = None;
+        let mut load = LoadTracker::default();
         let Ok(meta) = self.group(META_GROUP) else { return };
         let mut metrics = meta.raft.metrics();
         loop {
@@ -121,10 +123,20 @@ impl Node {
             if meta.raft.current_leader().await != Some(self.id()) {
                 watching_since.clear();
                 in_place_at = None;
+                load = LoadTracker::default();
                 continue;
             }
             if let Err(e) = self.track_liveness(&mut watching_since).await {
                 tracing::warn!(error = %e, "tracking member liveness");
+            }
+            // Size and load change without the meta state changing.
+            match self.resize_by_size_and_load(&mut load).await {
+                Ok(true) => {
+                    in_place_at = None;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "starting an automatic split or merge"),
             }
             let epoch = self.meta_epoch();
             if in_place_at == Some(epoch) {

@@ -324,6 +324,9 @@ mod tests {
         async fn forward(&self, _: Request<RaftMessage>) -> Unary {
             Err(Status::unimplemented("stub"))
         }
+        async fn shard_loads(&self, _: Request<RaftMessage>) -> Unary {
+            Err(Status::unimplemented("stub"))
+        }
 
         type BatchesStream = Pin<Box<dyn Stream<Item = Result<RaftBatch, Status>> + Send>>;
 

@@ -55,6 +55,17 @@ fn decode_partition(raw: &[u8]) -> Result<PartitionState, StorageError> {
     PartitionState::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
 }
 
+/// What a replica of a group stores, from [`StateMachine::measure`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplicaSize {
+    pub keys: u64,
+    /// Keys plus stored values (with their envelopes), as written, before
+    /// compression.
+    pub bytes: u64,
+    /// Keys drawn uniformly from the group's records.
+    pub sample: Vec<Vec<u8>>,
+}
+
 fn decode_hook_record(raw: &[u8]) -> Result<HookRecord, StorageError> {
     HookRecord::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
 }
@@ -232,10 +243,34 @@ impl StateMachine {
             .await
     }
 
-    /// Number of records stored for this group (live or not yet swept).
-    pub async fn count(&self) -> Result<u64, StorageError> {
+    /// This group's records (live or not yet swept) in one scan: how many,
+    /// their stored bytes, and up to `sample` of their keys, each record
+    /// equally likely (a reservoir), from which a size-weighted split point
+    /// is chosen (`cluster::resize_policy`).
+    pub async fn measure(&self, sample: usize) -> Result<ReplicaSize, StorageError> {
         let group = self.group;
-        self.storage.blocking(move |s| Ok(s.sm_data().prefix(group.to_be_bytes()).count() as u64)).await
+        self.storage
+            .blocking(move |s| {
+                use rand::Rng;
+                let mut rng = rand::rng();
+                let mut size = ReplicaSize::default();
+                for g in s.sm_data().prefix(group.to_be_bytes()) {
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("measuring a group"))?;
+                    let user_key = &k[8..];
+                    size.keys += 1;
+                    size.bytes += (user_key.len() + v.len()) as u64;
+                    if size.sample.len() < sample {
+                        size.sample.push(user_key.to_vec());
+                    } else if sample > 0 {
+                        let slot = rng.random_range(0..size.keys) as usize;
+                        if slot < sample {
+                            size.sample[slot] = user_key.to_vec();
+                        }
+                    }
+                }
+                Ok(size)
+            })
+            .await
     }
 
     /// Keys whose TTL passed by `now_ms`, with the version that carries the TTL.
