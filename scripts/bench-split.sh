@@ -16,6 +16,7 @@
 #   VALUE_SIZE       value bytes                       (default 128)
 #   LOAD_CLIENTS     closed-loop put clients during A  (default 16)
 #   PARTS            which parts to run                (default "A B")
+#   MOVE_SHARE       the nodes' --move-share in A      (default: theirs, 50)
 #   CARGO_TARGET_DIR cargo target dir                  (default target/)
 #   SKIP_BUILD=1     use the existing release binary
 #
@@ -51,7 +52,8 @@ put_rate() { # the ops/s of a `ringkv bench` report on stdin
 if [[ " $PARTS " == *" A "* ]]; then
     dir="$WORK/a"
     mkdir -p "$dir"
-    start_three "$dir" --shards 1 --auto-split-replicas-per-node 0 --min-replicas 3
+    start_three "$dir" --shards 1 --auto-split-replicas-per-node 0 --min-replicas 3 \
+        ${MOVE_SHARE:+--move-share "$MOVE_SHARE"}
     log "A: writing $SPLIT_KEYS keys of $VALUE_SIZE bytes into the one shard"
     RINGKV_ENDPOINTS="$(endpoints)" "$RINGKV" bench --op get --keys "$SPLIT_KEYS" --value-size "$VALUE_SIZE" \
         --duration 1s >/dev/null

@@ -108,6 +108,11 @@ pub struct NodeConfig {
     pub auto_split_replicas_per_node: u32,
     /// The size and load policy (`cluster::resize_policy`).
     pub resize: ResizeThresholds,
+    /// Percent of the time a shard's mover (a split, merge or partition
+    /// function change moving keys) works; it rests the rest, after each
+    /// batch, so client requests to the shard keep most of their
+    /// throughput. 100 never rests. Default 50.
+    pub move_share: u8,
     /// TLS on the gRPC port, the HTTP port and peer connections. Default: off.
     pub tls: Option<TlsConfig>,
     /// Authentication and authorization (`[auth]`). Default: off.
@@ -146,6 +151,7 @@ impl Default for NodeConfig {
             min_replicas: 1,
             auto_split_replicas_per_node: 4,
             resize: ResizeThresholds::default(),
+            move_share: 50,
             tls: None,
             auth: crate::auth::AuthConfig::default(),
         }
@@ -201,6 +207,7 @@ pub struct ConfigFile {
     pub split_load: Option<u32>,
     pub merge_size: Option<Size>,
     pub resize_after: Option<Dur>,
+    pub move_share: Option<u8>,
     /// `"text"` or `"json"`.
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -376,6 +383,11 @@ merge_size = "64MiB"
 # How long a load must last before it splits or merges a shard.
 # (RINGKV_RESIZE_AFTER, --resize-after)
 resize_after = "60s"
+# Percent of the time a shard's mover (keys moving for a split, a merge or
+# a partition function change) works; it rests the rest after each batch,
+# so clients keep most of the shard's throughput. 100 never rests.
+# (RINGKV_MOVE_SHARE, --move-share)
+move_share = 50
 # A shard acknowledges writes only while it has at least this many replicas
 # (Raft voters; capped at the replication factor, 3). Set it to 3 for a
 # cluster meant to have three nodes or more, so a write is never acknowledged

@@ -92,6 +92,12 @@ pub struct ServeCommand {
     /// [default: 60s]
     #[arg(long, env = "RINGKV_RESIZE_AFTER", value_parser = super::parse_duration)]
     pub resize_after: Option<Duration>,
+    /// Percent of the time a shard's mover (keys moving for a split, a
+    /// merge or a partition function change) works; it rests the rest
+    /// after each batch, so clients keep most of the shard's throughput.
+    /// 100 never rests. [default: 50]
+    #[arg(long, env = "RINGKV_MOVE_SHARE", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub move_share: Option<u8>,
     /// Raft heartbeat interval. [default: 250ms]
     #[arg(long, env = "RINGKV_HEARTBEAT", value_parser = super::parse_duration)]
     pub heartbeat: Option<Duration>,
@@ -278,6 +284,11 @@ impl ServeCommand {
             "auto_split_replicas_per_node (--auto-split-replicas-per-node) must be at most 1024, got {auto_split_replicas_per_node}"
         );
         let resize = resize_thresholds(self, &file, &d.resize)?;
+        let move_share = self.move_share.or(file.move_share).unwrap_or(d.move_share);
+        anyhow::ensure!(
+            (1..=100).contains(&move_share),
+            "move_share (--move-share) must be a percent between 1 and 100, got {move_share}"
+        );
         anyhow::ensure!(
             (1..=7).contains(&min_replicas),
             "min_replicas (--min-replicas) must be between 1 and 7, got {min_replicas}"
@@ -403,6 +414,7 @@ impl ServeCommand {
             min_replicas,
             auto_split_replicas_per_node,
             resize,
+            move_share,
             auth,
             ..d
         })
@@ -755,6 +767,9 @@ mod tests {
         assert!(format!("{too_close:?}").contains("at most a quarter"), "{too_close:?}");
         assert!(resolve(&["--split-size", "0", "--merge-size", "30MiB"]).is_ok(), "no splits: any merge size");
         assert!(resolve(&["--resize-after", "100ms"]).is_err());
+        assert_eq!(resolve(&[]).expect("defaults").move_share, 50);
+        assert_eq!(resolve(&["--move-share", "100"]).expect("resolves").move_share, 100);
+        assert!(resolve(&["--move-share", "0"]).is_err() && resolve(&["--move-share", "101"]).is_err());
     }
 
     #[test]

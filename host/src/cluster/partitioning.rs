@@ -994,12 +994,14 @@ impl Node {
                     .map_err(|e| format!("the partition function {} {e}", describe(Some(f.spec())))),
             }
         };
+        let share = u32::from(self.config().move_share.clamp(1, 100));
         loop {
             if self.partition_view().generation() != view.generation()
                 || g.raft.current_leader().await != Some(self.id())
             {
                 return Ok(());
             }
+            let started = tokio::time::Instant::now();
             let batch =
                 g.sm.records_after(progress.cursor.clone(), MOVE_BATCH, MOVE_BATCH_BYTES)
                     .await
@@ -1071,6 +1073,10 @@ impl Node {
                     "re-shard of shard done"
                 );
                 return Ok(());
+            }
+            // Rest so the batch's work is `share` percent of the time.
+            if share < 100 && progress.moved > before.1 {
+                tokio::time::sleep(started.elapsed() * (100 - share) / share).await;
             }
         }
     }
