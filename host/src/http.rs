@@ -72,7 +72,7 @@ impl HttpServer {
 
     pub fn stop(&self) {
         let _ = self.stop.send(true);
-        // The app holds the node, and the node holds this server.
+        // The app holds a handle to the node: drop it with the server.
         self.app.store(None);
     }
 }
@@ -193,7 +193,7 @@ async fn status(State(node): State<Node>) -> Result<Json<serde_json::Value>, (St
 async fn metrics(State(node): State<Node>) -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        crate::telemetry::render(&node).await,
+        crate::cluster::metrics::render(&node).await,
     )
 }
 

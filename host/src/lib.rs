@@ -1,43 +1,46 @@
 //! ringkv: a distributed key-value store.
 //!
-//! A tour of the node, bottom up (ARCHITECTURE.md has the design and its
-//! reasons):
+//! A tour of the node, bottom up. Each module uses only the ones above it in
+//! this list (the `layers` test checks it); ARCHITECTURE.md has the design
+//! and its reasons.
 //!
+//! - [`ids`] holds the node, group and shard identifiers and the wall clock
+//!   that every layer shares; [`failpoint`] the crash points of the
+//!   fault-injection tests; [`log_limit`] rate-limits log lines that would
+//!   repeat on every message; [`dashboard`] is the web page served at `/`.
+//! - [`tls`] loads and reloads the node's certificates, accepts TLS
+//!   connections and tells node certificates from client certificates.
+//! - [`telemetry`] owns the Prometheus recorder, every metric name and the
+//!   gRPC layer that counts and times requests.
 //! - [`storage`] owns the node's single fjall database: its keyspaces and key
 //!   layout, the stored value format, the group-commit writer thread, fsync
 //!   poisoning, and giving disk space back once the node is quiet.
-//! - [`raft`] runs openraft per group on that one database: the log store, the
-//!   key-value state machine, snapshots (read views, never stored copies) and
-//!   the tonic peer transport with its batched per-peer streams.
+//! - [`hooks`] runs user validation and TTL hooks (sandboxed Luau and Wasm) and
+//!   compiles the Wasm partition function; [`auth`] authenticates requests
+//!   (tokens, client certificates) and checks their roles and key prefixes.
 //! - [`ring`] maps keys to tokens, tokens to shards and shards to replicas (a
 //!   pure function of the members and the ring settings), and holds the
 //!   partition function and re-shard job as the meta group records them.
+//! - [`raft`] runs openraft per group on that one database: the log store, the
+//!   replicated state machine, snapshots (read views, never stored copies)
+//!   and the tonic peer transport with its batched per-peer streams.
+//! - [`config`] holds node settings with their defaults.
 //! - [`cluster`] is the node itself: it starts the groups, bootstraps or joins
 //!   a cluster, changes membership, places replicas, routes requests to
 //!   leaders, batches writes and reads per group, spreads leadership, lets
-//!   idle groups sleep, purges quiet groups' logs, re-shards, expires TTLs
-//!   and reads consistent dumps for backups.
-//! - [`hooks`] runs user validation and TTL hooks (sandboxed Luau and Wasm) on
-//!   the write path and compiles the Wasm partition function; the deployed
-//!   set comes from the meta group.
+//!   idle groups sleep, purges quiet groups' logs, splits, merges and
+//!   re-shards, expires TTLs, reads consistent dumps for backups and fills
+//!   the scrape-time gauges.
 //! - [`api`] exposes the node over gRPC (`ringkv.v1.Kv`, `Cluster`, `Hooks`,
 //!   `Backup`, `Auth` and the internal `Raft` service), converts protobuf
 //!   there and nowhere else, and guards the port (per-IP connection cap,
 //!   default deadline).
-//! - [`auth`] authenticates requests (tokens, client certificates) and checks
-//!   their roles and key prefixes before any service acts.
-//! - [`tls`] loads and reloads the node's certificates, accepts TLS
-//!   connections and tells node certificates from client certificates.
 //! - [`http`] serves health, readiness, status, metrics and the cluster's
 //!   request figures over HTTP.
-//! - [`telemetry`] owns the Prometheus metrics: the recorder, every metric
-//!   name, the gRPC layer that counts and times requests, scrape-time gauges.
-//! - [`dashboard`] is the web page served at `/`, embedded in the binary.
-//! - [`log_limit`] rate-limits log lines that would repeat on every message.
-//! - [`config`] holds node settings with their defaults.
-//! - [`cli`] is the `ringkv` command line.
-//! - [`failpoint`] holds the crash points of the fault-injection tests.
-//! - [`fuzzing`] exposes the network-facing decoders to the fuzz harnesses.
+//! - [`server`] is the process wiring: the order in which the node and its
+//!   gRPC and HTTP servers start and stop.
+//! - [`cli`] is the `ringkv` command line; [`fuzzing`] exposes the
+//!   network-facing decoders to the fuzz harnesses.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -51,9 +54,13 @@ pub mod failpoint;
 pub mod fuzzing;
 pub mod hooks;
 pub mod http;
+pub mod ids;
+#[cfg(test)]
+mod layers;
 pub mod log_limit;
 pub mod raft;
 pub mod ring;
+pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod tls;

@@ -1,11 +1,11 @@
 //! Prometheus metrics: the process-wide recorder, the name of every metric
-//! family, the gRPC layer that counts and times each RPC, and the gauges that
-//! are read from Raft and storage when `/metrics` is scraped.
+//! family and the gRPC layer that counts and times each RPC. It sits below
+//! every layer that records (storage, hooks, Raft), so it reads none of
+//! them: the gauges copied from their state at scrape time are filled by
+//! `cluster::metrics`.
 //!
 //! Hot paths record through the `metrics` facade (an atomic add once the
-//! handle is resolved); state that already lives elsewhere (Raft indexes,
-//! hook counters, storage size) is copied into gauges at scrape time instead
-//! of being mirrored on every change.
+//! handle is resolved).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,11 +14,10 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::cluster::{Node, META_GROUP};
-use crate::storage::GroupId;
+use crate::ids::{GroupId, META_GROUP};
 
 /// Requests by `rpc`, `consistency` and gRPC `code`.
 pub const REQUESTS: &str = "ringkv_requests_total";
@@ -224,61 +223,6 @@ pub fn shard_label(group: GroupId) -> String {
         "meta".to_string()
     } else {
         (group - 1).to_string()
-    }
-}
-
-/// Renders every family in Prometheus text format, after copying the state
-/// that lives elsewhere into gauges.
-pub async fn render(node: &Node) -> String {
-    let handle = install();
-    refresh(node).await;
-    handle.render()
-}
-
-async fn refresh(node: &Node) {
-    let groups = node.groups();
-    gauge!(RAFT_GROUPS).set(groups.len() as f64);
-    for g in &groups {
-        let m = g.raft.metrics().borrow().clone();
-        let shard = shard_label(g.id);
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        gauge!(RAFT_TERM, "shard" => shard.clone()).set(m.current_term as f64);
-        gauge!(RAFT_APPLIED_INDEX, "shard" => shard.clone()).set(applied as f64);
-        gauge!(RAFT_LAST_LOG_INDEX, "shard" => shard.clone()).set(m.last_log_index.unwrap_or(0) as f64);
-        gauge!(RAFT_COMMIT_INDEX, "shard" => shard.clone()).set(crate::raft::commit_index(&m) as f64);
-        gauge!(RAFT_IS_LEADER, "shard" => shard).set(if m.current_leader == Some(node.id()) { 1.0 } else { 0.0 });
-    }
-    let storage = node.storage().clone();
-    // The parts are every keyspace and the journals, so they add up to the total.
-    if let Ok(Ok(parts)) = tokio::task::spawn_blocking(move || storage.disk_space_by_part()).await {
-        gauge!(STORAGE_SIZE).set(parts.iter().map(|(_, bytes)| bytes).sum::<u64>() as f64);
-        for (part, bytes) in parts {
-            gauge!(STORAGE_PART_SIZE, "part" => part).set(bytes as f64);
-        }
-    }
-    if let Ok(routes) = node.shard_routes().await {
-        gauge!(SHARDS_MOVING).set(routes.iter().filter(|r| r.moving).count() as f64);
-        gauge!(SHARDS_UNDER_REPLICATED).set(routes.iter().filter(|r| r.under_replicated).count() as f64);
-    }
-    for (name, s) in node.hooks().all_stats() {
-        counter!(HOOK_CALLS, "hook" => name.clone()).absolute(s.calls);
-        counter!(HOOK_REJECTS, "hook" => name.clone()).absolute(s.rejects);
-        counter!(HOOK_ERRORS, "hook" => name.clone()).absolute(s.errors);
-        counter!(HOOK_LIMIT_HITS, "hook" => name).absolute(s.limit_hits);
-    }
-    counter!(HOOK_WASM_MEMORY_GROWS).absolute(crate::hooks::wasm::memory_grows());
-    for (name, version, s) in node.hooks().all_shadow_stats() {
-        let outcomes = [
-            ("agree", s.agreements),
-            ("disagree", s.disagreements),
-            ("error", s.calls.errors),
-            ("limit", s.calls.limit_hits),
-            ("skipped", s.skipped),
-        ];
-        for (outcome, n) in outcomes {
-            counter!(HOOK_SHADOW_CALLS, "hook" => name.clone(), "version" => version.to_string(), "outcome" => outcome)
-                .absolute(n);
-        }
     }
 }
 
@@ -502,6 +446,6 @@ mod tests {
     #[test]
     fn shard_labels_name_the_meta_group() {
         assert_eq!(shard_label(META_GROUP), "meta");
-        assert_eq!(shard_label(crate::cluster::shard_group(7)), "7");
+        assert_eq!(shard_label(crate::ids::shard_group(7)), "7");
     }
 }

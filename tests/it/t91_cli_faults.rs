@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ringkv::cluster::Node;
 use ringkv::config::NodeConfig;
 use ringkv::raft::LinkFilter;
+use ringkv::server::Server;
 use ringkv_tests::cli::{cli, http_get};
 use ringkv_tests::{eventually, ringkv_bin, ProcCluster, PATIENCE};
 
@@ -324,7 +324,8 @@ async fn healthz_answers_503_over_http_after_a_failed_fsync() {
         raft: ringkv_tests::test_raft_tuning(),
         ..NodeConfig::default()
     };
-    let node = Node::start(config, LinkFilter::default()).await.expect("node starts");
+    let server = Server::start(config, LinkFilter::default()).await.expect("node starts");
+    let node = server.node();
     eventually("/readyz to answer 200", || {
         let http = http.clone();
         async move { (http_get(http, "/readyz").await?.0 == 200).then_some(()) }
@@ -343,7 +344,7 @@ async fn healthz_answers_503_over_http_after_a_failed_fsync() {
     let (code, body) = http_get(http, "/readyz").await.expect("GET /readyz");
     assert_eq!(code, 503);
     assert!(body.contains("storage is poisoned after a failed fsync"), "{body}");
-    node.shutdown().await;
+    server.shutdown().await;
 }
 
 /// A loopback address nobody listens on.

@@ -25,6 +25,7 @@ use std::time::Duration;
 use ringkv::cluster::Node;
 use ringkv::config::NodeConfig;
 use ringkv::raft::{LinkFilter, RaftTuning};
+use ringkv::server::Server;
 use ringkv_client::{Client, ClientOptions};
 
 pub mod browser;
@@ -516,6 +517,8 @@ pub struct InProcCluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, Node>,
     pub filter: LinkFilter,
+    /// The nodes' servers, stopped by [`InProcCluster::shutdown`].
+    servers: Vec<Server>,
 }
 
 impl InProcCluster {
@@ -524,6 +527,7 @@ impl InProcCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let filter = LinkFilter::default();
         let mut nodes = BTreeMap::new();
+        let mut servers = Vec::new();
         let mut seed = None;
         for id in 1..=n {
             let config = NodeConfig {
@@ -540,13 +544,14 @@ impl InProcCluster {
                 auto_split_replicas_per_node: 0,
                 ..NodeConfig::default()
             };
-            let node = Node::start(config, filter.clone()).await.expect("node starts");
+            let server = Server::start(config, filter.clone()).await.expect("node starts");
             if seed.is_none() {
-                seed = Some(node.addr().to_string());
+                seed = Some(server.node().addr().to_string());
             }
-            nodes.insert(id, node);
+            nodes.insert(id, server.node().clone());
+            servers.push(server);
         }
-        let c = InProcCluster { dir, nodes, filter };
+        let c = InProcCluster { dir, nodes, filter, servers };
         for id in 1..=n {
             let client = c.client(id);
             eventually("in-process cluster to form", || {
@@ -563,8 +568,8 @@ impl InProcCluster {
     }
 
     pub async fn shutdown(self) {
-        for n in self.nodes.values() {
-            n.shutdown().await;
+        for s in &self.servers {
+            s.shutdown().await;
         }
     }
 }

@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::Args;
 
 use super::out::outln;
-use crate::cluster::Node;
 use crate::config::{ConfigFile, Limits, LogFormat, NodeConfig};
 use crate::raft::{LinkFilter, RaftTuning};
 use crate::ring::RingConfig;
+use crate::server::Server;
 
 /// `ringkv serve`. Every setting comes from, in order of precedence: its
 /// flag, its `RINGKV_*` environment variable, the `--config` file, its
@@ -431,19 +431,20 @@ impl ServeCommand {
         }
         crate::telemetry::install();
         // Starting can wait on a seed (joining); a stop signal still ends it.
-        let node = tokio::select! {
-            node = Node::start(config, LinkFilter::default()) => node.context("node failed to start")?,
+        let server = tokio::select! {
+            server = Server::start(config, LinkFilter::default()) => server.context("node failed to start")?,
             r = wait_for_stop_signal() => return r,
         };
+        let node = server.node();
         tracing::info!(node = node.id(), addr = %node.addr(), "serving gRPC");
         wait_for_stop_signal().await?;
         tracing::info!("stop signal received: handing off leadership, then shutting down");
         let moved = node.hand_off_leadership(HAND_OFF_BUDGET).await;
         tracing::info!(groups = moved, "leadership handed off; finishing requests in flight");
-        if !node.drain(DRAIN_BUDGET).await {
+        if !server.drain(DRAIN_BUDGET).await {
             tracing::warn!(budget = ?DRAIN_BUDGET, "requests still in flight after the drain budget; stopping anyway");
         }
-        node.shutdown().await;
+        server.shutdown().await;
         Ok(())
     }
 }

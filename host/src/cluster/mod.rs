@@ -15,6 +15,7 @@ mod compaction;
 mod hooks;
 mod leadership;
 mod membership;
+pub mod metrics;
 mod partitioning;
 mod placement;
 mod quiescence;
@@ -43,13 +44,7 @@ use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, 
 use crate::ring::{RingConfig, ShardId};
 use crate::storage::{GroupId, Storage, StorageError};
 
-/// The group holding cluster configuration.
-pub const META_GROUP: GroupId = 0;
-
-/// The Raft group of a shard: shard `i` is group `i + 1`.
-pub fn shard_group(shard: ShardId) -> GroupId {
-    GroupId::from(shard) + 1
-}
+pub use crate::ids::{shard_group, META_GROUP};
 
 /// Errors a node reports to its callers.
 #[derive(Debug, thiserror::Error)]
@@ -186,15 +181,11 @@ struct NodeInner {
     hooks: Arc<crate::hooks::HookRegistry>,
     /// Credentials and grants; its runtime tokens follow the meta group.
     auth: Arc<crate::auth::Authenticator>,
-    /// Background tasks (servers, join, TTL sweeper), awaited on shutdown.
+    /// Background tasks (sync loops, TTL sweeper, placement...), stopped on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Flips to true when the node stops taking requests before shutting
     /// down: the gRPC server stops accepting and finishes what is in flight.
     draining: watch::Sender<bool>,
-    /// The gRPC server, awaited by [`Node::drain`].
-    grpc_server: Mutex<Option<JoinHandle<()>>>,
-    /// The HTTP server (`--http`), stopped on shutdown.
-    http: Option<crate::http::HttpServer>,
     /// The certificates in use when TLS is on.
     tls: Option<Arc<crate::tls::TlsState>>,
     /// The partition function as this node routes by it.
@@ -221,31 +212,29 @@ const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
 const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
 
 impl Node {
-    /// Starts a node: opens storage, starts its groups and servers, then
-    /// bootstraps a new cluster or joins an existing one in the background.
-    pub async fn start(config: NodeConfig, filter: LinkFilter) -> Result<Node, NodeError> {
+    /// Opens the data directory of node `id` and checks that it belongs to
+    /// that node (a directory keeps the id it was first opened with).
+    pub async fn open_storage(config: &NodeConfig) -> Result<Storage, NodeError> {
         let storage = Storage::open(&config.data_dir)?;
         check_identity(&storage, config.id).await?;
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| NodeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
-        let bound = listener.local_addr().map_err(|e| NodeError::Startup(e.to_string()))?;
-        let tls = match &config.tls {
-            Some(t) => Some(crate::tls::TlsState::load(t.clone()).map_err(|e| NodeError::Startup(e.to_string()))?),
-            None => None,
-        };
+        Ok(storage)
+    }
+
+    /// Opens the node on `storage`: finds (or, to bootstrap, creates) its
+    /// cluster identity, starts the meta group, the shards it hosted before
+    /// a restart and the loops that keep hooks, tokens and the partition
+    /// function in step with the meta group. `bound` is the address its
+    /// gRPC listener is bound to. Starts no server (`crate::server` does)
+    /// and does not yet bootstrap or join: [`Node::run`] does, once peers
+    /// can reach the node.
+    pub async fn open(
+        config: NodeConfig,
+        storage: Storage,
+        bound: std::net::SocketAddr,
+        tls: Option<Arc<crate::tls::TlsState>>,
+        filter: LinkFilter,
+    ) -> Result<Node, NodeError> {
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
-        // Up before the ring settings: a joining node may wait long for its
-        // seed, and a liveness probe must not kill it meanwhile.
-        let http = match &config.http {
-            Some(http) => Some(crate::http::HttpServer::start(
-                tokio::net::TcpListener::bind(http)
-                    .await
-                    .map_err(|e| NodeError::Startup(format!("cannot listen on {http} (http): {e}")))?,
-                tls.clone(),
-            )),
-            None => None,
-        };
         let identity = resolve_cluster(&storage, &config).await?;
         let ring = identity.ring;
         let peers = Peers::new(config.id, identity.cluster_id, Some(bound.ip()), filter, tls.clone());
@@ -271,8 +260,6 @@ impl Node {
                 auth,
                 tasks: Mutex::new(Vec::new()),
                 draining,
-                grpc_server: Mutex::new(None),
-                http,
                 tls,
                 partition: ArcSwap::from_pointee(partitioning::PartitionView::initial(ring.shards)),
                 partition_generation: watch::channel(0).0,
@@ -293,21 +280,23 @@ impl Node {
                 node.ensure_group(shard_group(shard)).await?;
             }
         }
-        *node.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(tokio::spawn(crate::api::serve(node.clone(), listener)));
-        if let Some(http) = &node.inner.http {
-            http.serve_node(node.clone());
-        }
-        node.bootstrap_or_join().await?;
-        node.spawn(node.clone().ttl_sweeper());
-        node.spawn(node.clone().reconcile_loop());
-        node.spawn(node.clone().rebalance_loop());
-        node.spawn(node.clone().leader_balance_loop());
-        node.spawn(node.clone().quiescence_loop());
-        node.spawn(node.clone().compaction_loop());
-        node.spawn(node.clone().reshard_loop());
-        tracing::info!(node = node.id(), addr = %node.addr(), "node started");
         Ok(node)
+    }
+
+    /// Bootstraps a new cluster or joins an existing one, then starts the
+    /// background workers (TTL sweeper, reconcile, placement, leadership,
+    /// quiescence, compaction, re-sharding).
+    pub async fn run(&self) -> Result<(), NodeError> {
+        self.bootstrap_or_join().await?;
+        self.spawn(self.clone().ttl_sweeper());
+        self.spawn(self.clone().reconcile_loop());
+        self.spawn(self.clone().rebalance_loop());
+        self.spawn(self.clone().leader_balance_loop());
+        self.spawn(self.clone().quiescence_loop());
+        self.spawn(self.clone().compaction_loop());
+        self.spawn(self.clone().reshard_loop());
+        tracing::info!(node = self.id(), addr = %self.addr(), "node started");
+        Ok(())
     }
 
     pub fn id(&self) -> NodeId {
@@ -440,41 +429,23 @@ impl Node {
         self.inner.draining.subscribe()
     }
 
-    /// True once [`Node::drain`] started: the node takes no new requests.
+    /// True once [`Node::start_draining`] was called: the node takes no new requests.
     pub fn is_draining(&self) -> bool {
         *self.inner.draining.borrow()
     }
 
-    /// Stops taking requests and waits, at most `budget`, for the ones in
-    /// flight to finish. The gRPC server stops accepting connections and
-    /// tells connected clients (HTTP/2 GOAWAY) to send new requests
-    /// elsewhere; Raft groups keep running so in-flight writes can commit.
-    /// True when everything in flight finished within `budget`.
-    pub async fn drain(&self, budget: Duration) -> bool {
+    /// Stops taking requests: flips [`Node::drain_signal`], on which the
+    /// gRPC server stops accepting connections and tells connected clients
+    /// (HTTP/2 GOAWAY) to send new requests elsewhere. Raft groups keep
+    /// running so in-flight writes can commit.
+    pub fn start_draining(&self) {
         let _ = self.inner.draining.send(true);
-        let server = self.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(server) = server else { return true };
-        let abort = server.abort_handle();
-        match tokio::time::timeout(budget, server).await {
-            Ok(_) => true,
-            Err(_) => {
-                abort.abort();
-                false
-            }
-        }
     }
 
-    /// Stops servers and Raft groups and flushes storage. Idempotent.
+    /// Stops background tasks and Raft groups and flushes storage. The
+    /// servers watch [`Node::shutdown_signal`]. Idempotent.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
-        if let Some(http) = &self.inner.http {
-            http.stop();
-        }
-        let server = self.inner.grpc_server.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(server) = server {
-            server.abort();
-            let _ = server.await;
-        }
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for g in self.groups() {
             if let Err(e) = g.raft.shutdown().await {

@@ -40,7 +40,7 @@ use super::{
     read_once, runtime_for, CallReport, CompiledHook, CompiledPartitioner, Decision, FailPolicy, HookFailure,
     HookInput, HookSpec, OldValueLoader, Stage, WriteKind,
 };
-use crate::raft::types::now_ms;
+use crate::ids::now_ms;
 
 /// A hook's record in the meta group: the active version, the previous
 /// one, and a shadow version on trial.

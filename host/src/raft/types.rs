@@ -16,7 +16,7 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type NodeId = u64;
+pub use crate::ids::NodeId;
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
@@ -213,7 +213,4 @@ pub enum CommandResult {
     Resized { epoch: u64, change: crate::ring::partition::ShardChange },
 }
 
-/// Milliseconds since the Unix epoch, by this node's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::ids::now_ms;

@@ -31,10 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::NodeId;
-
-/// Index of a shard, `0..shards`.
-pub type ShardId = u32;
+use crate::ids::NodeId;
+pub use crate::ids::ShardId;
 
 /// Ring settings, fixed when the cluster is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,8 +44,7 @@ const MAX_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// keep the oldest alive; fjall's minimum.
 const MAX_JOURNALS_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Identifies one Raft group on the node. 0 is the meta group.
-pub type GroupId = u64;
+pub use crate::ids::GroupId;
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,100 @@
+//! The layer order of `host/src`, checked: a module may use only modules of
+//! lower layers, so there is no import circle across layers. Cargo will
+//! enforce this once the layers are crates; until then this test does, by
+//! reading every `crate::…` path in the non-test code of each module.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every top-level module, lowest layer first. A module may use any module
+/// listed before it and none listed after it.
+const LAYERS: &[&[&str]] = &[
+    &["ids", "failpoint", "log_limit", "dashboard"],
+    &["tls", "telemetry"],
+    &["storage"],
+    &["hooks", "auth"],
+    &["ring"],
+    &["raft"],
+    &["config"],
+    &["cluster"],
+    &["api"],
+    &["http"],
+    &["server"],
+    &["cli", "fuzzing"],
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// The code of a source file without comments and without its test module
+/// (tests may reach any layer to set things up).
+fn code_of(source: &str) -> String {
+    let code = match source.find("#[cfg(test)]\nmod ") {
+        Some(at) => &source[..at],
+        None => source,
+    };
+    code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+}
+
+/// The top-level modules a piece of code names as `crate::<module>`.
+fn used_modules(code: &str) -> Vec<String> {
+    code.match_indices("crate::")
+        .map(|(at, _)| {
+            code[at + "crate::".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+        })
+        .collect()
+}
+
+/// Every `.rs` file under `dir`, with the top-level module it belongs to.
+fn sources(dir: &Path, module: Option<&str>, out: &mut Vec<(String, std::path::PathBuf)>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read src").map(|e| e.expect("dir entry").path()).collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let owner = module.map(str::to_string).unwrap_or(name);
+        if path.is_dir() {
+            sources(&path, Some(&owner), out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push((owner, path));
+        }
+    }
+}
+
+#[test]
+fn no_module_uses_a_higher_layer() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, None, &mut files);
+    let mut violations = BTreeMap::new();
+    for (module, path) in &files {
+        if matches!(module.as_str(), "lib" | "main" | "layers") {
+            continue;
+        }
+        let Some(layer) = layer_of(module) else {
+            panic!("module `{module}` ({}) is not in LAYERS: give it a layer", path.display());
+        };
+        let code = code_of(&std::fs::read_to_string(path).expect("read source"));
+        for used in used_modules(&code) {
+            if used == *module {
+                continue;
+            }
+            match layer_of(&used) {
+                Some(l) if l < layer => {}
+                _ => {
+                    violations.insert(
+                        format!("{} uses crate::{used}", path.strip_prefix(&src).unwrap_or(path).display()),
+                        (),
+                    );
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "modules using a layer at or above their own:\n{:#?}", violations.keys());
+}
+
+#[test]
+fn the_check_sees_uses_and_skips_comments_and_tests() {
+    let code = code_of("use crate::raft::NodeId;\n// crate::api in a comment\nfn f() { crate::ids::now_ms(); }\n#[cfg(test)]\nmod tests { use crate::cli; }\n");
+    assert_eq!(used_modules(&code), ["raft", "ids"]);
+}
