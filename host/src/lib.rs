@@ -52,7 +52,7 @@ pub mod config;
 pub mod dashboard;
 pub mod failpoint;
 pub mod fuzzing;
-pub mod hooks;
+pub use ringkv_hooks as hooks;
 pub mod http;
 pub mod ids;
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub const HOOK_CALLS: &str = "ringkv_hook_calls_total";
 pub const HOOK_REJECTS: &str = "ringkv_hook_rejects_total";
 pub const HOOK_ERRORS: &str = "ringkv_hook_errors_total";
 pub const HOOK_LIMIT_HITS: &str = "ringkv_hook_limit_hits_total";
-pub const HOOK_DURATION: &str = "ringkv_hook_duration_seconds";
+pub use ringkv_hooks::HOOK_DURATION;
 /// Shadow version calls by `hook`, `version` and `outcome` (`agree`,
 /// `disagree`, `error`, `limit`, `skipped`).
 pub const HOOK_SHADOW_CALLS: &str = "ringkv_hook_shadow_calls_total";

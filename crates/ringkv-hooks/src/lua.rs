@@ -729,7 +729,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::hooks::{FailPolicy, HookKind, HookLimits, WriteKind};
+    use crate::{FailPolicy, HookKind, HookLimits, WriteKind};
 
     /// Generous limits for calls that must succeed: the tests do not depend
     /// on how fast a (debug, loaded) machine is.

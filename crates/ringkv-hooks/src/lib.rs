@@ -13,6 +13,8 @@
 //!   final TTL, the hook versions used) goes into the log entry, so replicas
 //!   never run hooks.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod logging;
 pub mod lua;
 pub mod pool;
@@ -24,6 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Hook call run time, by `hook` (recorded by the registry; described with
+/// every other family in `ringkv::telemetry`).
+pub const HOOK_DURATION: &str = "ringkv_hook_duration_seconds";
 
 pub use registry::{
     Disagreement, HookRecord, HookRegistry, HookSet, HookUse, JudgeError, Judgement, ShadowSnapshot, StatsSnapshot,

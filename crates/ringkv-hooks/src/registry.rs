@@ -40,7 +40,6 @@ use super::{
     read_once, runtime_for, CallReport, CompiledHook, CompiledPartitioner, Decision, FailPolicy, HookFailure,
     HookInput, HookSpec, OldValueLoader, Stage, WriteKind,
 };
-use crate::ids::now_ms;
 
 /// A hook's record in the meta group: the active version, the previous
 /// one, and a shadow version on trial.
@@ -338,7 +337,7 @@ impl HookStats {
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("constant histogram bounds are valid"),
             ),
-            exported_latency: metrics::histogram!(crate::telemetry::HOOK_DURATION, "hook" => name.to_string()),
+            exported_latency: metrics::histogram!(crate::HOOK_DURATION, "hook" => name.to_string()),
         }
     }
 
@@ -976,10 +975,17 @@ fn run_hooks(
     Ok(out)
 }
 
+/// Milliseconds since the Unix epoch, by this node's clock: when a shadow
+/// disagreed, and the shadow's sampling clock. (The clock stamped into log
+/// entries is `ringkv::ids::now_ms`, the same reading.)
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::{HookKind, HookLimits, OldValue};
+    use crate::{HookKind, HookLimits, OldValue};
 
     fn lua(name: &str, version: u64, body: &str) -> HookSpec {
         HookSpec {

@@ -1204,7 +1204,7 @@ mod tests {
     use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
     use super::*;
-    use crate::hooks::{FailPolicy, HookKind, OldValue, WriteKind};
+    use crate::{FailPolicy, HookKind, OldValue, WriteKind};
 
     macro_rules! wat {
         ($name:literal) => {
@@ -1938,7 +1938,7 @@ mod tests {
             kind: HookKind::Lua,
             ..spec_of(Stage::Validate, b"function validate() return true end".to_vec(), HookLimits::default())
         };
-        let lua = crate::hooks::lua::LuaRuntime.compile(&lua_spec).expect("compiles");
+        let lua = crate::lua::LuaRuntime.compile(&lua_spec).expect("compiles");
         measure("lua noop validate", &lua);
     }
 }
