@@ -1,5 +1,7 @@
-//! Membership changes: adding a node (learner, catch up, promote to voter)
-//! and removing one, in every group, each change run on that group's leader.
+//! Membership changes of one group, run on its leader: adding a node
+//! (learner, catch up, promote to voter) and removing one. `AddNode` and
+//! `RemoveNode` change the meta group only; the rebalancer moves shard
+//! replicas on and off a node (`placement`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
