@@ -73,6 +73,32 @@ async fn serve_three_nodes_then_put_get_and_status_through_the_cli() {
     assert!(nodes.iter().all(|n| n["role"] == "voter"), "{status}");
     let groups = status["groups"].as_array().expect("groups");
     assert!(groups.iter().any(|g| g["kind"] == "shard" && g["leader_id"].as_u64().unwrap_or(0) != 0), "{status}");
+    // Every documented background worker runs on the answering node.
+    let workers = status["workers"].as_array().expect("workers");
+    let names: Vec<&str> = workers.iter().filter_map(|w| w["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "hook-sync",
+            "token-sync",
+            "partition-sync",
+            "ttl-sweeper",
+            "reconcile",
+            "rebalance",
+            "leader-balance",
+            "quiescence",
+            "compaction",
+            "reshard"
+        ],
+        "{status}"
+    );
+    assert!(workers.iter().all(|w| w["state"] == "running"), "{status}");
+    let n2 = c.nodes[&2].grpc.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli_blocking(&["cluster", "status", "--endpoints", &n2]))
+        .await
+        .expect("join");
+    assert!(ok, "status failed: {err}");
+    assert!(out.contains("of 10 running"), "{out}");
 
     // Errors print one line and exit non-zero.
     let (ok, _, err) =

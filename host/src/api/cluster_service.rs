@@ -122,6 +122,21 @@ pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusRes
         unreachable: unreachable.into_iter().collect(),
         hooks: super::hooks_service::hook_infos(node).await?,
         reshard: Some(reshard_of(&node.reshard_status().await?)),
+        workers: node
+            .workers()
+            .into_iter()
+            .map(|w| {
+                let (last_error, ago) = w.last_error.unwrap_or_default();
+                proto::WorkerStatus {
+                    name: w.name.to_string(),
+                    state: w.state.as_str().to_string(),
+                    rounds: w.rounds,
+                    errors: w.errors,
+                    last_error,
+                    last_error_ms_ago: ago.as_millis() as u64,
+                }
+            })
+            .collect(),
     })
 }
 
@@ -358,5 +373,10 @@ pub fn status_json(s: &proto::StatusResponse) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "partitioner": s.reshard.as_ref().map(|r| r.partitioner.clone()),
         "reshard": s.reshard.as_ref().map(reshard_json),
+        "workers": s.workers.iter().map(|w| serde_json::json!({
+            "name": w.name, "state": w.state, "rounds": w.rounds, "errors": w.errors,
+            "last_error": (!w.last_error.is_empty()).then_some(&w.last_error),
+            "last_error_ms_ago": (!w.last_error.is_empty()).then_some(w.last_error_ms_ago),
+        })).collect::<Vec<_>>(),
     })
 }

@@ -428,11 +428,39 @@ fn print_status(s: &ringkv_client::proto::StatusResponse) -> anyhow::Result<()> 
             )?;
         }
     }
+    print_workers(s)?;
     if let Some(r) = &s.reshard {
         outln!()?;
         print_reshard(r)?;
     }
     outln!("(use --json for every shard and group)")
+}
+
+/// Errors older than this are history, not news: `cluster status` lists a
+/// worker only while it is not running or failed within this window.
+const RECENT_WORKER_ERROR_MS: u64 = 10 * 60 * 1000;
+
+/// The answering node's background workers: a count, then each one that
+/// stopped or failed in the last ten minutes, with its last error.
+fn print_workers(s: &ringkv_client::proto::StatusResponse) -> anyhow::Result<()> {
+    if s.workers.is_empty() {
+        return Ok(());
+    }
+    let running = s.workers.iter().filter(|w| w.state == "running").count();
+    outln!()?;
+    outln!("workers on node {}: {running} of {} running", s.node_id, s.workers.len())?;
+    for w in &s.workers {
+        let recent_error = !w.last_error.is_empty() && w.last_error_ms_ago < RECENT_WORKER_ERROR_MS;
+        if w.state != "running" || recent_error {
+            let last = if w.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("; last error {:.0} s ago: {}", w.last_error_ms_ago as f64 / 1000.0, w.last_error)
+            };
+            outln!("  {} {}: {} rounds, {} errors{last}", w.name, w.state, w.rounds, w.errors)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reports a started split or merge and, unless `no_wait`, waits for its

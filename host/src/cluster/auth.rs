@@ -3,6 +3,7 @@
 //! meta group has applied (so a revoke reaches every node's check within
 //! milliseconds of being applied there).
 
+use super::workers::Worker;
 use super::{Node, NodeError, Proposal, META_GROUP};
 use crate::auth::{check_token_name, hash_secret, new_secret, Grant, Role, TokenRecord};
 use crate::raft::types::{now_ms, CommandResult};
@@ -10,7 +11,7 @@ use crate::raft::types::{now_ms, CommandResult};
 impl Node {
     /// Keeps the authenticator's runtime tokens equal to the meta group's
     /// records: reloads them whenever the meta group applies something.
-    pub(super) async fn token_sync_loop(self) {
+    pub(super) async fn token_sync_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         let Ok(meta) = self.group(META_GROUP) else { return };
         let mut metrics = meta.raft.metrics();
@@ -27,8 +28,12 @@ impl Node {
                             installed = Some(records);
                         }
                         seen_applied = applied;
+                        w.round();
                     }
-                    Err(e) => tracing::warn!(error = %e, "reading token records"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading token records");
+                        w.failed(&e);
+                    }
                 }
             }
             tokio::select! {

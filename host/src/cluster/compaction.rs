@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::workers::Worker;
 use super::Node;
 use crate::storage::{GroupId, QuietCompaction};
 
@@ -70,7 +71,7 @@ fn next_log_step(
 }
 
 impl Node {
-    pub(super) async fn compaction_loop(self) {
+    pub(super) async fn compaction_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         let mut seen: BTreeMap<GroupId, u64> = BTreeMap::new();
         let mut compaction = QuietCompaction::default();
@@ -79,6 +80,7 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(ROUND) => {}
             }
+            w.round();
             let mut now_seen = BTreeMap::new();
             let mut settled = true;
             let over_limit = self.storage().raft_log().disk_space() > LOG_SPACE_LIMIT;
@@ -117,6 +119,7 @@ impl Node {
                 tracing::debug!(group = group.id, ?step, "quiet group's log");
                 if let Err(e) = result {
                     tracing::debug!(group = group.id, error = %e, "compacting a quiet group's log");
+                    w.failed(&e);
                 }
             }
             seen = now_seen;
@@ -130,7 +133,10 @@ impl Node {
                     "node quiet: flushed and compacted to give disk space back"
                 ),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "compacting a quiet node's storage"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "compacting a quiet node's storage");
+                    w.failed(&e);
+                }
             }
         }
     }

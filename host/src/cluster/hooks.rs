@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::routing::Attempt;
+use super::workers::Worker;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{
     runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, Stage, TtlChoice,
@@ -26,7 +27,7 @@ impl Node {
     /// Keeps this node's hook set equal to the meta group's records: reloads
     /// them whenever the meta group applies something and swaps the set in
     /// when they changed.
-    pub(super) async fn hook_sync_loop(self) {
+    pub(super) async fn hook_sync_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         let Ok(meta) = self.group(META_GROUP) else { return };
         let mut metrics = meta.raft.metrics();
@@ -41,13 +42,21 @@ impl Node {
                         let (node, new) = (self.clone(), records.clone());
                         if tokio::task::spawn_blocking(move || node.hooks().install(&new)).await.is_err() {
                             tracing::error!("installing hooks panicked; will retry on the next meta change");
+                            w.failed(&"installing hooks panicked");
                             continue;
                         }
                         installed = Some(records);
                         seen_applied = applied;
+                        w.round();
                     }
-                    Ok(_) => seen_applied = applied,
-                    Err(e) => tracing::warn!(error = %e, "reading hook records"),
+                    Ok(_) => {
+                        seen_applied = applied;
+                        w.round();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading hook records");
+                        w.failed(&e);
+                    }
                 }
             }
             tokio::select! {

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::membership::{MembershipOp, MembershipReply};
+use super::workers::Worker;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
 use crate::raft::NodeId;
 use crate::storage::GroupId;
@@ -42,7 +43,7 @@ const HANDOVER_CONCURRENCY: usize = 8;
 const CATCH_UP: Duration = Duration::from_millis(500);
 
 impl Node {
-    pub(super) async fn leader_balance_loop(self) {
+    pub(super) async fn leader_balance_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         // (group → term, since when this node leads it in that term)
         let mut leading: HashMap<GroupId, (u64, Instant)> = HashMap::new();
@@ -55,11 +56,15 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(BALANCE_EVERY) => {}
             }
+            w.round();
             let mine = self.my_leaderships();
             if mine != reported {
                 match self.report_leaderships(&mine).await {
                     Ok(()) => reported = mine.clone(),
-                    Err(e) => tracing::debug!(error = %e, "reporting shard leaders"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reporting shard leaders");
+                        w.failed(&e);
+                    }
                 }
             }
             // Idle and balanced: skip reading the meta group until something changes.
@@ -73,6 +78,7 @@ impl Node {
                 Err(e) => {
                     settled = None;
                     tracing::debug!(error = %e, "spreading shard leaders");
+                    w.failed(&e);
                 }
             }
         }

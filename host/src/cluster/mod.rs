@@ -22,6 +22,7 @@ mod quiescence;
 mod resize_policy;
 mod routing;
 mod status;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -181,8 +182,10 @@ struct NodeInner {
     hooks: Arc<crate::hooks::HookRegistry>,
     /// Credentials and grants; its runtime tokens follow the meta group.
     auth: Arc<crate::auth::Authenticator>,
-    /// Background tasks (sync loops, TTL sweeper, placement...), stopped on shutdown.
+    /// Background tasks that are not workers (certificate watch, join), stopped on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The named background workers (sync loops, TTL sweeper, placement...).
+    workers: workers::Workers,
     /// Flips to true when the node stops taking requests before shutting
     /// down: the gRPC server stops accepting and finishes what is in flight.
     draining: watch::Sender<bool>,
@@ -259,6 +262,7 @@ impl Node {
                 hooks,
                 auth,
                 tasks: Mutex::new(Vec::new()),
+                workers: workers::Workers::default(),
                 draining,
                 tls,
                 partition: ArcSwap::from_pointee(partitioning::PartitionView::initial(ring.shards)),
@@ -271,9 +275,9 @@ impl Node {
             node.spawn(tls.clone().watch(node.shutdown_signal()));
         }
         node.ensure_group(META_GROUP).await?;
-        node.spawn(node.clone().hook_sync_loop());
-        node.spawn(node.clone().token_sync_loop());
-        node.spawn(node.clone().partition_sync_loop());
+        node.spawn_worker("hook-sync", |w| node.clone().hook_sync_loop(w));
+        node.spawn_worker("token-sync", |w| node.clone().token_sync_loop(w));
+        node.spawn_worker("partition-sync", |w| node.clone().partition_sync_loop(w));
         // Shards this node hosted before a restart, as its copy of the meta group records them.
         for (shard, replicas) in node.assignments().await? {
             if replicas.contains(&node.id()) {
@@ -288,13 +292,15 @@ impl Node {
     /// quiescence, compaction, re-sharding).
     pub async fn run(&self) -> Result<(), NodeError> {
         self.bootstrap_or_join().await?;
-        self.spawn(self.clone().ttl_sweeper());
-        self.spawn(self.clone().reconcile_loop());
-        self.spawn(self.clone().rebalance_loop());
-        self.spawn(self.clone().leader_balance_loop());
-        self.spawn(self.clone().quiescence_loop());
-        self.spawn(self.clone().compaction_loop());
-        self.spawn(self.clone().reshard_loop());
+        self.spawn_worker("ttl-sweeper", |w| self.clone().ttl_sweeper(w));
+        self.spawn_worker("reconcile", |w| self.clone().reconcile_loop(w));
+        self.spawn_worker("rebalance", |w| self.clone().rebalance_loop(w));
+        self.spawn_worker("leader-balance", |w| self.clone().leader_balance_loop(w));
+        if self.config().raft.quiesce {
+            self.spawn_worker("quiescence", |w| self.clone().quiescence_loop(w));
+        }
+        self.spawn_worker("compaction", |w| self.clone().compaction_loop(w));
+        self.spawn_worker("reshard", |w| self.clone().reshard_loop(w));
         tracing::info!(node = self.id(), addr = %self.addr(), "node started");
         Ok(())
     }
@@ -456,10 +462,10 @@ impl Node {
             }
         }
         for t in tasks {
-            // Servers stop on the signal; anything else is aborted.
             t.abort();
             let _ = t.await;
         }
+        self.inner.workers.stop().await;
         self.inner.groups.store(Arc::new(BTreeMap::new()));
         let storage = self.inner.storage.clone();
         let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
@@ -638,13 +644,14 @@ impl Node {
     }
 
     /// Deletes expired keys through Raft, on groups this node leads.
-    async fn ttl_sweeper(self) {
+    async fn ttl_sweeper(self, w: workers::Worker) {
         let mut stop = self.shutdown_signal();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(self.inner.config.ttl_sweep_interval) => {}
             }
+            w.round();
             for g in self.groups() {
                 if g.raft.current_leader().await != Some(self.id()) {
                     continue;
@@ -653,6 +660,7 @@ impl Node {
                     Ok(v) => v,
                     Err(e) => {
                         tracing::warn!(group = g.id, error = %e, "reading the TTL index");
+                        w.failed(&e);
                         continue;
                     }
                 };
@@ -661,6 +669,7 @@ impl Node {
                 for r in futures::future::join_all(proposals).await {
                     if let Err(e) = r {
                         tracing::debug!(group = g.id, error = %e, "expiring a key");
+                        w.failed(&e);
                     }
                 }
             }

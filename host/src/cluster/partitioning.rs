@@ -108,6 +108,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::workers::Worker;
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{runtime_for, CompiledPartitioner, HookSpec};
 use crate::raft::types::{now_ms, CommandResult, MovedRecord};
@@ -421,7 +422,7 @@ impl Node {
     /// Keeps this node's partition view equal to the meta group's state.
     /// The swap waits for the requests admitted under the old view (see the
     /// module comment).
-    pub(super) async fn partition_sync_loop(self) {
+    pub(super) async fn partition_sync_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         let Ok(meta) = self.group(META_GROUP) else { return };
         let mut metrics = meta.raft.metrics();
@@ -438,6 +439,7 @@ impl Node {
                             self.inner.partition.store(Arc::new(cur.with_state(state)));
                         }
                         seen_applied = applied;
+                        w.round();
                     }
                     Ok(state) => {
                         let node = self.clone();
@@ -446,11 +448,13 @@ impl Node {
                             Ok(v) => v,
                             Err(e) => {
                                 tracing::error!(error = %e, "loading the partition view panicked");
+                                w.failed(&e);
                                 continue;
                             }
                         };
                         if let Some(why) = &view.broken {
                             tracing::error!(error = %why, "this node cannot route keys until it can load the partition function");
+                            w.failed(why);
                         }
                         let _gate = self.inner.routing_gate.write().await;
                         tracing::info!(
@@ -462,8 +466,12 @@ impl Node {
                         self.inner.partition.store(Arc::new(view));
                         self.inner.partition_generation.send_replace(self.partition_view().generation());
                         seen_applied = applied;
+                        w.round();
                     }
-                    Err(e) => tracing::warn!(error = %e, "reading the partition state"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the partition state");
+                        w.failed(&e);
+                    }
                 }
             }
             tokio::select! {
@@ -816,7 +824,7 @@ impl Node {
     /// clears finished jobs' markers. A shard whose pass fails is tried
     /// again after a backoff (doubling from [`RESHARD_BACKOFF_MIN`] to
     /// [`RESHARD_BACKOFF_MAX`]); why it is stuck goes to the meta group.
-    pub(super) async fn reshard_loop(self) {
+    pub(super) async fn reshard_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         let mut cleared: BTreeSet<(GroupId, u64)> = BTreeSet::new();
         // Per shard of job `backoff_epoch`: failures in a row, next attempt.
@@ -827,6 +835,7 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(RESHARD_POLL) => {}
             }
+            w.round();
             let view = self.partition_view();
             if let Some(job) = &view.state.job {
                 if job.epoch != backoff_epoch {
@@ -835,6 +844,7 @@ impl Node {
                 }
                 if let Err(e) = self.start_split_child(&view).await {
                     tracing::info!(error = %e, "starting a split's new shard; trying again");
+                    w.failed(&e);
                     continue;
                 }
                 let now = tokio::time::Instant::now();
@@ -869,6 +879,7 @@ impl Node {
                         retry_in_ms = wait.as_millis() as u64,
                         "re-shard pass stopped; it resumes from its last report"
                     );
+                    w.failed(&format_args!("shard {shard}: {}", stuck.error));
                     if stuck.function_failed || failures >= STALL_AFTER {
                         self.report_stall(&view, job.epoch, shard, stuck).await;
                     }
@@ -884,7 +895,10 @@ impl Node {
                         Ok(_) => {
                             cleared.insert((gid, last.epoch));
                         }
-                        Err(e) => tracing::debug!(group = gid, error = %e, "clearing re-shard markers"),
+                        Err(e) => {
+                            tracing::debug!(group = gid, error = %e, "clearing re-shard markers");
+                            w.failed(&e);
+                        }
                     }
                 }
             }

@@ -22,6 +22,7 @@ use futures::StreamExt;
 
 use super::membership::MembershipOp;
 use super::resize_policy::LoadTracker;
+use super::workers::Worker;
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::raft::NodeId;
 use crate::ring::ShardId;
@@ -41,7 +42,7 @@ const BACK_UP_WITHIN: Duration = Duration::from_secs(2);
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
 
 impl Node {
-    pub(super) async fn reconcile_loop(self) {
+    pub(super) async fn reconcile_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         // (meta epoch, routing generation, hosted groups) of the last
         // successful round: an idle node skips reading the meta group when
@@ -53,6 +54,7 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             }
+            w.round();
             let seen = (
                 self.meta_epoch(),
                 self.partition_view().generation(),
@@ -63,7 +65,10 @@ impl Node {
             }
             match self.reconcile().await {
                 Ok(()) => last = Some(seen),
-                Err(e) => tracing::warn!(error = %e, "reconciling hosted shards"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling hosted shards");
+                    w.failed(&e);
+                }
             }
         }
     }
@@ -98,7 +103,7 @@ impl Node {
         Ok(())
     }
 
-    pub(super) async fn rebalance_loop(self) {
+    pub(super) async fn rebalance_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
         // When this node, as meta leader, first saw each member: a member it
         // has never heard from is silent since then, not since forever. A
@@ -119,6 +124,7 @@ impl Node {
                 _ = tokio::time::sleep(REBALANCE_EVERY) => {}
                 r = metrics.wait_for(|m| *m.membership_config.log_id() != seen) => if r.is_err() { return },
             }
+            w.round();
             let Ok(meta) = self.group(META_GROUP) else { continue };
             if meta.raft.current_leader().await != Some(self.id()) {
                 watching_since.clear();
@@ -128,6 +134,7 @@ impl Node {
             }
             if let Err(e) = self.track_liveness(&mut watching_since).await {
                 tracing::warn!(error = %e, "tracking member liveness");
+                w.failed(&e);
             }
             // Size and load change without the meta state changing.
             match self.resize_by_size_and_load(&mut load).await {
@@ -136,7 +143,10 @@ impl Node {
                     continue;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "starting an automatic split or merge"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting an automatic split or merge");
+                    w.failed(&e);
+                }
             }
             let epoch = self.meta_epoch();
             if in_place_at == Some(epoch) {
@@ -151,7 +161,10 @@ impl Node {
                     continue;
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "starting an automatic split"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting an automatic split");
+                    w.failed(&e);
+                }
             }
             match self.rebalance_round().await {
                 Ok(true) => in_place_at = Some(epoch),
@@ -159,6 +172,7 @@ impl Node {
                 Err(e) => {
                     in_place_at = None;
                     tracing::warn!(error = %e, "rebalancing");
+                    w.failed(&e);
                 }
             }
         }

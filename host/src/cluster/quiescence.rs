@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::membership::{MembershipOp, MembershipReply};
+use super::workers::Worker;
 use super::{Group, Node, META_GROUP};
 use crate::raft::{NodeId, Raft};
 use crate::storage::GroupId;
@@ -159,10 +160,8 @@ fn leader_view(g: &Group, me: NodeId) -> Option<LeaderView> {
 
 impl Node {
     /// Puts idle groups to sleep and keeps them asleep (module docs).
-    pub(super) async fn quiescence_loop(self) {
-        if !self.config().raft.quiesce {
-            return;
-        }
+    /// Started only with `raft.quiesce` on.
+    pub(super) async fn quiescence_loop(self, w: Worker) {
         let interval = Duration::from_millis(self.config().raft.heartbeat_ms);
         let wake_after = Duration::from_millis(self.config().raft.election_max_ms);
         let mut stop = self.shutdown_signal();
@@ -171,6 +170,7 @@ impl Node {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
+            w.round();
             let groups: Vec<Arc<Group>> = self.groups().into_iter().filter(|g| g.id != META_GROUP).collect();
             let beacons = self.reconcile_sleep(&groups, interval * IDLE_FOR, wake_after);
             let mut agreed: BTreeMap<GroupId, BTreeSet<NodeId>> = BTreeMap::new();
