@@ -6,8 +6,9 @@
 /// A member of the cluster, for its whole life (never reused).
 pub type NodeId = u64;
 
-/// Identifies one Raft group on the node. 0 is the meta group.
-pub type GroupId = u64;
+/// Identifies one Raft group on the node. 0 is the meta group (defined with
+/// the storage that keys every group's data by it).
+pub use ringkv_storage::GroupId;
 
 /// Index of a shard, `0..shards`.
 pub type ShardId = u32;

@@ -4,20 +4,27 @@
 //! this list (the `layers` test checks it); ARCHITECTURE.md has the design
 //! and its reasons.
 //!
+//! Two layers are crates of their own, below this one, re-exported here:
+//!
+//! - [`storage`] (`ringkv-storage`) owns the node's single fjall database:
+//!   its keyspaces and key layout, the stored value format, the group-commit
+//!   writer thread, fsync poisoning, and giving disk space back once the
+//!   node is quiet; with [`failpoint`], the crash points of the
+//!   fault-injection tests.
+//! - [`hooks`] (`ringkv-hooks`) runs user validation and TTL hooks
+//!   (sandboxed Luau and Wasm) and compiles the Wasm partition function.
+//!
+//! Then this crate's modules:
+//!
 //! - [`ids`] holds the node, group and shard identifiers and the wall clock
-//!   that every layer shares; [`failpoint`] the crash points of the
-//!   fault-injection tests; [`log_limit`] rate-limits log lines that would
+//!   that every layer shares; [`log_limit`] rate-limits log lines that would
 //!   repeat on every message; [`dashboard`] is the web page served at `/`.
 //! - [`tls`] loads and reloads the node's certificates, accepts TLS
 //!   connections and tells node certificates from client certificates.
-//! - [`telemetry`] owns the Prometheus recorder, every metric name and the
-//!   gRPC layer that counts and times requests.
-//! - [`storage`] owns the node's single fjall database: its keyspaces and key
-//!   layout, the stored value format, the group-commit writer thread, fsync
-//!   poisoning, and giving disk space back once the node is quiet.
-//! - [`hooks`] runs user validation and TTL hooks (sandboxed Luau and Wasm) and
-//!   compiles the Wasm partition function; [`auth`] authenticates requests
-//!   (tokens, client certificates) and checks their roles and key prefixes.
+//! - [`telemetry`] owns the Prometheus recorder, describes every metric
+//!   family and holds the gRPC layer that counts and times requests.
+//! - [`auth`] authenticates requests (tokens, client certificates) and
+//!   checks their roles and key prefixes.
 //! - [`ring`] maps keys to tokens, tokens to shards and shards to replicas (a
 //!   pure function of the members and the ring settings), and holds the
 //!   partition function and re-shard job as the meta group records them.
@@ -50,7 +57,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;
-pub mod failpoint;
+pub use ringkv_storage::failpoint;
 pub mod fuzzing;
 pub use ringkv_hooks as hooks;
 pub mod http;
@@ -61,6 +68,6 @@ pub mod log_limit;
 pub mod raft;
 pub mod ring;
 pub mod server;
-pub mod storage;
+pub use ringkv_storage as storage;
 pub mod telemetry;
 pub mod tls;

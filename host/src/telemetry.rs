@@ -52,8 +52,7 @@ pub const RAFT_BATCHES_SENT: &str = "ringkv_raft_batches_sent_total";
 pub const RAFT_BATCHED_MESSAGES: &str = "ringkv_raft_batched_messages_total";
 pub const STORAGE_SIZE: &str = "ringkv_storage_size_bytes";
 pub const STORAGE_PART_SIZE: &str = "ringkv_storage_part_bytes";
-pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
-pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
+pub use ringkv_storage::{STORAGE_FSYNC_DURATION, STORAGE_GROUP_COMMIT_OPS};
 /// Hook counters and run time by `hook`.
 pub const HOOK_CALLS: &str = "ringkv_hook_calls_total";
 pub const HOOK_REJECTS: &str = "ringkv_hook_rejects_total";
@@ -234,12 +233,6 @@ pub fn record_proposal(group: GroupId, elapsed: Duration) {
 /// Counts a leader change seen by this node.
 pub fn record_leader_change(group: GroupId) {
     counter!(RAFT_LEADER_CHANGES, "shard" => shard_label(group)).increment(1);
-}
-
-/// Times one group commit of `ops` storage ops.
-pub fn record_group_commit(ops: usize, elapsed: Duration) {
-    histogram!(STORAGE_FSYNC_DURATION).record(elapsed.as_secs_f64());
-    histogram!(STORAGE_GROUP_COMMIT_OPS).record(ops as f64);
 }
 
 /// Which consistency a key request asked for, filled in by the Kv service

@@ -97,10 +97,8 @@ fn consistency(raw: i32) -> Result<bool, Status> {
     }
 }
 
-impl From<Envelope> for proto::GetResponse {
-    fn from(e: Envelope) -> Self {
-        proto::GetResponse { found: true, value: e.value, version: e.version, expires_at_ms: e.expires_at }
-    }
+fn get_response(e: Envelope) -> proto::GetResponse {
+    proto::GetResponse { found: true, value: e.value, version: e.version, expires_at_ms: e.expires_at }
 }
 
 fn hook_version(h: HookUse) -> proto::HookVersion {
@@ -187,7 +185,7 @@ impl KvService {
     async fn serve_get(&self, r: proto::GetRequest, linearizable: bool) -> Result<proto::GetResponse, Status> {
         self.check_key(&r.key)?;
         let found = self.node.get_key(&r.key, linearizable).instrument(self.span("get")).await?;
-        Ok(found.map(Into::into).unwrap_or_default())
+        Ok(found.map(get_response).unwrap_or_default())
     }
 
     async fn serve_delete(&self, r: proto::DeleteRequest) -> Result<proto::DeleteResponse, Status> {

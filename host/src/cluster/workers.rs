@@ -1,14 +1,15 @@
 //! The node's background workers: each a named task with one shape to
 //! start it, stop it and ask how it is doing, after Garage's `Worker`.
 //!
-//! A worker is started with [`Node::spawn_worker`] and stops on the node's
+//! A worker is started with [`Workers::spawn`] and stops on the node's
 //! shutdown signal; one that panics is reported as such, not restarted
-//! (its loop state is lost, and a panic is a bug to fix). Its loop reports through its [`Worker`] handle: a round
-//! of work done, or an error it will retry. The registry keeps those
-//! figures with the task, so `ringkv cluster status` and `/status` show, per
-//! worker, whether it still runs, how many rounds it did and its last error
-//! with its age: the view an operator needs when keys stop expiring or
-//! shards stop moving, without reading the logs of every node.
+//! (its loop state is lost, and a panic is a bug to fix). Its loop reports
+//! through its [`Worker`] handle: a round of work done, or an error it will
+//! retry. The registry keeps those figures with the task, so `ringkv
+//! cluster status` and `/status` show, per worker, whether it still runs,
+//! how many rounds it did and its last error with its age: the view an
+//! operator needs when keys stop expiring or shards stop moving, without
+//! reading the logs of every node.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};

@@ -20,8 +20,15 @@
 //!
 //! A failed fsync poisons the store: every later write fails, so the node stops
 //! acknowledging instead of carrying on with state it cannot trust.
+//!
+//! The crash points of the fault-injection tests ([`failpoint`]) live here,
+//! in the lowest ringkv crate, so every layer can place one; this crate
+//! names the metrics it records, and `ringkv::telemetry` describes them.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod envelope;
+pub mod failpoint;
 mod journal;
 
 use std::ops::Bound;
@@ -44,7 +51,13 @@ const MAX_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// keep the oldest alive; fjall's minimum.
 const MAX_JOURNALS_BYTES: u64 = 64 * 1024 * 1024;
 
-pub use crate::ids::GroupId;
+/// Identifies one Raft group on the node. 0 is the meta group.
+pub type GroupId = u64;
+
+/// Group commit: writing the batch and fsyncing the log (seconds).
+pub const STORAGE_FSYNC_DURATION: &str = "ringkv_storage_fsync_duration_seconds";
+/// Log and state-machine ops per group commit.
+pub const STORAGE_GROUP_COMMIT_OPS: &str = "ringkv_storage_group_commit_ops";
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +79,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn fjall(context: &'static str) -> impl FnOnce(fjall::Error) -> StorageError {
+    pub fn fjall(context: &'static str) -> impl FnOnce(fjall::Error) -> StorageError {
         move |source| StorageError::Fjall { context, source }
     }
 }
@@ -96,12 +109,12 @@ pub struct Storage {
 
 struct Inner {
     db: Database,
-    pub(crate) raft_log: Keyspace,
-    pub(crate) raft_state: Keyspace,
-    pub(crate) sm_data: Keyspace,
-    pub(crate) sm_meta: Keyspace,
-    pub(crate) sm_expiry: Keyspace,
-    pub(crate) node_meta: Keyspace,
+    pub raft_log: Keyspace,
+    pub raft_state: Keyspace,
+    pub sm_data: Keyspace,
+    pub sm_meta: Keyspace,
+    pub sm_expiry: Keyspace,
+    pub node_meta: Keyspace,
     /// Feeds the group-commit writer thread; `None` once shut down.
     writer: std::sync::Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer_thread: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -182,25 +195,25 @@ impl Storage {
         Ok(storage)
     }
 
-    pub(crate) fn db(&self) -> &Database {
+    pub fn db(&self) -> &Database {
         &self.inner.db
     }
-    pub(crate) fn raft_log(&self) -> &Keyspace {
+    pub fn raft_log(&self) -> &Keyspace {
         &self.inner.raft_log
     }
-    pub(crate) fn raft_state(&self) -> &Keyspace {
+    pub fn raft_state(&self) -> &Keyspace {
         &self.inner.raft_state
     }
-    pub(crate) fn sm_data(&self) -> &Keyspace {
+    pub fn sm_data(&self) -> &Keyspace {
         &self.inner.sm_data
     }
-    pub(crate) fn sm_meta(&self) -> &Keyspace {
+    pub fn sm_meta(&self) -> &Keyspace {
         &self.inner.sm_meta
     }
-    pub(crate) fn sm_expiry(&self) -> &Keyspace {
+    pub fn sm_expiry(&self) -> &Keyspace {
         &self.inner.sm_expiry
     }
-    pub(crate) fn node_meta(&self) -> &Keyspace {
+    pub fn node_meta(&self) -> &Keyspace {
         &self.inner.node_meta
     }
 
@@ -362,7 +375,8 @@ impl Storage {
             Arc::new(e)
         });
         tracing::trace!(ops = n, micros = started.elapsed().as_micros() as u64, "group commit");
-        crate::telemetry::record_group_commit(n, started.elapsed());
+        metrics::histogram!(STORAGE_FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(STORAGE_GROUP_COMMIT_OPS).record(n as f64);
         if result.is_ok() {
             crate::failpoint::crash_point("log-after-fsync");
         }
