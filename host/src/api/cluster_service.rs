@@ -51,75 +51,43 @@ fn node_statuses(node: &Node) -> Result<Vec<proto::NodeStatus>, Status> {
 pub async fn status_of(node: &Node, count_keys: bool) -> Result<proto::StatusResponse, Status> {
     let nodes = node_statuses(node)?;
     let groups = node
-        .groups()
-        .iter()
-        .map(|g| {
-            let m = g.raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership();
-            let voters: Vec<u64> = membership.voter_ids().collect();
-            let learners: Vec<u64> = membership.learner_ids().collect();
-            let role = match m.state {
-                openraft::ServerState::Leader => "leader",
-                openraft::ServerState::Candidate => "candidate",
-                openraft::ServerState::Learner => "learner",
-                openraft::ServerState::Follower => "follower",
-                openraft::ServerState::Shutdown => "shutdown",
-            };
-            let replication = m
+        .group_states(count_keys)
+        .await?
+        .into_iter()
+        .map(|g| proto::GroupStatus {
+            group_id: g.id,
+            kind: if g.id == META_GROUP { "meta" } else { "shard" }.to_string(),
+            leader_id: g.leader,
+            term: g.term,
+            role: g.role.to_string(),
+            last_log_index: g.last_log_index,
+            commit_index: g.commit_index,
+            applied_index: g.applied_index,
+            snapshot_index: g.snapshot_index,
+            purged_index: g.purged_index,
+            voters: g.voters,
+            learners: g.learners,
+            replication: g
                 .replication
-                .as_ref()
-                .map(|r| {
-                    r.iter()
-                        .map(|(id, matched)| proto::ReplicaProgress {
-                            node_id: *id,
-                            matched_index: matched.map_or(0, |l| l.index),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            proto::GroupStatus {
-                group_id: g.id,
-                kind: if g.id == META_GROUP { "meta" } else { "shard" }.to_string(),
-                leader_id: m.current_leader.unwrap_or(0),
-                term: m.current_term,
-                role: role.to_string(),
-                last_log_index: m.last_log_index.unwrap_or(0),
-                commit_index: crate::raft::commit_index(&m),
-                applied_index: m.last_applied.map_or(0, |l| l.index),
-                snapshot_index: m.snapshot.map_or(0, |l| l.index),
-                purged_index: m.purged.map_or(0, |l| l.index),
-                voters,
-                learners,
-                replication,
-                keys: 0,
-                bytes: 0,
-                applied_ops: g.sm.applied_ops(),
-                served_reads: g.sm.served_reads(),
-            }
+                .into_iter()
+                .map(|(node_id, matched_index)| proto::ReplicaProgress { node_id, matched_index })
+                .collect(),
+            keys: g.keys,
+            bytes: g.bytes,
+            applied_ops: g.applied_ops,
+            served_reads: g.served_reads,
         })
-        .collect::<Vec<_>>();
-    let mut groups = groups;
-    for g in &mut groups {
-        if let Ok(hosted) = node.group(g.group_id) {
-            let size =
-                if count_keys { hosted.measure().await } else { hosted.approximate_size().await.map(|(s, _)| s) };
-            let size = size.map_err(crate::cluster::NodeError::from)?;
-            (g.keys, g.bytes) = (size.keys, size.bytes);
-        }
-    }
+        .collect();
     let shards = shard_routes(node).await?;
-    let meta = node.group(META_GROUP)?;
-    let draining = meta.sm.draining().await.map_err(crate::cluster::NodeError::from)?;
-    let down = meta.sm.down().await.map_err(crate::cluster::NodeError::from)?;
-    let unreachable = meta.sm.unreachable().await.map_err(crate::cluster::NodeError::from)?;
+    let marks = node.member_marks().await?;
     Ok(proto::StatusResponse {
         node_id: node.id(),
         nodes,
         groups,
         shards,
-        draining: draining.into_iter().collect(),
-        down: down.into_iter().collect(),
-        unreachable: unreachable.into_iter().collect(),
+        draining: marks.draining.into_iter().collect(),
+        down: marks.down.into_iter().collect(),
+        unreachable: marks.unreachable.into_iter().collect(),
         hooks: super::hooks_service::hook_infos(node).await?,
         reshard: Some(reshard_of(&node.reshard_status().await?)),
         workers: node

@@ -37,7 +37,7 @@ pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use membership::{MembershipOp, MembershipReply};
 pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
 pub use routing::{ForwardReply, Forwarded, Proposal};
-pub use status::ShardRoute;
+pub use status::{GroupState, MemberMarks, ShardRoute};
 
 use crate::config::NodeConfig;
 use crate::raft::state_machine::ReplicaSize;
