@@ -4,7 +4,7 @@
 //! the test does, by reading every `crate::…` path in the non-test code of
 //! each module.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Every top-level module, lowest layer first. A module may use any module
@@ -74,7 +74,7 @@ fn no_module_uses_a_higher_layer() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&src, None, &mut files);
-    let mut violations = BTreeMap::new();
+    let mut violations = BTreeSet::new();
     for (module, path) in &files {
         if matches!(module.as_str(), "lib" | "main" | "layers") {
             continue;
@@ -87,18 +87,12 @@ fn no_module_uses_a_higher_layer() {
             if used == *module {
                 continue;
             }
-            match layer_of(&used) {
-                Some(l) if l < layer => {}
-                _ => {
-                    violations.insert(
-                        format!("{} uses crate::{used}", path.strip_prefix(&src).unwrap_or(path).display()),
-                        (),
-                    );
-                }
+            if layer_of(&used).is_none_or(|l| l >= layer) {
+                violations.insert(format!("{} uses crate::{used}", path.strip_prefix(&src).unwrap_or(path).display()));
             }
         }
     }
-    assert!(violations.is_empty(), "modules using a layer at or above their own:\n{:#?}", violations.keys());
+    assert!(violations.is_empty(), "modules using a layer at or above their own:\n{:#?}", violations);
 }
 
 #[test]
