@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::authorize;
 use crate::auth::Need;
-use crate::cluster::{Node, NodeError, Proposal};
+use crate::cluster::{Node, NodeError, Proposal, RequestContext, ServedBy};
 use crate::hooks::HookUse;
 use crate::raft::CommandResult;
 use crate::storage::Envelope;
@@ -57,28 +57,28 @@ impl KvService {
         self.node.wait_meta_epoch(epoch, self.node.config().request_timeout).await.map_err(Status::from)
     }
 
-    /// Runs a key request: catches up with the client's epoch, serves it,
-    /// and marks the reply with this node's epoch and, when another node
-    /// served it, that node.
-    async fn routed<T, R, F, Fut>(&self, req: Request<T>, serve: F) -> Result<Response<R>, Status>
+    /// Runs a key request: catches up with the client's epoch, serves it
+    /// (`serve` notes in `served` which node did), and marks the reply with
+    /// this node's epoch and, when another node served it, that node.
+    async fn routed<T, R, F, Fut>(&self, req: Request<T>, served: &ServedBy, serve: F) -> Result<Response<R>, Status>
     where
         F: FnOnce(T) -> Fut,
         Fut: std::future::Future<Output = Result<R, Status>>,
     {
         let result = match self.catch_up(req.metadata()).await {
-            Ok(()) => Node::tracking_served_by(serve(req.into_inner())).await,
-            Err(e) => (Err(e), None),
+            Ok(()) => serve(req.into_inner()).await,
+            Err(e) => Err(e),
         };
         match result {
-            (Ok(reply), served_by) => {
+            Ok(reply) => {
                 let mut resp = Response::new(reply);
                 resp.metadata_mut().insert(EPOCH_HEADER, self.node.meta_epoch().into());
-                if let Some(id) = served_by.filter(|id| *id != self.node.id()) {
+                if let Some(id) = served.get().filter(|id| *id != self.node.id()) {
                     resp.metadata_mut().insert(FORWARDED_HEADER, id.into());
                 }
                 Ok(resp)
             }
-            (Err(status), _) => Err(self.with_epoch(status)),
+            Err(status) => Err(self.with_epoch(status)),
         }
     }
 
@@ -112,20 +112,23 @@ impl Kv for KvService {
     async fn put(&self, req: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
         ConsistencySlot::set(&req, true);
         authorize(&self.node, &req, "put", Need::Write(&req.get_ref().key)).await?;
-        self.routed(req, |r| self.serve_put(r)).await
+        let served = ServedBy::default();
+        self.routed(req, &served, |r| self.serve_put(r, RequestContext::client(&served))).await
     }
 
     async fn get(&self, req: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
         let linearizable = consistency(req.get_ref().consistency).map_err(|s| self.with_epoch(s))?;
         ConsistencySlot::set(&req, linearizable);
         authorize(&self.node, &req, "get", Need::Read(&req.get_ref().key)).await?;
-        self.routed(req, |r| self.serve_get(r, linearizable)).await
+        let served = ServedBy::default();
+        self.routed(req, &served, |r| self.serve_get(r, linearizable, RequestContext::client(&served))).await
     }
 
     async fn delete(&self, req: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
         ConsistencySlot::set(&req, true);
         authorize(&self.node, &req, "delete", Need::Write(&req.get_ref().key)).await?;
-        self.routed(req, |r| self.serve_delete(r)).await
+        let served = ServedBy::default();
+        self.routed(req, &served, |r| self.serve_delete(r, RequestContext::client(&served))).await
     }
 
     type ScanStream = ScanStream;
@@ -155,7 +158,7 @@ impl Kv for KvService {
 
 /// The requests themselves, without routing metadata.
 impl KvService {
-    async fn serve_put(&self, r: proto::PutRequest) -> Result<proto::PutResponse, Status> {
+    async fn serve_put(&self, r: proto::PutRequest, ctx: RequestContext<'_>) -> Result<proto::PutResponse, Status> {
         self.check_key(&r.key)?;
         let max = self.node.config().limits.max_value_bytes;
         if r.value.len() > max {
@@ -172,7 +175,7 @@ impl KvService {
             hooks: None,
         };
         self.node.check_writable()?;
-        let result = self.node.write_key(&r.key, p).instrument(self.span("put")).await?;
+        let result = self.node.write_key(ctx, &r.key, p).instrument(self.span("put")).await?;
         match result {
             CommandResult::Written { version, hooks } => {
                 Ok(proto::PutResponse { version, hooks: hooks.into_iter().map(hook_version).collect() })
@@ -182,17 +185,26 @@ impl KvService {
         }
     }
 
-    async fn serve_get(&self, r: proto::GetRequest, linearizable: bool) -> Result<proto::GetResponse, Status> {
+    async fn serve_get(
+        &self,
+        r: proto::GetRequest,
+        linearizable: bool,
+        ctx: RequestContext<'_>,
+    ) -> Result<proto::GetResponse, Status> {
         self.check_key(&r.key)?;
-        let found = self.node.get_key(&r.key, linearizable).instrument(self.span("get")).await?;
+        let found = self.node.get_key(ctx, &r.key, linearizable).instrument(self.span("get")).await?;
         Ok(found.map(get_response).unwrap_or_default())
     }
 
-    async fn serve_delete(&self, r: proto::DeleteRequest) -> Result<proto::DeleteResponse, Status> {
+    async fn serve_delete(
+        &self,
+        r: proto::DeleteRequest,
+        ctx: RequestContext<'_>,
+    ) -> Result<proto::DeleteResponse, Status> {
         self.check_key(&r.key)?;
         let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version, hooks: None };
         self.node.check_writable()?;
-        match self.node.write_key(&r.key, p).instrument(self.span("delete")).await? {
+        match self.node.write_key(ctx, &r.key, p).instrument(self.span("delete")).await? {
             CommandResult::Deleted { existed, version, hooks } => Ok(proto::DeleteResponse {
                 deleted: existed,
                 version,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::request::RequestContext;
 use super::routing::Attempt;
 use super::workers::Worker;
 use super::{Group, Node, NodeError, Proposal, META_GROUP};
@@ -73,7 +74,12 @@ impl Node {
     /// judges is judged here instead, on its own through the slow lane, so
     /// it can never hold a batch of other writes back. A write whose hook
     /// read a version that changed before it applied is judged again.
-    pub(super) async fn write_local(&self, g: Arc<Group>, p: Proposal) -> Result<Attempt<CommandResult>, NodeError> {
+    pub(super) async fn write_local(
+        &self,
+        ctx: RequestContext<'_>,
+        g: Arc<Group>,
+        p: Proposal,
+    ) -> Result<Attempt<CommandResult>, NodeError> {
         if let Proposal::MoveOut { epoch, .. } | Proposal::MoveOutBatch { epoch, .. } = &p {
             if !self.knows_job(*epoch) {
                 return Ok(Attempt::Retry);
@@ -88,7 +94,7 @@ impl Node {
                 // Before the routing gate: waiting for replicas must not
                 // hold back a partition view change.
                 self.await_min_replicas(&g).await?;
-                Some(self.admit(g.id, key, true).await?)
+                Some(self.admit(ctx, g.id, key, true).await?)
             }
             Proposal::MoveIn { epoch, .. } | Proposal::MoveInBatch { epoch, .. } => {
                 Some(self.admit_move(*epoch).await?)

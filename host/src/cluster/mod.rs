@@ -19,6 +19,7 @@ pub mod metrics;
 mod partitioning;
 mod placement;
 mod quiescence;
+mod request;
 mod resize_policy;
 mod routing;
 mod status;
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use membership::{MembershipOp, MembershipReply};
 pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
+pub use request::{RequestContext, ServedBy};
 pub use routing::{ForwardReply, Forwarded, Proposal};
 pub use status::{GroupState, MemberMarks, ShardRoute};
 

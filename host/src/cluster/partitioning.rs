@@ -108,6 +108,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::request::RequestContext;
 use super::workers::Worker;
 use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
 use crate::hooks::{runtime_for, CompiledPartitioner, HookSpec};
@@ -152,24 +153,6 @@ pub const DRY_RUN_KEYS: u32 = 32;
 
 /// The longest error text a stall records.
 const MAX_STALL_ERROR: usize = 1024;
-
-tokio::task_local! {
-    /// The routing generation the current request was routed by.
-    static ROUTED_BY: u64;
-}
-
-/// The routing generation of the request the current task serves, if any.
-pub(super) fn routed_by() -> Option<u64> {
-    ROUTED_BY.try_with(|g| *g).ok()
-}
-
-/// Runs `fut` as a request routed by generation `generation`.
-pub(super) async fn routed_with<F: std::future::Future>(generation: Option<u64>, fut: F) -> F::Output {
-    match generation {
-        Some(g) => ROUTED_BY.scope(g, fut).await,
-        None => fut.await,
-    }
-}
 
 /// One node's compiled copy of the meta group's partition state.
 pub struct PartitionView {
@@ -503,11 +486,12 @@ impl Node {
     /// only; a read may also go to its old shard while a job runs.
     pub(super) async fn admit(
         &self,
+        ctx: RequestContext<'_>,
         group: GroupId,
         key: &[u8],
         write: bool,
     ) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, NodeError> {
-        let routed = routed_by();
+        let routed = ctx.routed();
         if let Some(routed) = routed.filter(|r| *r > self.partition_view().generation()) {
             if self.wait_generation(routed, Duration::from_millis(500)).await.is_err() {
                 // The router retries until this node catches up.
@@ -529,10 +513,17 @@ impl Node {
 
     /// Serves a key request routed by this node's view, routing again when
     /// the serving replica ran a newer view (after this node caught up with
-    /// it), within the request deadline.
-    pub(super) async fn with_route<T, F, Fut>(&self, key: &[u8], write: bool, serve: F) -> Result<T, NodeError>
+    /// it), within the request deadline. `serve` gets the route and the
+    /// request, marked with the generation it was routed by.
+    pub(super) async fn with_route<'c, T, F, Fut>(
+        &self,
+        ctx: RequestContext<'c>,
+        key: &[u8],
+        write: bool,
+        serve: F,
+    ) -> Result<T, NodeError>
     where
-        F: Fn(KeyRoute) -> Fut,
+        F: Fn(KeyRoute, RequestContext<'c>) -> Fut,
         Fut: std::future::Future<Output = Result<T, NodeError>>,
     {
         let timeout = self.config().request_timeout;
@@ -541,7 +532,7 @@ impl Node {
             let view = self.partition_view();
             let route = if write { view.route(key)? } else { view.read_route(key)? };
             let routed = route.generation;
-            match routed_with(Some(routed), serve(route)).await {
+            match serve(route, ctx.routed_by(routed)).await {
                 Err(NodeError::WrongShard { generation }) => {
                     let left = timeout.saturating_sub(started.elapsed());
                     if left.is_zero() {
@@ -566,44 +557,54 @@ impl Node {
     /// A key the active function fails on: every shard, twice (the only
     /// move it can make in this job goes to one shard, copy before delete,
     /// so the second pass sees what the first missed).
-    pub async fn get_key(&self, key: &[u8], linearizable: bool) -> Result<Option<Envelope>, NodeError> {
-        self.with_route(key, false, |route| async move {
+    pub async fn get_key(
+        &self,
+        ctx: RequestContext<'_>,
+        key: &[u8],
+        linearizable: bool,
+    ) -> Result<Option<Envelope>, NodeError> {
+        self.with_route(ctx, key, false, |route, ctx| async move {
             if route.unrouted {
                 for _ in 0..2 {
                     for g in std::iter::once(route.group).chain(route.old.iter().copied()) {
-                        if let Some(v) = self.get(g, key.to_vec(), linearizable).await? {
+                        if let Some(v) = self.get(ctx, g, key.to_vec(), linearizable).await? {
                             return Ok(Some(v));
                         }
                     }
                 }
                 return Ok(None);
             }
-            let first = self.get(route.group, key.to_vec(), linearizable).await?;
+            let first = self.get(ctx, route.group, key.to_vec(), linearizable).await?;
             if first.is_some() || route.old.is_empty() {
                 return Ok(first);
             }
             for old in &route.old {
-                if let Some(v) = self.get(*old, key.to_vec(), linearizable).await? {
+                if let Some(v) = self.get(ctx, *old, key.to_vec(), linearizable).await? {
                     return Ok(Some(v));
                 }
             }
-            self.get(route.group, key.to_vec(), linearizable).await
+            self.get(ctx, route.group, key.to_vec(), linearizable).await
         })
         .await
     }
 
     /// Proposes a client write of `key` to its shard; while a job moves the
     /// key, pulls it to the new shard first from every shard it may sit on.
-    pub async fn write_key(&self, key: &[u8], p: Proposal) -> Result<CommandResult, NodeError> {
-        self.with_route(key, true, |route| {
+    pub async fn write_key(
+        &self,
+        ctx: RequestContext<'_>,
+        key: &[u8],
+        p: Proposal,
+    ) -> Result<CommandResult, NodeError> {
+        self.with_route(ctx, key, true, |route, ctx| {
             let p = p.clone();
             async move {
                 if let Some(epoch) = route.job {
                     for old in &route.old {
-                        self.pull(key, *old, route.group, epoch).await?;
+                        self.pull(ctx, key, *old, route.group, epoch).await?;
                     }
                 }
-                self.propose(route.group, p).await
+                self.propose_in(ctx, route.group, p).await
             }
         })
         .await
@@ -611,8 +612,15 @@ impl Node {
 
     /// Moves `key` from `old` to `new` for job `epoch` (the one it was
     /// routed by) if `old` still holds it.
-    async fn pull(&self, key: &[u8], old: GroupId, new: GroupId, epoch: u64) -> Result<(), NodeError> {
-        let Some(env) = self.get(old, key.to_vec(), true).await? else { return Ok(()) };
+    async fn pull(
+        &self,
+        ctx: RequestContext<'_>,
+        key: &[u8],
+        old: GroupId,
+        new: GroupId,
+        epoch: u64,
+    ) -> Result<(), NodeError> {
+        let Some(env) = self.get(ctx, old, key.to_vec(), true).await? else { return Ok(()) };
         self.move_records(vec![moved_record(key.to_vec(), env)], old, new, epoch).await.map(|_| ())
     }
 

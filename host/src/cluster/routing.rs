@@ -8,10 +8,11 @@
 //! sends the epoch of its routing table; the API waits until the meta group
 //! has applied that much before routing ([`Node::wait_meta_epoch`]), so a
 //! node never decides ownership from an older configuration than the
-//! client's. [`Node::tracking_served_by`] reports which node served a request, so
-//! the API can tell the client it went to the wrong node.
+//! client's. Each key request carries a [`RequestContext`]: the routing
+//! generation its key was routed by, and a [`super::request::ServedBy`] that
+//! learns which node served it, so the API can tell the client it went to the
+//! wrong node.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use ringkv_client::proto::{RaftEnvelope, RaftKind};
 use serde::{Deserialize, Serialize};
 
+use super::request::RequestContext;
 use super::{Group, Node, NodeError, META_GROUP};
 use crate::hooks::HookSpec;
 use crate::raft::network::{decode, encode, PeerError};
@@ -318,15 +320,6 @@ const SCAN_CONCURRENCY: usize = 16;
 /// eventual read's epoch before letting the sender try another replica.
 const FORWARDED_EPOCH_WAIT: Duration = Duration::from_millis(500);
 
-tokio::task_local! {
-    /// The node that served the request the current task handles (0: not yet known).
-    static SERVED_BY: Cell<NodeId>;
-}
-
-fn note_served_by(id: NodeId) {
-    let _ = SERVED_BY.try_with(|c| c.set(id));
-}
-
 /// Shard replicas as the meta group records them.
 type Assignments = BTreeMap<ShardId, Vec<NodeId>>;
 
@@ -352,6 +345,7 @@ impl Node {
     /// leadership moves. Gives `UNAVAILABLE` at the deadline.
     async fn at_leader<T, L, LF>(
         &self,
+        ctx: RequestContext<'_>,
         group: GroupId,
         forwarded: impl Fn() -> Forwarded,
         local: L,
@@ -374,17 +368,17 @@ impl Node {
                     (Some(g), Some(l)) if l == self.id() => {
                         let attempt = local(g).await?;
                         if matches!(attempt, Attempt::Done(_)) {
-                            note_served_by(self.id());
+                            ctx.served_by(self.id());
                         }
                         attempt
                     }
-                    (Some(_), Some(l)) => self.forward(group, l, forwarded()).await?,
+                    (Some(_), Some(l)) => self.forward(ctx, group, l, forwarded()).await?,
                     _ => Attempt::Retry,
                 };
                 // Not hosted here, no known leader, or a stale local view (a
                 // replica being moved away): ask the replicas the meta group records.
                 let attempt = match attempt {
-                    Attempt::Retry => self.forward_to_any(group, &forwarded).await?,
+                    Attempt::Retry => self.forward_to_any(ctx, group, &forwarded).await?,
                     done => done,
                 };
                 match attempt {
@@ -405,7 +399,12 @@ impl Node {
     }
 
     /// Tries each replica of `group` until one serves the request.
-    async fn forward_to_any<T>(&self, group: GroupId, req: &impl Fn() -> Forwarded) -> Result<Attempt<T>, NodeError>
+    async fn forward_to_any<T>(
+        &self,
+        ctx: RequestContext<'_>,
+        group: GroupId,
+        req: &impl Fn() -> Forwarded,
+    ) -> Result<Attempt<T>, NodeError>
     where
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
@@ -413,14 +412,20 @@ impl Node {
             if candidate == self.id() {
                 continue;
             }
-            if let Attempt::Done(v) = self.forward(group, candidate, req()).await? {
+            if let Attempt::Done(v) = self.forward(ctx, group, candidate, req()).await? {
                 return Ok(Attempt::Done(v));
             }
         }
         Ok(Attempt::Retry)
     }
 
-    async fn forward<T>(&self, group: GroupId, leader: NodeId, req: Forwarded) -> Result<Attempt<T>, NodeError>
+    async fn forward<T>(
+        &self,
+        ctx: RequestContext<'_>,
+        group: GroupId,
+        leader: NodeId,
+        req: Forwarded,
+    ) -> Result<Attempt<T>, NodeError>
     where
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
@@ -435,7 +440,7 @@ impl Node {
             }
         };
         // The receiver serves eventual reads only once its meta group is as new as ours.
-        let (epoch, routed) = (self.meta_epoch(), super::partitioning::routed_by());
+        let (epoch, routed) = (self.meta_epoch(), ctx.routed());
         let request = RaftEnvelope {
             kind: RaftKind::Forward as i32,
             message: Some(self.peers().message(group, encode(&req))),
@@ -505,28 +510,15 @@ impl Node {
             ForwardReply::WrongShard { generation } => Err(NodeError::WrongShard { generation }),
             ForwardReply::Unavailable(m) => Err(NodeError::Unavailable(m)),
             ForwardReply::Rejected(m) => {
-                note_served_by(leader);
+                ctx.served_by(leader);
                 Err(NodeError::Rejected(m))
             }
             other => {
                 let v = T::try_from(other)?;
-                note_served_by(leader);
+                ctx.served_by(leader);
                 Ok(Attempt::Done(v))
             }
         }
-    }
-
-    /// Runs `fut`, a request on one group, and reports which node served it:
-    /// this node, or the leader or replica it was forwarded to; `None` when
-    /// it was not served.
-    pub async fn tracking_served_by<F: std::future::Future>(fut: F) -> (F::Output, Option<NodeId>) {
-        SERVED_BY
-            .scope(Cell::new(0), async move {
-                let out = fut.await;
-                let by = SERVED_BY.with(Cell::get);
-                (out, (by != 0).then_some(by))
-            })
-            .await
     }
 
     /// This node's routing epoch: the index its copy of the meta group has
@@ -587,14 +579,26 @@ impl Node {
         Ok(assignments)
     }
 
-    /// Proposes a write to `group` and returns what applying it produced.
+    /// Proposes a write of this node's own to `group` and returns what
+    /// applying it produced.
     pub async fn propose(&self, group: GroupId, p: Proposal) -> Result<CommandResult, NodeError> {
+        self.propose_in(RequestContext::INTERNAL, group, p).await
+    }
+
+    /// Proposes a write to `group` on behalf of request `ctx`.
+    pub(super) async fn propose_in(
+        &self,
+        ctx: RequestContext<'_>,
+        group: GroupId,
+        p: Proposal,
+    ) -> Result<CommandResult, NodeError> {
         self.at_leader(
+            ctx,
             group,
             || Forwarded::Propose(p.clone()),
             |g| async {
                 let started = std::time::Instant::now();
-                let r = self.write_local(g, p.clone()).await;
+                let r = self.write_local(ctx, g, p.clone()).await;
                 if matches!(r, Ok(Attempt::Done(_))) {
                     crate::telemetry::record_proposal(group, started.elapsed());
                 }
@@ -605,25 +609,32 @@ impl Node {
     }
 
     /// Reads a key at the given consistency.
-    pub async fn get(&self, group: GroupId, key: Vec<u8>, linearizable: bool) -> Result<Option<Envelope>, NodeError> {
+    pub async fn get(
+        &self,
+        ctx: RequestContext<'_>,
+        group: GroupId,
+        key: Vec<u8>,
+        linearizable: bool,
+    ) -> Result<Option<Envelope>, NodeError> {
         if !linearizable {
             if let Some(g) = self.local_replica(group).await? {
-                let _gate = self.admit(group, &key, false).await?;
+                let _gate = self.admit(ctx, group, &key, false).await?;
                 let v = g.sm.get(key, now_ms()).await?;
-                note_served_by(self.id());
+                ctx.served_by(self.id());
                 return Ok(v);
             }
-            let v: EncodedValue = self.any_replica(group, || Forwarded::GetLocal { key: key.clone() }).await?;
+            let v: EncodedValue = self.any_replica(ctx, group, || Forwarded::GetLocal { key: key.clone() }).await?;
             return Ok(v.0);
         }
         let v: EncodedValue = self
             .at_leader(
+                ctx,
                 group,
                 || Forwarded::Get { key: key.clone() },
                 |g| {
                     let key = key.clone();
                     async move {
-                        let _gate = self.admit(g.id, &key, false).await?;
+                        let _gate = self.admit(ctx, g.id, &key, false).await?;
                         Ok(match read_barrier(&g).await? {
                             Attempt::Done(()) => Attempt::Done(EncodedValue(g.sm.get(key, now_ms()).await?)),
                             Attempt::Retry => Attempt::Retry,
@@ -661,7 +672,7 @@ impl Node {
                 return Ok(g.sm.scan_after(prefix, after, limit as usize, now_ms()).await?);
             }
             let items: EncodedItems = self
-                .any_replica(group, || match after.is_empty() {
+                .any_replica(RequestContext::INTERNAL, group, || match after.is_empty() {
                     true => Forwarded::ScanLocal { prefix: prefix.clone(), limit },
                     false => Forwarded::ScanLocalAfter { prefix: prefix.clone(), after: after.clone(), limit },
                 })
@@ -670,6 +681,7 @@ impl Node {
         }
         let items: EncodedItems = self
             .at_leader(
+                RequestContext::INTERNAL,
                 group,
                 || match after.is_empty() {
                     true => Forwarded::Scan { prefix: prefix.clone(), limit },
@@ -692,14 +704,19 @@ impl Node {
     }
 
     /// Serves an eventual read of a group this node does not host from any replica.
-    async fn any_replica<T>(&self, group: GroupId, req: impl Fn() -> Forwarded) -> Result<T, NodeError>
+    async fn any_replica<T>(
+        &self,
+        ctx: RequestContext<'_>,
+        group: GroupId,
+        req: impl Fn() -> Forwarded,
+    ) -> Result<T, NodeError>
     where
         T: TryFrom<ForwardReply, Error = NodeError>,
     {
         let deadline = self.config().request_timeout;
         let work = async {
             loop {
-                if let Attempt::Done(v) = self.forward_to_any(group, &req).await? {
+                if let Attempt::Done(v) = self.forward_to_any(ctx, group, &req).await? {
                     return Ok(v);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -751,10 +768,16 @@ impl Node {
         epoch: Option<u64>,
         routed: Option<u64>,
     ) -> ForwardReply {
-        super::partitioning::routed_with(routed, self.serve_forwarded(group, req, epoch)).await
+        self.serve_forwarded(RequestContext::forwarded(routed), group, req, epoch).await
     }
 
-    async fn serve_forwarded(&self, group: GroupId, req: Forwarded, epoch: Option<u64>) -> ForwardReply {
+    async fn serve_forwarded(
+        &self,
+        ctx: RequestContext<'_>,
+        group: GroupId,
+        req: Forwarded,
+        epoch: Option<u64>,
+    ) -> ForwardReply {
         // A group not hosted here (moved away, or not started yet): try another replica.
         let Ok(g) = self.group(group) else { return ForwardReply::NotLeader };
         if matches!(req, Forwarded::GetLocal { .. } | Forwarded::ScanLocal { .. } | Forwarded::ScanLocalAfter { .. }) {
@@ -774,21 +797,21 @@ impl Node {
         }
         let work = async {
             let reply = match req {
-                Forwarded::Propose(p) => match self.write_local(g.clone(), p).await {
+                Forwarded::Propose(p) => match self.write_local(ctx, g.clone(), p).await {
                     Ok(Attempt::Done(r)) => ForwardReply::Written(r),
                     Ok(Attempt::Retry) => ForwardReply::NotLeader,
                     Err(NodeError::Rejected(m)) => ForwardReply::Rejected(m),
                     Err(e) => return Err(e),
                 },
                 Forwarded::Get { key } => {
-                    let _gate = self.admit(group, &key, false).await?;
+                    let _gate = self.admit(ctx, group, &key, false).await?;
                     match read_barrier(&g).await? {
                         Attempt::Done(()) => ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode())),
                         Attempt::Retry => ForwardReply::NotLeader,
                     }
                 }
                 Forwarded::GetLocal { key } => {
-                    let _gate = self.admit(group, &key, false).await?;
+                    let _gate = self.admit(ctx, group, &key, false).await?;
                     ForwardReply::Value(g.sm.get(key, now_ms()).await?.map(|e| e.encode()))
                 }
                 Forwarded::ScanLocal { prefix, limit } => scan_reply(&g, prefix, Vec::new(), limit).await?,
