@@ -12,6 +12,7 @@ mod auth;
 mod backup;
 mod batching;
 mod compaction;
+mod groups;
 mod hooks;
 mod leadership;
 mod membership;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use backup::{DumpChunk, HookBackup, ShardDump};
+pub use groups::{Group, KEY_COUNT_EVERY};
 pub use membership::{MembershipOp, MembershipReply};
 pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
 pub use request::{RequestContext, ServedBy};
@@ -42,8 +44,7 @@ pub use routing::{ForwardReply, Forwarded, Proposal};
 pub use status::{GroupState, MemberMarks, ShardRoute};
 
 use crate::config::NodeConfig;
-use crate::raft::state_machine::ReplicaSize;
-use crate::raft::{start_group, LinkFilter, NodeId, Peers, Raft, RaftLayerError, StateMachine};
+use crate::raft::{LinkFilter, NodeId, Peers, RaftLayerError};
 use crate::ring::{RingConfig, ShardId};
 use crate::storage::{GroupId, Storage, StorageError};
 
@@ -82,83 +83,6 @@ pub enum NodeError {
     WrongShard { generation: u64 },
 }
 
-/// One Raft group hosted by this node.
-pub struct Group {
-    pub id: GroupId,
-    pub raft: Raft,
-    pub sm: StateMachine,
-    /// Write and read batchers feeding `raft` while this node leads.
-    batchers: batching::Batchers,
-    /// The batcher tasks, aborted when the group leaves this node.
-    tasks: Vec<JoinHandle<()>>,
-    /// The last measure of this replica's size, for status and the resize
-    /// policy.
-    size: SizeCache,
-}
-
-/// How old a replica's size that status shows may be before it is
-/// measured again, at least: a measure that took longer than a hundredth
-/// of this waits a hundred times its duration, so measuring (a full scan)
-/// never takes more than 1 % of a core however large the replica.
-pub const KEY_COUNT_EVERY: Duration = Duration::from_secs(10);
-
-/// Keys a measure draws for a size-weighted split point.
-const SIZE_SAMPLE: usize = 256;
-
-/// A replica's last size, kept for [`Group::approximate_size`].
-#[derive(Default)]
-struct SizeCache {
-    /// The size, when it was measured and how long that took.
-    last: Mutex<Option<(Arc<ReplicaSize>, std::time::Instant, Duration)>>,
-    measuring: std::sync::atomic::AtomicBool,
-}
-
-impl Group {
-    /// Ends this node's read lease on the group: the Raft service calls it
-    /// before handing openraft a Vote (see `batching::ReadLease`).
-    pub fn revoke_read_lease(&self) {
-        self.batchers.lease().revoke();
-    }
-
-    /// Whether the group sleeps here (`quiescence`); the batchers wake it.
-    fn quiet(&self) -> &quiescence::Quiet {
-        self.batchers.quiet()
-    }
-
-    /// This replica's size now: a full scan, remembered for
-    /// [`Group::approximate_size`].
-    pub async fn measure(&self) -> Result<Arc<ReplicaSize>, StorageError> {
-        let started = std::time::Instant::now();
-        let size = Arc::new(self.sm.measure(SIZE_SAMPLE).await?);
-        *self.size.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((size.clone(), started, started.elapsed()));
-        Ok(size)
-    }
-
-    /// This replica's size as of at most [`KEY_COUNT_EVERY`] ago (or a
-    /// hundred times its last measure's duration, if longer), and when it
-    /// was measured: an older one is returned at once and measured again in
-    /// the background, so status stays cheap to poll.
-    pub async fn approximate_size(self: &Arc<Self>) -> Result<(Arc<ReplicaSize>, std::time::Instant), StorageError> {
-        let last = self.size.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some((size, at, took)) = last else {
-            let at = std::time::Instant::now();
-            return Ok((self.measure().await?, at));
-        };
-        if at.elapsed() >= KEY_COUNT_EVERY.max(took * 100)
-            && !self.size.measuring.swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let g = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = g.measure().await {
-                    tracing::debug!(group = g.id, error = %e, "measuring a replica for status");
-                }
-                g.size.measuring.store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        Ok((size, at))
-    }
-}
-
 /// A running node. Cheap to clone; clones share the node.
 #[derive(Clone)]
 pub struct Node {
@@ -174,10 +98,8 @@ struct NodeInner {
     config: NodeConfig,
     storage: Storage,
     peers: Arc<Peers>,
-    /// Groups hosted here, swapped as a whole when the set changes.
-    groups: ArcSwap<BTreeMap<GroupId, Arc<Group>>>,
-    /// Serializes starting and dropping groups.
-    group_lock: tokio::sync::Mutex<()>,
+    /// The Raft groups hosted here.
+    groups: groups::Groups,
     /// Flips to true when the node shuts down; every background task watches it.
     shutdown: watch::Sender<bool>,
     /// The deployed hooks, kept in step with the meta group.
@@ -250,6 +172,7 @@ impl Node {
                 .map_err(|e| NodeError::Startup(format!("cannot start the hook workers: {e}")))?,
         );
         let auth = Arc::new(crate::auth::Authenticator::new(config.auth.clone()));
+        let groups = groups::Groups::new(config.id, storage.clone(), peers.clone(), config.raft.clone(), hooks.clone());
         let node = Node {
             inner: Arc::new(NodeInner {
                 id: config.id,
@@ -258,8 +181,7 @@ impl Node {
                 config,
                 storage,
                 peers,
-                groups: ArcSwap::from_pointee(BTreeMap::new()),
-                group_lock: tokio::sync::Mutex::new(()),
+                groups,
                 shutdown,
                 hooks,
                 auth,
@@ -361,64 +283,21 @@ impl Node {
     }
 
     pub fn group(&self, id: GroupId) -> Result<Arc<Group>, NodeError> {
-        self.inner.groups.load().get(&id).cloned().ok_or(NodeError::NoSuchGroup(id))
+        self.inner.groups.get(id)
     }
 
     pub fn groups(&self) -> Vec<Arc<Group>> {
-        self.inner.groups.load().values().cloned().collect()
+        self.inner.groups.all()
     }
 
     /// Starts the Raft instance of `gid` here unless it already runs.
     pub(crate) async fn ensure_group(&self, gid: GroupId) -> Result<Arc<Group>, NodeError> {
-        let _guard = self.inner.group_lock.lock().await;
-        if let Some(g) = self.inner.groups.load().get(&gid) {
-            return Ok(g.clone());
-        }
-        let (raft, sm) =
-            start_group(self.id(), gid, &self.inner.storage, self.inner.peers.clone(), &self.inner.config.raft)
-                .await
-                .map_err(Box::new)?;
-        let lease = batching::ReadLease::new(self.inner.config.raft.read_lease());
-        let (batchers, tasks) =
-            batching::Batchers::start(gid, raft.clone(), self.inner.hooks.clone(), sm.clone(), lease);
-        let group = Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), size: SizeCache::default() });
-        self.inner.groups.rcu(|m| {
-            let mut m = BTreeMap::clone(m);
-            m.insert(gid, group.clone());
-            m
-        });
-        tracing::debug!(group = gid, "group started");
-        Ok(group)
+        self.inner.groups.ensure(gid).await
     }
 
     /// Stops the Raft instance of `gid` and deletes its data from this node.
     pub(crate) async fn drop_group(&self, gid: GroupId) -> Result<(), NodeError> {
-        let _guard = self.inner.group_lock.lock().await;
-        let Some(group) = self.inner.groups.load().get(&gid).cloned() else { return Ok(()) };
-        self.inner.groups.rcu(|m| {
-            let mut m = BTreeMap::clone(m);
-            m.remove(&gid);
-            m
-        });
-        if let Err(e) = group.raft.shutdown().await {
-            tracing::warn!(group = gid, error = %e, "raft shutdown");
-        }
-        for t in &group.tasks {
-            t.abort();
-        }
-        self.inner
-            .storage
-            .write_durable(true, move |s, batch| crate::storage::remove_group(s, batch, gid))
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        // Under the group lock, so a replica started here again cannot have
-        // flushed records into the range yet.
-        let dropped = self.inner.storage.blocking(move |s| s.drop_group_tables(gid)).await;
-        if let Err(e) = dropped {
-            tracing::warn!(group = gid, error = %e, "freeing a removed replica's tables; compaction will");
-        }
-        tracing::info!(group = gid, "replica removed from this node and its data deleted");
-        Ok(())
+        self.inner.groups.remove(gid).await
     }
 
     /// A receiver that turns true when the node shuts down.
@@ -455,20 +334,13 @@ impl Node {
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for g in self.groups() {
-            if let Err(e) = g.raft.shutdown().await {
-                tracing::warn!(group = g.id, error = %e, "raft shutdown");
-            }
-            for t in &g.tasks {
-                t.abort();
-            }
-        }
+        self.inner.groups.stop_all().await;
         for t in tasks {
             t.abort();
             let _ = t.await;
         }
         self.inner.workers.stop().await;
-        self.inner.groups.store(Arc::new(BTreeMap::new()));
+        self.inner.groups.forget_all();
         let storage = self.inner.storage.clone();
         let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
         tracing::info!(node = self.id(), "node stopped");
