@@ -39,12 +39,11 @@ use super::{
     OldValue, OldValueLoader, Runtime, Stage,
 };
 
-/// The newest hook ABI this host speaks. Version 2 adds the old-value
-/// imports; version 1 modules (which cannot import them) still run.
-pub const ABI_VERSION: i32 = 2;
-
-/// The oldest hook ABI this host still runs.
-pub const OLDEST_ABI_VERSION: i32 = 1;
+use ringkv_hook_abi::{Routing, TtlChoice, Verdict, MAX_MESSAGE_BYTES, MAX_ROUTING_KEY_BYTES};
+/// The newest hook ABI this host speaks (version 2 adds the old-value
+/// imports; version 1 modules, which cannot import them, still run) and
+/// the oldest it still runs.
+pub use ringkv_hook_abi::{ABI_VERSION, OLDEST_ABI_VERSION};
 
 /// Largest module a deploy accepts.
 pub const MAX_MODULE_BYTES: usize = 8 * 1024 * 1024;
@@ -88,16 +87,7 @@ const IDLE_TICKS_BEFORE_PARK: u32 = 50;
 /// Most ticks a deadline may be (about 3 years of ticking).
 const MAX_DEADLINE_TICKS: u64 = 1 << 36;
 
-/// Longest reject reason, log line and panic message kept, in bytes.
-const MAX_MESSAGE_BYTES: usize = 1024;
-
 const DEFAULT_REJECT_REASON: &str = "rejected";
-
-/// Longest routing key a partition function may return.
-const MAX_ROUTING_KEY_BYTES: usize = 4096;
-
-/// Size of the fixed part of the validate/ttl input record.
-const INPUT_HEADER_BYTES: usize = 32;
 
 /// Compiled modules kept for reuse; the least recently used goes first.
 const MODULE_CACHE_CAPACITY: usize = 32;
@@ -161,9 +151,10 @@ impl CompiledHook for WasmHook {
         let started = Instant::now();
         let stage = self.0.spec.stage;
         let mut old = OldValueSource::new(Some(old.clone()));
-        let result = input_len(input)
+        let record = input_record(input);
+        let result = input_len(&record)
             .map_err(HookFailure::Error)
-            .and_then(|len| self.0.run(len, &mut old, |region| write_input(region, input), |out| decode(stage, out)));
+            .and_then(|len| self.0.run(len, &mut old, |region| record.encode_into(region), |out| decode(stage, out)));
         CallReport { result, old_version_read: old.version_read(), elapsed: started.elapsed() }
     }
 }
@@ -1102,42 +1093,28 @@ fn chain(e: &wasmtime::Error) -> String {
 // ---------------------------------------------------------------------------
 // Records
 
-fn input_len(input: &HookInput<'_>) -> Result<usize, String> {
-    let value_len = input.value.map_or(0, <[u8]>::len);
-    let fits = u32::try_from(input.key.len()).is_ok() && u32::try_from(value_len).is_ok();
-    let total = INPUT_HEADER_BYTES.checked_add(input.key.len()).and_then(|n| n.checked_add(value_len));
-    match total {
-        Some(total) if fits && i32::try_from(total).is_ok() => Ok(total),
-        _ => Err(format!("cannot be given a write of {} key and {value_len} value bytes", input.key.len())),
+/// The validate/ttl input record (`ringkv_hook_abi`) of a write.
+fn input_record<'a>(input: &HookInput<'a>) -> ringkv_hook_abi::Input<'a> {
+    ringkv_hook_abi::Input {
+        op: match input.op {
+            super::WriteKind::Put => ringkv_hook_abi::WriteOp::Put,
+            super::WriteKind::Delete => ringkv_hook_abi::WriteOp::Delete,
+        },
+        key: input.key,
+        value: input.value,
+        now_ms: input.now_ms,
+        client_ttl_ms: input.client_ttl_ms,
     }
 }
 
-/// Writes the validate/ttl input record (ABI v1) into `out`, which is
-/// exactly [`input_len`] bytes.
-fn write_input(out: &mut [u8], input: &HookInput<'_>) {
-    let value = input.value.unwrap_or_default();
-    let mut flags = 0u8;
-    if input.value.is_some() {
-        flags |= 1;
-    }
-    if input.client_ttl_ms.is_some() {
-        flags |= 2;
-    }
-    let (header, rest) = out.split_at_mut(INPUT_HEADER_BYTES);
-    header[0] = match input.op {
-        super::WriteKind::Put => 0,
-        super::WriteKind::Delete => 1,
-    };
-    header[1] = flags;
-    header[2..4].fill(0);
-    header[4..8].copy_from_slice(&(input.key.len() as u32).to_le_bytes());
-    header[8..12].copy_from_slice(&(value.len() as u32).to_le_bytes());
-    header[12..16].fill(0);
-    header[16..24].copy_from_slice(&input.now_ms.to_le_bytes());
-    header[24..32].copy_from_slice(&input.client_ttl_ms.unwrap_or(0).to_le_bytes());
-    let (key, value_out) = rest.split_at_mut(input.key.len());
-    key.copy_from_slice(input.key);
-    value_out.copy_from_slice(value);
+fn input_len(record: &ringkv_hook_abi::Input<'_>) -> Result<usize, String> {
+    record.encoded_len().ok_or_else(|| {
+        format!(
+            "cannot be given a write of {} key and {} value bytes",
+            record.key.len(),
+            record.value.map_or(0, <[u8]>::len)
+        )
+    })
 }
 
 fn malformed(what: impl fmt::Display) -> String {
@@ -1153,49 +1130,33 @@ fn decode(stage: Stage, out: &[u8]) -> Result<Decision, String> {
 }
 
 fn decode_validate(out: &[u8]) -> Result<Decision, String> {
-    match out {
-        [0] => Ok(Decision::Accept),
-        [1, reason @ ..] => {
+    match Verdict::decode(out).map_err(malformed)? {
+        Verdict::Accept => Ok(Decision::Accept),
+        Verdict::Reject(reason) => {
             let reason = lossy_cut(reason, MAX_MESSAGE_BYTES);
             Ok(Decision::Reject(if reason.is_empty() { DEFAULT_REJECT_REASON.into() } else { reason }))
         }
-        [] => Err(malformed("an empty validate record")),
-        [0, ..] => Err(malformed(format!("an accept record of {} bytes (it is 1 byte)", out.len()))),
-        [code, ..] => Err(malformed(format!("validate result code {code} (0 = accept, 1 = reject)"))),
     }
 }
 
 fn decode_ttl(out: &[u8]) -> Result<Decision, String> {
-    match out {
-        [0] => Ok(Decision::KeepTtl),
-        [1] => Ok(Decision::NoExpiry),
-        [2, ms @ ..] if ms.len() == 8 => {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(ms);
-            match u64::from_le_bytes(bytes) {
-                0 => Err(malformed("a TTL of 0 ms (it must be at least 1 ms)")),
-                ms if ms >= u64::MAX / 2 => Err(format!("returned a TTL of {ms} ms, which is too long")),
-                ms => Ok(Decision::TtlMs(ms)),
-            }
-        }
-        [] => Err(malformed("an empty ttl record")),
-        [code @ (0 | 1), ..] => Err(malformed(format!("a ttl record {code} of {} bytes (it is 1 byte)", out.len()))),
-        [2, ..] => Err(malformed(format!("a ttl record 2 of {} bytes (it is 9: 2 and a u64 of ms)", out.len()))),
-        [code, ..] => Err(malformed(format!("ttl result code {code} (0 = keep, 1 = no expiry, 2 = ms)"))),
+    match TtlChoice::decode(out).map_err(malformed)? {
+        TtlChoice::Keep => Ok(Decision::KeepTtl),
+        TtlChoice::Never => Ok(Decision::NoExpiry),
+        TtlChoice::Ms(0) => Err(malformed("a TTL of 0 ms (it must be at least 1 ms)")),
+        TtlChoice::Ms(ms) if ms >= u64::MAX / 2 => Err(format!("returned a TTL of {ms} ms, which is too long")),
+        TtlChoice::Ms(ms) => Ok(Decision::TtlMs(ms)),
     }
 }
 
 fn decode_partition(out: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    match out {
-        [0] => Ok(None),
-        [1, key @ ..] if key.len() <= MAX_ROUTING_KEY_BYTES => Ok(Some(key.to_vec())),
-        [1, key @ ..] => Err(format!(
+    match Routing::decode(out).map_err(malformed)? {
+        Routing::Whole => Ok(None),
+        Routing::Key(key) if key.len() <= MAX_ROUTING_KEY_BYTES => Ok(Some(key.to_vec())),
+        Routing::Key(key) => Err(format!(
             "returned a routing key of {} bytes; a routing key may be at most {MAX_ROUTING_KEY_BYTES} bytes",
             key.len()
         )),
-        [] => Err(malformed("an empty partition record")),
-        [0, ..] => Err(malformed(format!("a whole-key record of {} bytes (it is 1 byte)", out.len()))),
-        [code, ..] => Err(malformed(format!("partition result code {code} (0 = whole key, 1 = routing key)"))),
     }
 }
 

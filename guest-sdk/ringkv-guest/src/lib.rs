@@ -27,18 +27,16 @@ pub use ttl::{IntoTtl, Ttl};
 #[global_allocator]
 static ALLOCATOR: arena::CallArena = arena::CallArena;
 
-/// The version of the hook ABI this SDK implements (see ABI.md): 2, which
-/// adds the key's stored record ([`Ctx::old_value`], [`Ctx::old_version`]).
-/// A host that speaks only version 1 refuses these modules at deploy.
-pub const ABI_VERSION: i32 = 2;
-
-/// Longest routing key a partitioner may return, in bytes (ABI limit).
-pub const MAX_ROUTING_KEY_BYTES: usize = 4096;
-
-/// Longest reject reason, log line or panic message the host keeps, in
-/// bytes; the SDK cuts longer ones at a character boundary itself so the host
-/// never has to cut a UTF-8 sequence in half.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The ABI's limits, from the crate that defines its records for host
+/// and SDK alike (`ringkv-hook-abi`):
+/// - `ABI_VERSION`: the version this SDK implements (see ABI.md), 2, which
+///   adds the key's stored record ([`Ctx::old_value`], [`Ctx::old_version`]);
+///   a host that speaks only version 1 refuses these modules at deploy;
+/// - `MAX_ROUTING_KEY_BYTES`: the longest routing key a partitioner may return;
+/// - `MAX_MESSAGE_BYTES`: the longest reject reason, log line or panic
+///   message the host keeps; the SDK cuts longer ones at a character
+///   boundary itself so the host never has to cut a UTF-8 sequence in half.
+pub use ringkv_hook_abi::{ABI_VERSION, MAX_MESSAGE_BYTES, MAX_ROUTING_KEY_BYTES};
 
 /// ABI export: the version this module speaks. Defined here, once, so a
 /// crate carrying several hooks links a single copy.

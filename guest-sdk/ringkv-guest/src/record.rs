@@ -6,12 +6,9 @@ use std::alloc::Layout;
 use std::fmt;
 use std::time::Duration;
 
-use crate::{Ctx, IntoTtl, Op, RoutingKey, Ttl, MAX_MESSAGE_BYTES, MAX_ROUTING_KEY_BYTES};
+use ringkv_hook_abi::{Routing, TtlChoice, Verdict, WriteOp};
 
-/// Size of the fixed header of a `validate`/`ttl` input record.
-const HEADER: usize = 32;
-const FLAG_VALUE: u8 = 1;
-const FLAG_CLIENT_TTL: u8 = 2;
+use crate::{Ctx, IntoTtl, Op, RoutingKey, Ttl, MAX_MESSAGE_BYTES, MAX_ROUTING_KEY_BYTES};
 
 /// A decoded `validate`/`ttl` input record, borrowing key and value.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,47 +31,20 @@ impl fmt::Display for MalformedInput {
 
 impl std::error::Error for MalformedInput {}
 
-fn u32_at(bytes: &[u8], at: usize) -> usize {
-    let mut b = [0; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(b) as usize
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut b = [0; 8];
-    b.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(b)
-}
-
 /// Decodes a `validate`/`ttl` input record. Reserved fields are not
 /// checked, so a later host may use them without breaking old modules.
 pub fn decode_input(bytes: &[u8]) -> Result<Input<'_>, MalformedInput> {
-    if bytes.len() < HEADER {
-        return Err(MalformedInput(format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len())));
-    }
-    let op = match bytes[0] {
-        0 => Op::Put,
-        1 => Op::Delete,
-        other => return Err(MalformedInput(format!("unknown op {other} (0 = put, 1 = delete)"))),
+    let record = ringkv_hook_abi::Input::decode(bytes).map_err(MalformedInput)?;
+    let op = match record.op {
+        WriteOp::Put => Op::Put,
+        WriteOp::Delete => Op::Delete,
     };
-    let flags = bytes[1];
-    let key_len = u32_at(bytes, 4);
-    let value_len = u32_at(bytes, 8);
-    let now_ms = u64_at(bytes, 16);
-    let client_ttl_ms = u64_at(bytes, 24);
-    let body = &bytes[HEADER..];
-    if key_len.checked_add(value_len) != Some(body.len()) {
-        return Err(MalformedInput(format!(
-            "key_len {key_len} + value_len {value_len} does not match the {} bytes after the header",
-            body.len()
-        )));
-    }
-    if flags & FLAG_VALUE == 0 && value_len != 0 {
-        return Err(MalformedInput(format!("value_len {value_len} but the value-present flag is not set")));
-    }
-    let (key, value) = body.split_at(key_len);
-    let client_ttl = (flags & FLAG_CLIENT_TTL != 0).then(|| Duration::from_millis(client_ttl_ms));
-    Ok(Input { key, value, ctx: Ctx::from_host(op, now_ms, client_ttl) })
+    let client_ttl = record.client_ttl_ms.map(Duration::from_millis);
+    Ok(Input {
+        key: record.key,
+        value: record.value.unwrap_or_default(),
+        ctx: Ctx::from_host(op, record.now_ms, client_ttl),
+    })
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.
@@ -92,29 +62,19 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
 /// Encodes a `validate` output record: `[0]` accept, `[1, reason...]` reject.
 pub fn encode_validate(verdict: Result<(), String>) -> Vec<u8> {
     match verdict {
-        Ok(()) => vec![0],
-        Err(reason) => {
-            let reason = cut(&reason, MAX_MESSAGE_BYTES);
-            let mut out = Vec::with_capacity(1 + reason.len());
-            out.push(1);
-            out.extend_from_slice(reason.as_bytes());
-            out
-        }
+        Ok(()) => Verdict::Accept.encode(),
+        Err(reason) => Verdict::Reject(cut(&reason, MAX_MESSAGE_BYTES).as_bytes()).encode(),
     }
 }
 
 /// Encodes a `ttl` output record: `[0]` keep, `[1]` never, `[2, u64 ms]`.
 pub fn encode_ttl(ttl: Ttl) -> Vec<u8> {
     match ttl {
-        Ttl::Keep => vec![0],
-        Ttl::Never => vec![1],
-        Ttl::After(d) => {
-            let mut out = Vec::with_capacity(9);
-            out.push(2);
-            out.extend_from_slice(&Ttl::millis(d).to_le_bytes());
-            out
-        }
+        Ttl::Keep => TtlChoice::Keep,
+        Ttl::Never => TtlChoice::Never,
+        Ttl::After(d) => TtlChoice::Ms(Ttl::millis(d)),
     }
+    .encode()
 }
 
 /// Encodes a `partition` output record: `[0]` whole key, `[1, key...]`.
@@ -122,17 +82,12 @@ pub fn encode_ttl(ttl: Ttl) -> Vec<u8> {
 /// its size, which the caller turns into a panic.
 pub fn encode_partition(routing: RoutingKey) -> Result<Vec<u8>, String> {
     match routing {
-        RoutingKey::Whole => Ok(vec![0]),
+        RoutingKey::Whole => Ok(Routing::Whole.encode()),
         RoutingKey::Key(key) if key.len() > MAX_ROUTING_KEY_BYTES => Err(format!(
             "the partitioner returned a {}-byte routing key; at most {MAX_ROUTING_KEY_BYTES} bytes are allowed",
             key.len()
         )),
-        RoutingKey::Key(key) => {
-            let mut out = Vec::with_capacity(1 + key.len());
-            out.push(1);
-            out.extend_from_slice(&key);
-            Ok(out)
-        }
+        RoutingKey::Key(key) => Ok(Routing::Key(&key).encode()),
     }
 }
 
@@ -224,6 +179,11 @@ pub(crate) fn alloc_input(len: i32) -> Option<*mut u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Written out here, not taken from the ABI crate, so these tests check
+    // the layout ABI.md documents.
+    const FLAG_VALUE: u8 = 1;
+    const FLAG_CLIENT_TTL: u8 = 2;
 
     fn record(op: u8, flags: u8, key: &[u8], value: &[u8], now_ms: u64, ttl_ms: u64) -> Vec<u8> {
         let mut r = vec![op, flags, 0, 0];
