@@ -13,15 +13,15 @@ impl Node {
     /// records: reloads them whenever the meta group applies something.
     pub(super) async fn token_sync_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
-        let Ok(meta) = self.group(META_GROUP) else { return };
-        let mut metrics = meta.raft.metrics();
+        let meta = self.meta();
+        let mut metrics = meta.group().raft.metrics();
         let mut seen_applied = None;
         let mut installed: Option<Vec<TokenRecord>> = None;
         loop {
             let applied = metrics.borrow_and_update().last_applied;
             // The first round loads the tokens a restarted node already has.
             if applied != seen_applied || installed.is_none() {
-                match meta.sm.token_records().await {
+                match meta.token_records().await {
                     Ok(records) => {
                         if installed.as_ref() != Some(&records) {
                             self.auth().set_runtime_tokens(records.clone());
@@ -80,6 +80,6 @@ impl Node {
 
     /// Every runtime token as this node's copy of the meta group holds them.
     pub async fn token_records(&self) -> Result<Vec<TokenRecord>, NodeError> {
-        Ok(self.group(META_GROUP)?.sm.token_records().await?)
+        self.meta().token_records().await
     }
 }

@@ -94,7 +94,8 @@ impl Node {
     pub async fn hooks_for_backup(&self) -> Result<HookBackup, NodeError> {
         let meta = self.led_and_caught_up(META_GROUP, "the meta group").await?;
         let meta_applied_index = meta.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        let mut hooks: Vec<HookSpec> = meta.sm.hook_records().await?.into_iter().filter_map(|r| r.current).collect();
+        let mut hooks: Vec<HookSpec> =
+            self.meta().hook_records().await?.into_iter().filter_map(|r| r.current).collect();
         hooks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(HookBackup { hooks, meta_applied_index })
     }
@@ -111,7 +112,7 @@ impl Node {
             return None;
         }
         let shard = ShardId::try_from(gid - 1).ok()?;
-        let hints = self.group(META_GROUP).ok()?.sm.leader_hints().await.ok()?;
+        let hints = self.meta().leader_hints().await.ok()?;
         hints.get(&shard).map(|(leader, _)| *leader)
     }
 }

@@ -30,14 +30,14 @@ impl Node {
     /// when they changed.
     pub(super) async fn hook_sync_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
-        let Ok(meta) = self.group(META_GROUP) else { return };
-        let mut metrics = meta.raft.metrics();
+        let meta = self.meta();
+        let mut metrics = meta.group().raft.metrics();
         let mut seen_applied = None;
         let mut installed: Option<Vec<HookRecord>> = None;
         loop {
             let applied = metrics.borrow_and_update().last_applied;
             if applied != seen_applied {
-                match meta.sm.hook_records().await {
+                match meta.hook_records().await {
                     Ok(records) if installed.as_ref() != Some(&records) => {
                         // Compiling is CPU work; keep it off the async threads.
                         let (node, new) = (self.clone(), records.clone());
@@ -240,7 +240,7 @@ impl Node {
 
     /// Every hook record, as this node's copy of the meta group holds them.
     pub async fn hook_records(&self) -> Result<Vec<HookRecord>, NodeError> {
-        Ok(self.group(META_GROUP)?.sm.hook_records().await?)
+        self.meta().hook_records().await
     }
 
     /// The record of hook `name`, or `NotFound`.

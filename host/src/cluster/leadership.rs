@@ -99,7 +99,7 @@ impl Node {
 
     /// Records in the meta group the leaderships in `mine` whose hint says otherwise.
     async fn report_leaderships(&self, mine: &[(GroupId, u64)]) -> Result<(), NodeError> {
-        let hints = self.group(META_GROUP)?.sm.leader_hints().await?;
+        let hints = self.meta().leader_hints().await?;
         let mut reports = Vec::new();
         for &(gid, term) in mine {
             let shard = (gid - 1) as crate::ring::ShardId;
@@ -120,10 +120,10 @@ impl Node {
         mine: &[(GroupId, u64)],
         leading: &mut HashMap<GroupId, (u64, Instant)>,
     ) -> Result<bool, NodeError> {
-        let meta = self.group(META_GROUP)?;
+        let meta = self.meta();
         let assignments = self.assignments().await?;
-        let pending = meta.sm.pending_moves().await?;
-        let down = meta.sm.down().await?;
+        let pending = meta.pending_moves().await?;
+        let down = meta.down().await?;
         let preferred = crate::ring::preferred_leaders(&assignments, &down);
         // A leader grants a vote only once its own lease has run out.
         let tenure = Duration::from_millis(self.config().raft.election_max_ms) + BALANCE_EVERY;

@@ -16,6 +16,7 @@ mod groups;
 mod hooks;
 mod leadership;
 mod membership;
+mod meta_view;
 pub mod metrics;
 mod partitioning;
 mod placement;
@@ -38,6 +39,7 @@ use tokio::task::JoinHandle;
 pub use backup::{DumpChunk, HookBackup, ShardDump};
 pub use groups::{Group, KEY_COUNT_EVERY};
 pub use membership::{MembershipOp, MembershipReply};
+pub use meta_view::{Assignments, MetaView};
 pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
 pub use request::{RequestContext, ServedBy};
 pub use routing::{ForwardReply, Forwarded, Proposal};
@@ -123,8 +125,8 @@ struct NodeInner {
     /// view is swapped in under it exclusively, so no request admitted under
     /// the old view is still running when the new one is in use.
     routing_gate: tokio::sync::RwLock<()>,
-    /// The meta group's shard assignments as last read, for eventual reads.
-    assignments: arc_swap::ArcSwapOption<routing::CachedAssignments>,
+    /// Reads of the meta group's state.
+    meta: meta_view::MetaView,
 }
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -173,6 +175,7 @@ impl Node {
         );
         let auth = Arc::new(crate::auth::Authenticator::new(config.auth.clone()));
         let groups = groups::Groups::new(config.id, storage.clone(), peers.clone(), config.raft.clone(), hooks.clone());
+        let meta = meta_view::MetaView::new(groups.ensure(META_GROUP).await?);
         let node = Node {
             inner: Arc::new(NodeInner {
                 id: config.id,
@@ -192,13 +195,12 @@ impl Node {
                 partition: ArcSwap::from_pointee(partitioning::PartitionView::initial(ring.shards)),
                 partition_generation: watch::channel(0).0,
                 routing_gate: tokio::sync::RwLock::new(()),
-                assignments: arc_swap::ArcSwapOption::empty(),
+                meta,
             }),
         };
         if let Some(tls) = &node.inner.tls {
             node.spawn(tls.clone().watch(node.shutdown_signal()));
         }
-        node.ensure_group(META_GROUP).await?;
         node.spawn_worker("hook-sync", |w| node.clone().hook_sync_loop(w));
         node.spawn_worker("token-sync", |w| node.clone().token_sync_loop(w));
         node.spawn_worker("partition-sync", |w| node.clone().partition_sync_loop(w));
@@ -619,22 +621,22 @@ impl Node {
     /// Current members from the meta group's replicated configuration:
     /// (id, address, is_voter).
     pub fn members(&self) -> Result<Vec<(NodeId, String, bool)>, NodeError> {
-        let meta = self.group(META_GROUP)?;
-        let m = meta.raft.metrics().borrow().membership_config.clone();
-        let voters: std::collections::BTreeSet<NodeId> = m.membership().voter_ids().collect();
-        Ok(m.membership().nodes().map(|(id, n)| (*id, n.addr.clone(), voters.contains(id))).collect())
+        Ok(self.meta().members())
     }
 
     /// The address of node `id` from the meta group's membership.
     pub fn addr_of(&self, id: NodeId) -> Option<String> {
-        let meta = self.group(META_GROUP).ok()?;
-        let m = meta.raft.metrics().borrow().membership_config.clone();
-        m.membership().get_node(&id).map(|n| n.addr.clone())
+        self.meta().addr_of(id)
     }
 
     /// Shard replicas as this node's copy of the meta group records them.
     pub async fn assignments(&self) -> Result<BTreeMap<ShardId, Vec<NodeId>>, NodeError> {
-        Ok(self.group(META_GROUP)?.sm.assignments().await?)
+        self.meta().assignments().await
+    }
+
+    /// Reads of this node's copy of the meta group.
+    pub fn meta(&self) -> &meta_view::MetaView {
+        &self.inner.meta
     }
 }
 

@@ -407,13 +407,13 @@ impl Node {
     /// module comment).
     pub(super) async fn partition_sync_loop(self, w: Worker) {
         let mut stop = self.shutdown_signal();
-        let Ok(meta) = self.group(META_GROUP) else { return };
-        let mut metrics = meta.raft.metrics();
+        let meta = self.meta();
+        let mut metrics = meta.group().raft.metrics();
         let mut seen_applied = None;
         loop {
             let applied = metrics.borrow_and_update().last_applied;
             if applied != seen_applied {
-                match meta.sm.partition_state().await {
+                match meta.partition_state().await {
                     Ok(state) if state.generation == self.partition_view().generation() => {
                         // Only progress changed: routing is the same, so
                         // no recompiling and no waiting for the gate.
@@ -823,8 +823,8 @@ impl Node {
 
     /// The partition state as the meta group's leader has it now.
     pub async fn reshard_status(&self) -> Result<ReshardStatus, NodeError> {
-        let meta = self.group(META_GROUP)?;
-        let state = meta.sm.partition_state().await?;
+        let meta = self.meta();
+        let state = meta.partition_state().await?;
         Ok(ReshardStatus::of(&state, self.ring().shards))
     }
 
@@ -930,7 +930,7 @@ impl Node {
         if parent.raft.current_leader().await != Some(self.id()) {
             return Ok(());
         }
-        let replicas = self.group(META_GROUP)?.sm.assignments().await?.remove(&child).unwrap_or_default();
+        let replicas = self.meta().assignments().await?.remove(&child).unwrap_or_default();
         if !replicas.contains(&self.id()) {
             return Err(NodeError::Unavailable(format!("shard {child} is not assigned to this node yet")));
         }

@@ -113,8 +113,8 @@ impl Node {
         // Meta epoch of the last round that found every shard in place.
         let mut in_place_at: Option<u64> = None;
         let mut load = LoadTracker::default();
-        let Ok(meta) = self.group(META_GROUP) else { return };
-        let mut metrics = meta.raft.metrics();
+        let meta = self.meta();
+        let mut metrics = meta.group().raft.metrics();
         loop {
             // A member joining or leaving starts a round at once, not at the
             // next tick: until then a new cluster's shards live on one node.
@@ -125,8 +125,7 @@ impl Node {
                 r = metrics.wait_for(|m| *m.membership_config.log_id() != seen) => if r.is_err() { return },
             }
             w.round();
-            let Ok(meta) = self.group(META_GROUP) else { continue };
-            if meta.raft.current_leader().await != Some(self.id()) {
+            if meta.group().raft.current_leader().await != Some(self.id()) {
                 watching_since.clear();
                 in_place_at = None;
                 load = LoadTracker::default();
@@ -185,20 +184,20 @@ impl Node {
     /// this leader first saw each member; silence counts from then at the
     /// earliest.
     async fn track_liveness(&self, watching_since: &mut BTreeMap<NodeId, Instant>) -> Result<(), NodeError> {
-        let meta = self.group(META_GROUP)?;
+        let meta = self.meta();
         // Each marker: who carries it, the silence that sets it, its proposal,
         // and what is logged when it is set and cleared.
         type Mark = fn(NodeId, bool) -> Proposal;
         let markers: [(BTreeSet<NodeId>, Duration, Mark, &str, &str); 2] = [
             (
-                meta.sm.unreachable().await?,
+                meta.unreachable().await?,
                 UNREACHABLE_AFTER,
                 |id, unreachable| Proposal::SetUnreachable { id, unreachable },
                 "node unreachable: its shard replicas count as missing until it answers",
                 "node answers again",
             ),
             (
-                meta.sm.down().await?,
+                meta.down().await?,
                 self.config().down_timeout,
                 |id, down| Proposal::SetDown { id, down },
                 "node unreachable past the down timeout; marking it down so its replicas are re-created elsewhere",
@@ -227,9 +226,9 @@ impl Node {
 
     /// Members whose replicas count as missing: marked down or unreachable.
     pub async fn missing_members(&self) -> Result<BTreeSet<NodeId>, NodeError> {
-        let meta = self.group(META_GROUP)?;
-        let mut missing = meta.sm.down().await?;
-        missing.extend(meta.sm.unreachable().await?);
+        let meta = self.meta();
+        let mut missing = meta.down().await?;
+        missing.extend(meta.unreachable().await?);
         Ok(missing)
     }
 
@@ -238,9 +237,9 @@ impl Node {
     /// fewer than RF nodes: moving a replica off a down node then gains no
     /// redundancy and costs a full copy when it returns.
     pub async fn active_members(&self) -> Result<BTreeSet<NodeId>, NodeError> {
-        let meta = self.group(META_GROUP)?;
-        let draining = meta.sm.draining().await?;
-        let down = meta.sm.down().await?;
+        let meta = self.meta();
+        let draining = meta.draining().await?;
+        let down = meta.down().await?;
         let up: BTreeSet<NodeId> =
             self.members()?.into_iter().map(|(id, _, _)| id).filter(|id| !draining.contains(id)).collect();
         let live: BTreeSet<NodeId> = up.difference(&down).copied().collect();
@@ -264,7 +263,7 @@ impl Node {
         }
         let target = crate::ring::place_map(view.shard_map(), self.ring(), &active);
         let current = self.assignments().await?;
-        let pending = self.group(META_GROUP)?.sm.pending_moves().await?;
+        let pending = self.meta().pending_moves().await?;
         let moves: Vec<(ShardId, Vec<NodeId>, Vec<NodeId>)> = view
             .shard_map()
             .ids()

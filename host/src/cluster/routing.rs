@@ -13,7 +13,6 @@
 //! learns which node served it, so the API can tell the client it went to the
 //! wrong node.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -320,18 +319,6 @@ const SCAN_CONCURRENCY: usize = 16;
 /// eventual read's epoch before letting the sender try another replica.
 const FORWARDED_EPOCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Shard replicas as the meta group records them.
-type Assignments = BTreeMap<ShardId, Vec<NodeId>>;
-
-/// This node's last read of the meta group's assignments, and the meta
-/// epoch it was read at. Every eventual read checks the assignments;
-/// reading them from storage each time nearly halved eventual-read
-/// throughput.
-pub(super) struct CachedAssignments {
-    epoch: u64,
-    assignments: Arc<Assignments>,
-}
-
 /// What one attempt at the leader produced.
 pub enum Attempt<T> {
     Done(T),
@@ -524,26 +511,14 @@ impl Node {
     /// This node's routing epoch: the index its copy of the meta group has
     /// applied. Every configuration change raises it.
     pub fn meta_epoch(&self) -> u64 {
-        self.group(META_GROUP).ok().and_then(|g| g.raft.metrics().borrow().last_applied).map_or(0, |l| l.index)
+        self.meta().epoch()
     }
 
     /// Waits, at most `timeout`, until this node's meta group has applied
     /// `epoch`: a client's routing table is that new, so this node must not
     /// route by an older configuration.
     pub async fn wait_meta_epoch(&self, epoch: u64, timeout: Duration) -> Result<(), NodeError> {
-        if self.meta_epoch() >= epoch {
-            return Ok(());
-        }
-        let meta = self.group(META_GROUP)?;
-        meta.raft.wait(Some(timeout)).applied_index_at_least(Some(epoch), "routing epoch").await.map(|_| ()).map_err(
-            |_| {
-                NodeError::Unavailable(format!(
-                    "node {} has applied the cluster configuration up to epoch {}, behind the request's epoch {epoch}",
-                    self.id(),
-                    self.meta_epoch()
-                ))
-            },
-        )
+        self.meta().wait_epoch(self.id(), epoch, timeout).await
     }
 
     /// The hosted replica of `group` if this node may serve eventual reads
@@ -561,22 +536,8 @@ impl Node {
             return Ok(None);
         }
         let shard = (group - 1) as ShardId;
-        let assigned = self.cached_assignments().await?.get(&shard).is_some_and(|r| r.contains(&self.id()));
+        let assigned = self.meta().cached_assignments().await?.get(&shard).is_some_and(|r| r.contains(&self.id()));
         Ok(assigned.then_some(g))
-    }
-
-    /// The meta group's shard assignments, read from storage only when the
-    /// meta epoch has moved since this node last read them. Each entry is
-    /// tagged with the epoch observed before reading, so it is never older
-    /// than its tag.
-    async fn cached_assignments(&self) -> Result<Arc<Assignments>, NodeError> {
-        let epoch = self.meta_epoch();
-        if let Some(c) = self.inner.assignments.load().as_ref().filter(|c| c.epoch == epoch) {
-            return Ok(c.assignments.clone());
-        }
-        let assignments = Arc::new(self.assignments().await?);
-        self.inner.assignments.store(Some(Arc::new(CachedAssignments { epoch, assignments: assignments.clone() })));
-        Ok(assignments)
     }
 
     /// Proposes a write of this node's own to `group` and returns what

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{shard_group, Node, NodeError, META_GROUP};
+use super::{shard_group, Node, NodeError};
 use crate::raft::NodeId;
 use crate::ring::{ShardId, ShardRange};
 use crate::storage::GroupId;
@@ -66,9 +66,9 @@ impl Node {
     /// Every shard's [`ShardRoute`], in shard order.
     pub async fn shard_routes(&self) -> Result<Vec<ShardRoute>, NodeError> {
         let assignments = self.assignments().await?;
-        let meta = self.group(META_GROUP)?;
-        let pending = meta.sm.pending_moves().await?;
-        let hints = meta.sm.leader_hints().await?;
+        let meta = self.meta();
+        let pending = meta.pending_moves().await?;
+        let hints = meta.leader_hints().await?;
         let missing = self.missing_members().await?;
         let active = self.active_members().await?;
         // The replicas a shard should have: RF, or every member placement may
@@ -141,11 +141,11 @@ impl Node {
 
     /// The members the meta group marks draining, down or unreachable.
     pub async fn member_marks(&self) -> Result<MemberMarks, NodeError> {
-        let meta = self.group(META_GROUP)?;
+        let meta = self.meta();
         Ok(MemberMarks {
-            draining: meta.sm.draining().await?,
-            down: meta.sm.down().await?,
-            unreachable: meta.sm.unreachable().await?,
+            draining: meta.draining().await?,
+            down: meta.down().await?,
+            unreachable: meta.unreachable().await?,
         })
     }
 }
