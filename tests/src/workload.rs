@@ -27,15 +27,19 @@ pub async fn put_retrying(client: &Client, key: String, value: String) -> Result
     Err(last.unwrap_or_else(|| Error::Unavailable("no attempt".into())))
 }
 
-/// Puts `key`, trying again (three times in all) while the cluster answers
-/// UNAVAILABLE, as an application would: that code says the write may be
-/// retried (a shard without a leader for a moment, a node going away).
-async fn put_if_unavailable_again(client: &Client, key: &str, value: &str) -> Result<u64, Error> {
-    let mut tries = 0;
+/// Tries a writer of [`Workload::start`] makes while the cluster answers
+/// UNAVAILABLE.
+const WRITE_TRIES: u32 = 3;
+
+/// Puts `key`, trying again (`tries` times in all) while the cluster
+/// answers UNAVAILABLE, as an application would: that code says the write
+/// may be retried (a shard without a leader for a moment, a node going away).
+async fn put_if_unavailable_again(client: &Client, key: &str, value: &str, tries: u32) -> Result<u64, Error> {
+    let mut tried = 0;
     loop {
-        tries += 1;
+        tried += 1;
         match client.put(key.to_string(), value.to_string()).await {
-            Err(Error::Unavailable(_)) if tries < 3 => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(Error::Unavailable(_)) if tried < tries => tokio::time::sleep(Duration::from_millis(100)).await,
             other => return other,
         }
     }
@@ -80,6 +84,21 @@ impl Workload {
         readers: usize,
         key: fn(usize, u64) -> String,
     ) -> Workload {
+        Self::start_with_tries(client, acked, writers, readers, key, WRITE_TRIES)
+    }
+
+    /// [`Workload::start`] whose writers try each write `tries` times while
+    /// the cluster answers UNAVAILABLE: for a test whose claim is that every
+    /// write succeeds in the end, however long a slow machine makes an
+    /// election take (each try waits up to the request timeout).
+    pub fn start_with_tries(
+        client: &Client,
+        acked: Vec<(String, String)>,
+        writers: usize,
+        readers: usize,
+        key: fn(usize, u64) -> String,
+        tries: u32,
+    ) -> Workload {
         let mut w = Workload {
             stop: Arc::default(),
             acked: Arc::new(Mutex::new(acked)),
@@ -98,7 +117,7 @@ impl Workload {
                         break;
                     }
                     let (k, v) = (key(i, n), format!("live{n}"));
-                    match put_if_unavailable_again(&client, &k, &v).await {
+                    match put_if_unavailable_again(&client, &k, &v, tries).await {
                         Ok(_) => acked.lock().expect("lock").push((k, v)),
                         Err(e) => {
                             let mut errors = errors.lock().expect("lock");
