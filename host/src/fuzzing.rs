@@ -9,9 +9,10 @@ use prost::Message;
 use ringkv_client::proto;
 
 use crate::cluster::{ForwardReply, Forwarded, MembershipOp, MembershipReply};
+use crate::command::{Command, KvProposal, MetaOp};
 use crate::hooks::HookRecord;
 use crate::raft::network::decode;
-use crate::raft::types::{Command, TypeConfig};
+use crate::raft::types::TypeConfig;
 
 /// The fuzz targets, by the name of their harness and corpus directories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,16 +149,19 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
         ],
         Target::PeerPayload => vec![
             encode(&Forwarded::Scan { prefix: b"user/".to_vec(), limit: 100 }).to_vec(),
-            encode(&Forwarded::Propose(crate::cluster::Proposal::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                ttl_ms: None,
-                if_version: None,
-                hooks: None,
-            }))
+            encode(&Forwarded::Propose(
+                KvProposal::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ttl_ms: None,
+                    if_version: None,
+                    hooks: None,
+                }
+                .into(),
+            ))
             .to_vec(),
             encode(&MembershipOp::AddVoter { id: 4, addr: "127.0.0.1:7379".into() }).to_vec(),
-            encode(&Command { now_ms: 1, ops: vec![crate::raft::Op::DeployHook { spec: Box::new(spec.clone()) }] })
+            encode(&Command { now_ms: 1, ops: vec![MetaOp::DeployHook { spec: Box::new(spec.clone()) }.into()] })
                 .to_vec(),
         ],
         Target::HookRecord => vec![

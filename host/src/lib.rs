@@ -28,9 +28,15 @@
 //! - [`ring`] maps keys to tokens, tokens to shards and shards to replicas (a
 //!   pure function of the members and the ring settings), and holds the
 //!   partition function and re-shard job as the meta group records them.
+//! - [`command`] holds the commands in the Raft log, typed by the state they
+//!   change (a shard's keys or the cluster configuration), what a node
+//!   proposes to a leader, and their encoding, fixed for older data and peers.
 //! - [`raft`] runs openraft per group on that one database: the log store, the
 //!   replicated state machine, snapshots (read views, never stored copies)
 //!   and the tonic peer transport with its batched per-peer streams.
+//! - [`meta`] owns the meta group's records (members, assignments, markers,
+//!   leader hints, hooks, tokens, the partition state): applying meta ops to
+//!   them and reading them back typed.
 //! - [`config`] holds node settings with their defaults.
 //! - [`cluster`] is the node itself: it starts the groups, bootstraps or joins
 //!   a cluster, changes membership, places replicas, routes requests to
@@ -55,6 +61,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod config;
 pub mod dashboard;
 pub use ringkv_storage::failpoint;
@@ -65,6 +72,7 @@ pub mod ids;
 #[cfg(test)]
 mod layers;
 pub mod log_limit;
+pub mod meta;
 pub mod raft;
 pub mod ring;
 pub mod server;

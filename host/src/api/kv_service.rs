@@ -18,9 +18,9 @@ use tracing::Instrument;
 
 use super::authorize;
 use crate::auth::Need;
-use crate::cluster::{Node, NodeError, Proposal, RequestContext, ServedBy};
+use crate::cluster::{Node, NodeError, RequestContext, ServedBy};
+use crate::command::{CommandResult, KvProposal};
 use crate::hooks::HookUse;
-use crate::raft::CommandResult;
 use crate::storage::Envelope;
 use crate::telemetry::ConsistencySlot;
 
@@ -167,7 +167,7 @@ impl KvService {
                 r.value.len()
             )));
         }
-        let p = Proposal::Put {
+        let p = KvProposal::Put {
             key: r.key.to_vec(),
             value: r.value.to_vec(),
             ttl_ms: r.ttl_ms,
@@ -202,7 +202,7 @@ impl KvService {
         ctx: RequestContext<'_>,
     ) -> Result<proto::DeleteResponse, Status> {
         self.check_key(&r.key)?;
-        let p = Proposal::Delete { key: r.key.to_vec(), if_version: r.if_version, hooks: None };
+        let p = KvProposal::Delete { key: r.key.to_vec(), if_version: r.if_version, hooks: None };
         self.node.check_writable()?;
         match self.node.write_key(ctx, &r.key, p).instrument(self.span("delete")).await? {
             CommandResult::Deleted { existed, version, hooks } => Ok(proto::DeleteResponse {

@@ -4,9 +4,10 @@
 //! milliseconds of being applied there).
 
 use super::workers::Worker;
-use super::{Node, NodeError, Proposal, META_GROUP};
+use super::{Node, NodeError, META_GROUP};
 use crate::auth::{check_token_name, hash_secret, new_secret, Grant, Role, TokenRecord};
-use crate::raft::types::{now_ms, CommandResult};
+use crate::command::{CommandResult, MetaOp};
+use crate::raft::types::now_ms;
 
 impl Node {
     /// Keeps the authenticator's runtime tokens equal to the meta group's
@@ -60,7 +61,7 @@ impl Node {
             .map_err(NodeError::Internal)?;
         let record =
             TokenRecord { name: name.to_string(), hash, grant: Grant { role, prefix }, created_at_ms: now_ms() };
-        match self.propose(META_GROUP, Proposal::CreateToken { record: Box::new(record) }).await? {
+        match self.propose(META_GROUP, MetaOp::CreateToken { record: Box::new(record) }).await? {
             CommandResult::TokenChanged { .. } => Ok(token),
             CommandResult::TokenRefused { reason } => Err(NodeError::Refused(reason)),
             other => Err(NodeError::Internal(format!("unexpected create-token result {other:?}"))),
@@ -69,7 +70,7 @@ impl Node {
 
     /// Revokes a runtime token cluster-wide; `NotFound` if there is none.
     pub async fn revoke_token(&self, name: &str) -> Result<(), NodeError> {
-        match self.propose(META_GROUP, Proposal::RevokeToken { name: name.to_string() }).await? {
+        match self.propose(META_GROUP, MetaOp::RevokeToken { name: name.to_string() }).await? {
             CommandResult::TokenChanged { existed: true } => Ok(()),
             CommandResult::TokenChanged { existed: false } => {
                 Err(NodeError::NotFound(format!("no runtime token named {name:?}")))

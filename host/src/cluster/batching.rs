@@ -27,10 +27,11 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::quiescence::Quiet;
-use super::routing::{Attempt, Proposal};
+use super::routing::Attempt;
 use super::NodeError;
+use crate::command::{Command, CommandResult, KvProposal, MetaOp, Op, Proposal};
 use crate::hooks::HookRegistry;
-use crate::raft::types::{now_ms, Command, CommandResult};
+use crate::raft::types::now_ms;
 use crate::raft::{Raft, StateMachine};
 use crate::storage::GroupId;
 
@@ -198,33 +199,38 @@ fn stopped() -> NodeError {
     NodeError::Unavailable("the raft group is shutting down".into())
 }
 
+/// About how many bytes a proposal adds to a log entry (the batch limit).
 fn size_of(p: &Proposal) -> usize {
     match p {
-        Proposal::Put { key, value, .. } => key.len() + value.len(),
-        Proposal::Delete { key, .. } | Proposal::Expire { key, .. } | Proposal::MoveOut { key, .. } => key.len(),
-        Proposal::MoveIn { key, value, .. } => key.len() + value.len(),
-        Proposal::MoveInBatch { records, .. } => records.iter().map(|r| r.key.len() + r.value.len()).sum(),
-        Proposal::MoveOutBatch { keys, .. } => keys.iter().map(|(k, _)| k.len()).sum(),
-        Proposal::ReshardProgress { progress, .. } => progress.cursor.as_ref().map_or(0, Vec::len),
-        Proposal::SetPartitioner { spec, .. } => spec.as_ref().map_or(0, |s| s.source.len()),
-        Proposal::SetNode { addr, .. } => addr.len(),
-        Proposal::SetAssignment { replicas, .. } => replicas.len() * 8,
-        Proposal::RemoveNode { .. }
-        | Proposal::SetDraining { .. }
-        | Proposal::SetDown { .. }
-        | Proposal::SetLeaderHint { .. }
-        | Proposal::RemoveHook { .. }
-        | Proposal::RollbackHook { .. }
-        | Proposal::PromoteHook { .. }
-        | Proposal::RemoveShadowHook { .. }
-        | Proposal::RevokeToken { .. }
-        | Proposal::ClearMoveMarkers { .. }
-        | Proposal::SetUnreachable { .. }
-        | Proposal::ClearMoveMarkersUpTo { .. }
-        | Proposal::ResizeShards { .. } => 0,
-        Proposal::ReshardStalled { key, error, .. } => key.len() + error.len(),
-        Proposal::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
-        Proposal::DeployHook { spec } | Proposal::DeployShadowHook { spec } => spec.source.len() + spec.prefix.len(),
+        Op::Kv(p) => match p {
+            KvProposal::Put { key, value, .. } | KvProposal::MoveIn { key, value, .. } => key.len() + value.len(),
+            KvProposal::Delete { key, .. } | KvProposal::Expire { key, .. } | KvProposal::MoveOut { key, .. } => {
+                key.len()
+            }
+            KvProposal::MoveInBatch { records, .. } => records.iter().map(|r| r.key.len() + r.value.len()).sum(),
+            KvProposal::MoveOutBatch { keys, .. } => keys.iter().map(|(k, _)| k.len()).sum(),
+            KvProposal::ClearMoveMarkers { .. } | KvProposal::ClearMoveMarkersUpTo { .. } => 0,
+        },
+        Op::Meta(op) => match op {
+            MetaOp::ReshardProgress { progress, .. } => progress.cursor.as_ref().map_or(0, Vec::len),
+            MetaOp::SetPartitioner { spec, .. } => spec.as_ref().map_or(0, |s| s.source.len()),
+            MetaOp::SetNode { addr, .. } => addr.len(),
+            MetaOp::SetAssignment { replicas, .. } => replicas.len() * 8,
+            MetaOp::RemoveNode { .. }
+            | MetaOp::SetDraining { .. }
+            | MetaOp::SetDown { .. }
+            | MetaOp::SetLeaderHint { .. }
+            | MetaOp::RemoveHook { .. }
+            | MetaOp::RollbackHook { .. }
+            | MetaOp::PromoteHook { .. }
+            | MetaOp::RemoveShadowHook { .. }
+            | MetaOp::RevokeToken { .. }
+            | MetaOp::SetUnreachable { .. }
+            | MetaOp::ResizeShards { .. } => 0,
+            MetaOp::ReshardStalled { key, error, .. } => key.len() + error.len(),
+            MetaOp::CreateToken { record } => record.hash.len() + record.grant.prefix.len(),
+            MetaOp::DeployHook { spec } | MetaOp::DeployShadowHook { spec } => spec.source.len() + spec.prefix.len(),
+        },
     }
 }
 

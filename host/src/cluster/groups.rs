@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use super::{batching, quiescence, NodeError};
 use crate::hooks::HookRegistry;
+use crate::ids::META_GROUP;
 use crate::raft::state_machine::ReplicaSize;
-use crate::raft::{start_group, NodeId, Peers, Raft, RaftTuning, StateMachine};
+use crate::raft::{start_group, ApplyMeta, NodeId, Peers, Raft, RaftTuning, StateMachine};
 use crate::storage::{GroupId, Storage, StorageError};
 
 /// One Raft group hosted by this node.
@@ -139,8 +140,11 @@ impl Groups {
         if let Some(g) = self.hosted.load().get(&gid) {
             return Ok(g.clone());
         }
-        let (raft, sm) =
-            start_group(self.node, gid, &self.storage, self.peers.clone(), &self.tuning).await.map_err(Box::new)?;
+        // The meta group's state machine applies the cluster configuration.
+        let apply_meta = (gid == META_GROUP).then_some(crate::meta::apply as ApplyMeta);
+        let (raft, sm) = start_group(self.node, gid, &self.storage, self.peers.clone(), &self.tuning, apply_meta)
+            .await
+            .map_err(Box::new)?;
         let lease = batching::ReadLease::new(self.tuning.read_lease());
         let (batchers, tasks) = batching::Batchers::start(gid, raft.clone(), self.hooks.clone(), sm.clone(), lease);
         let group = Arc::new(Group { id: gid, raft, sm, batchers, tasks: tasks.into(), size: SizeCache::default() });

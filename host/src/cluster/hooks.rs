@@ -9,12 +9,13 @@ use sha2::{Digest, Sha256};
 use super::request::RequestContext;
 use super::routing::Attempt;
 use super::workers::Worker;
-use super::{Group, Node, NodeError, Proposal, META_GROUP};
+use super::{Group, Node, NodeError, META_GROUP};
+use crate::command::{CommandResult, HookStamp, KvProposal, MetaOp, Op, Proposal};
 use crate::hooks::{
     runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, Stage, TtlChoice,
     Write, WriteKind,
 };
-use crate::raft::types::{now_ms, CommandResult, HookStamp};
+use crate::raft::types::now_ms;
 use crate::raft::StateMachine;
 
 /// Times the leader judges a write again when the key changed under a hook
@@ -80,8 +81,8 @@ impl Node {
         g: Arc<Group>,
         p: Proposal,
     ) -> Result<Attempt<CommandResult>, NodeError> {
-        if let Proposal::MoveOut { epoch, .. } | Proposal::MoveOutBatch { epoch, .. } = &p {
-            if !self.knows_job(*epoch) {
+        if let Op::Kv(KvProposal::MoveOut { epoch, .. } | KvProposal::MoveOutBatch { epoch, .. }) = &p {
+            if !self.inner.router.knows_job(*epoch) {
                 return Ok(Attempt::Retry);
             }
         }
@@ -90,14 +91,14 @@ impl Node {
         // key move lands only while this leader runs its job, so no move of
         // an aborted job lands behind the next job's scan.
         let _gate = match &p {
-            Proposal::Put { key, .. } | Proposal::Delete { key, .. } if g.id != META_GROUP => {
+            Op::Kv(KvProposal::Put { key, .. } | KvProposal::Delete { key, .. }) if g.id != META_GROUP => {
                 // Before the routing gate: waiting for replicas must not
                 // hold back a partition view change.
                 self.await_min_replicas(&g).await?;
                 Some(self.admit(ctx, g.id, key, true).await?)
             }
-            Proposal::MoveIn { epoch, .. } | Proposal::MoveInBatch { epoch, .. } => {
-                Some(self.admit_move(*epoch).await?)
+            Op::Kv(KvProposal::MoveIn { epoch, .. } | KvProposal::MoveInBatch { epoch, .. }) => {
+                Some(self.inner.router.admit_move(*epoch).await?)
             }
             _ => None,
         };
@@ -133,7 +134,7 @@ impl Node {
         }
         let spec = self.checked(spec).await?;
         let (name, sha) = (spec.name.clone(), spec.sha256.clone());
-        let p = Proposal::DeployHook { spec: Box::new(spec) };
+        let p = MetaOp::DeployHook { spec: Box::new(spec) };
         Ok((self.commit_hook_change(&name, p, Version::Active).await?.0, sha))
     }
 
@@ -148,24 +149,24 @@ impl Node {
         }
         let spec = self.checked(spec).await?;
         let (name, sha) = (spec.name.clone(), spec.sha256.clone());
-        let p = Proposal::DeployShadowHook { spec: Box::new(spec) };
+        let p = MetaOp::DeployShadowHook { spec: Box::new(spec) };
         Ok((self.commit_hook_change(&name, p, Version::Shadow).await?.0, sha))
     }
 
     /// Makes a hook's shadow version the active one, in one meta-group
     /// entry. Returns (now active, replaced).
     pub async fn promote_hook(&self, name: &str) -> Result<(u64, u64), NodeError> {
-        self.change_hook(name, Proposal::PromoteHook { name: name.to_string() }, Version::Active).await
+        self.change_hook(name, MetaOp::PromoteHook { name: name.to_string() }, Version::Active).await
     }
 
     /// Drops a hook's shadow version. Returns the version dropped.
     pub async fn remove_shadow_hook(&self, name: &str) -> Result<u64, NodeError> {
-        let p = Proposal::RemoveShadowHook { name: name.to_string() };
+        let p = MetaOp::RemoveShadowHook { name: name.to_string() };
         Ok(self.change_hook(name, p, Version::Shadow).await?.1)
     }
 
     /// [`Node::commit_hook_change`] for a hook that exists (else `NotFound`).
-    async fn change_hook(&self, name: &str, p: Proposal, which: Version) -> Result<(u64, u64), NodeError> {
+    async fn change_hook(&self, name: &str, p: MetaOp, which: Version) -> Result<(u64, u64), NodeError> {
         self.hook_record(name).await?;
         self.commit_hook_change(name, p, which).await
     }
@@ -174,7 +175,7 @@ impl Node {
     /// runs its outcome as the `which` version: the version the change
     /// returns, or none when it returns 0 (a removal). Returns (now running,
     /// replaced).
-    async fn commit_hook_change(&self, name: &str, p: Proposal, which: Version) -> Result<(u64, u64), NodeError> {
+    async fn commit_hook_change(&self, name: &str, p: MetaOp, which: Version) -> Result<(u64, u64), NodeError> {
         match self.propose(META_GROUP, p).await? {
             CommandResult::HookChanged { version, replaced } => {
                 self.await_hook_version(name, which, (version != 0).then_some(version)).await;
@@ -230,12 +231,12 @@ impl Node {
             self.set_partitioner(None).await?;
             return Ok(active.version);
         }
-        Ok(self.change_hook(name, Proposal::RemoveHook { name: name.to_string() }, Version::Active).await?.1)
+        Ok(self.change_hook(name, MetaOp::RemoveHook { name: name.to_string() }, Version::Active).await?.1)
     }
 
     /// Makes a hook's previous version active again. Returns (active, replaced).
     pub async fn rollback_hook(&self, name: &str) -> Result<(u64, u64), NodeError> {
-        self.change_hook(name, Proposal::RollbackHook { name: name.to_string() }, Version::Active).await
+        self.change_hook(name, MetaOp::RollbackHook { name: name.to_string() }, Version::Active).await
     }
 
     /// Every hook record, as this node's copy of the meta group holds them.
@@ -299,8 +300,8 @@ enum Version {
 /// The kind and key of a write hooks judge; `None` for every other proposal.
 fn hooked_write(p: &Proposal) -> Option<(WriteKind, &[u8])> {
     match p {
-        Proposal::Put { key, .. } => Some((WriteKind::Put, key)),
-        Proposal::Delete { key, .. } => Some((WriteKind::Delete, key)),
+        Op::Kv(KvProposal::Put { key, .. }) => Some((WriteKind::Put, key)),
+        Op::Kv(KvProposal::Delete { key, .. }) => Some((WriteKind::Delete, key)),
         _ => None,
     }
 }
@@ -309,8 +310,8 @@ fn hooked_write(p: &Proposal) -> Option<(WriteKind, &[u8])> {
 /// (this node's replica) when a hook asks for it.
 pub(super) fn write_of(p: &Proposal, sm: &StateMachine) -> Option<Write> {
     let (op, key, value, client_ttl_ms) = match p {
-        Proposal::Put { key, value, ttl_ms, .. } => (WriteKind::Put, key, Some(value), *ttl_ms),
-        Proposal::Delete { key, .. } => (WriteKind::Delete, key, None, None),
+        Op::Kv(KvProposal::Put { key, value, ttl_ms, .. }) => (WriteKind::Put, key, Some(value), *ttl_ms),
+        Op::Kv(KvProposal::Delete { key, .. }) => (WriteKind::Delete, key, None, None),
         _ => return None,
     };
     let sm = sm.clone();
@@ -335,15 +336,17 @@ pub(super) fn with_judgement(p: Proposal, judgement: Judgement) -> Proposal {
     let stamp =
         (!judgement.used.is_empty()).then(|| Box::new(HookStamp { used: judgement.used, guard: judgement.guard }));
     match p {
-        Proposal::Put { key, value, ttl_ms, if_version, .. } => {
+        Op::Kv(KvProposal::Put { key, value, ttl_ms, if_version, .. }) => {
             let ttl_ms = match judgement.ttl {
                 None => ttl_ms,
                 Some(TtlChoice::NoExpiry) => None,
                 Some(TtlChoice::Ms(ms)) => Some(ms),
             };
-            Proposal::Put { key, value, ttl_ms, if_version, hooks: stamp }
+            KvProposal::Put { key, value, ttl_ms, if_version, hooks: stamp }.into()
         }
-        Proposal::Delete { key, if_version, .. } => Proposal::Delete { key, if_version, hooks: stamp },
+        Op::Kv(KvProposal::Delete { key, if_version, .. }) => {
+            KvProposal::Delete { key, if_version, hooks: stamp }.into()
+        }
         other => other,
     }
 }

@@ -31,7 +31,8 @@ use futures::StreamExt;
 
 use super::membership::{MembershipOp, MembershipReply};
 use super::workers::Worker;
-use super::{Group, Node, NodeError, Proposal, META_GROUP};
+use super::{Group, Node, NodeError, META_GROUP};
+use crate::command::MetaOp;
 use crate::raft::NodeId;
 use crate::storage::GroupId;
 
@@ -104,7 +105,7 @@ impl Node {
         for &(gid, term) in mine {
             let shard = (gid - 1) as crate::ring::ShardId;
             if hints.get(&shard) != Some(&(self.id(), term)) {
-                reports.push(self.propose(META_GROUP, Proposal::SetLeaderHint { shard, leader: self.id(), term }));
+                reports.push(self.propose(META_GROUP, MetaOp::SetLeaderHint { shard, leader: self.id(), term }));
             }
         }
         // Proposed together, they share one meta entry.

@@ -10,7 +10,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
-use super::{Node, NodeError, Proposal, META_GROUP};
+use super::{Node, NodeError, META_GROUP};
+use crate::command::MetaOp;
 use crate::raft::network::{decode, encode};
 use crate::raft::NodeId;
 use crate::storage::GroupId;
@@ -79,8 +80,8 @@ impl Node {
         };
         tracing::info!(node = id, "adding node to the meta group");
         self.change_membership(META_GROUP, op).await?;
-        self.propose(META_GROUP, Proposal::SetDraining { id, draining: false }).await?;
-        self.propose(META_GROUP, Proposal::SetNode { id, addr }).await?;
+        self.propose(META_GROUP, MetaOp::SetDraining { id, draining: false }).await?;
+        self.propose(META_GROUP, MetaOp::SetNode { id, addr }).await?;
         Ok(())
     }
 
@@ -109,7 +110,7 @@ impl Node {
                 "node {id} is the last voter of the cluster; it cannot be removed"
             )));
         }
-        self.propose(META_GROUP, Proposal::SetDraining { id, draining: true }).await?;
+        self.propose(META_GROUP, MetaOp::SetDraining { id, draining: true }).await?;
         let started = std::time::Instant::now();
         loop {
             let left = self.assignments().await?.values().filter(|r| r.contains(&id)).count();
@@ -126,8 +127,8 @@ impl Node {
         }
         tracing::info!(node = id, "node drained; removing it from the meta group");
         self.change_membership(META_GROUP, MembershipOp::Remove { id }).await?;
-        self.propose(META_GROUP, Proposal::RemoveNode { id }).await?;
-        self.propose(META_GROUP, Proposal::SetDraining { id, draining: false }).await?;
+        self.propose(META_GROUP, MetaOp::RemoveNode { id }).await?;
+        self.propose(META_GROUP, MetaOp::SetDraining { id, draining: false }).await?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use arc_swap::ArcSwapOption;
 use super::{Group, NodeError};
 use crate::auth::TokenRecord;
 use crate::hooks::HookRecord;
+use crate::meta::MetaState;
 use crate::raft::NodeId;
 use crate::ring::partition::PartitionState;
 use crate::ring::ShardId;
@@ -30,6 +31,8 @@ struct CachedAssignments {
 pub struct MetaView {
     /// The meta group: started when the node opens, never dropped.
     group: Arc<Group>,
+    /// Its records, read from this node's replica.
+    state: MetaState,
     /// Every eventual read checks the assignments; reading them from
     /// storage each time nearly halved eventual-read throughput.
     assignments: ArcSwapOption<CachedAssignments>,
@@ -37,7 +40,7 @@ pub struct MetaView {
 
 impl MetaView {
     pub(super) fn new(group: Arc<Group>) -> Self {
-        MetaView { group, assignments: ArcSwapOption::empty() }
+        MetaView { state: MetaState::new(group.sm.clone()), group, assignments: ArcSwapOption::empty() }
     }
 
     /// The meta group itself, for its Raft state (leadership, waits).
@@ -80,7 +83,7 @@ impl MetaView {
     }
 
     pub async fn assignments(&self) -> Result<Assignments, NodeError> {
-        Ok(self.group.sm.assignments().await?)
+        Ok(self.state.assignments().await?)
     }
 
     /// The assignments, read from storage only when the epoch has moved
@@ -98,35 +101,35 @@ impl MetaView {
 
     /// Shards with a replica move under way.
     pub async fn pending_moves(&self) -> Result<BTreeSet<ShardId>, NodeError> {
-        Ok(self.group.sm.pending_moves().await?)
+        Ok(self.state.pending_moves().await?)
     }
 
     pub async fn draining(&self) -> Result<BTreeSet<NodeId>, NodeError> {
-        Ok(self.group.sm.draining().await?)
+        Ok(self.state.draining().await?)
     }
 
     pub async fn down(&self) -> Result<BTreeSet<NodeId>, NodeError> {
-        Ok(self.group.sm.down().await?)
+        Ok(self.state.down().await?)
     }
 
     pub async fn unreachable(&self) -> Result<BTreeSet<NodeId>, NodeError> {
-        Ok(self.group.sm.unreachable().await?)
+        Ok(self.state.unreachable().await?)
     }
 
     /// Each shard's leader as it last reported itself, with its term.
     pub async fn leader_hints(&self) -> Result<BTreeMap<ShardId, (NodeId, u64)>, NodeError> {
-        Ok(self.group.sm.leader_hints().await?)
+        Ok(self.state.leader_hints().await?)
     }
 
     pub async fn hook_records(&self) -> Result<Vec<HookRecord>, NodeError> {
-        Ok(self.group.sm.hook_records().await?)
+        Ok(self.state.hook_records().await?)
     }
 
     pub async fn token_records(&self) -> Result<Vec<TokenRecord>, NodeError> {
-        Ok(self.group.sm.token_records().await?)
+        Ok(self.state.token_records().await?)
     }
 
     pub async fn partition_state(&self) -> Result<PartitionState, NodeError> {
-        Ok(self.group.sm.partition_state().await?)
+        Ok(self.state.partition_state()?)
     }
 }

@@ -14,6 +14,7 @@ mod batching;
 mod compaction;
 mod groups;
 mod hooks;
+mod key_router;
 mod leadership;
 mod membership;
 mod meta_view;
@@ -31,7 +32,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use openraft::BasicNode;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,9 +42,10 @@ pub use membership::{MembershipOp, MembershipReply};
 pub use meta_view::{Assignments, MetaView};
 pub use partitioning::{KeyRoute, PartitionView, ReshardStatus};
 pub use request::{RequestContext, ServedBy};
-pub use routing::{ForwardReply, Forwarded, Proposal};
+pub use routing::{ForwardReply, Forwarded};
 pub use status::{GroupState, MemberMarks, ShardRoute};
 
+use crate::command::{KvProposal, MetaOp};
 use crate::config::NodeConfig;
 use crate::raft::{LinkFilter, NodeId, Peers, RaftLayerError};
 use crate::ring::{RingConfig, ShardId};
@@ -117,14 +118,8 @@ struct NodeInner {
     draining: watch::Sender<bool>,
     /// The certificates in use when TLS is on.
     tls: Option<Arc<crate::tls::TlsState>>,
-    /// The partition function as this node routes by it.
-    partition: ArcSwap<partitioning::PartitionView>,
-    /// The generation of `partition`, for waiting on it.
-    partition_generation: watch::Sender<u64>,
-    /// Key requests hold it shared while they are served; a new partition
-    /// view is swapped in under it exclusively, so no request admitted under
-    /// the old view is still running when the new one is in use.
-    routing_gate: tokio::sync::RwLock<()>,
+    /// The partition view keys route by, and its routing gate.
+    router: key_router::KeyRouter,
     /// Reads of the meta group's state.
     meta: meta_view::MetaView,
 }
@@ -192,9 +187,7 @@ impl Node {
                 workers: workers::Workers::default(),
                 draining,
                 tls,
-                partition: ArcSwap::from_pointee(partitioning::PartitionView::initial(ring.shards)),
-                partition_generation: watch::channel(0).0,
-                routing_gate: tokio::sync::RwLock::new(()),
+                router: key_router::KeyRouter::new(partitioning::PartitionView::initial(ring.shards)),
                 meta,
             }),
         };
@@ -387,12 +380,12 @@ impl Node {
         let mut stop = self.shutdown_signal();
         loop {
             let mut result =
-                self.propose(META_GROUP, Proposal::SetNode { id: self.id(), addr: self.addr().to_string() }).await;
+                self.propose(META_GROUP, MetaOp::SetNode { id: self.id(), addr: self.addr().to_string() }).await;
             for shard in self.partition_view().shards() {
                 if result.is_err() {
                     break;
                 }
-                let p = Proposal::SetAssignment { shard, replicas: vec![self.id()], pending: false };
+                let p = MetaOp::SetAssignment { shard, replicas: vec![self.id()], pending: false };
                 result = self.propose(META_GROUP, p).await;
             }
             match result {
@@ -541,7 +534,7 @@ impl Node {
                     }
                 };
                 let proposals =
-                    expired.into_iter().map(|(key, version)| self.propose(g.id, Proposal::Expire { key, version }));
+                    expired.into_iter().map(|(key, version)| self.propose(g.id, KvProposal::Expire { key, version }));
                 for r in futures::future::join_all(proposals).await {
                     if let Err(e) = r {
                         tracing::debug!(group = g.id, error = %e, "expiring a key");

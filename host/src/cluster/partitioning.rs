@@ -23,15 +23,15 @@
 //! - each shard's leader scans its keys in order and moves every key whose
 //!   shard changed, reporting progress (with a cursor) to the meta group, so
 //!   a new leader resumes where the old one stopped. A scan batch's moves
-//!   travel as one [`Proposal::MoveInBatch`] per destination shard (and
-//!   [`MOVE_CHUNK_BYTES`]), then one [`Proposal::MoveOutBatch`] of the same
+//!   travel as one [`KvProposal::MoveInBatch`] per destination shard (and
+//!   [`MOVE_CHUNK_BYTES`]), then one [`KvProposal::MoveOutBatch`] of the same
 //!   keys; each key in them obeys the rules of a single move, copy before
 //!   delete (a pull is a batch of one). Moves are idempotent: a
 //!   `MoveIn` of a key the job already moved, or that was written on the new
 //!   shard since, changes nothing.
 //! - When every shard reported done, the meta group closes the job and
 //!   drops the old function; leaders then clear the markers of that job and
-//!   of every job it aborted ([`Proposal::ClearMoveMarkersUpTo`]).
+//!   of every job it aborted ([`KvProposal::ClearMoveMarkersUpTo`]).
 //!
 //! **Splitting and merging shards** changes the shard map instead of the
 //! function, through the same job: the meta group keeps the map before the
@@ -59,7 +59,7 @@
 //! cannot stop the job that replaces it). Why no key is missed:
 //! - *No move of the aborted job lands after `J'`'s scan.* A `MoveIn` is
 //!   taken only by a leader whose view runs that very job, holding the
-//!   routing gate until it is applied ([`Node::admit_move`]); the view swap
+//!   routing gate until it is applied ([`KeyRouter::admit_move`](super::key_router::KeyRouter::admit_move)); the view swap
 //!   to `J'` waits for the gate, so afterwards that leader refuses the old
 //!   job's `MoveIn`s (the mover stops; a write's pull is routed again). A
 //!   `MoveIn` appended by an earlier leader is either in the new leader's
@@ -87,7 +87,7 @@
 //! **A job that cannot progress** (the active function fails on a key, or
 //! moves keep failing) tries again with a backoff doubling from 200 ms to
 //! 10 s, and records the shard, key and error in the meta group
-//! ([`Proposal::ReshardStalled`]); every node's status shows it, and the
+//! ([`MetaOp::ReshardStalled`]); every node's status shows it, and the
 //! shard's next progress clears it. A new function is tried, before it is
 //! deployed, on the first [`DRY_RUN_KEYS`] keys of every shard, so a
 //! function that fails on existing keys is usually refused up front.
@@ -108,11 +108,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::key_router::Admission;
 use super::request::RequestContext;
 use super::workers::Worker;
-use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
+use super::{shard_group, Node, NodeError, META_GROUP};
+use crate::command::{CommandResult, KvProposal, MetaOp, MovedRecord, Proposal};
 use crate::hooks::{runtime_for, CompiledPartitioner, HookSpec};
-use crate::raft::types::{now_ms, CommandResult, MovedRecord};
+use crate::raft::types::now_ms;
 use crate::ring::partition::{describe, show_key, PartitionState, ReshardJob, ShardChange, ShardProgress};
 use crate::ring::{ShardId, ShardMap};
 use crate::storage::{Envelope, GroupId};
@@ -322,7 +324,7 @@ impl PartitionView {
     }
 
     /// The running job's epoch, if a job runs.
-    fn job_epoch(&self) -> Option<u64> {
+    pub(super) fn job_epoch(&self) -> Option<u64> {
         self.state.job.as_ref().map(|j| j.epoch)
     }
 }
@@ -394,12 +396,12 @@ impl ReshardStatus {
 impl Node {
     /// This node's current partition view.
     pub fn partition_view(&self) -> Arc<PartitionView> {
-        self.inner.partition.load_full()
+        self.inner.router.view()
     }
 
     /// Where `key` lives now, by this node's view.
     pub fn route(&self, key: &[u8]) -> Result<KeyRoute, NodeError> {
-        self.partition_view().route(key)
+        self.inner.router.route(key)
     }
 
     /// Keeps this node's partition view equal to the meta group's state.
@@ -419,7 +421,7 @@ impl Node {
                         // no recompiling and no waiting for the gate.
                         let cur = self.partition_view();
                         if state != cur.state {
-                            self.inner.partition.store(Arc::new(cur.with_state(state)));
+                            self.inner.router.refresh(cur.with_state(state));
                         }
                         seen_applied = applied;
                         w.round();
@@ -439,15 +441,10 @@ impl Node {
                             tracing::error!(error = %why, "this node cannot route keys until it can load the partition function");
                             w.failed(why);
                         }
-                        let _gate = self.inner.routing_gate.write().await;
-                        tracing::info!(
-                            generation = view.generation(),
-                            partitioner = %describe(view.state.active.as_ref()),
-                            job = ?view.job_epoch(),
-                            "partition view changed"
-                        );
-                        self.inner.partition.store(Arc::new(view));
-                        self.inner.partition_generation.send_replace(self.partition_view().generation());
+                        let (generation, job) = (view.generation(), view.job_epoch());
+                        let partitioner = describe(view.state.active.as_ref());
+                        self.inner.router.switch(view).await;
+                        tracing::info!(generation, %partitioner, ?job, "partition view changed");
                         seen_applied = applied;
                         w.round();
                     }
@@ -466,49 +463,26 @@ impl Node {
 
     /// Waits, at most `timeout`, until this node routes by `generation` or later.
     async fn wait_generation(&self, generation: u64, timeout: Duration) -> Result<(), NodeError> {
-        let mut rx = self.inner.partition_generation.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|g| *g >= generation)).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(NodeError::Unavailable(format!(
-                "node {} routes keys by generation {}, behind the cluster's {generation}",
-                self.id(),
-                self.partition_view().generation()
-            ))),
+        if self.inner.router.wait_generation(generation, timeout).await {
+            return Ok(());
         }
+        Err(NodeError::Unavailable(format!(
+            "node {} routes keys by generation {}, behind the cluster's {generation}",
+            self.id(),
+            self.partition_view().generation()
+        )))
     }
 
-    /// Admits a key request for `group` on the replica serving it, holding
-    /// the routing gate until the returned guard drops. Refuses a request
-    /// routed by an older view than this node's, waits (briefly, without
-    /// the gate) for a newer one, and refuses a key that does not live in
-    /// `group` by this node's view. `write`: a write goes to the key's shard
-    /// only; a read may also go to its old shard while a job runs.
+    /// [`KeyRouter::admit`](super::key_router::KeyRouter::admit) for a
+    /// request in context `ctx`.
     pub(super) async fn admit(
         &self,
         ctx: RequestContext<'_>,
         group: GroupId,
         key: &[u8],
         write: bool,
-    ) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, NodeError> {
-        let routed = ctx.routed();
-        if let Some(routed) = routed.filter(|r| *r > self.partition_view().generation()) {
-            if self.wait_generation(routed, Duration::from_millis(500)).await.is_err() {
-                // The router retries until this node catches up.
-                return Err(NodeError::WrongShard { generation: self.partition_view().generation() });
-            }
-        }
-        let gate = self.inner.routing_gate.read().await;
-        let view = self.partition_view();
-        if routed.is_some_and(|r| r != view.generation()) {
-            return Err(NodeError::WrongShard { generation: view.generation() });
-        }
-        let route = if write { view.route(key)? } else { view.read_route(key)? };
-        if route.group == group || (!write && route.old.contains(&group)) {
-            Ok(gate)
-        } else {
-            Err(NodeError::WrongShard { generation: view.generation() })
-        }
+    ) -> Result<Admission<'_>, NodeError> {
+        self.inner.router.admit(ctx.routed(), group, key, write).await
     }
 
     /// Serves a key request routed by this node's view, routing again when
@@ -594,10 +568,10 @@ impl Node {
         &self,
         ctx: RequestContext<'_>,
         key: &[u8],
-        p: Proposal,
+        p: KvProposal,
     ) -> Result<CommandResult, NodeError> {
         self.with_route(ctx, key, true, |route, ctx| {
-            let p = p.clone();
+            let p = Proposal::from(p.clone());
             async move {
                 if let Some(epoch) = route.job {
                     for old in &route.old {
@@ -636,40 +610,12 @@ impl Node {
         epoch: u64,
     ) -> Result<u64, NodeError> {
         let keys = records.iter().map(|r| (r.key.clone(), r.version)).collect();
-        let written = match self.propose(new, Proposal::MoveInBatch { records, epoch }).await? {
+        let written = match self.propose(new, KvProposal::MoveInBatch { records, epoch }).await? {
             CommandResult::MovedInBatch { written } => written,
             other => return Err(NodeError::Internal(format!("unexpected result of a key move: {other:?}"))),
         };
-        self.propose(old, Proposal::MoveOutBatch { keys, epoch }).await?;
+        self.propose(old, KvProposal::MoveOutBatch { keys, epoch }).await?;
         Ok(written)
-    }
-
-    /// Whether the leader may take a [`Proposal::MoveOutBatch`] of job `epoch`:
-    /// only once it routes by that job (else it could still serve a read
-    /// routed without it, which would miss the moved key).
-    pub(super) fn knows_job(&self, epoch: u64) -> bool {
-        self.partition_view().state.epoch >= epoch
-    }
-
-    /// Admits a [`Proposal::MoveInBatch`] of job `epoch` on the leader of its
-    /// target shard, holding the routing gate until the returned guard
-    /// drops: only while this node runs that very job. So once this node
-    /// routes by a later job (which swapped its view under the gate), no
-    /// move of the earlier one lands here any more; the later job's mover
-    /// scans after that (see the module comment).
-    pub(super) async fn admit_move(&self, epoch: u64) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, NodeError> {
-        if self.partition_view().state.epoch < epoch {
-            self.wait_partition_epoch(epoch, Duration::from_millis(500)).await;
-        }
-        let gate = self.inner.routing_gate.read().await;
-        let view = self.partition_view();
-        if view.job_epoch() == Some(epoch) {
-            Ok(gate)
-        } else {
-            // A router retries (after catching up if this node is newer);
-            // a mover stops, and the current job's mover takes over.
-            Err(NodeError::WrongShard { generation: view.generation() })
-        }
     }
 
     /// Deploys a partition function (checked like a hook: it must load and
@@ -774,14 +720,14 @@ impl Node {
     /// Changes the cluster's partition function (`None`: the whole key),
     /// which starts a re-shard job. Returns the job's epoch.
     pub async fn set_partitioner(&self, spec: Option<HookSpec>) -> Result<u64, NodeError> {
-        let p = Proposal::SetPartitioner { spec: spec.map(Box::new), shards: self.ring().shards };
+        let p = MetaOp::SetPartitioner { spec: spec.map(Box::new), shards: self.ring().shards };
         let epoch = match self.propose(META_GROUP, p).await? {
             CommandResult::PartitionChanged { epoch } => epoch,
             CommandResult::PartitionRefused { reason } => return Err(NodeError::Refused(reason)),
             other => return Err(NodeError::Internal(format!("unexpected partitioner result {other:?}"))),
         };
         // Answer once this node routes by the new function.
-        let _ = self.wait_partition_epoch(epoch, self.config().request_timeout).await;
+        let _ = self.inner.router.wait_epoch(epoch, self.config().request_timeout).await;
         Ok(epoch)
     }
 
@@ -797,7 +743,7 @@ impl Node {
             ShardChange::Merge { keep, absorb } => map.merge(keep, absorb).map(|_| ()),
         };
         checked.map_err(NodeError::InvalidArgument)?;
-        let p = Proposal::ResizeShards { change, shards: self.ring().shards };
+        let p = MetaOp::ResizeShards { change, shards: self.ring().shards };
         let (epoch, change) = match self.propose(META_GROUP, p).await? {
             CommandResult::Resized { epoch, change } => (epoch, change),
             CommandResult::PartitionRefused { reason } => return Err(NodeError::Refused(reason)),
@@ -805,20 +751,8 @@ impl Node {
         };
         tracing::info!(epoch, %change, "shard resize started");
         // Answer once this node routes by the new ranges.
-        let _ = self.wait_partition_epoch(epoch, self.config().request_timeout).await;
+        let _ = self.inner.router.wait_epoch(epoch, self.config().request_timeout).await;
         Ok((epoch, change))
-    }
-
-    async fn wait_partition_epoch(&self, epoch: u64, timeout: Duration) -> bool {
-        let mut rx = self.inner.partition_generation.subscribe();
-        let wait = async {
-            while self.partition_view().state.epoch < epoch {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
     /// The partition state as the meta group's leader has it now.
@@ -899,7 +833,7 @@ impl Node {
                         continue;
                     }
                     // Up to: the markers of the jobs it aborted go too.
-                    match self.propose(gid, Proposal::ClearMoveMarkersUpTo { epoch: last.epoch }).await {
+                    match self.propose(gid, KvProposal::ClearMoveMarkersUpTo { epoch: last.epoch }).await {
                         Ok(_) => {
                             cleared.insert((gid, last.epoch));
                         }
@@ -968,7 +902,7 @@ impl Node {
         if view.state.stalls.get(&shard).is_some_and(|s| s.epoch == epoch && s.key == key && s.error == error) {
             return;
         }
-        let p = Proposal::ReshardStalled { epoch, shard, key, error };
+        let p = MetaOp::ReshardStalled { epoch, shard, key, error };
         if let Err(e) = self.propose(META_GROUP, p).await {
             tracing::debug!(shard, error = %e, "recording a re-shard stall");
         }
@@ -1074,7 +1008,7 @@ impl Node {
                 progress.cursor = handled;
             }
             if progress.done || progress.scanned > before.0 {
-                let report = Proposal::ReshardProgress { epoch, shard, progress: progress.clone(), shards };
+                let report = MetaOp::ReshardProgress { epoch, shard, progress: progress.clone(), shards };
                 self.propose(META_GROUP, report).await.map_err(Stuck::other)?;
                 crate::failpoint::crash_point("reshard-batch");
                 crate::telemetry::record_reshard_batch(

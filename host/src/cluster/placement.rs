@@ -23,7 +23,8 @@ use futures::StreamExt;
 use super::membership::MembershipOp;
 use super::resize_policy::LoadTracker;
 use super::workers::Worker;
-use super::{shard_group, Node, NodeError, Proposal, META_GROUP};
+use super::{shard_group, Node, NodeError, META_GROUP};
+use crate::command::MetaOp;
 use crate::raft::NodeId;
 use crate::ring::ShardId;
 
@@ -187,19 +188,19 @@ impl Node {
         let meta = self.meta();
         // Each marker: who carries it, the silence that sets it, its proposal,
         // and what is logged when it is set and cleared.
-        type Mark = fn(NodeId, bool) -> Proposal;
+        type Mark = fn(NodeId, bool) -> MetaOp;
         let markers: [(BTreeSet<NodeId>, Duration, Mark, &str, &str); 2] = [
             (
                 meta.unreachable().await?,
                 UNREACHABLE_AFTER,
-                |id, unreachable| Proposal::SetUnreachable { id, unreachable },
+                |id, unreachable| MetaOp::SetUnreachable { id, unreachable },
                 "node unreachable: its shard replicas count as missing until it answers",
                 "node answers again",
             ),
             (
                 meta.down().await?,
                 self.config().down_timeout,
-                |id, down| Proposal::SetDown { id, down },
+                |id, down| MetaOp::SetDown { id, down },
                 "node unreachable past the down timeout; marking it down so its replicas are re-created elsewhere",
                 "node answers again; marking it up",
             ),
@@ -338,7 +339,7 @@ impl Node {
         let union: Vec<NodeId> = current.iter().chain(target).copied().collect::<BTreeSet<_>>().into_iter().collect();
         // Recorded as pending until the Raft membership matches the target,
         // so neither the rebalancer nor `status` mistakes it for done.
-        self.propose(META_GROUP, Proposal::SetAssignment { shard, replicas: union.clone(), pending: true }).await?;
+        self.propose(META_GROUP, MetaOp::SetAssignment { shard, replicas: union.clone(), pending: true }).await?;
         for &n in target {
             let addr = self.addr_of(n).ok_or_else(|| NodeError::Unavailable(format!("no address for node {n}")))?;
             self.change_membership(gid, MembershipOp::AddVoter { id: n, addr }).await?;
@@ -347,7 +348,7 @@ impl Node {
         for &n in union.iter().filter(|n| !target.contains(n)) {
             self.change_membership(gid, MembershipOp::Remove { id: n }).await?;
         }
-        self.propose(META_GROUP, Proposal::SetAssignment { shard, replicas: target.to_vec(), pending: false }).await?;
+        self.propose(META_GROUP, MetaOp::SetAssignment { shard, replicas: target.to_vec(), pending: false }).await?;
         tracing::info!(shard, from = ?current, to = ?target, "shard moved");
         Ok(())
     }

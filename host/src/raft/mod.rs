@@ -1,5 +1,6 @@
 //! Raft layer: openraft types, the fjall-backed log store and state machine,
-//! and the tonic transport. Everything here is per group (`GroupId`), so a
+//! and the tonic transport. Log entries carry `crate::command::Command`s;
+//! the meta group's configuration records are `crate::meta`'s. Everything here is per group (`GroupId`), so a
 //! node can run any number of groups on one database and one transport.
 
 pub mod log_store;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 
 pub use log_store::LogStore;
 pub use network::{LinkFilter, NetworkFactory, Peers};
-pub use state_machine::StateMachine;
-pub use types::{Command, CommandResult, NodeId, Op, Raft, TypeConfig};
+pub use state_machine::{ApplyMeta, StateMachine};
+pub use types::{NodeId, Raft, TypeConfig};
 
 use crate::storage::{GroupId, Storage};
 
@@ -70,13 +71,15 @@ impl Default for RaftTuning {
     }
 }
 
-/// Starts the openraft instance of one group.
+/// Starts the openraft instance of one group; `apply_meta` for the meta
+/// group, which holds the cluster configuration.
 pub async fn start_group(
     node_id: NodeId,
     group: GroupId,
     storage: &Storage,
     peers: Arc<Peers>,
     tuning: &RaftTuning,
+    apply_meta: Option<ApplyMeta>,
 ) -> Result<(Raft, StateMachine), RaftLayerError> {
     let config = openraft::Config {
         cluster_name: format!("ringkv-group-{group}"),
@@ -91,7 +94,10 @@ pub async fn start_group(
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| RaftLayerError::InvalidConfig(e.to_string()))?);
-    let sm = StateMachine::new(group, storage.clone());
+    let sm = match apply_meta {
+        Some(apply_meta) => StateMachine::with_meta(group, storage.clone(), apply_meta),
+        None => StateMachine::new(group, storage.clone()),
+    };
     let raft = Raft::new(
         node_id,
         config,

@@ -555,10 +555,10 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
-        let op = crate::raft::types::Op::Expire { key: vec![b'k'; bytes], version: 1 };
+        let op = crate::command::KvOp::Expire { key: vec![b'k'; bytes], version: 1 }.into();
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: openraft::EntryPayload::Normal(crate::raft::types::Command { now_ms: 0, ops: vec![op] }),
+            payload: openraft::EntryPayload::Normal(crate::command::Command { now_ms: 0, ops: vec![op] }),
         }
     }
 

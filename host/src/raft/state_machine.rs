@@ -1,11 +1,16 @@
 //! The replicated key-value state machine of one Raft group, and its snapshots.
 //!
+//! A shard's state machine applies [`KvOp`]s. The meta group's also applies
+//! [`MetaOp`]s, through the [`ApplyMeta`] it is started with
+//! (`crate::meta::apply`): this layer knows how to store records, not what
+//! the cluster configuration means.
+//!
 //! Applying a batch of entries and recording `applied` is one atomic fjall
 //! batch. Snapshots are cut from a cross-keyspace fjall snapshot, so the data
 //! and the `applied` marker they carry always agree; they are not stored,
 //! and their records are read only when one is sent (`raft::snapshot`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,44 +21,15 @@ use serde::{Deserialize, Serialize};
 
 use super::log_store::{decode, encode};
 use super::snapshot::SnapshotData as SnapshotBytes;
-use super::types::{
-    Command, CommandResult, Entry, LogId, MovedRecord, NodeId, Op, RaftStorageError, Snapshot, SnapshotMeta,
-    StoredMembership, TypeConfig,
-};
-use crate::auth::TokenRecord;
-use crate::hooks::HookRecord;
-use crate::ring::partition::PartitionState;
+use super::types::{Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::command::{Command, CommandResult, KvOp, MetaOp, MovedRecord, Op};
 use crate::storage::{expiry_key, group_key, Envelope, GroupId, Storage, StorageError};
 
 const APPLIED: &[u8] = b"applied";
 const MEMBERSHIP: &[u8] = b"membership";
-/// Prefix of member records in the meta group's data.
-const NODE_PREFIX: &[u8] = b"\0node/";
-/// Prefix of shard assignments in the meta group's data.
-const SHARD_PREFIX: &[u8] = b"\0shard/";
-/// Prefix of markers of shards with a move under way.
-const PENDING_PREFIX: &[u8] = b"\0pending/";
-/// Prefix of draining markers in the meta group's data.
-const DRAIN_PREFIX: &[u8] = b"\0drain/";
-/// Prefix of down markers in the meta group's data.
-const DOWN_PREFIX: &[u8] = b"\0down/";
-/// Prefix of unreachable markers in the meta group's data.
-const UNREACHABLE_PREFIX: &[u8] = b"\0unreachable/";
-/// Prefix of shard leader hints: (leader, term) per shard.
-const LEADER_PREFIX: &[u8] = b"\0leader/";
-/// Prefix of hook records ([`HookRecord`]) by hook name.
-const HOOK_PREFIX: &[u8] = b"\0hook/";
-/// Prefix of runtime token records ([`TokenRecord`]) by token name.
-const TOKEN_PREFIX: &[u8] = b"\0token/";
-/// The meta group's [`PartitionState`].
-const PARTITION_KEY: &[u8] = b"\0partition";
 /// Prefix (in `sm_meta`, after the group) of the markers of keys a re-shard
 /// job moved into a shard: `moved/` · job epoch (u64 BE) · user key.
 const MOVED_PREFIX: &[u8] = b"moved/";
-
-fn decode_partition(raw: &[u8]) -> Result<PartitionState, StorageError> {
-    PartitionState::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
-}
 
 /// What a replica of a group stores, from [`StateMachine::measure`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,10 +40,6 @@ pub struct ReplicaSize {
     pub bytes: u64,
     /// Keys drawn uniformly from the group's records.
     pub sample: Vec<Vec<u8>>,
-}
-
-fn decode_hook_record(raw: &[u8]) -> Result<HookRecord, StorageError> {
-    HookRecord::decode(raw).map_err(|e| StorageError::Corrupt { keyspace: "sm_data", detail: e.to_string() })
 }
 
 fn moved_key(group: GroupId, epoch: u64, key: &[u8]) -> Vec<u8> {
@@ -143,6 +115,8 @@ pub struct StateMachine {
     /// Client reads (point reads and scan pages) this replica served since
     /// the process started: two readings give its read rate.
     served_reads: Arc<AtomicU64>,
+    /// How this group applies meta ops: set for the meta group only.
+    apply_meta: Option<ApplyMeta>,
 }
 
 /// Builds snapshots of one group.
@@ -160,8 +134,29 @@ fn snap_err(e: impl std::fmt::Display) -> RaftStorageError {
 }
 
 impl StateMachine {
+    /// A shard group's state machine: it applies key ops only.
     pub fn new(group: GroupId, storage: Storage) -> Self {
-        Self { group, storage, applied_ops: Arc::default(), served_reads: Arc::default() }
+        Self { group, storage, applied_ops: Arc::default(), served_reads: Arc::default(), apply_meta: None }
+    }
+
+    /// The meta group's state machine: meta ops go to `apply_meta`.
+    pub fn with_meta(group: GroupId, storage: Storage, apply_meta: ApplyMeta) -> Self {
+        Self { apply_meta: Some(apply_meta), ..Self::new(group, storage) }
+    }
+
+    /// Every record under `prefix`: (the key after the prefix, the value).
+    pub async fn records_under(&self, prefix: &'static [u8]) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, StorageError> {
+        let group = self.group;
+        self.storage
+            .blocking(move |s| {
+                let mut out = Vec::new();
+                for g in s.sm_data().prefix(group_key(group, prefix)) {
+                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading records"))?;
+                    out.push((k[8 + prefix.len()..].to_vec(), Envelope::decode(&v)?.value));
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Ops (puts, deletes, expiries, moves, meta changes) this replica has
@@ -292,70 +287,6 @@ impl StateMachine {
             .await
     }
 
-    /// Every record of the meta group under `prefix`: (key suffix, value).
-    async fn meta_records(&self, prefix: &'static [u8]) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, StorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| {
-                let mut out = Vec::new();
-                for g in s.sm_data().prefix(group_key(group, prefix)) {
-                    let (k, v) = g.into_inner().map_err(StorageError::fjall("reading meta records"))?;
-                    out.push((k[8 + prefix.len()..].to_vec(), Envelope::decode(&v)?.value));
-                }
-                Ok(out)
-            })
-            .await
-    }
-
-    /// Meta group: the replicas recorded for each shard.
-    pub async fn assignments(&self) -> Result<BTreeMap<u32, Vec<NodeId>>, StorageError> {
-        let mut out = BTreeMap::new();
-        for (suffix, value) in self.meta_records(SHARD_PREFIX).await? {
-            out.insert(be_u32(&suffix)?, decode::<Vec<NodeId>>(&value, "sm_data")?);
-        }
-        Ok(out)
-    }
-
-    /// Meta group: shards with a move under way.
-    pub async fn pending_moves(&self) -> Result<BTreeSet<u32>, StorageError> {
-        self.meta_records(PENDING_PREFIX).await?.iter().map(|(k, _)| be_u32(k)).collect()
-    }
-
-    /// Meta group: nodes marked as draining.
-    pub async fn draining(&self) -> Result<BTreeSet<NodeId>, StorageError> {
-        self.meta_records(DRAIN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
-    }
-
-    /// Meta group: the last reported (leader, term) of each shard.
-    pub async fn leader_hints(&self) -> Result<BTreeMap<u32, (NodeId, u64)>, StorageError> {
-        let mut out = BTreeMap::new();
-        for (suffix, value) in self.meta_records(LEADER_PREFIX).await? {
-            out.insert(be_u32(&suffix)?, decode::<(NodeId, u64)>(&value, "sm_data")?);
-        }
-        Ok(out)
-    }
-
-    /// Meta group: every hook record, by name.
-    pub async fn hook_records(&self) -> Result<Vec<HookRecord>, StorageError> {
-        self.meta_records(HOOK_PREFIX).await?.iter().map(|(_, v)| decode_hook_record(v)).collect()
-    }
-
-    /// Meta group: every runtime token record (hashes only), by name.
-    pub async fn token_records(&self) -> Result<Vec<TokenRecord>, StorageError> {
-        self.meta_records(TOKEN_PREFIX).await?.iter().map(|(_, v)| decode::<TokenRecord>(v, "sm_data")).collect()
-    }
-
-    /// Meta group: the partition function and the re-shard job.
-    pub async fn partition_state(&self) -> Result<PartitionState, StorageError> {
-        let group = self.group;
-        self.storage
-            .blocking(move |s| match read_envelope(s, group, PARTITION_KEY)? {
-                Some(e) => decode_partition(&e.value),
-                None => Ok(PartitionState::default()),
-            })
-            .await
-    }
-
     /// Up to `limit` records (live or expired, not yet swept) with keys
     /// after `after`, in key order: a re-shard pass over the shard.
     pub async fn records_after(
@@ -389,16 +320,6 @@ impl StateMachine {
             })
             .await
     }
-
-    /// Meta group: nodes marked as down.
-    pub async fn down(&self) -> Result<BTreeSet<NodeId>, StorageError> {
-        self.meta_records(DOWN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
-    }
-
-    /// Meta group: nodes marked as unreachable (silent for a few seconds).
-    pub async fn unreachable(&self) -> Result<BTreeSet<NodeId>, StorageError> {
-        self.meta_records(UNREACHABLE_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
-    }
 }
 
 /// The last log id the state machine of `group` has committed to storage.
@@ -418,20 +339,6 @@ pub(crate) fn applied_in(s: &Storage, view: &fjall::Snapshot, group: GroupId) ->
     }
 }
 
-fn be_u32(b: &[u8]) -> Result<u32, StorageError> {
-    <[u8; 4]>::try_from(b).map(u32::from_be_bytes).map_err(|_| StorageError::Corrupt {
-        keyspace: "sm_data",
-        detail: format!("bad meta key of {} bytes", b.len()),
-    })
-}
-
-fn be_u64(b: &[u8]) -> Result<u64, StorageError> {
-    <[u8; 8]>::try_from(b).map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
-        keyspace: "sm_data",
-        detail: format!("bad meta key of {} bytes", b.len()),
-    })
-}
-
 fn read_envelope(s: &Storage, group: GroupId, key: &[u8]) -> Result<Option<Envelope>, StorageError> {
     match s.sm_data().get(group_key(group, key)).map_err(StorageError::fjall("reading a value"))? {
         Some(raw) => Ok(Some(Envelope::decode(&raw)?)),
@@ -439,13 +346,20 @@ fn read_envelope(s: &Storage, group: GroupId, key: &[u8]) -> Result<Option<Envel
     }
 }
 
+/// Applies the ops the raft layer does not interpret, the meta group's, to
+/// an entry's [`ApplyBatch`] (`crate::meta::apply`): given the entry's index,
+/// the leader's clock and the op.
+pub type ApplyMeta = fn(&mut ApplyBatch<'_>, u64, u64, MetaOp) -> Result<CommandResult, StorageError>;
+
 /// Applies a run of commands, then writes their net effect as one batch.
 ///
 /// fjall gives every item of a batch the same sequence number, so a key must
 /// appear at most once per batch: writes are collected here and deduplicated.
-struct Applier<'a> {
+pub struct ApplyBatch<'a> {
     s: &'a Storage,
     group: GroupId,
+    /// How this group applies meta ops (the meta group only).
+    apply_meta: Option<ApplyMeta>,
     /// Final state of every user key touched by this run (`None` = deleted).
     data: HashMap<Vec<u8>, Option<Envelope>>,
     /// TTL index changes by index key: `true` = insert, `false` = remove.
@@ -458,15 +372,18 @@ struct Applier<'a> {
     cleared_up_to: Option<u64>,
 }
 
-impl Applier<'_> {
-    fn current(&self, key: &[u8]) -> Result<Option<Envelope>, StorageError> {
+impl ApplyBatch<'_> {
+    /// The record `key` holds as of the ops applied so far.
+    pub fn current(&self, key: &[u8]) -> Result<Option<Envelope>, StorageError> {
         match self.data.get(key) {
             Some(v) => Ok(v.clone()),
             None => read_envelope(self.s, self.group, key),
         }
     }
 
-    fn set(&mut self, key: Vec<u8>, old: Option<&Envelope>, new: Option<Envelope>) {
+    /// Replaces `key`'s record `old` (as [`Self::current`] gave it) with
+    /// `new` (`None`: deletes it), keeping the TTL index in step.
+    pub fn set(&mut self, key: Vec<u8>, old: Option<&Envelope>, new: Option<Envelope>) {
         if let Some(t) = old.and_then(|e| e.expires_at) {
             self.expiry.insert(expiry_key(self.group, t, &key), false);
         }
@@ -477,7 +394,7 @@ impl Applier<'_> {
     }
 
     /// Sets (`on`) or clears a meta-group marker: a record whose presence is its value.
-    fn set_marker(&mut self, key: Vec<u8>, on: bool, index: u64) -> Result<(), StorageError> {
+    pub fn set_marker(&mut self, key: Vec<u8>, on: bool, index: u64) -> Result<(), StorageError> {
         let old = self.current(&key)?;
         let new = on.then(|| Envelope { value: bytes::Bytes::new(), version: index, expires_at: None });
         self.set(key, old.as_ref(), new);
@@ -557,35 +474,29 @@ impl Applier<'_> {
         Ok(self.s.sm_meta().get(marker).map_err(StorageError::fjall("reading a re-shard marker"))?.is_some())
     }
 
-    /// Changes the meta group's partition state; `change` returns the
-    /// result to report (nothing is written when the state is unchanged).
-    fn update_partition<R>(
-        &mut self,
-        index: u64,
-        change: impl FnOnce(&mut PartitionState) -> R,
-    ) -> Result<R, StorageError> {
-        let old = self.current(PARTITION_KEY)?;
-        let mut state = match &old {
-            Some(e) => decode_partition(&e.value)?,
-            None => PartitionState::default(),
-        };
-        let before = state.clone();
-        let result = change(&mut state);
-        if state != before {
-            let value = encode(&state).into();
-            self.set(PARTITION_KEY.to_vec(), old.as_ref(), Some(Envelope { value, version: index, expires_at: None }));
-        }
-        Ok(result)
-    }
-
     fn apply(&mut self, index: u64, cmd: Command) -> Result<Vec<CommandResult>, StorageError> {
         let now = cmd.now_ms;
         cmd.ops.into_iter().map(|op| self.apply_op(index, now, op)).collect()
     }
 
     fn apply_op(&mut self, index: u64, now: u64, op: Op) -> Result<CommandResult, StorageError> {
+        match op {
+            Op::Kv(op) => self.apply_kv(index, now, op),
+            Op::Meta(op) => match self.apply_meta {
+                Some(apply_meta) => apply_meta(self, index, now, op),
+                None => {
+                    // Only the meta group logs meta ops; a shard group
+                    // ignores one alike on every replica.
+                    tracing::warn!(group = self.group, ?op, "a meta op in a shard group's log: ignored");
+                    Ok(CommandResult::Done)
+                }
+            },
+        }
+    }
+
+    fn apply_kv(&mut self, index: u64, now: u64, op: KvOp) -> Result<CommandResult, StorageError> {
         Ok(match op {
-            Op::Put { key, value, expires_at, if_version, hooks } => {
+            KvOp::Put { key, value, expires_at, if_version, hooks } => {
                 let old = self.current(&key)?;
                 let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
                 if if_version.is_some_and(|want| want != live) {
@@ -600,7 +511,7 @@ impl Applier<'_> {
                 self.set(key, old.as_ref(), Some(env));
                 CommandResult::Written { version, hooks: hooks.used }
             }
-            Op::Delete { key, if_version, hooks } => {
+            KvOp::Delete { key, if_version, hooks } => {
                 let old = self.current(&key)?;
                 let live = old.as_ref().filter(|e| !e.is_expired(now)).map_or(0, |e| e.version);
                 if if_version.is_some_and(|want| want != live) {
@@ -616,161 +527,31 @@ impl Applier<'_> {
                 }
                 CommandResult::Deleted { existed: live != 0, version, hooks: hooks.used }
             }
-            Op::Expire { key, version } => {
+            KvOp::Expire { key, version } => {
                 self.expire(key, version)?;
                 CommandResult::Done
             }
-            Op::SetNode { id, addr } => {
-                let key = [NODE_PREFIX, &id.to_be_bytes()].concat();
-                let old = self.current(&key)?;
-                self.set(key, old.as_ref(), Some(Envelope { value: addr.into(), version: index, expires_at: None }));
-                CommandResult::Done
-            }
-            Op::RemoveNode { id } => {
-                let key = [NODE_PREFIX, &id.to_be_bytes()].concat();
-                let old = self.current(&key)?;
-                self.set(key, old.as_ref(), None);
-                CommandResult::Done
-            }
-            Op::SetAssignment { shard, replicas, pending } => {
-                let key = [SHARD_PREFIX, &shard.to_be_bytes()].concat();
-                let old = self.current(&key)?;
-                let value = encode(&replicas);
-                self.set(key, old.as_ref(), Some(Envelope { value: value.into(), version: index, expires_at: None }));
-                self.set_marker([PENDING_PREFIX, &shard.to_be_bytes()].concat(), pending, index)?;
-                CommandResult::Done
-            }
-            Op::SetDraining { id, draining } => {
-                self.set_marker([DRAIN_PREFIX, &id.to_be_bytes()].concat(), draining, index)?;
-                CommandResult::Done
-            }
-            Op::SetDown { id, down } => {
-                self.set_marker([DOWN_PREFIX, &id.to_be_bytes()].concat(), down, index)?;
-                CommandResult::Done
-            }
-            Op::SetLeaderHint { shard, leader, term } => {
-                let key = [LEADER_PREFIX, &shard.to_be_bytes()].concat();
-                let old = self.current(&key)?;
-                let newer = match &old {
-                    Some(e) => decode::<(NodeId, u64)>(&e.value, "sm_data")?.1 <= term,
-                    None => true,
-                };
-                if newer {
-                    let value = encode(&(leader, term)).into();
-                    self.set(key, old.as_ref(), Some(Envelope { value, version: index, expires_at: None }));
-                }
-                CommandResult::Done
-            }
-            Op::DeployHook { spec } => {
-                let name = spec.name.clone();
-                self.update_hook(&name, index, |r| {
-                    let replaced = r.current.as_ref().map_or(0, |c| c.version);
-                    let version = r.deploy(*spec)?;
-                    Ok((version, replaced))
-                })?
-            }
-            Op::RemoveHook { name } => self.update_hook(&name, index, |r| Ok((0, r.remove(&name)?)))?,
-            Op::RollbackHook { name } => self.update_hook(&name, index, |r| r.rollback(&name))?,
-            Op::DeployShadowHook { spec } => {
-                let name = spec.name.clone();
-                self.update_hook(&name, index, |r| r.deploy_shadow(*spec))?
-            }
-            Op::PromoteHook { name } => self.update_hook(&name, index, |r| r.promote(&name))?,
-            Op::RemoveShadowHook { name } => self.update_hook(&name, index, |r| Ok((0, r.remove_shadow(&name)?)))?,
-            Op::CreateToken { record } => {
-                let key = [TOKEN_PREFIX, record.name.as_bytes()].concat();
-                let old = self.current(&key)?;
-                if old.is_some() {
-                    return Ok(CommandResult::TokenRefused {
-                        reason: format!("a token named {:?} exists; revoke it first", record.name),
-                    });
-                }
-                let value = encode(&*record).into();
-                self.set(key, None, Some(Envelope { value, version: index, expires_at: None }));
-                CommandResult::TokenChanged { existed: false }
-            }
-            Op::RevokeToken { name } => {
-                let key = [TOKEN_PREFIX, name.as_bytes()].concat();
-                let old = self.current(&key)?;
-                let existed = old.is_some();
-                if existed {
-                    self.set(key, old.as_ref(), None);
-                }
-                CommandResult::TokenChanged { existed }
-            }
-            Op::SetPartitioner { spec, shards } => {
-                let _ = shards;
-                self.update_partition(index, |st| match st.set(spec.map(|s| *s), now) {
-                    Ok(epoch) => CommandResult::PartitionChanged { epoch },
-                    Err(reason) => CommandResult::PartitionRefused { reason },
-                })?
-            }
-            Op::ReshardProgress { epoch, shard, progress, shards } => {
-                let mut retired = Vec::new();
-                self.update_partition(index, |st| {
-                    retired = st.record_progress(epoch, shard, progress, shards, now).unwrap_or_default();
-                })?;
-                // A merged-away shard has no keys left: forgetting its
-                // assignment makes every node drop its group.
-                for shard in retired {
-                    for prefix in [SHARD_PREFIX, PENDING_PREFIX, LEADER_PREFIX] {
-                        let key = [prefix, &shard.to_be_bytes()].concat();
-                        let old = self.current(&key)?;
-                        if old.is_some() {
-                            self.set(key, old.as_ref(), None);
-                        }
-                    }
-                }
-                CommandResult::Done
-            }
-            Op::ResizeShards { change, shards } => {
-                let mut result = None;
-                self.update_partition(index, |st| result = Some(st.resize(change, shards, now)))?;
-                match result {
-                    Some(Ok((epoch, change))) => {
-                        if let crate::ring::partition::ShardChange::Split { shard, new_shard: Some(new), .. } = change {
-                            // The new shard starts on its parent's replicas.
-                            if let Some(parent) = self.current(&[SHARD_PREFIX, &shard.to_be_bytes()].concat())? {
-                                let key = [SHARD_PREFIX, &new.to_be_bytes()].concat();
-                                let env = Envelope { value: parent.value, version: index, expires_at: None };
-                                self.set(key, None, Some(env));
-                            }
-                        }
-                        CommandResult::Resized { epoch, change }
-                    }
-                    Some(Err(reason)) => CommandResult::PartitionRefused { reason },
-                    None => CommandResult::Done,
-                }
-            }
-            Op::MoveIn { key, value, version, expires_at, epoch } => CommandResult::MovedIn {
+            KvOp::MoveIn { key, value, version, expires_at, epoch } => CommandResult::MovedIn {
                 written: self.move_in(epoch, MovedRecord { key, value, version, expires_at })?,
             },
-            Op::MoveInBatch { records, epoch } => {
+            KvOp::MoveInBatch { records, epoch } => {
                 let mut written = 0;
                 for record in records {
                     written += u64::from(self.move_in(epoch, record)?);
                 }
                 CommandResult::MovedInBatch { written }
             }
-            Op::ExpireBatch { keys } => {
+            KvOp::ExpireBatch { keys } => {
                 for (key, version) in keys {
                     self.expire(key, version)?;
                 }
                 CommandResult::Done
             }
-            Op::ClearMoveMarkers { epoch } => {
+            KvOp::ClearMoveMarkers { epoch } => {
                 self.cleared.push(epoch);
                 CommandResult::Done
             }
-            Op::SetUnreachable { id, unreachable } => {
-                self.set_marker([UNREACHABLE_PREFIX, &id.to_be_bytes()].concat(), unreachable, index)?;
-                CommandResult::Done
-            }
-            Op::ReshardStalled { epoch, shard, key, error } => self.update_partition(index, |st| {
-                st.record_stall(epoch, shard, key, error, now);
-                CommandResult::Done
-            })?,
-            Op::ClearMoveMarkersUpTo { epoch } => {
+            KvOp::ClearMoveMarkersUpTo { epoch } => {
                 self.cleared_up_to = self.cleared_up_to.max(Some(epoch));
                 CommandResult::Done
             }
@@ -786,35 +567,6 @@ impl Applier<'_> {
 /// it moved can never match a later write.
 fn next_version(index: u64, old: Option<&Envelope>) -> u64 {
     old.map_or(index, |e| index.max(e.version.saturating_add(1)))
-}
-
-impl Applier<'_> {
-    /// Changes one hook record; `change` returns (now active, replaced) or
-    /// why the change is refused (then nothing is written).
-    fn update_hook(
-        &mut self,
-        name: &str,
-        index: u64,
-        change: impl FnOnce(&mut HookRecord) -> Result<(u64, u64), String>,
-    ) -> Result<CommandResult, StorageError> {
-        let key = [HOOK_PREFIX, name.as_bytes()].concat();
-        let old = self.current(&key)?;
-        let mut record = match &old {
-            Some(e) => decode_hook_record(&e.value)?,
-            None => HookRecord::default(),
-        };
-        let before = record.clone();
-        match change(&mut record) {
-            Ok((version, replaced)) => {
-                if record != before {
-                    let value = encode(&record).into();
-                    self.set(key, old.as_ref(), Some(Envelope { value, version: index, expires_at: None }));
-                }
-                Ok(CommandResult::HookChanged { version, replaced })
-            }
-            Err(reason) => Ok(CommandResult::HookRefused { reason }),
-        }
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -850,11 +602,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // hand-offs per apply cost more than the apply (docs/performance.md).
         let may_stall = self.storage.state_machine_write_may_stall();
         let applied_ops = self.applied_ops.clone();
+        let apply_meta = self.apply_meta;
         self.storage
             .run(may_stall, move |s| {
-                let mut ap = Applier {
+                let mut ap = ApplyBatch {
                     s,
                     group,
+                    apply_meta,
                     data: HashMap::new(),
                     expiry: HashMap::new(),
                     moved: Default::default(),
@@ -1031,14 +785,17 @@ mod tests {
     use super::*;
 
     /// Applies `ops` as the entry at `index` and returns their results.
-    async fn apply(sm: &mut StateMachine, index: u64, ops: Vec<Op>) -> Vec<CommandResult> {
+    async fn apply(sm: &mut StateMachine, index: u64, ops: Vec<KvOp>) -> Vec<CommandResult> {
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
-        let entry = Entry { log_id, payload: EntryPayload::Normal(Command { now_ms: 1000, ops }) };
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Normal(Command { now_ms: 1000, ops: ops.into_iter().map(Op::Kv).collect() }),
+        };
         sm.apply([entry]).await.expect("apply").pop().expect("one entry")
     }
 
-    fn move_in(key: &str, version: u64, epoch: u64) -> Op {
-        Op::MoveIn { key: key.into(), value: b"moved".to_vec(), version, expires_at: None, epoch }
+    fn move_in(key: &str, version: u64, epoch: u64) -> KvOp {
+        KvOp::MoveIn { key: key.into(), value: b"moved".to_vec(), version, expires_at: None, epoch }
     }
 
     #[tokio::test]
@@ -1048,7 +805,7 @@ mod tests {
         let mut sm = StateMachine::new(1, storage);
         // Moved in at version 1305 by a shard further on than this one.
         apply(&mut sm, 1, vec![move_in("k", 1305, 1)]).await;
-        let put = |v: &str| Op::Put {
+        let put = |v: &str| KvOp::Put {
             key: b"k".to_vec(),
             value: v.as_bytes().to_vec(),
             expires_at: None,
@@ -1074,7 +831,7 @@ mod tests {
             vec![CommandResult::Written { version: 5000, hooks: vec![] }]
         );
         // A key written here first starts at the log index.
-        let fresh = Op::Put { key: b"f".to_vec(), value: vec![], expires_at: None, if_version: None, hooks: None };
+        let fresh = KvOp::Put { key: b"f".to_vec(), value: vec![], expires_at: None, if_version: None, hooks: None };
         assert_eq!(
             apply(&mut sm, 5001, vec![fresh]).await,
             vec![CommandResult::Written { version: 5001, hooks: vec![] }]
@@ -1091,18 +848,18 @@ mod tests {
         let got = sm.get(b"a".to_vec(), 0).await.expect("get").expect("moved in");
         assert_eq!((got.version, got.value.as_ref()), (77, b"moved".as_ref()));
         // Deleted since: a late copy of the same job does not bring it back.
-        let delete = Op::Delete { key: b"a".to_vec(), if_version: None, hooks: None };
+        let delete = KvOp::Delete { key: b"a".to_vec(), if_version: None, hooks: None };
         apply(&mut sm, 2, vec![delete]).await;
         assert_eq!(apply(&mut sm, 3, vec![move_in("a", 77, 1)]).await, vec![CommandResult::MovedIn { written: false }]);
         assert!(sm.get(b"a".to_vec(), 0).await.expect("get").is_none());
         // A key written here first keeps the newer write.
         let put =
-            Op::Put { key: b"b".to_vec(), value: b"new".to_vec(), expires_at: None, if_version: None, hooks: None };
+            KvOp::Put { key: b"b".to_vec(), value: b"new".to_vec(), expires_at: None, if_version: None, hooks: None };
         apply(&mut sm, 4, vec![put]).await;
         assert_eq!(apply(&mut sm, 5, vec![move_in("b", 2, 1)]).await, vec![CommandResult::MovedIn { written: false }]);
         assert_eq!(sm.get(b"b".to_vec(), 0).await.expect("get").map(|e| e.value.to_vec()), Some(b"new".to_vec()));
         // Once the job's markers are cleared, a later job moves the key again.
-        apply(&mut sm, 6, vec![Op::ClearMoveMarkers { epoch: 1 }]).await;
+        apply(&mut sm, 6, vec![KvOp::ClearMoveMarkers { epoch: 1 }]).await;
         assert_eq!(apply(&mut sm, 7, vec![move_in("a", 9, 2)]).await, vec![CommandResult::MovedIn { written: true }]);
     }
 
@@ -1123,7 +880,7 @@ mod tests {
         let mut behind = StateMachine::new(1, Storage::open(dir_b.path()).expect("storage"));
         // The leader moved `a` in for job 1, and a client deleted it since.
         apply(&mut leader, 1, vec![move_in("a", 77, 1)]).await;
-        let delete = Op::Delete { key: b"a".to_vec(), if_version: None, hooks: None };
+        let delete = KvOp::Delete { key: b"a".to_vec(), if_version: None, hooks: None };
         apply(&mut leader, 2, vec![delete]).await;
         // The lagging replica holds a marker the snapshot's state does not.
         apply(&mut behind, 1, vec![move_in("z", 5, 9)]).await;
@@ -1158,9 +915,9 @@ mod tests {
         let storage = Storage::open(dir.path()).expect("storage");
         let mut sm = StateMachine::new(1, storage);
         apply(&mut sm, 1, vec![move_in("a", 5, 1), move_in("b", 5, 2), move_in("c", 5, 3)]).await;
-        let delete = |k: &str| Op::Delete { key: k.as_bytes().to_vec(), if_version: None, hooks: None };
+        let delete = |k: &str| KvOp::Delete { key: k.as_bytes().to_vec(), if_version: None, hooks: None };
         apply(&mut sm, 2, vec![delete("a"), delete("b"), delete("c")]).await;
-        apply(&mut sm, 3, vec![Op::ClearMoveMarkersUpTo { epoch: 2 }]).await;
+        apply(&mut sm, 3, vec![KvOp::ClearMoveMarkersUpTo { epoch: 2 }]).await;
         // Jobs 1 and 2 forgot their moves; job 3 still refuses a late copy.
         let again = vec![move_in("a", 5, 1), move_in("b", 5, 2), move_in("c", 5, 3)];
         let written = |w| CommandResult::MovedIn { written: w };
@@ -1176,9 +933,9 @@ mod tests {
             |k: &str, version| MovedRecord { key: k.into(), value: b"moved".to_vec(), version, expires_at: None };
         // "b" was written here first, "c" already moved in by this job.
         let put =
-            Op::Put { key: b"b".to_vec(), value: b"new".to_vec(), expires_at: None, if_version: None, hooks: None };
+            KvOp::Put { key: b"b".to_vec(), value: b"new".to_vec(), expires_at: None, if_version: None, hooks: None };
         apply(&mut sm, 1, vec![put, move_in("c", 3, 1)]).await;
-        let batch = Op::MoveInBatch { records: vec![record("a", 7), record("b", 2), record("c", 3)], epoch: 1 };
+        let batch = KvOp::MoveInBatch { records: vec![record("a", 7), record("b", 2), record("c", 3)], epoch: 1 };
         assert_eq!(apply(&mut sm, 2, vec![batch]).await, vec![CommandResult::MovedInBatch { written: 1 }]);
         let version = |sm: &StateMachine, k: &str| {
             sm.get_blocking(k.as_bytes(), 0).expect("get").map(|e| (e.version, e.value.to_vec()))
@@ -1186,7 +943,7 @@ mod tests {
         assert_eq!(version(&sm, "a"), Some((7, b"moved".to_vec())));
         assert_eq!(version(&sm, "b"), Some((1, b"new".to_vec())), "the newer write stays");
         // The old shard's side: only keys still at the copied version go.
-        let expire = Op::ExpireBatch { keys: vec![(b"a".to_vec(), 7), (b"b".to_vec(), 2)] };
+        let expire = KvOp::ExpireBatch { keys: vec![(b"a".to_vec(), 7), (b"b".to_vec(), 2)] };
         assert_eq!(apply(&mut sm, 3, vec![expire]).await, vec![CommandResult::Done]);
         assert_eq!(version(&sm, "a"), None);
         assert_eq!(version(&sm, "b"), Some((1, b"new".to_vec())), "a newer version is not the copy's");
