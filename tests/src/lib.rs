@@ -490,6 +490,17 @@ impl ProcCluster {
         None
     }
 
+    /// The last [`NOTABLE_LINES`] lines of a node's log that report a
+    /// leader change, a warning or an error.
+    pub fn notable_log_lines(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
+        let notable: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("leader changed"))
+            .collect();
+        notable[notable.len().saturating_sub(NOTABLE_LINES)..].join("\n")
+    }
+
     /// Last lines of a node's log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default();
@@ -498,11 +509,22 @@ impl ProcCluster {
     }
 }
 
+/// How many notable log lines of each node a failed test prints.
+const NOTABLE_LINES: usize = 80;
+
 impl Drop for ProcCluster {
     fn drop(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);
+        }
+        if std::thread::panicking() {
+            // A failed test's output carries what each node said, so a CI
+            // failure can be diagnosed without its data directories.
+            for id in self.nodes.keys() {
+                eprintln!("--- node {id}: leader changes, warnings and errors (last {NOTABLE_LINES}) ---");
+                eprintln!("{}", self.notable_log_lines(*id));
+            }
         }
         // RINGKV_KEEP_TEST_DIRS=1 keeps data directories and node logs for a post-mortem.
         if std::env::var_os("RINGKV_KEEP_TEST_DIRS").is_some() {

@@ -444,23 +444,48 @@ mod wire_golden {
         ]
     }
 
-    #[test]
-    fn log_ops_keep_the_flat_encoding() {
+    /// A sample of each key op and its bytes in the flat log enum.
+    fn kv_op_samples() -> Vec<(KvOp, &'static str)> {
         let stamped =
             KvOp::Put { key: k(), value: b"v".to_vec(), expires_at: Some(9), if_version: Some(3), hooks: stamp() };
-        let mut samples: Vec<(Op, String)> = vec![
-            (Op::Kv(stamped), "00016b01760109010301010168020104".into()),
-            (Op::Kv(KvOp::Delete { key: k(), if_version: None, hooks: None }), "01016b0000".into()),
-            (Op::Kv(KvOp::Expire { key: k(), version: 7 }), "02016b07".into()),
+        vec![
+            (stamped, "00016b01760109010301010168020104"),
+            (KvOp::Delete { key: k(), if_version: None, hooks: None }, "01016b0000"),
+            (KvOp::Expire { key: k(), version: 7 }, "02016b07"),
             (
-                Op::Kv(KvOp::MoveIn { key: k(), value: b"v".to_vec(), version: 5, expires_at: None, epoch: 8 }),
-                "10016b0176050008".into(),
+                KvOp::MoveIn { key: k(), value: b"v".to_vec(), version: 5, expires_at: None, epoch: 8 },
+                "10016b0176050008",
             ),
-            (Op::Kv(KvOp::ClearMoveMarkers { epoch: 8 }), "1108".into()),
-            (Op::Kv(KvOp::ClearMoveMarkersUpTo { epoch: 8 }), "1408".into()),
-            (Op::Kv(KvOp::MoveInBatch { records: vec![record()], epoch: 8 }), "1501016b017605010608".into()),
-            (Op::Kv(KvOp::ExpireBatch { keys: vec![(k(), 5)] }), "1601016b05".into()),
-        ];
+            (KvOp::ClearMoveMarkers { epoch: 8 }, "1108"),
+            (KvOp::ClearMoveMarkersUpTo { epoch: 8 }, "1408"),
+            (KvOp::MoveInBatch { records: vec![record()], epoch: 8 }, "1501016b017605010608"),
+            (KvOp::ExpireBatch { keys: vec![(k(), 5)] }, "1601016b05"),
+        ]
+    }
+
+    /// A sample of each key proposal and its bytes in the flat proposal enum.
+    fn kv_proposal_samples() -> Vec<(KvProposal, &'static str)> {
+        let stamped =
+            KvProposal::Put { key: k(), value: b"v".to_vec(), ttl_ms: Some(9), if_version: Some(3), hooks: stamp() };
+        let moved = KvProposal::MoveIn { key: k(), value: b"v".to_vec(), version: 5, expires_at: Some(6), epoch: 8 };
+        let batch = KvProposal::MoveInBatch { records: vec![record(), record()], epoch: 8 };
+        vec![
+            (stamped, "00016b01760109010301010168020104"),
+            (KvProposal::Delete { key: k(), if_version: Some(1), hooks: None }, "01016b010100"),
+            (KvProposal::Expire { key: k(), version: 7 }, "02016b07"),
+            (moved, "10016b017605010608"),
+            (KvProposal::MoveOut { key: k(), version: 5, epoch: 8 }, "11016b0508"),
+            (KvProposal::ClearMoveMarkers { epoch: 8 }, "1208"),
+            (KvProposal::ClearMoveMarkersUpTo { epoch: 8 }, "1508"),
+            (batch, "1602016b0176050106016b017605010608"),
+            (KvProposal::MoveOutBatch { keys: vec![(k(), 5)], epoch: 8 }, "1701016b0508"),
+        ]
+    }
+
+    #[test]
+    fn log_ops_keep_the_flat_encoding() {
+        let mut samples: Vec<(Op, String)> =
+            kv_op_samples().into_iter().map(|(op, hex)| (Op::Kv(op), hex.to_string())).collect();
         let cmd = Command { now_ms: 300, ops: samples[..3].iter().map(|(op, _)| op.clone()).collect() };
         samples.extend(meta_samples().into_iter().map(|(op, tag, _, body)| (op.into(), format!("{tag:02x}{body}"))));
         check(samples);
@@ -469,25 +494,89 @@ mod wire_golden {
 
     #[test]
     fn proposals_keep_the_flat_encoding() {
-        let stamped =
-            KvProposal::Put { key: k(), value: b"v".to_vec(), ttl_ms: Some(9), if_version: Some(3), hooks: stamp() };
-        let moved = KvProposal::MoveIn { key: k(), value: b"v".to_vec(), version: 5, expires_at: Some(6), epoch: 8 };
-        let mut samples: Vec<(Proposal, String)> = vec![
-            (stamped.into(), "00016b01760109010301010168020104".into()),
-            (KvProposal::Delete { key: k(), if_version: Some(1), hooks: None }.into(), "01016b010100".into()),
-            (KvProposal::Expire { key: k(), version: 7 }.into(), "02016b07".into()),
-            (moved.into(), "10016b017605010608".into()),
-            (KvProposal::MoveOut { key: k(), version: 5, epoch: 8 }.into(), "11016b0508".into()),
-            (KvProposal::ClearMoveMarkers { epoch: 8 }.into(), "1208".into()),
-            (KvProposal::ClearMoveMarkersUpTo { epoch: 8 }.into(), "1508".into()),
-            (
-                KvProposal::MoveInBatch { records: vec![record(), record()], epoch: 8 }.into(),
-                "1602016b0176050106016b017605010608".into(),
-            ),
-            (KvProposal::MoveOutBatch { keys: vec![(k(), 5)], epoch: 8 }.into(), "1701016b0508".into()),
-        ];
+        let mut samples: Vec<(Proposal, String)> =
+            kv_proposal_samples().into_iter().map(|(p, hex)| (p.into(), hex.to_string())).collect();
         samples.extend(meta_samples().into_iter().map(|(op, _, tag, body)| (op.into(), format!("{tag:02x}{body}"))));
         check(samples);
+    }
+
+    /// Each variant's position in its enum. The matches are exhaustive, so
+    /// a new variant does not compile until it is given a sample above and
+    /// an index in `wire`'s tables.
+    fn kv_op_position(op: &KvOp) -> usize {
+        match op {
+            KvOp::Put { .. } => 0,
+            KvOp::Delete { .. } => 1,
+            KvOp::Expire { .. } => 2,
+            KvOp::MoveIn { .. } => 3,
+            KvOp::ClearMoveMarkers { .. } => 4,
+            KvOp::ClearMoveMarkersUpTo { .. } => 5,
+            KvOp::MoveInBatch { .. } => 6,
+            KvOp::ExpireBatch { .. } => 7,
+        }
+    }
+
+    fn kv_proposal_position(p: &KvProposal) -> usize {
+        match p {
+            KvProposal::Put { .. } => 0,
+            KvProposal::Delete { .. } => 1,
+            KvProposal::Expire { .. } => 2,
+            KvProposal::MoveIn { .. } => 3,
+            KvProposal::MoveOut { .. } => 4,
+            KvProposal::ClearMoveMarkers { .. } => 5,
+            KvProposal::ClearMoveMarkersUpTo { .. } => 6,
+            KvProposal::MoveInBatch { .. } => 7,
+            KvProposal::MoveOutBatch { .. } => 8,
+        }
+    }
+
+    fn meta_op_position(op: &MetaOp) -> usize {
+        match op {
+            MetaOp::SetNode { .. } => 0,
+            MetaOp::RemoveNode { .. } => 1,
+            MetaOp::SetAssignment { .. } => 2,
+            MetaOp::SetDraining { .. } => 3,
+            MetaOp::SetDown { .. } => 4,
+            MetaOp::SetLeaderHint { .. } => 5,
+            MetaOp::DeployHook { .. } => 6,
+            MetaOp::RemoveHook { .. } => 7,
+            MetaOp::RollbackHook { .. } => 8,
+            MetaOp::CreateToken { .. } => 9,
+            MetaOp::RevokeToken { .. } => 10,
+            MetaOp::SetPartitioner { .. } => 11,
+            MetaOp::ReshardProgress { .. } => 12,
+            MetaOp::SetUnreachable { .. } => 13,
+            MetaOp::ReshardStalled { .. } => 14,
+            MetaOp::DeployShadowHook { .. } => 15,
+            MetaOp::PromoteHook { .. } => 16,
+            MetaOp::RemoveShadowHook { .. } => 17,
+            MetaOp::ResizeShards { .. } => 18,
+        }
+    }
+
+    /// Every variant has a sample, and every flat index belongs to exactly
+    /// one variant: the tables hold each index once, without gaps.
+    #[test]
+    fn the_wire_tables_cover_every_variant_and_every_index_once() {
+        use wire::KvPart;
+        fn flat_indices<K: KvPart>() -> Vec<u32> {
+            let mut all: Vec<u32> = K::KV_INDICES.iter().chain(K::META_INDICES).copied().collect();
+            all.sort_unstable();
+            all
+        }
+        assert_eq!(flat_indices::<KvOp>(), (0..27).collect::<Vec<_>>());
+        assert_eq!(flat_indices::<KvProposal>(), (0..28).collect::<Vec<_>>());
+        let positions = |mut p: Vec<usize>| {
+            p.sort_unstable();
+            p.dedup();
+            p
+        };
+        let kv = positions(kv_op_samples().iter().map(|(op, _)| kv_op_position(op)).collect());
+        assert_eq!(kv, (0..KvOp::KV_INDICES.len()).collect::<Vec<_>>());
+        let proposals = positions(kv_proposal_samples().iter().map(|(p, _)| kv_proposal_position(p)).collect());
+        assert_eq!(proposals, (0..KvProposal::KV_INDICES.len()).collect::<Vec<_>>());
+        let metas = positions(meta_samples().iter().map(|(op, ..)| meta_op_position(op)).collect());
+        assert_eq!(metas, (0..KvOp::META_INDICES.len()).collect::<Vec<_>>());
     }
 
     #[test]
