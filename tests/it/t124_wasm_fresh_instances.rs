@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ringkv::hooks::wasm::memory_grows;
 use ringkv::hooks::{
     runtime_for, CompiledHook, Decision, FailPolicy, HookInput, HookKind, HookLimits, HookSpec, OldValueLoader, Stage,
-    WriteKind,
+    WriteOp,
 };
 use ringkv_tests::guest::guest_module;
 
@@ -33,7 +33,7 @@ fn compiled(name: &str) -> Arc<dyn CompiledHook> {
 
 fn put(hook: &Arc<dyn CompiledHook>, value: &[u8]) -> Decision {
     let no_old: OldValueLoader = Arc::new(|| Ok(None));
-    let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(value), now_ms: 1, client_ttl_ms: None };
+    let input = HookInput { op: WriteOp::Put, key: b"k", value: Some(value), now_ms: 1, client_ttl_ms: None };
     let report = hook.call(&input, &no_old);
     report.result.unwrap_or_else(|e| panic!("{}: the call failed: {e}", hook.spec().name))
 }

@@ -34,6 +34,16 @@ pub enum WriteOp {
     Delete,
 }
 
+impl WriteOp {
+    /// Its name as Lua hooks and the hook API see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOp::Put => "put",
+            WriteOp::Delete => "delete",
+        }
+    }
+}
+
 /// A `validate`/`ttl` input record, borrowing key and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Input<'a> {

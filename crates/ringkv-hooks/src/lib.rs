@@ -132,21 +132,9 @@ impl HookSpec {
     }
 }
 
-/// Which kind of write a hook judges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteKind {
-    Put,
-    Delete,
-}
-
-impl WriteKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteKind::Put => "put",
-            WriteKind::Delete => "delete",
-        }
-    }
-}
+/// Which kind of write a hook judges: the ABI's own record, so Lua, Wasm
+/// and the registry share one type.
+pub use ringkv_hook_abi::WriteOp;
 
 /// The stored value a write would replace, as a hook sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +159,7 @@ pub fn read_once(read: OldValueLoader) -> OldValueLoader {
 /// One write as the hooks see it.
 #[derive(Debug, Clone)]
 pub struct HookInput<'a> {
-    pub op: WriteKind,
+    pub op: WriteOp,
     pub key: &'a [u8],
     /// `None` for a delete.
     pub value: Option<&'a [u8]>,

@@ -729,7 +729,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::{FailPolicy, HookKind, HookLimits, WriteKind};
+    use crate::{FailPolicy, HookKind, HookLimits, WriteOp};
 
     /// Generous limits for calls that must succeed: the tests do not depend
     /// on how fast a (debug, loaded) machine is.
@@ -772,7 +772,7 @@ mod tests {
     }
 
     fn put(hook: &Arc<dyn CompiledHook>, key: &[u8], value: &[u8]) -> CallReport {
-        let input = HookInput { op: WriteKind::Put, key, value: Some(value), now_ms: 1_000, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key, value: Some(value), now_ms: 1_000, client_ttl_ms: None };
         hook.call(&input, &no_old())
     }
 
@@ -846,7 +846,7 @@ mod tests {
             end",
         );
         let input = HookInput {
-            op: WriteKind::Put,
+            op: WriteOp::Put,
             key: b"user:1",
             value: Some(b"\0\xffraw"),
             now_ms: 1234,
@@ -861,7 +861,7 @@ mod tests {
                 return value == nil and ctx.op == 'delete' and ctx.client_ttl_ms == nil
             end",
         );
-        let input = HookInput { op: WriteKind::Delete, key: b"k", value: None, now_ms: 1, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Delete, key: b"k", value: None, now_ms: 1, client_ttl_ms: None };
         assert_eq!(hook.call(&input, &no_old()).result, Ok(Decision::Accept));
     }
 
@@ -873,7 +873,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             Ok(Some(OldValue { value: b"before".to_vec(), version: 7 }))
         });
-        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"after"), now_ms: 1, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key: b"k", value: Some(b"after"), now_ms: 1, client_ttl_ms: None };
 
         let unused = validate("function validate(k, v, ctx) return ctx.op == 'put' end");
         let report = unused.call(&input, &loader);
@@ -902,7 +902,7 @@ mod tests {
     #[test]
     fn old_value_loader_error_fails_the_call_even_if_caught() {
         let broken: OldValueLoader = Arc::new(|| Err("disk on fire".to_string()));
-        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
         let hook = validate("function validate(k, v, ctx) return ctx.old_value == nil end");
         let message = error_of(hook.call(&input, &broken).result);
         assert!(message.contains("could not read the old value: disk on fire"), "{message}");

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use super::pool::{HookPool, PoolError};
 use super::{
     read_once, runtime_for, CallReport, CompiledHook, CompiledPartitioner, Decision, FailPolicy, HookFailure,
-    HookInput, HookSpec, OldValueLoader, Stage, WriteKind,
+    HookInput, HookSpec, OldValueLoader, Stage, WriteOp,
 };
 
 /// A hook's record in the meta group: the active version, the previous
@@ -259,7 +259,7 @@ pub enum JudgeError {
 
 /// One write, owned, as the hooks see it.
 pub struct Write {
-    pub op: WriteKind,
+    pub op: WriteOp,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
     pub now_ms: u64,
@@ -543,12 +543,12 @@ impl HookSet {
     }
 
     /// The hooks a write runs, in order (ttl hooks only run on puts).
-    fn matching(&self, op: WriteKind, key: &[u8]) -> Vec<Arc<dyn CompiledHook>> {
+    fn matching(&self, op: WriteOp, key: &[u8]) -> Vec<Arc<dyn CompiledHook>> {
         self.hooks
             .iter()
             .filter(|h| {
                 let stage = h.spec().stage;
-                h.spec().applies_to(key) && (stage == Stage::Validate || (op == WriteKind::Put && stage == Stage::Ttl))
+                h.spec().applies_to(key) && (stage == Stage::Validate || (op == WriteOp::Put && stage == Stage::Ttl))
             })
             .cloned()
             .collect()
@@ -735,7 +735,7 @@ impl HookRegistry {
     /// Whether a hook that applies to this write recently broke a limit
     /// (see [`SUSPECT_FOR`]): such writes are judged one by one through
     /// [`HookRegistry::judge`], never in a batch.
-    pub fn has_suspect(&self, op: WriteKind, key: &[u8]) -> bool {
+    pub fn has_suspect(&self, op: WriteOp, key: &[u8]) -> bool {
         let now = now_ms();
         let last = self.last_limit_ms.load(Ordering::Relaxed);
         if last == 0 || now.saturating_sub(last) >= SUSPECT_FOR.as_millis() as u64 {
@@ -1014,7 +1014,7 @@ mod tests {
 
     fn put(key: &str, value: &str) -> Write {
         Write {
-            op: WriteKind::Put,
+            op: WriteOp::Put,
             key: key.as_bytes().to_vec(),
             value: Some(value.as_bytes().to_vec()),
             now_ms: 1,
@@ -1077,7 +1077,7 @@ mod tests {
         let s = registry.shadow_stats("h", 2);
         assert!(s.calls.limit_hits >= 1, "{s:?}");
         assert_eq!(s.calls.limit_hits + s.skipped, 6, "every write ran the shadow or skipped it: {s:?}");
-        assert!(!registry.has_suspect(WriteKind::Put, b"k"), "a shadow's limits never make its writes suspect");
+        assert!(!registry.has_suspect(WriteOp::Put, b"k"), "a shadow's limits never make its writes suspect");
     }
 
     #[tokio::test]

@@ -1096,10 +1096,7 @@ fn chain(e: &wasmtime::Error) -> String {
 /// The validate/ttl input record (`ringkv_hook_abi`) of a write.
 fn input_record<'a>(input: &HookInput<'a>) -> ringkv_hook_abi::Input<'a> {
     ringkv_hook_abi::Input {
-        op: match input.op {
-            super::WriteKind::Put => ringkv_hook_abi::WriteOp::Put,
-            super::WriteKind::Delete => ringkv_hook_abi::WriteOp::Delete,
-        },
+        op: input.op,
         key: input.key,
         value: input.value,
         now_ms: input.now_ms,
@@ -1165,7 +1162,7 @@ mod tests {
     use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
     use super::*;
-    use crate::{FailPolicy, HookKind, OldValue, WriteKind};
+    use crate::{FailPolicy, HookKind, OldValue, WriteOp};
 
     macro_rules! wat {
         ($name:literal) => {
@@ -1244,14 +1241,14 @@ mod tests {
     }
 
     fn put(hook: &Arc<dyn CompiledHook>, key: &[u8], value: &[u8]) -> Result<Decision, HookFailure> {
-        let input = HookInput { op: WriteKind::Put, key, value: Some(value), now_ms: 1_000, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key, value: Some(value), now_ms: 1_000, client_ttl_ms: None };
         let report = hook.call(&input, &no_old());
         assert_eq!(report.old_version_read, None);
         report.result
     }
 
     fn delete(hook: &Arc<dyn CompiledHook>, key: &[u8]) -> Result<Decision, HookFailure> {
-        let input = HookInput { op: WriteKind::Delete, key, value: None, now_ms: 1_000, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Delete, key, value: None, now_ms: 1_000, client_ttl_ms: None };
         hook.call(&input, &no_old()).result
     }
 
@@ -1327,7 +1324,7 @@ mod tests {
         );
         let now_ms = 0x0102_0304_0506_0708u64;
         let input =
-            HookInput { op: WriteKind::Put, key: b"k1", value: Some(b"val"), now_ms, client_ttl_ms: Some(0x7f7e) };
+            HookInput { op: WriteOp::Put, key: b"k1", value: Some(b"val"), now_ms, client_ttl_ms: Some(0x7f7e) };
         let mut expected = vec![0u8, 3, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
         expected.extend_from_slice(&now_ms.to_le_bytes());
         expected.extend_from_slice(&0x7f7eu64.to_le_bytes());
@@ -1335,7 +1332,7 @@ mod tests {
         let reason = String::from_utf8(expected).expect("ASCII");
         assert_eq!(echo.call(&input, &no_old()).result, Ok(Decision::Reject(reason)));
 
-        let input = HookInput { op: WriteKind::Delete, key: b"k", value: None, now_ms, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Delete, key: b"k", value: None, now_ms, client_ttl_ms: None };
         let mut expected = vec![1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         expected.extend_from_slice(&now_ms.to_le_bytes());
         expected.extend_from_slice(&[0; 8]);
@@ -1762,7 +1759,7 @@ mod tests {
     fn abi_v2_hooks_read_the_old_value_once_and_guard_on_its_version() {
         let _calls = shared();
         let h = hook(Stage::Validate, &old_value_hook(2));
-        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"new"), now_ms: 1, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key: b"k", value: Some(b"new"), now_ms: 1, client_ttl_ms: None };
         let (loader, loads) = loader_of(Some((b"before", 7)));
         let report = h.call(&input, &loader);
         assert_eq!(report.result, Ok(Decision::Reject("\u{7}before".into())));
@@ -1779,7 +1776,7 @@ mod tests {
         let _calls = shared();
         let v1 = hook(Stage::Validate, &returning("ringkv_validate", &[0]));
         let v2 = hook(Stage::Validate, &old_value_hook(2));
-        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
         let (loader, loads) = loader_of(Some((b"x", 3)));
         let report = v1.call(&input, &loader);
         assert_eq!((report.result, report.old_version_read), (Ok(Decision::Accept), None));
@@ -1798,7 +1795,7 @@ mod tests {
     fn the_old_value_fails_clearly_where_there_is_none_to_read() {
         let _calls = shared();
         let h = hook(Stage::Validate, &old_value_hook(2));
-        let input = HookInput { op: WriteKind::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
+        let input = HookInput { op: WriteOp::Put, key: b"k", value: Some(b"v"), now_ms: 1, client_ttl_ms: None };
         let broken: OldValueLoader = Arc::new(|| Err("disk on fire".into()));
         let message = error_of(h.call(&input, &broken).result);
         assert!(message.contains("could not read the old value: disk on fire"), "{message}");

@@ -11,7 +11,7 @@ use crate::auth::Need;
 use crate::cluster::Node;
 use crate::hooks::{
     Decision, FailPolicy, HookKind, HookLimits, HookRecord, HookSpec, OldValue, ShadowSnapshot, Stage, StatsSnapshot,
-    Write, WriteKind,
+    Write, WriteOp,
 };
 use crate::raft::types::now_ms;
 
@@ -284,7 +284,7 @@ impl Hooks for HooksService {
         }
         let old = r.old_value.map(|v| OldValue { value: v.to_vec(), version: r.old_version.max(1) });
         let write = Write {
-            op: if r.value.is_some() { WriteKind::Put } else { WriteKind::Delete },
+            op: if r.value.is_some() { WriteOp::Put } else { WriteOp::Delete },
             key: r.key.to_vec(),
             value: r.value.map(|v| v.to_vec()),
             now_ms: now_ms(),

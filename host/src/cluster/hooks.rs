@@ -13,7 +13,7 @@ use super::{Group, Node, NodeError, META_GROUP};
 use crate::command::{CommandResult, HookStamp, KvProposal, MetaOp, Op, Proposal};
 use crate::hooks::{
     runtime_for, CallReport, CompiledHook, HookRecord, HookSpec, JudgeError, Judgement, OldValue, Stage, TtlChoice,
-    Write, WriteKind,
+    Write, WriteOp,
 };
 use crate::raft::types::now_ms;
 use crate::raft::StateMachine;
@@ -298,10 +298,10 @@ enum Version {
 }
 
 /// The kind and key of a write hooks judge; `None` for every other proposal.
-fn hooked_write(p: &Proposal) -> Option<(WriteKind, &[u8])> {
+fn hooked_write(p: &Proposal) -> Option<(WriteOp, &[u8])> {
     match p {
-        Op::Kv(KvProposal::Put { key, .. }) => Some((WriteKind::Put, key)),
-        Op::Kv(KvProposal::Delete { key, .. }) => Some((WriteKind::Delete, key)),
+        Op::Kv(KvProposal::Put { key, .. }) => Some((WriteOp::Put, key)),
+        Op::Kv(KvProposal::Delete { key, .. }) => Some((WriteOp::Delete, key)),
         _ => None,
     }
 }
@@ -310,8 +310,8 @@ fn hooked_write(p: &Proposal) -> Option<(WriteKind, &[u8])> {
 /// (this node's replica) when a hook asks for it.
 pub(super) fn write_of(p: &Proposal, sm: &StateMachine) -> Option<Write> {
     let (op, key, value, client_ttl_ms) = match p {
-        Op::Kv(KvProposal::Put { key, value, ttl_ms, .. }) => (WriteKind::Put, key, Some(value), *ttl_ms),
-        Op::Kv(KvProposal::Delete { key, .. }) => (WriteKind::Delete, key, None, None),
+        Op::Kv(KvProposal::Put { key, value, ttl_ms, .. }) => (WriteOp::Put, key, Some(value), *ttl_ms),
+        Op::Kv(KvProposal::Delete { key, .. }) => (WriteOp::Delete, key, None, None),
         _ => return None,
     };
     let sm = sm.clone();
