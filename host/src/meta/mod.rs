@@ -76,6 +76,11 @@ impl MetaState {
         MetaState { sm }
     }
 
+    /// The nodes holding a marker under `prefix` (draining, down, unreachable).
+    async fn marked_nodes(&self, prefix: &'static [u8]) -> Result<BTreeSet<NodeId>, StorageError> {
+        self.sm.records_under(prefix).await?.iter().map(|(k, _)| be_u64(k)).collect()
+    }
+
     /// The replicas recorded for each shard.
     pub async fn assignments(&self) -> Result<BTreeMap<u32, Vec<NodeId>>, StorageError> {
         let mut out = BTreeMap::new();
@@ -85,14 +90,14 @@ impl MetaState {
         Ok(out)
     }
 
-    /// shards with a move under way.
+    /// Shards with a move under way.
     pub async fn pending_moves(&self) -> Result<BTreeSet<u32>, StorageError> {
         self.sm.records_under(PENDING_PREFIX).await?.iter().map(|(k, _)| be_u32(k)).collect()
     }
 
-    /// nodes marked as draining.
+    /// Nodes marked as draining.
     pub async fn draining(&self) -> Result<BTreeSet<NodeId>, StorageError> {
-        self.sm.records_under(DRAIN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
+        self.marked_nodes(DRAIN_PREFIX).await
     }
 
     /// The last reported (leader, term) of each shard.
@@ -104,12 +109,12 @@ impl MetaState {
         Ok(out)
     }
 
-    /// every hook record, by name.
+    /// Every hook record, by name.
     pub async fn hook_records(&self) -> Result<Vec<HookRecord>, StorageError> {
         self.sm.records_under(HOOK_PREFIX).await?.iter().map(|(_, v)| decode_hook_record(v)).collect()
     }
 
-    /// every runtime token record (hashes only), by name.
+    /// Every runtime token record (hashes only), by name.
     pub async fn token_records(&self) -> Result<Vec<TokenRecord>, StorageError> {
         self.sm.records_under(TOKEN_PREFIX).await?.iter().map(|(_, v)| decode::<TokenRecord>(v, "sm_data")).collect()
     }
@@ -122,14 +127,14 @@ impl MetaState {
         }
     }
 
-    /// nodes marked as down.
+    /// Nodes marked as down.
     pub async fn down(&self) -> Result<BTreeSet<NodeId>, StorageError> {
-        self.sm.records_under(DOWN_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
+        self.marked_nodes(DOWN_PREFIX).await
     }
 
-    /// nodes marked as unreachable (silent for a few seconds).
+    /// Nodes marked as unreachable (silent for a few seconds).
     pub async fn unreachable(&self) -> Result<BTreeSet<NodeId>, StorageError> {
-        self.sm.records_under(UNREACHABLE_PREFIX).await?.iter().map(|(k, _)| be_u64(k)).collect()
+        self.marked_nodes(UNREACHABLE_PREFIX).await
     }
 }
 
