@@ -52,7 +52,7 @@ impl HttpServer {
             let result = match (tls, listener.local_addr()) {
                 (Some(tls), Ok(local)) => {
                     let incoming = crate::tls::accept(listener, tls, |m| m.http_server.clone(), Some);
-                    let listener = crate::tls::HttpsListener { incoming, local };
+                    let listener = crate::tls::HttpsListener::new(incoming, local);
                     axum::serve(listener, app).with_graceful_shutdown(stopped).await
                 }
                 (Some(_), Err(e)) => Err(e),

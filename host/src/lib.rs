@@ -4,7 +4,9 @@
 //! this list (the `layers` test checks it); ARCHITECTURE.md has the design
 //! and its reasons.
 //!
-//! Two layers are crates of their own, below this one, re-exported here:
+//! The lower layers are crates of their own, re-exported here under their
+//! module names, so `crate::raft::…` reads the same in this crate as in
+//! theirs:
 //!
 //! - [`storage`] (`ringkv-storage`) owns the node's single fjall database:
 //!   its keyspaces and key layout, the stored value format, the group-commit
@@ -13,30 +15,13 @@
 //!   fault-injection tests.
 //! - [`hooks`] (`ringkv-hooks`) runs user validation and TTL hooks
 //!   (sandboxed Luau and Wasm) and compiles the Wasm partition function.
+//! - `ringkv-raft` is the replicated state, bottom up: [`ids`] and
+//!   [`log_limit`], [`tls`], [`telemetry`], [`auth`], [`ring`], [`command`],
+//!   [`raft`] and [`meta`] (its own `//!` tour says what each owns).
 //!
 //! Then this crate's modules:
 //!
-//! - [`ids`] holds the node, group and shard identifiers and the wall clock
-//!   that every layer shares; [`log_limit`] rate-limits log lines that would
-//!   repeat on every message; [`dashboard`] is the web page served at `/`.
-//! - [`tls`] loads and reloads the node's certificates, accepts TLS
-//!   connections and tells node certificates from client certificates.
-//! - [`telemetry`] owns the Prometheus recorder, describes every metric
-//!   family and holds the gRPC layer that counts and times requests.
-//! - [`auth`] authenticates requests (tokens, client certificates) and
-//!   checks their roles and key prefixes.
-//! - [`ring`] maps keys to tokens, tokens to shards and shards to replicas (a
-//!   pure function of the members and the ring settings), and holds the
-//!   partition function and re-shard job as the meta group records them.
-//! - [`command`] holds the commands in the Raft log, typed by the state they
-//!   change (a shard's keys or the cluster configuration), what a node
-//!   proposes to a leader, and their encoding, fixed for older data and peers.
-//! - [`raft`] runs openraft per group on that one database: the log store, the
-//!   replicated state machine, snapshots (read views, never stored copies)
-//!   and the tonic peer transport with its batched per-peer streams.
-//! - [`meta`] owns the meta group's records (members, assignments, markers,
-//!   leader hints, hooks, tokens, the partition state): applying meta ops to
-//!   them and reading them back typed.
+//! - [`dashboard`] is the web page served at `/`.
 //! - [`config`] holds node settings with their defaults.
 //! - [`cluster`] is the node itself: it starts the groups, bootstraps or joins
 //!   a cluster, changes membership, places replicas, routes requests to
@@ -58,24 +43,16 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
-pub mod auth;
 pub mod cli;
 pub mod cluster;
-pub mod command;
 pub mod config;
 pub mod dashboard;
 pub use ringkv_storage::failpoint;
 pub mod fuzzing;
 pub use ringkv_hooks as hooks;
+pub use ringkv_raft::{auth, command, ids, log_limit, meta, raft, ring, telemetry, tls};
 pub mod http;
-pub mod ids;
 #[cfg(test)]
 mod layers;
-pub mod log_limit;
-pub mod meta;
-pub mod raft;
-pub mod ring;
 pub mod server;
 pub use ringkv_storage as storage;
-pub mod telemetry;
-pub mod tls;

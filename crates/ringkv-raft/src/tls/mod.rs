@@ -381,8 +381,15 @@ pub async fn probe_node(material: &Material, addr: &str) -> Result<(), String> {
 
 /// The HTTP port's TLS listener, for `axum::serve`.
 pub struct HttpsListener {
-    pub(crate) incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    pub(crate) local: SocketAddr,
+    incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl HttpsListener {
+    /// Serves the connections [`accept`] hands over, as the port bound at `local`.
+    pub fn new(incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>, local: SocketAddr) -> Self {
+        Self { incoming, local }
+    }
 }
 
 impl axum::serve::Listener for HttpsListener {

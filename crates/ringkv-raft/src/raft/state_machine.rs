@@ -332,7 +332,7 @@ pub(crate) fn durable_applied(s: &Storage, group: GroupId) -> Result<Option<LogI
 
 /// The last log id the state machine of `group` had applied in `view`, a
 /// cross-keyspace snapshot (backups read a shard's records from the same view).
-pub(crate) fn applied_in(s: &Storage, view: &fjall::Snapshot, group: GroupId) -> Result<Option<LogId>, StorageError> {
+pub fn applied_in(s: &Storage, view: &fjall::Snapshot, group: GroupId) -> Result<Option<LogId>, StorageError> {
     match view.get(s.sm_meta(), group_key(group, APPLIED)).map_err(StorageError::fjall("reading the applied index"))? {
         Some(v) => Ok(Some(decode::<LogId>(&v, "sm_meta")?)),
         None => Ok(None),
