@@ -11,7 +11,7 @@ for arg in "$@"; do
     prev=$arg
 done
 case "$crate" in
-ringkv | ringkv_raft | ringkv_hooks | ringkv_hook_abi | ringkv_storage | ringkv_client | client_request | peer_payload | hook_record | snapshot)
+ringkv | ringkv_node | ringkv_raft | ringkv_hooks | ringkv_hook_abi | ringkv_storage | ringkv_client | client_request | peer_payload | hook_record | snapshot)
     # shellcheck disable=SC2086 # the flags are separate words
     exec "$rustc" "$@" $RINGKV_FUZZ_INSTRUMENT
     ;;

@@ -1,10 +1,11 @@
-//! The layer order of `host/src` and `crates/ringkv-raft/src`, checked: a
-//! module may use only modules of lower layers, so there is no import circle
-//! across layers. Between crates Cargo enforces it (`ringkv-raft` cannot
-//! name `ringkv`); inside each crate the test does, by reading every
-//! `crate::…` path in the non-test code of each module. `ringkv-raft`'s
-//! modules keep their names here (`pub use ringkv_raft::{raft, …}`), so one
-//! table orders both crates.
+//! The layer order of `host/src`, `crates/ringkv-node/src` and
+//! `crates/ringkv-raft/src`, checked: a module may use only modules of lower
+//! layers, so there is no import circle across layers. Between crates Cargo
+//! enforces it (`ringkv-raft` cannot name `ringkv-node`, which cannot name
+//! `ringkv`); inside each crate the test does, by reading every `crate::…`
+//! path in the non-test code of each module. The lower crates' modules keep
+//! their names in the crates above (`pub use ringkv_raft::{raft, …}`), so one
+//! table orders all three.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -77,7 +78,7 @@ fn sources(dir: &Path, module: Option<&str>, out: &mut Vec<(String, std::path::P
 fn no_module_uses_a_higher_layer() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut violations = BTreeSet::new();
-    for src in [here.join("src"), here.join("../crates/ringkv-raft/src")] {
+    for src in [here.join("src"), here.join("../crates/ringkv-raft/src"), here.join("../crates/ringkv-node/src")] {
         check_layers(&src, &mut violations);
     }
     assert!(violations.is_empty(), "modules using a layer at or above their own:\n{:#?}", violations);

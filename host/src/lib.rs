@@ -18,17 +18,17 @@
 //! - `ringkv-raft` is the replicated state, bottom up: [`ids`] and
 //!   [`log_limit`], [`tls`], [`telemetry`], [`auth`], [`ring`], [`command`],
 //!   [`raft`] and [`meta`] (its own `//!` tour says what each owns).
+//! - `ringkv-node` is the node below its servers: [`config`] (node settings
+//!   with their defaults) and [`cluster`], the node itself: it starts the
+//!   groups, bootstraps or joins a cluster, changes membership, places
+//!   replicas, routes requests to leaders, batches writes and reads per
+//!   group, spreads leadership, lets idle groups sleep, purges quiet groups'
+//!   logs, splits, merges and re-shards, expires TTLs, reads consistent
+//!   dumps for backups and fills the scrape-time gauges.
 //!
 //! Then this crate's modules:
 //!
 //! - [`dashboard`] is the web page served at `/`.
-//! - [`config`] holds node settings with their defaults.
-//! - [`cluster`] is the node itself: it starts the groups, bootstraps or joins
-//!   a cluster, changes membership, places replicas, routes requests to
-//!   leaders, batches writes and reads per group, spreads leadership, lets
-//!   idle groups sleep, purges quiet groups' logs, splits, merges and
-//!   re-shards, expires TTLs, reads consistent dumps for backups and fills
-//!   the scrape-time gauges.
 //! - [`api`] exposes the node over gRPC (`ringkv.v1.Kv`, `Cluster`, `Hooks`,
 //!   `Backup`, `Auth` and the internal `Raft` service), converts protobuf
 //!   there and nowhere else, and guards the port (per-IP connection cap,
@@ -44,12 +44,11 @@
 
 pub mod api;
 pub mod cli;
-pub mod cluster;
-pub mod config;
 pub mod dashboard;
 pub use ringkv_storage::failpoint;
 pub mod fuzzing;
 pub use ringkv_hooks as hooks;
+pub use ringkv_node::{cluster, config};
 pub use ringkv_raft::{auth, command, ids, log_limit, meta, raft, ring, telemetry, tls};
 pub mod http;
 #[cfg(test)]

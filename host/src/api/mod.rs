@@ -18,7 +18,7 @@ use ringkv_client::proto::raft_server::RaftServer;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
-use crate::cluster::{Node, NodeError};
+use crate::cluster::Node;
 use crate::raft::network::MAX_PEER_MESSAGE;
 
 pub use backup_service::{LEADER_HEADER, PARTITIONER_NONE};
@@ -151,26 +151,4 @@ pub(crate) async fn authorize<T>(
             crate::auth::AuthError::Denied(d) => Status::permission_denied(d.to_string()),
         }
     })
-}
-
-impl From<NodeError> for Status {
-    fn from(e: NodeError) -> Self {
-        match e {
-            NodeError::InvalidArgument(m) => Status::invalid_argument(m),
-            NodeError::VersionMismatch { current } => {
-                Status::aborted(format!("version mismatch: current version is {current}"))
-            }
-            NodeError::Unavailable(m) => Status::unavailable(m),
-            e @ NodeError::WrongShard { .. } => Status::unavailable(e.to_string()),
-            NodeError::Rejected(m) | NodeError::Refused(m) => Status::failed_precondition(m),
-            NodeError::NotFound(m) => Status::not_found(m),
-            NodeError::Storage(e) if matches!(e, crate::storage::StorageError::Poisoned) => {
-                Status::unavailable(e.to_string())
-            }
-            other => {
-                tracing::error!(error = %other, "internal error");
-                Status::internal(other.to_string())
-            }
-        }
-    }
 }

@@ -86,6 +86,31 @@ pub enum NodeError {
     WrongShard { generation: u64 },
 }
 
+/// The one place a node error becomes a gRPC status. It lives beside the
+/// error because Rust lets only this crate or tonic implement it; the API
+/// layer (crate `ringkv`) is its user.
+impl From<NodeError> for tonic::Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            NodeError::VersionMismatch { current } => {
+                tonic::Status::aborted(format!("version mismatch: current version is {current}"))
+            }
+            NodeError::Unavailable(m) => tonic::Status::unavailable(m),
+            e @ NodeError::WrongShard { .. } => tonic::Status::unavailable(e.to_string()),
+            NodeError::Rejected(m) | NodeError::Refused(m) => tonic::Status::failed_precondition(m),
+            NodeError::NotFound(m) => tonic::Status::not_found(m),
+            NodeError::Storage(e) if matches!(e, crate::storage::StorageError::Poisoned) => {
+                tonic::Status::unavailable(e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                tonic::Status::internal(other.to_string())
+            }
+        }
+    }
+}
+
 /// A running node. Cheap to clone; clones share the node.
 #[derive(Clone)]
 pub struct Node {
