@@ -171,11 +171,16 @@ async fn connections_beyond_the_per_ip_cap_are_refused_and_admitted_ones_keep_wo
     assert!(refused, "connection {} from one IP was served; the cap is {CAP}", held.len() + 1);
     assert!(!held.is_empty() && held.len() <= CAP, "{} connections admitted", held.len());
 
-    // The admitted connections keep working while new ones are refused.
+    // The admitted connections keep working while new ones are refused. A
+    // slot that a harness connection freed meanwhile is taken too (it
+    // failed here once under load): this IP never holds more than CAP.
     for kv in &mut held {
         kv.get(proto::GetRequest { key: "k".into(), consistency: 0 }).await.expect("admitted connection still serves");
     }
-    assert!(served_connection(&addr).await.is_none(), "still over the cap");
+    while let Some(kv) = served_connection(&addr).await {
+        held.push(kv);
+        assert!(held.len() <= CAP, "{} connections from one IP were served; the cap is {CAP}", held.len());
+    }
     assert!(c.log_tail(1).contains("too many open from one IP"), "the refusal is logged:\n{}", c.log_tail(1));
 
     // Closing connections frees their slots.
