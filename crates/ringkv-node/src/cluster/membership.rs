@@ -132,34 +132,11 @@ impl Node {
         Ok(())
     }
 
-    /// Nodes that may lead `group`, most likely first: the known leader, then
-    /// the group's replicas as the meta group records them.
-    pub(super) async fn leader_candidates(&self, group: GroupId) -> Vec<NodeId> {
-        let mut out = Vec::new();
-        if let Ok(g) = self.group(group) {
-            if let Some(l) = g.raft.current_leader().await {
-                out.push(l);
-            }
-            if group == META_GROUP {
-                out.extend(g.raft.metrics().borrow().membership_config.membership().voter_ids());
-            }
-        }
-        if group != META_GROUP {
-            let shard = (group - 1) as crate::ring::ShardId;
-            if let Ok(a) = self.assignments().await {
-                out.extend(a.get(&shard).into_iter().flatten().copied());
-            }
-        }
-        let mut seen = BTreeSet::new();
-        out.retain(|n| seen.insert(*n));
-        out
-    }
-
     /// Runs `op` on the leader of `group`, retrying while leadership moves.
     pub(super) async fn change_membership(&self, group: GroupId, op: MembershipOp) -> Result<(), NodeError> {
         let work = async {
             loop {
-                for candidate in self.leader_candidates(group).await {
+                for candidate in self.forwarder().leader_candidates(group).await {
                     let reply = if candidate == self.id() {
                         self.run_membership_op(group, op.clone()).await
                     } else {

@@ -12,6 +12,7 @@ mod auth;
 mod backup;
 mod batching;
 mod compaction;
+mod forwarding;
 mod groups;
 mod hooks;
 mod key_router;
@@ -655,6 +656,17 @@ impl Node {
     /// Reads of this node's copy of the meta group.
     pub fn meta(&self) -> &meta_view::MetaView {
         &self.inner.meta
+    }
+
+    /// Leader lookup and forwarding over this node's groups, meta view and peers.
+    fn forwarder(&self) -> forwarding::Forwarder<'_> {
+        forwarding::Forwarder {
+            id: self.inner.id,
+            groups: &self.inner.groups,
+            meta: &self.inner.meta,
+            peers: &self.inner.peers,
+            request_timeout: self.inner.config.request_timeout,
+        }
     }
 }
 
